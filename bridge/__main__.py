@@ -1,0 +1,5 @@
+"""``python -m bridge`` is ``ktb``."""
+
+from bridge.cli import main
+
+main()

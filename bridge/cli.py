@@ -1,0 +1,236 @@
+"""The ``ktb`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from bridge import logs
+from bridge.errors import BridgeError, ConfigError
+from bridge.settings import Settings
+
+app = typer.Typer(
+    name="ktb",
+    help="Kafka <-> Temporal bridge: route domain events to workflows and back.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+routes_app = typer.Typer(help="Inspect and check routes files.", no_args_is_help=True)
+app.add_typer(routes_app, name="routes")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print ``message`` to stderr and exit with ``code``."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def settings_with(**overrides: Any) -> Settings:
+    """Settings from the environment, with the non-``None`` CLI overrides applied."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        fail(f"invalid settings: {exc}")
+
+
+# --- running -----------------------------------------------------------------------
+
+
+@app.command()
+def dev(
+    data_dir: Annotated[Path, typer.Option(help="Where Kafka and Temporal keep state")] = Path(
+        ".ktb"
+    ),
+    kafka_port: int = 9092,
+    temporal_port: int = 7233,
+    temporal_ui_port: int = 8233,
+    api_port: int = 8080,
+    procfile: Annotated[Path, typer.Option(help="Processes to run on the stack")] = Path(
+        "Procfile"
+    ),
+    no_processes: Annotated[bool, typer.Option(help="Start Kafka and Temporal only")] = False,
+) -> None:
+    """Run the whole local stack in the foreground; Ctrl-C stops everything."""
+    from bridge.devstack import DevStack
+
+    logs.setup("INFO", console=True)
+    stack = DevStack(
+        data_dir=data_dir.resolve(),
+        kafka_port=kafka_port,
+        temporal_port=temporal_port,
+        temporal_ui_port=temporal_ui_port,
+        api_port=api_port,
+        procfile=None if no_processes else procfile,
+    )
+    try:
+        code = asyncio.run(stack.run())
+    except BridgeError as exc:
+        fail(exc.message, 1)
+    raise typer.Exit(code)
+
+
+@app.command()
+def bridge(
+    routes: Annotated[Path | None, typer.Option(help="Routes file")] = None,
+    group_id: Annotated[str | None, typer.Option(help="Kafka consumer group")] = None,
+    max_in_flight: Annotated[int | None, typer.Option(help="Concurrent actions")] = None,
+) -> None:
+    """Run one bridge instance (several instances in one group share partitions)."""
+    from bridge.runtime import run_bridge
+
+    settings = settings_with(routes_file=routes, group_id=group_id, max_in_flight=max_in_flight)
+    logs.setup(settings.log_level, console=settings.log_format == "console")
+    try:
+        asyncio.run(run_bridge(settings))
+    except ConfigError as exc:
+        fail(exc.message, 1)
+
+
+@app.command()
+def worker(
+    module: Annotated[str, typer.Argument(help="Module with `async def main(settings)`")],
+) -> None:
+    """Run a worker module, e.g. ``ktb worker services.orders.worker``."""
+    settings = settings_with()
+    logs.setup(settings.log_level, console=settings.log_format == "console")
+    try:
+        target = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        fail(f"cannot import {module}: {exc}")
+    if not hasattr(target, "main"):
+        fail(f"{module} has no main(settings)")
+    asyncio.run(target.main(settings))
+
+
+# --- producing and tailing -------------------------------------------------------------
+
+
+@app.command()
+def produce(
+    topic: Annotated[str, typer.Argument(help="Kafka topic")],
+    type: Annotated[str, typer.Option("--type", help="CloudEvents type (= Avro schema name)")],
+    data: Annotated[str, typer.Option(help="Event data as a JSON object")],
+    key: Annotated[str | None, typer.Option(help="Kafka key (the business key)")] = None,
+    id: Annotated[str | None, typer.Option("--id", help="Event id (default: a new UUID)")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Tenant id (ce_tenantid)")] = None,
+    source: Annotated[str, typer.Option(help="CloudEvents source")] = "ktb-cli",
+    json_data: Annotated[
+        bool, typer.Option("--json", help="Send data as application/json instead of Avro")
+    ] = False,
+) -> None:
+    """Encode one event with its type's schema and produce it; prints the event id."""
+    from bridge.codec import AVRO, JSON, SchemaCatalog
+    from bridge.envelope import encode_event
+    from bridge.runtime import started_producer
+
+    settings = settings_with()
+    try:
+        parsed = json.loads(data)
+    except ValueError as exc:
+        fail(f"--data is not valid JSON: {exc}")
+    event_id = id or str(uuid.uuid4())
+    try:
+        catalog = SchemaCatalog.from_dir(settings.schemas_dir)
+        record = encode_event(
+            catalog,
+            type=type,
+            data=parsed,
+            id=event_id,
+            source=source,
+            key=key,
+            tenant_id=tenant,
+            content_type=JSON if json_data else AVRO,
+        )
+    except BridgeError as exc:
+        fail(exc.message)
+
+    async def send() -> None:
+        async with started_producer(settings) as producer:
+            await producer.send_and_wait(
+                topic, value=record.value, key=record.key, headers=record.headers
+            )
+
+    try:
+        asyncio.run(send())
+    except Exception as exc:  # surface any Kafka client failure as a clean CLI error
+        fail(f"could not produce to {topic} at {settings.kafka_bootstrap}: {exc}", 1)
+    typer.echo(event_id)
+
+
+@app.command()
+def tail(
+    topic: Annotated[str, typer.Argument(help="Kafka topic")],
+    from_beginning: Annotated[bool, typer.Option(help="Start at the oldest record")] = False,
+    since: Annotated[
+        float, typer.Option(help="Start at records newer than this many seconds (0: only new)")
+    ] = 60.0,
+    max: Annotated[int | None, typer.Option("--max", help="Stop after N records")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop after S seconds without a new record")
+    ] = None,
+) -> None:
+    """Print records as JSON lines: topic, partition, offset, key, headers, data|error."""
+    from bridge.tail import tail_topic
+
+    settings = settings_with()
+    try:
+        count = asyncio.run(
+            tail_topic(
+                settings,
+                topic,
+                from_beginning=from_beginning,
+                since_s=since,
+                max_records=max,
+                idle_timeout=timeout,
+                emit=lambda line: typer.echo(line),
+            )
+        )
+    except BridgeError as exc:
+        fail(exc.message, 1)
+    if max is not None and count < max:
+        raise typer.Exit(1)
+
+
+# --- routes -----------------------------------------------------------------------------
+
+
+@routes_app.command("check")
+def routes_check(
+    path: Annotated[
+        Path | None, typer.Argument(help="Routes file (default: KTB_ROUTES_FILE)")
+    ] = None,
+) -> None:
+    """Check every route's templates, conditions and arguments against the schemas."""
+    from bridge.codec import SchemaCatalog
+    from bridge.routes import RoutesConfig, check_routes
+
+    settings = settings_with()
+    file = path or settings.routes_file
+    try:
+        config = RoutesConfig.load(file)
+        catalog = SchemaCatalog.from_dir(settings.schemas_dir)
+    except ConfigError as exc:
+        fail(exc.message, 1)
+    problems = check_routes(config, catalog)
+    if problems:
+        typer.echo(f"{file}: {len(problems)} problem(s):", err=True)
+        for p in problems:
+            typer.echo(f"  - {p}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{file}: {len(config.routes)} routes ok")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,167 @@
+"""``ktb dev``: Kafka, Temporal and the Procfile's processes as one foreground tree."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bridge.admin import ensure_topics
+from bridge.errors import ConfigError
+from bridge.routes import RoutesConfig
+from bridge.settings import Settings
+from bridge.stack import LocalStack
+
+STOP_TIMEOUT = 20.0
+
+
+def read_procfile(path: Path) -> list[tuple[str, list[str]]]:
+    """``name: command`` lines (Procfile format); ``#`` starts a comment."""
+    procs = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, command = line.partition(":")
+        if not sep or not name.strip() or not command.strip():
+            raise ConfigError(f"{path}:{n}: expected `name: command`")
+        procs.append((name.strip(), shlex.split(command)))
+    return procs
+
+
+@dataclass
+class Child:
+    """A Procfile process with its output prefixed by its name."""
+
+    name: str
+    args: list[str]
+    proc: asyncio.subprocess.Process | None = None
+    pump: asyncio.Task[None] | None = None
+
+    async def start(self, env: dict[str, str], width: int) -> None:
+        """Start the process in its own session and relay its output."""
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.args,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.pump = asyncio.create_task(self._relay(width))
+
+    async def _relay(self, width: int) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        async for line in self.proc.stdout:
+            sys.stdout.write(f"{self.name:>{width}} | {line.decode(errors='replace')}")
+            sys.stdout.flush()
+
+    async def stop(self) -> None:
+        """SIGTERM the process group, SIGKILL after a deadline."""
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), STOP_TIMEOUT)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
+        if self.pump is not None:
+            await asyncio.gather(self.pump, return_exceptions=True)
+
+
+@dataclass
+class DevStack:
+    """The whole local stack for development."""
+
+    data_dir: Path
+    kafka_port: int = 9092
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+    api_port: int = 8080
+    procfile: Path | None = Path("Procfile")
+    children: list[Child] = field(default_factory=list)
+
+    def _env(self) -> dict[str, str]:
+        bindir = str(Path(sys.executable).parent)
+        env = dict(os.environ)
+        env.update(
+            PATH=bindir + os.pathsep + env.get("PATH", ""),
+            KTB_KAFKA_BOOTSTRAP=f"localhost:{self.kafka_port}",
+            KTB_TEMPORAL_ADDRESS=f"localhost:{self.temporal_port}",
+            KTB_DATA_DIR=str(self.data_dir),
+            KTB_API_PORT=str(self.api_port),
+            KTB_API_AUTH="off",
+            KTB_LOG_FORMAT="console",
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    async def run(self) -> int:
+        """Start everything, wait for a signal or a child to die, stop everything."""
+        procs = read_procfile(self.procfile) if self.procfile else []
+        stack = LocalStack(
+            self.data_dir,
+            kafka_port=self.kafka_port,
+            temporal_port=self.temporal_port,
+            temporal_ui_port=self.temporal_ui_port,
+        )
+        print(f"ktb dev: starting Kafka and Temporal (state in {self.data_dir})", flush=True)
+        await stack.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        code = 0
+        try:
+            settings = Settings()
+            if settings.routes_file.exists():
+                config = RoutesConfig.load(settings.routes_file)
+                await ensure_topics(stack.kafka_bootstrap, config.topic_partitions())
+            env = self._env()
+            width = max([len(n) for n, _ in procs] + [8])
+            for name, args in procs:
+                child = Child(name, args)
+                await child.start(env, width)
+                self.children.append(child)
+            self._print_endpoints(stack)
+            waits: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
+            waits += [asyncio.create_task(c.proc.wait()) for c in self.children if c.proc]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for child in self.children:
+                if child.proc and child.proc.returncode not in (None, 0):
+                    print(f"ktb dev: {child.name} exited with {child.proc.returncode}", flush=True)
+                    code = 1
+            for task in waits:
+                task.cancel()
+        finally:
+            print("ktb dev: stopping", flush=True)
+            for child in reversed(self.children):
+                await child.stop()
+            stack.stop()
+        return code
+
+    def _print_endpoints(self, stack: LocalStack) -> None:
+        reused = set(stack.reused)
+
+        def note(name: str) -> str:
+            return " (already running, reused)" if name in reused else ""
+
+        lines = [
+            f"  kafka          localhost:{self.kafka_port}{note('kafka')}",
+            f"  temporal       localhost:{self.temporal_port}{note('temporal')}",
+            f"  temporal ui    http://localhost:{self.temporal_ui_port}",
+        ]
+        names = {c.name for c in self.children}
+        if "api" in names:
+            lines.append(f"  http api       http://localhost:{self.api_port}  (auth off)")
+        lines += [f"  process        {c.name}" for c in self.children]
+        print("ktb dev: up\n" + "\n".join(lines), flush=True)

@@ -1,0 +1,270 @@
+"""The event envelope: CloudEvents 1.0 in Kafka binary content mode.
+
+Attributes travel as ``ce_*`` headers, the data content type as ``content-type``,
+the W3C trace context as ``traceparent``/``tracestate``; the Kafka key is the
+business key. Conversion goes through the ``cloudevents`` SDK's Kafka binding;
+data is encoded by the schema catalog before it reaches the SDK.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote
+
+from cloudevents.core.base import BaseCloudEvent
+from cloudevents.core.bindings import kafka as ce_kafka
+from cloudevents.core.exceptions import BaseCloudEventException
+from cloudevents.core.v1.event import CloudEvent
+
+from bridge.codec import AVRO, JSON, SchemaCatalog
+from bridge.errors import DecodeError, SchemaMismatchError
+
+TENANT = "tenantid"
+CORRELATION = "correlationid"
+CAUSATION = "causationid"
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One decoded CloudEvent plus where it was read from (when it came from Kafka)."""
+
+    id: str
+    type: str
+    source: str
+    data: Mapping[str, Any]
+    time: datetime | None = None
+    subject: str | None = None
+    tenant_id: str | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    traceparent: str | None = None
+    tracestate: str | None = None
+    content_type: str | None = None
+    key: str | None = None
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    timestamp_ms: int | None = None
+    extensions: Mapping[str, str] = field(default_factory=dict)
+
+    def as_context(self) -> dict[str, Any]:
+        """The view of the event that route conditions and templates see."""
+        return {
+            "data": self.data,
+            "id": self.id,
+            "type": self.type,
+            "source": self.source,
+            "subject": self.subject or "",
+            "tenant": self.tenant_id or "",
+            "key": self.key or "",
+            "topic": self.topic or "",
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaRecord:
+    """What goes onto Kafka: key, value and headers in wire form."""
+
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+class _EncodedData:
+    """A cloudevents ``Format`` for data that is already encoded (Avro or JSON bytes)."""
+
+    def read_data(self, body: bytes, datacontenttype: str | None) -> bytes:
+        """Return the body unchanged; decoding needs the event type and happens later."""
+        return body
+
+    def write_data(self, data: Any, datacontenttype: str | None) -> bytes:
+        """Return the already-encoded data unchanged."""
+        if not isinstance(data, bytes):
+            raise TypeError("event data must be encoded before conversion")
+        return data
+
+    def read(self, event_factory: Any, data: str | bytes) -> BaseCloudEvent:
+        """Structured mode is not used on Kafka by the bridge."""
+        raise DecodeError("structured content mode is not supported on Kafka")
+
+    def write(self, event: BaseCloudEvent) -> bytes:
+        """Structured mode is not used on Kafka by the bridge."""
+        raise DecodeError("structured content mode is not supported on Kafka")
+
+    def get_content_type(self) -> str:
+        """Media type of the binary data this format carries by default."""
+        return AVRO
+
+
+def decode_data(
+    catalog: SchemaCatalog, type_name: str, content_type: str | None, body: bytes
+) -> Any:
+    """Decode and validate event data by content type and CloudEvents type."""
+    ct = (content_type or AVRO).split(";", 1)[0].strip().lower()
+    if ct == AVRO:
+        return catalog.decode(body, expected_type=type_name)[1]
+    if ct == JSON or ct.endswith("+json"):
+        return catalog.from_json(type_name, body)
+    raise DecodeError(f"unsupported content-type {content_type!r}")
+
+
+def decode_record(
+    catalog: SchemaCatalog,
+    *,
+    value: bytes | None,
+    headers: Headers,
+    key: bytes | None = None,
+    topic: str | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+    timestamp_ms: int | None = None,
+) -> Event:
+    """Turn a Kafka record into an ``Event``; raise a ``PermanentError`` if it is not one.
+
+    Reads the CloudEvents Kafka binding exactly as ``cloudevents.core.bindings.kafka.
+    from_binary`` does (``ce_`` prefix, ``content-type`` as ``datacontenttype``,
+    percent-decoding), without building the SDK's event object on the hot path.
+    """
+    if value is None:
+        raise DecodeError("record has no value (tombstone)")
+    hmap: dict[str, bytes] = {}
+    trace: dict[str, str] = {}
+    for name, raw in headers:
+        lname = name.lower()
+        if lname.startswith("ce_") or lname == "content-type":
+            hmap[lname] = raw
+        elif lname in (TRACEPARENT, TRACESTATE):
+            trace[lname] = raw.decode("utf-8", "replace")
+    attrs: dict[str, str] = {}
+    try:
+        for name, raw in hmap.items():
+            attrs[name[3:] if name.startswith("ce_") else "datacontenttype"] = unquote(
+                raw.decode("utf-8")
+            )
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"CloudEvent header is not UTF-8: {exc}") from exc
+    for required in ("id", "type", "source", "specversion"):
+        if not attrs.get(required):
+            raise DecodeError(f"record is not a binary-mode CloudEvent: no ce_{required} header")
+    if attrs["specversion"] != "1.0":
+        raise DecodeError(f"unsupported CloudEvents specversion {attrs['specversion']!r}")
+    time: datetime | None = None
+    if "time" in attrs:
+        try:
+            time = datetime.fromisoformat(attrs["time"])
+        except ValueError as exc:
+            raise DecodeError(f"ce_time is not an RFC 3339 timestamp: {attrs['time']!r}") from exc
+    type_name = attrs["type"]
+    content_type = attrs.get("datacontenttype")
+    data = decode_data(catalog, type_name, content_type, value)
+    extensions = {k: v for k, v in attrs.items() if k not in _KNOWN_ATTRS}
+    return Event(
+        id=attrs["id"],
+        type=type_name,
+        source=attrs["source"],
+        data=data,
+        time=time,
+        subject=attrs.get("subject"),
+        tenant_id=attrs.get(TENANT),
+        correlation_id=attrs.get(CORRELATION),
+        causation_id=attrs.get(CAUSATION),
+        traceparent=trace.get(TRACEPARENT),
+        tracestate=trace.get(TRACESTATE),
+        content_type=content_type,
+        key=key.decode("utf-8", "replace") if key is not None else None,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp_ms=timestamp_ms,
+        extensions=extensions,
+    )
+
+
+def encode_event(
+    catalog: SchemaCatalog,
+    *,
+    type: str,
+    data: Mapping[str, Any],
+    id: str,
+    source: str,
+    key: str | None = None,
+    time: datetime | None = None,
+    subject: str | None = None,
+    tenant_id: str | None = None,
+    correlation_id: str | None = None,
+    causation_id: str | None = None,
+    traceparent: str | None = None,
+    tracestate: str | None = None,
+    content_type: str = AVRO,
+    extensions: Mapping[str, str] | None = None,
+) -> KafkaRecord:
+    """Validate ``data`` against the type's schema and build the binary-mode record."""
+    if content_type == AVRO:
+        body = catalog.encode(type, data)
+    elif content_type == JSON:
+        catalog.check(catalog.get(type), data)
+        body = json.dumps(data, separators=(",", ":")).encode()
+    else:
+        raise SchemaMismatchError(f"unsupported content type {content_type!r}")
+    attrs: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": id,
+        "source": source,
+        "type": type,
+        "time": time or datetime.now(UTC),
+        "datacontenttype": content_type,
+    }
+    if subject:
+        attrs["subject"] = subject
+    for name, value in (
+        (TENANT, tenant_id),
+        (CORRELATION, correlation_id),
+        (CAUSATION, causation_id),
+    ):
+        if value:
+            attrs[name] = value
+    attrs.update(extensions or {})
+    try:
+        message = ce_kafka.to_binary(CloudEvent(attrs, body), _ENCODED, lambda _e: key)
+    except BaseCloudEventException as exc:
+        raise SchemaMismatchError(f"invalid CloudEvent attributes: {exc}") from exc
+    headers = list(message.headers.items())
+    if traceparent:
+        headers.append((TRACEPARENT, traceparent.encode()))
+    if tracestate:
+        headers.append((TRACESTATE, tracestate.encode()))
+    return KafkaRecord(
+        key=key.encode() if key is not None else None, value=message.value, headers=headers
+    )
+
+
+def headers_dict(headers: Headers) -> dict[str, str]:
+    """Headers as text, for display (``ktb tail``) and DLQ inspection."""
+    return {name: raw.decode("utf-8", "replace") for name, raw in headers}
+
+
+_KNOWN_ATTRS = frozenset(
+    {
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "time",
+        "subject",
+        "datacontenttype",
+        "dataschema",
+        TENANT,
+        CORRELATION,
+        CAUSATION,
+        ce_kafka.PARTITIONKEY_ATTR,
+    }
+)
+_ENCODED = _EncodedData()

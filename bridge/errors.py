@@ -1,0 +1,90 @@
+"""Typed errors of the bridge.
+
+The transient/permanent split is a property of the type: the consumer retries
+``TransientError`` with backoff and never dead-letters it, and dead-letters every
+``PermanentError`` with ``error_type`` as the ``ktb_error_type`` header.
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Root of every error the bridge raises on purpose."""
+
+    error_type = "bridge_error"
+    transient = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        event_id: str | None = None,
+        topic: str | None = None,
+        partition: int | None = None,
+        offset: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.event_id = event_id
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+
+
+class ConfigError(BridgeError):
+    """Configuration (settings, routes file, schemas) is invalid; raised at start-up."""
+
+    error_type = "config_error"
+
+
+class PermanentError(BridgeError):
+    """Retrying cannot help: the record goes to the dead-letter topic."""
+
+    error_type = "permanent_error"
+
+
+class DecodeError(PermanentError):
+    """The record's headers or bytes are not a CloudEvent we can read."""
+
+    error_type = "decode_error"
+
+
+class UnknownSchemaError(DecodeError):
+    """No schema in the catalog has the record's fingerprint or type."""
+
+    error_type = "unknown_schema"
+
+
+class SchemaMismatchError(PermanentError):
+    """The data does not fit the schema of its type; ``field`` names where."""
+
+    error_type = "schema_mismatch"
+
+    def __init__(self, message: str, *, field: str | None = None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.field = field
+
+
+class RouteError(PermanentError):
+    """A route could not be applied to the event (condition or template failed)."""
+
+    error_type = "route_error"
+
+
+class UnmatchedEventError(PermanentError):
+    """No route matched and the unmatched policy is ``dead_letter``."""
+
+    error_type = "unmatched"
+
+
+class ActionRejectedError(PermanentError):
+    """Temporal rejected the action itself (bad arguments, unknown workflow)."""
+
+    error_type = "action_rejected"
+
+
+class TransientError(BridgeError):
+    """Temporal or Kafka is unavailable for now: retry, never dead-letter."""
+
+    error_type = "transient"
+    transient = True

@@ -1,0 +1,109 @@
+"""One record through the bridge: decode → route → dispatch, or dead-letter.
+
+Live consumption, replay and the HTTP API all call ``Ingress.handle``; they
+differ only in where records come from and whether offsets are committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from bridge.codec import SchemaCatalog
+from bridge.dispatch import Dispatcher, Outcome, Result
+from bridge.dlq import DeadLetterPublisher, RecordLike
+from bridge.envelope import Event, decode_record
+from bridge.errors import PermanentError, UnmatchedEventError
+from bridge.metrics import Metrics
+from bridge.routes import Action, Router
+
+log = logging.getLogger("ktb.ingress")
+
+
+def decode(catalog: SchemaCatalog, record: RecordLike) -> Event:
+    """Decode a Kafka record into an event with its coordinates."""
+    return decode_record(
+        catalog,
+        value=record.value,
+        headers=record.headers,
+        key=record.key,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        timestamp_ms=record.timestamp,
+    )
+
+
+class Ingress:
+    """Decode, route and act on records; permanent failures go to the DLQ."""
+
+    def __init__(
+        self,
+        catalog: SchemaCatalog,
+        router: Router,
+        dispatcher: Dispatcher | None,
+        dead_letters: DeadLetterPublisher | None,
+        metrics: Metrics | None = None,
+        id_suffix: str = "",
+    ) -> None:
+        self.catalog = catalog
+        self.router = router
+        self.dispatcher = dispatcher
+        self.dead_letters = dead_letters
+        self.metrics = metrics or Metrics()
+        self.id_suffix = id_suffix
+
+    def plan(self, record: RecordLike) -> tuple[Event, Action | None]:
+        """Decode and route without acting (dry runs); raises ``PermanentError``."""
+        event = decode(self.catalog, record)
+        action = self.router.route(event, self.id_suffix)
+        if action is None and self.router.dead_letter_unmatched:
+            raise UnmatchedEventError(
+                f"no route for type {event.type!r} on topic {event.topic!r}", event_id=event.id
+            )
+        return event, action
+
+    async def handle(self, record: RecordLike) -> Result:
+        """Act on one record. ``TransientError`` propagates: the caller retries."""
+        try:
+            event, action = self.plan(record)
+            if action is None:
+                result = Result(Outcome.SKIPPED, detail="no route matched")
+            elif self.dispatcher is None:
+                result = Result(
+                    Outcome.DRY_RUN, action.route, action.kind.value, action.workflow_id
+                )
+            else:
+                result = await self.dispatcher.execute(action, event)
+                if record.timestamp and result.outcome is not Outcome.DUPLICATE:
+                    self.metrics.event_to_action.observe(
+                        max(0.0, time.time() - record.timestamp / 1000)
+                    )
+        except PermanentError as exc:
+            return await self.dead_letter(record, exc)
+        self.metrics.events_routed.labels(
+            result.route or "", result.action or "", result.outcome.value
+        ).inc()
+        log.debug(
+            "event %s", result.outcome.value,
+            extra={"event_id": event.id, "workflow_id": result.workflow_id, "route": result.route,
+                   "topic": record.topic, "partition": record.partition, "offset": record.offset},
+        )  # fmt: skip
+        return result
+
+    async def dead_letter(self, record: RecordLike, exc: PermanentError) -> Result:
+        """Publish ``record`` to its DLQ with ``exc`` as the reason."""
+        if self.dead_letters is None:
+            return Result(Outcome.DEAD_LETTERED, detail=f"{exc.error_type}: {exc.message}")
+        letter = await self.dead_letters.publish(record, exc)
+        self.metrics.dead_letters.labels(record.topic, exc.error_type).inc()
+        self.metrics.events_routed.labels("", "", Outcome.DEAD_LETTERED.value).inc()
+        log.warning(
+            "dead-lettered: %s", exc.message,
+            extra={"topic": record.topic, "partition": record.partition, "offset": record.offset,
+                   "event_id": exc.event_id, "error_type": exc.error_type},
+        )  # fmt: skip
+        return Result(
+            Outcome.DEAD_LETTERED,
+            detail=f"{exc.error_type}: {exc.message} -> {letter.topic}@{letter.offset}",
+        )

@@ -1,0 +1,78 @@
+"""Prometheus metrics in one container with an injected registry (never the global one)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+DURATION_BUCKETS = (1, 5, 10, 30, 60, 300, 600)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """Every metric a ktb process exports; labels declared once, here."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events_consumed = Counter(
+            "ktb_events_consumed", "Records read from Kafka by the bridge", ["topic"], registry=r
+        )
+        self.events_routed = Counter(
+            "ktb_events_routed",
+            "Events by route, action and result",
+            ["route", "action", "result"],
+            registry=r,
+        )
+        self.event_to_action = Histogram(
+            "ktb_event_to_action_seconds",
+            "From the record's timestamp to Temporal accepting the action",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "ktb_consumer_lag",
+            "Records between the committed offset and the end of the partition",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.in_flight = Gauge("ktb_in_flight", "Records fetched and not yet done", registry=r)
+        self.dead_letters = Counter(
+            "ktb_dead_letters",
+            "Records sent to a dead-letter topic",
+            ["topic", "error_type"],
+            registry=r,
+        )
+        self.transient_retries = Counter(
+            "ktb_transient_retries",
+            "Retries of actions after a transient Temporal or Kafka failure",
+            ["topic"],
+            registry=r,
+        )
+        self.events_published = Counter(
+            "ktb_events_published",
+            "Events published by workflow activities",
+            ["topic", "kind"],
+            registry=r,
+        )
+        self.compensations = Counter(
+            "ktb_compensations",
+            "Saga compensation steps run",
+            ["workflow_type", "step"],
+            registry=r,
+        )
+        self.workflow_executions = Counter(
+            "workflow_executions",
+            "Workflow executions finished, by type and status",
+            ["workflow_type", "status"],
+            registry=r,
+        )
+        self.workflow_duration = Histogram(
+            "workflow_duration_seconds",
+            "Workflow execution duration",
+            ["workflow_type"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.activity_retries = Counter(
+            "activity_retries", "Activity attempts after the first", ["activity_type"], registry=r
+        )

@@ -1,0 +1,458 @@
+"""Declarative routes: which event becomes which Temporal action.
+
+``routes.yaml`` is validated at start-up into ``RoutesConfig``; ``Router`` compiles
+every route once (CEL condition, workflow id template, argument paths) and
+turns a matching ``Event`` into a plain ``Action`` value.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import cel
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bridge.codec import SchemaCatalog
+from bridge.envelope import Event
+from bridge.errors import ConfigError, RouteError
+
+
+class ActionKind(StrEnum):
+    """What a route does in Temporal."""
+
+    START = "start"
+    SIGNAL = "signal"
+    SIGNAL_WITH_START = "signal_with_start"
+    UPDATE_WITH_START = "update_with_start"
+    CANCEL = "cancel"
+    TERMINATE = "terminate"
+
+
+STARTING = {ActionKind.START, ActionKind.SIGNAL_WITH_START, ActionKind.UPDATE_WITH_START}
+
+IdReusePolicy = Literal["reject_duplicate", "allow_duplicate_failed_only", "allow_duplicate"]
+IdConflictPolicy = Literal["use_existing", "fail"]
+
+
+class RouteSpec(BaseModel):
+    """One route as written in ``routes.yaml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    topic: str
+    type: str
+    when: str | None = None
+    action: ActionKind
+    workflow: str | None = None
+    task_queue: str | None = None
+    workflow_id: str
+    args: str | list[str] = "data"
+    signal: str | None = None
+    update: str | None = None
+    on_duplicate: Literal["ignore", "dead_letter"] = "ignore"
+    id_reuse_policy: IdReusePolicy = "reject_duplicate"
+    id_conflict_policy: IdConflictPolicy = "use_existing"
+    search_attributes: dict[str, str] = Field(default_factory=dict)
+    memo: dict[str, str] = Field(default_factory=dict)
+    reason: str = "{type} {id}"
+
+    @model_validator(mode="after")
+    def _required_per_action(self) -> RouteSpec:
+        need: list[str] = []
+        if self.action in STARTING:
+            need += ["workflow", "task_queue"]
+        if self.action in (ActionKind.SIGNAL, ActionKind.SIGNAL_WITH_START):
+            need.append("signal")
+        if self.action is ActionKind.UPDATE_WITH_START:
+            need.append("update")
+        missing = [n for n in need if not getattr(self, n)]
+        if missing:
+            raise ValueError(f"action {self.action.value} needs {', '.join(missing)}")
+        return self
+
+
+class RoutesConfig(BaseModel):
+    """The whole routes file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    routes: list[RouteSpec]
+    unmatched: Literal["skip", "dead_letter"] = "skip"
+    topics: dict[str, int] = Field(
+        default_factory=dict,
+        description="Topics the deployment uses (egress too) and their partition counts",
+    )
+
+    def topic_partitions(self, default: int = 3) -> dict[str, int]:
+        """Every topic to create: declared ones, route topics and their dead-letter topics."""
+        out = dict(self.topics)
+        for r in self.routes:
+            out.setdefault(r.topic, default)
+            out.setdefault(r.topic + ".dlq", 1)
+        return out
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> RoutesConfig:
+        seen: set[str] = set()
+        for r in self.routes:
+            if r.name in seen:
+                raise ValueError(f"route name {r.name!r} is used twice")
+            seen.add(r.name)
+        return self
+
+    @classmethod
+    def load(cls, path: Path) -> RoutesConfig:
+        """Parse and validate a routes file; errors name the route and the field."""
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read routes file {path}: {exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        return cls.parse(raw, str(path))
+
+    @classmethod
+    def parse(cls, raw: Any, origin: str = "routes") -> RoutesConfig:
+        """Validate already-parsed YAML/JSON data."""
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(f"{origin}: invalid routes:\n" + _describe(raw, exc)) from exc
+
+
+def _describe(raw: Any, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = list(err["loc"])
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        if len(loc) >= 2 and loc[0] == "routes" and isinstance(loc[1], int):
+            try:
+                name = raw["routes"][loc[1]].get("name", f"#{loc[1]}")
+            except (TypeError, KeyError, IndexError, AttributeError):
+                name = f"#{loc[1]}"
+            field_path = ".".join(str(p) for p in loc[2:]) or "(route)"
+            where = f"route {name!r}, field {field_path}"
+        lines.append(f"  - {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+# --- Compiled pieces -------------------------------------------------------------
+
+ROOT_NAMES = frozenset({"data", "id", "type", "source", "subject", "tenant", "key", "topic"})
+
+
+def _lookup(context: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = context
+    for part in path:
+        if isinstance(value, Mapping) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            raise KeyError(".".join(path))
+    return value
+
+
+@dataclass(frozen=True)
+class Template:
+    """A ``"order-{data.order_id}"`` string template, parsed once."""
+
+    source: str
+    parts: tuple[tuple[str, tuple[str, ...] | None], ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Template:
+        """Split the template into literals and dotted field paths."""
+        parts: list[tuple[str, tuple[str, ...] | None]] = []
+        try:
+            for literal, name, spec, conv in string.Formatter().parse(text):
+                if literal:
+                    parts.append((literal, None))
+                if name is not None:
+                    if not name or spec or conv:
+                        raise ConfigError(f"template {text!r}: use plain {{field.path}} only")
+                    parts.append(("", tuple(name.split("."))))
+        except ValueError as exc:
+            raise ConfigError(f"template {text!r}: {exc}") from exc
+        return cls(text, tuple(parts))
+
+    def paths(self) -> list[tuple[str, ...]]:
+        """Field paths the template reads."""
+        return [p for _, p in self.parts if p is not None]
+
+    def render(self, context: Mapping[str, Any]) -> str:
+        """Fill the template; ``KeyError`` names a missing field path."""
+        out = []
+        for literal, path in self.parts:
+            if path is None:
+                out.append(literal)
+            else:
+                value = _lookup(context, path)
+                if value is None or value == "":
+                    raise KeyError(".".join(path))
+                out.append(str(value))
+        return "".join(out)
+
+
+_STRING_LITERAL = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+_DOTTED = re.compile(r"(?<![\w.])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)")
+
+
+def condition_paths(expression: str) -> list[tuple[str, ...]]:
+    """Dotted field paths a CEL expression reads from the event (for ``routes check``)."""
+    stripped = _STRING_LITERAL.sub("''", expression)
+    found = []
+    for match in _DOTTED.finditer(stripped):
+        parts = tuple(match.group(1).split("."))
+        if parts[0] in ROOT_NAMES:
+            # ``data.items.size()`` is a method call on ``data.items``.
+            end = match.end()
+            if stripped[end : end + 1] == "(" and len(parts) > 1:
+                parts = parts[:-1]
+            found.append(parts)
+    return found
+
+
+@dataclass(frozen=True)
+class Action:
+    """A plain value describing one Temporal action, built from one event by one route."""
+
+    kind: ActionKind
+    route: str
+    workflow_id: str
+    event_id: str
+    workflow_type: str | None = None
+    task_queue: str | None = None
+    args: tuple[Any, ...] = ()
+    """Workflow start arguments (starting actions only)."""
+    message: tuple[Any, ...] = ()
+    """Signal or update arguments: one ``bridge_signal`` value carrying the event id."""
+    signal: str | None = None
+    update: str | None = None
+    id_reuse_policy: IdReusePolicy = "reject_duplicate"
+    id_conflict_policy: IdConflictPolicy = "use_existing"
+    on_duplicate: Literal["ignore", "dead_letter"] = "ignore"
+    search_attributes: Mapping[str, str] = field(default_factory=dict)
+    memo: Mapping[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+
+def bridge_signal(event: Event, payload: Any) -> dict[str, Any]:
+    """The single argument every bridge signal and update carries.
+
+    The event id lets the workflow-side helper drop repeats.
+    """
+    return {
+        "event_id": event.id,
+        "event_type": event.type,
+        "tenant_id": event.tenant_id,
+        "payload": payload,
+    }
+
+
+class CompiledRoute:
+    """A route with its condition, templates and argument paths compiled."""
+
+    def __init__(self, spec: RouteSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.condition: Callable[[dict[str, Any]], Any] | None = None
+        if spec.when:
+            try:
+                program = cel.compile(spec.when)
+            except (ValueError, RuntimeError) as exc:
+                raise ConfigError(f"route {spec.name!r}, field when: {exc}") from exc
+            self.condition = program.execute
+        try:
+            self.workflow_id = Template.parse(spec.workflow_id)
+            self.reason = Template.parse(spec.reason)
+            self.search_attributes = {
+                k: Template.parse(v) for k, v in spec.search_attributes.items()
+            }
+            self.memo = {k: Template.parse(v) for k, v in spec.memo.items()}
+        except ConfigError as exc:
+            raise ConfigError(f"route {spec.name!r}: {exc.message}") from exc
+        arg_exprs = [spec.args] if isinstance(spec.args, str) else list(spec.args)
+        self.arg_paths = [tuple(a.split(".")) for a in arg_exprs]
+        for path in self.arg_paths:
+            if path[0] not in ROOT_NAMES:
+                raise ConfigError(
+                    f"route {spec.name!r}, field args: {'.'.join(path)!r} must start with one "
+                    f"of {', '.join(sorted(ROOT_NAMES))}"
+                )
+
+    def matches(self, context: dict[str, Any]) -> bool:
+        """Evaluate the condition; errors become ``RouteError`` (dead-lettered)."""
+        if self.condition is None:
+            return True
+        try:
+            result = self.condition(context)
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise RouteError(f"route {self.name!r}: condition failed: {exc}") from exc
+        if not isinstance(result, bool):
+            raise RouteError(f"route {self.name!r}: condition returned {result!r}, not a bool")
+        return result
+
+    def build(self, event: Event, context: Mapping[str, Any], id_suffix: str = "") -> Action:
+        """Build the action for an event that matched this route."""
+        spec = self.spec
+        try:
+            workflow_id = self.workflow_id.render(context) + id_suffix
+            args = tuple(_lookup(context, p) for p in self.arg_paths)
+            extra_sa = {k: t.render(context) for k, t in self.search_attributes.items()}
+            memo = {k: t.render(context) for k, t in self.memo.items()}
+            reason = self.reason.render(context)
+        except KeyError as exc:
+            raise RouteError(
+                f"route {self.name!r}: event has no value for field {exc.args[0]!r}"
+            ) from exc
+        kind = spec.action
+        message: tuple[Any, ...] = ()
+        if kind in (ActionKind.SIGNAL, ActionKind.SIGNAL_WITH_START, ActionKind.UPDATE_WITH_START):
+            message = (bridge_signal(event, args[0] if len(args) == 1 else list(args)),)
+        return Action(
+            kind=kind,
+            route=self.name,
+            workflow_id=workflow_id,
+            event_id=event.id,
+            workflow_type=spec.workflow,
+            task_queue=spec.task_queue,
+            args=args if kind in STARTING else (),
+            message=message,
+            signal=spec.signal,
+            update=spec.update,
+            id_reuse_policy=spec.id_reuse_policy,
+            id_conflict_policy=spec.id_conflict_policy,
+            on_duplicate=spec.on_duplicate,
+            search_attributes=extra_sa,
+            memo=memo,
+            reason=reason,
+        )
+
+
+class Router:
+    """Finds the first matching route for an event and builds its action."""
+
+    def __init__(self, config: RoutesConfig) -> None:
+        self.config = config
+        self.routes = [CompiledRoute(spec) for spec in config.routes]
+        self._index: dict[tuple[str, str], list[CompiledRoute]] = {}
+        for route in self.routes:
+            self._index.setdefault((route.spec.topic, route.spec.type), []).append(route)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Router:
+        """Load, validate and compile a routes file."""
+        return cls(RoutesConfig.load(path))
+
+    @property
+    def topics(self) -> list[str]:
+        """Every topic some route reads, sorted."""
+        return sorted({r.spec.topic for r in self.routes})
+
+    @property
+    def dead_letter_unmatched(self) -> bool:
+        """True when unmatched events go to the dead-letter topic instead of being skipped."""
+        return self.config.unmatched == "dead_letter"
+
+    def only(self, names: Iterable[str]) -> Router:
+        """A router restricted to the named routes (for ``ktb replay --route``)."""
+        wanted = set(names)
+        unknown = wanted - {r.name for r in self.routes}
+        if unknown:
+            raise ConfigError(f"unknown route(s): {', '.join(sorted(unknown))}")
+        return Router(
+            RoutesConfig(
+                routes=[r.spec for r in self.routes if r.name in wanted],
+                unmatched=self.config.unmatched,
+            )
+        )
+
+    def match(self, event: Event) -> tuple[CompiledRoute, dict[str, Any]] | None:
+        """The first route whose topic, type and condition match, with the event context."""
+        candidates = self._index.get((event.topic or "", event.type))
+        if not candidates:
+            return None
+        context = event.as_context()
+        for route in candidates:
+            if route.matches(context):
+                return route, context
+        return None
+
+    def route(self, event: Event, id_suffix: str = "") -> Action | None:
+        """Match and build in one step; ``None`` when no route matches."""
+        found = self.match(event)
+        if found is None:
+            return None
+        route, context = found
+        return route.build(event, context, id_suffix)
+
+
+# --- ktb routes check ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a route, for ``ktb routes check``."""
+
+    route: str
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"route {self.route!r}, field {self.field}: {self.message}"
+
+
+def _check_path(catalog_fields: frozenset[str], path: Sequence[str]) -> str | None:
+    if path[0] != "data":
+        return None if len(path) == 1 else f"{'.'.join(path)!r}: {path[0]} has no fields"
+    if len(path) == 1:
+        return None
+    dotted = ".".join(p for p in path[1:] if not p.isdigit())
+    if dotted not in catalog_fields:
+        return f"{'.'.join(path)!r} is not a field of the event's schema"
+    return None
+
+
+def check_routes(config: RoutesConfig, catalog: SchemaCatalog) -> list[Problem]:
+    """Every template, condition and argument field checked against the schemas."""
+    problems: list[Problem] = []
+    for spec in config.routes:
+        try:
+            compiled = CompiledRoute(spec)
+        except ConfigError as exc:
+            problems.append(Problem(spec.name, "(route)", exc.message))
+            continue
+        if spec.type not in catalog:
+            problems.append(Problem(spec.name, "type", f"no schema for event type {spec.type!r}"))
+            continue
+        fields = catalog.get(spec.type).fields
+        checks: list[tuple[str, Sequence[str]]] = [
+            ("workflow_id", p) for p in compiled.workflow_id.paths()
+        ]
+        checks += [("args", p) for p in compiled.arg_paths]
+        checks += [("reason", p) for p in compiled.reason.paths()]
+        for key, tpl in compiled.search_attributes.items():
+            checks += [(f"search_attributes.{key}", p) for p in tpl.paths()]
+        for key, tpl in compiled.memo.items():
+            checks += [(f"memo.{key}", p) for p in tpl.paths()]
+        if spec.when:
+            checks += [("when", p) for p in condition_paths(spec.when)]
+        for field_name, path in checks:
+            if path[0] not in ROOT_NAMES:
+                problems.append(
+                    Problem(spec.name, field_name, f"{'.'.join(path)!r} is not an event field")
+                )
+                continue
+            message = _check_path(fields, path)
+            if message:
+                problems.append(Problem(spec.name, field_name, message))
+    return problems

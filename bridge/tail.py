@@ -1,0 +1,95 @@
+"""``ktb tail``: read a topic without a consumer group and print decoded records."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bridge.admin import stop_consumer
+from bridge.codec import SchemaCatalog
+from bridge.envelope import decode_data, headers_dict
+from bridge.errors import BridgeError, ConfigError
+from bridge.settings import Settings
+
+
+def render(catalog: SchemaCatalog, record: Any) -> dict[str, Any]:
+    """One record as the JSON object ``ktb tail`` prints."""
+    headers = headers_dict(record.headers)
+    out: dict[str, Any] = {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "key": record.key.decode("utf-8", "replace") if record.key is not None else None,
+        "headers": headers,
+    }
+    try:
+        type_name = headers.get("ce_type")
+        if not type_name:
+            raise BridgeError("no ce_type header")
+        if record.value is None:
+            raise BridgeError("record has no value")
+        out["data"] = decode_data(catalog, type_name, headers.get("content-type"), record.value)
+    except BridgeError as exc:
+        out["error"] = exc.message
+    return out
+
+
+async def tail_topic(
+    settings: Settings,
+    topic: str,
+    *,
+    from_beginning: bool = False,
+    since_s: float = 60.0,
+    max_records: int | None = None,
+    idle_timeout: float | None = None,
+    emit: Callable[[str], None] = print,
+) -> int:
+    """Print records of ``topic`` until ``max_records`` or ``idle_timeout``; return the count."""
+    catalog = SchemaCatalog.from_dir(settings.schemas_dir)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    count = 0
+    try:
+        deadline = time.monotonic() + 15
+        partitions = consumer.partitions_for_topic(topic)
+        while not partitions and time.monotonic() < deadline:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise ConfigError(f"topic {topic!r} does not exist at {settings.kafka_bootstrap}")
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        if from_beginning:
+            await consumer.seek_to_beginning(*tps)
+        elif since_s > 0:
+            start_ms = int((time.time() - since_s) * 1000)
+            found = await consumer.offsets_for_times({tp: start_ms for tp in tps})
+            ends = await consumer.end_offsets(tps)
+            for tp in tps:
+                hit = found.get(tp)
+                consumer.seek(tp, hit.offset if hit is not None else ends[tp])
+        else:
+            await consumer.seek_to_end(*tps)
+        last = time.monotonic()
+        while max_records is None or count < max_records:
+            batch = await consumer.getmany(timeout_ms=200)
+            records = sorted(
+                (r for rs in batch.values() for r in rs), key=lambda r: (r.timestamp, r.offset)
+            )
+            for record in records:
+                emit(json.dumps(render(catalog, record), default=str))
+                count += 1
+                last = time.monotonic()
+                if max_records is not None and count >= max_records:
+                    break
+            if idle_timeout is not None and time.monotonic() - last > idle_timeout:
+                break
+    finally:
+        await stop_consumer(consumer)
+    return count

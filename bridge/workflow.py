@@ -1,0 +1,112 @@
+"""Workflow-side helpers: dedupe of bridge signals, progress, and publishing.
+
+Everything here is deterministic and safe to call from workflow code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from bridge.egress import PUBLISH_ACTIVITY, Published, PublishRequest
+
+PROGRESS_QUERY = "ktb_progress"
+SEEN_LIMIT = 10_000
+
+
+class EventDedupe:
+    """The ids of bridge signals/updates already applied; carry ``state()`` over continue-as-new."""
+
+    def __init__(self, seen: Iterable[str] = ()) -> None:
+        self._seen: dict[str, None] = dict.fromkeys(seen)
+
+    def first_time(self, message: dict[str, Any]) -> bool:
+        """True the first time an event id is seen; records it."""
+        event_id = message.get("event_id")
+        if not event_id:
+            return True
+        if event_id in self._seen:
+            return False
+        self._seen[event_id] = None
+        if len(self._seen) > SEEN_LIMIT:
+            del self._seen[next(iter(self._seen))]
+        return True
+
+    def state(self) -> list[str]:
+        """The seen ids, oldest first, to pass to the next run."""
+        return list(self._seen)
+
+
+class BridgeWorkflow:
+    """Mixin for workflows driven by the bridge: dedupe, progress query, publishing."""
+
+    def _ktb_setup(self, seen: Iterable[str] = ()) -> None:
+        self.ktb_dedupe = EventDedupe(seen)
+        self.ktb_status: dict[str, Any] = {"step": "started"}
+
+    def ktb_accept(self, message: dict[str, Any]) -> Any:
+        """The payload of a bridge signal the first time its event id arrives, else ``None``."""
+        if not hasattr(self, "ktb_dedupe"):
+            self._ktb_setup()
+        if not self.ktb_dedupe.first_time(message):
+            workflow.logger.info("dropping repeated event %s", message.get("event_id"))
+            return None
+        return message.get("payload")
+
+    def ktb_progress_set(self, step: str, **info: Any) -> None:
+        """Record the current step for the ``ktb_progress`` query."""
+        if not hasattr(self, "ktb_status"):
+            self._ktb_setup()
+        self.ktb_status = {"step": step, **info}
+
+    @workflow.query(name=PROGRESS_QUERY)
+    def ktb_progress(self) -> dict[str, Any]:
+        """The standard progress query the API and ``ktb status`` read."""
+        return dict(getattr(self, "ktb_status", {"step": "started"}))
+
+
+def trigger() -> dict[str, Any]:
+    """What the bridge recorded about the event that started this workflow (its memo)."""
+    try:
+        value: dict[str, Any] = workflow.memo_value("ktb", default={}, type_hint=dict)
+    except KeyError:
+        return {}
+    return value
+
+
+async def publish(
+    topic: str,
+    type: str,
+    data: dict[str, Any],
+    *,
+    name: str,
+    key: str | None = None,
+    kind: str = "outcome",
+    timeout: timedelta = timedelta(seconds=30),
+) -> Published:
+    """Publish an event from a workflow; causation, correlation, tenant and trace are filled in."""
+    origin = trigger()
+    request = PublishRequest(
+        topic=topic,
+        type=type,
+        data=data,
+        name=name,
+        key=key,
+        kind=kind,
+        causation_id=origin.get("event_id"),
+        correlation_id=workflow.info().workflow_id,
+        tenant_id=origin.get("tenant_id"),
+        traceparent=origin.get("traceparent"),
+    )
+    return await workflow.execute_activity(
+        PUBLISH_ACTIVITY,
+        request,
+        start_to_close_timeout=timeout,
+        retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+        result_type=Published,
+    )

@@ -1,0 +1,1 @@
+"""Example order-fulfilment domain built on the bridge's library helpers."""

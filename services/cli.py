@@ -1,0 +1,26 @@
+"""Shared entry point of the example services: ``python -m services.<name> server|worker``."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+
+from bridge import logs
+from bridge.settings import Settings
+
+
+def service_main(name: str, argv: list[str] | None = None) -> None:
+    """Dispatch ``worker`` / ``server`` to ``services.<name>.worker|server.main``."""
+    args = sys.argv[1:] if argv is None else argv
+    modes = ("worker", "server")
+    if len(args) != 1 or args[0] not in modes:
+        sys.exit(f"usage: python -m services.{name} {{{'|'.join(modes)}}}")
+    mode = args[0]
+    try:
+        module = importlib.import_module(f"services.{name}.{mode}")
+    except ModuleNotFoundError:
+        sys.exit(f"services.{name} has no {mode} mode")
+    settings = Settings()
+    logs.setup(settings.log_level)
+    asyncio.run(module.main(settings))
