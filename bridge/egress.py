@@ -19,6 +19,7 @@ from bridge.codec import AVRO, SchemaCatalog
 from bridge.envelope import encode_event
 from bridge.errors import BridgeError
 from bridge.metrics import Metrics
+from bridge.provenance import ProvenanceWriter
 
 PUBLISH_ACTIVITY = "ktb.publish"
 EVENT_ID_NAMESPACE = uuid.UUID("6f1c2a0e-8d1b-4c55-9a57-0b4f3e0d2c11")
@@ -68,11 +69,13 @@ class Publisher:
         catalog: SchemaCatalog,
         source: str = "ktb",
         metrics: Metrics | None = None,
+        provenance: ProvenanceWriter | None = None,
     ) -> None:
         self.producer = producer
         self.catalog = catalog
         self.source = source
         self.metrics = metrics or Metrics()
+        self.provenance = provenance
 
     @activity.defn(name=PUBLISH_ACTIVITY)
     async def publish(self, req: PublishRequest) -> Published:
@@ -107,4 +110,10 @@ class Publisher:
         except KafkaError as exc:
             raise ApplicationError(f"publishing to {req.topic} failed: {exc}") from exc
         self.metrics.events_published.labels(req.topic, req.kind).inc()
+        if self.provenance is not None:
+            await self.provenance.published(
+                ce_id=ce_id, type=req.type, topic=req.topic, partition=meta.partition,
+                offset=meta.offset, published_kind=req.kind, workflow_id=info.workflow_id or "",
+                causation_id=req.causation_id, tenant_id=req.tenant_id,
+            )  # fmt: skip
         return Published(ce_id, req.type, req.topic, meta.partition, meta.offset)

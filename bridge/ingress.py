@@ -15,6 +15,7 @@ from bridge.dlq import DeadLetterPublisher, RecordLike
 from bridge.envelope import Event, decode_record
 from bridge.errors import PermanentError, UnmatchedEventError
 from bridge.metrics import Metrics
+from bridge.provenance import ProvenanceWriter
 from bridge.routes import Action, Router
 
 log = logging.getLogger("ktb.ingress")
@@ -45,6 +46,7 @@ class Ingress:
         dead_letters: DeadLetterPublisher | None,
         metrics: Metrics | None = None,
         id_suffix: str = "",
+        provenance: ProvenanceWriter | None = None,
     ) -> None:
         self.catalog = catalog
         self.router = router
@@ -52,21 +54,28 @@ class Ingress:
         self.dead_letters = dead_letters
         self.metrics = metrics or Metrics()
         self.id_suffix = id_suffix
+        self.provenance = provenance
 
-    def plan(self, record: RecordLike) -> tuple[Event, Action | None]:
-        """Decode and route without acting (dry runs); raises ``PermanentError``."""
-        event = decode(self.catalog, record)
+    def route(self, event: Event) -> Action | None:
+        """The action for ``event``; ``None`` to skip it. Raises ``PermanentError``."""
         action = self.router.route(event, self.id_suffix)
         if action is None and self.router.dead_letter_unmatched:
             raise UnmatchedEventError(
                 f"no route for type {event.type!r} on topic {event.topic!r}", event_id=event.id
             )
-        return event, action
+        return action
+
+    def plan(self, record: RecordLike) -> tuple[Event, Action | None]:
+        """Decode and route without acting (dry runs); raises ``PermanentError``."""
+        event = decode(self.catalog, record)
+        return event, self.route(event)
 
     async def handle(self, record: RecordLike) -> Result:
         """Act on one record. ``TransientError`` propagates: the caller retries."""
+        event: Event | None = None
         try:
-            event, action = self.plan(record)
+            event = decode(self.catalog, record)
+            action = self.route(event)
             if action is None:
                 result = Result(Outcome.SKIPPED, detail="no route matched")
             elif self.dispatcher is None:
@@ -80,15 +89,20 @@ class Ingress:
                         max(0.0, time.time() - record.timestamp / 1000)
                     )
         except PermanentError as exc:
-            return await self.dead_letter(record, exc)
-        self.metrics.events_routed.labels(
-            result.route or "", result.action or "", result.outcome.value
-        ).inc()
-        log.debug(
-            "event %s", result.outcome.value,
-            extra={"event_id": event.id, "workflow_id": result.workflow_id, "route": result.route,
-                   "topic": record.topic, "partition": record.partition, "offset": record.offset},
-        )  # fmt: skip
+            result = await self.dead_letter(record, exc)
+        else:
+            self.metrics.events_routed.labels(
+                result.route or "", result.action or "", result.outcome.value
+            ).inc()
+            log.info(
+                "event %s", result.outcome.value,
+                extra={"event_id": event.id, "workflow_id": result.workflow_id,
+                       "run_id": result.run_id, "route": result.route,
+                       "tenant_id": event.tenant_id, "topic": record.topic,
+                       "partition": record.partition, "offset": record.offset},
+            )  # fmt: skip
+        if self.provenance is not None:
+            await self.provenance.event(record, event, result)
         return result
 
     async def dead_letter(self, record: RecordLike, exc: PermanentError) -> Result:

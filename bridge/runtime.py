@@ -20,6 +20,7 @@ from bridge.dlq import DeadLetterPublisher
 from bridge.egress import Publisher
 from bridge.ingress import Ingress
 from bridge.metrics import Metrics
+from bridge.provenance import ProvenanceWriter
 from bridge.routes import Router
 from bridge.settings import Settings
 
@@ -69,7 +70,12 @@ async def run_bridge(settings: Settings, metrics: Metrics | None = None) -> None
     client = await connect_temporal(settings)
     async with started_producer(settings) as producer:
         ingress = Ingress(
-            catalog, router, Dispatcher(client), DeadLetterPublisher(producer), metrics
+            catalog,
+            router,
+            Dispatcher(client),
+            DeadLetterPublisher(producer),
+            metrics,
+            provenance=ProvenanceWriter(producer),
         )
         consumer = BridgeConsumer(settings, ingress, router.topics, metrics)
         stop_on_signals(consumer.stop)
@@ -90,7 +96,9 @@ async def run_worker(
     catalog = SchemaCatalog.from_dir(settings.schemas_dir)
     client = await connect_temporal(settings)
     async with started_producer(settings) as producer:
-        publisher = Publisher(producer, catalog, settings.source, metrics)
+        publisher = Publisher(
+            producer, catalog, settings.source, metrics, ProvenanceWriter(producer)
+        )
         worker = Worker(
             client,
             task_queue=task_queue,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -297,6 +298,18 @@ class TemporalServer:
         await wait_temporal(self.address, timeout, self.service)
 
 
+@contextlib.contextmanager
+def quiet(logger_name: str) -> Iterator[None]:
+    """Silence a library's connection-refused noise while a service is starting."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 async def wait_kafka(bootstrap: str, timeout: float, service: Service | None = None) -> None:
     """Poll a Kafka metadata request until it succeeds or ``timeout`` passes."""
     from aiokafka.admin import AIOKafkaAdminClient
@@ -304,9 +317,10 @@ async def wait_kafka(bootstrap: str, timeout: float, service: Service | None = N
 
     deadline = time.monotonic() + timeout
     last: Exception | None = None
-    while time.monotonic() < deadline:
-        if service is not None and not service.alive():
-            raise StackError(f"Kafka exited during start-up:\n{tail(service.log)}")
+    with quiet("aiokafka"):
+        while time.monotonic() < deadline:
+            if service is not None and not service.alive():
+                raise StackError(f"Kafka exited during start-up:\n{tail(service.log)}")
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
         try:
             await admin.start()
