@@ -6,13 +6,16 @@ import asyncio
 from collections.abc import Mapping
 
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from bridge import kafka
+from bridge.settings import Settings
 
-async def ensure_topics(bootstrap: str, topics: Mapping[str, int]) -> list[str]:
+
+async def ensure_topics(settings: Settings, topics: Mapping[str, int]) -> list[str]:
     """Create the missing topics with the given partition counts; return the created ones."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = kafka.admin(settings)
     await admin.start()
     try:
         existing = set(await admin.list_topics())

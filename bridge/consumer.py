@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
+from bridge import kafka
 from bridge.dlq import RecordLike
 from bridge.errors import BridgeError, PermanentError, TransientError
 from bridge.ingress import Ingress
@@ -99,8 +100,8 @@ class BridgeConsumer:
 
     async def run(self) -> None:
         """Consume until ``stop()``; returns after the final commit."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+        consumer = kafka.consumer(
+            self.settings,
             group_id=self.settings.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

@@ -122,10 +122,12 @@ class DevStack:
             loop.add_signal_handler(sig, stop.set)
         code = 0
         try:
-            settings = Settings()
+            settings = Settings(kafka_bootstrap=stack.kafka_bootstrap)
             if settings.routes_file.exists():
                 config = RoutesConfig.load(settings.routes_file)
-                await ensure_topics(stack.kafka_bootstrap, config.topic_partitions())
+                await ensure_topics(
+                    Settings(kafka_bootstrap=stack.kafka_bootstrap), config.topic_partitions()
+                )
             env = self._env()
             width = max([len(n) for n, _ in procs] + [8])
             for name, args in procs:

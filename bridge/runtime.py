@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from bridge import kafka
 from bridge.codec import SchemaCatalog
 from bridge.consumer import BridgeConsumer
 from bridge.dispatch import Dispatcher
@@ -27,17 +28,6 @@ from bridge.settings import Settings
 log = logging.getLogger("ktb")
 
 
-def make_producer(settings: Settings) -> AIOKafkaProducer:
-    """The idempotent producer (``acks=all``) every ktb process uses."""
-    return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        enable_idempotence=True,
-        acks="all",
-        linger_ms=2,
-        request_timeout_ms=15000,
-    )
-
-
 async def connect_temporal(settings: Settings) -> Client:
     """A Temporal client for the configured address and namespace."""
     return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
@@ -46,7 +36,7 @@ async def connect_temporal(settings: Settings) -> Client:
 @contextlib.asynccontextmanager
 async def started_producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
     """A started producer, stopped (and flushed) on exit."""
-    producer = make_producer(settings)
+    producer = kafka.producer(settings)
     await producer.start()
     try:
         yield producer

@@ -7,8 +7,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
+from bridge import kafka
 from bridge.admin import stop_consumer
 from bridge.codec import SchemaCatalog
 from bridge.envelope import decode_data, headers_dict
@@ -50,9 +51,7 @@ async def tail_topic(
 ) -> int:
     """Print records of ``topic`` until ``max_records`` or ``idle_timeout``; return the count."""
     catalog = SchemaCatalog.from_dir(settings.schemas_dir)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False
-    )
+    consumer = kafka.consumer(settings)
     await consumer.start()
     count = 0
     try:

@@ -151,7 +151,7 @@ async def topics(settings: Settings, uid: str) -> dict[str, str]:
     }
     spec = {n: 3 for n in names.values()}
     spec.update({f"{names['orders']}.dlq": 1, f"{names['payments']}.dlq": 1})
-    await ensure_topics(settings.kafka_bootstrap, spec)
+    await ensure_topics(settings, spec)
     return names
 
 
@@ -161,3 +161,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         parts = Path(str(item.fspath)).parts
         if "integration" in parts:
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def private_stack(tmp_path: Path) -> Iterator[LocalStack]:
+    """A Kafka + Temporal pair of this test's own, for tests that stop or kill them."""
+    local = LocalStack(
+        tmp_path / "stack",
+        kafka_port=free_port(),
+        kafka_controller_port=free_port(),
+        temporal_port=free_port(),
+        headless=True,
+    )
+    asyncio.run(local.start())
+    try:
+        yield local
+    finally:
+        local.stop()

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
+from bridge import kafka
 from bridge.admin import stop_consumer
 from bridge.codec import SchemaCatalog
 from bridge.consumer import BridgeConsumer
@@ -87,9 +88,7 @@ class Services:
         self.settings = settings
         self.catalog = catalog
         self.client = client
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all"
-        )
+        self.producer = kafka.producer(settings)
 
     async def start(self) -> None:
         """Start the producer."""
@@ -141,11 +140,7 @@ class Services:
 
     async def read(self, topic: str, count: int, timeout: float = 30.0) -> list[ConsumerRecord]:
         """Read at least ``count`` records from the beginning of ``topic``."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-        )
+        consumer = kafka.consumer(self.settings)
         await consumer.start()
         try:
             deadline = time.monotonic() + timeout
@@ -179,11 +174,7 @@ class Services:
 
     async def committed(self, topic: str) -> dict[int, int]:
         """The bridge group's committed offsets per partition of ``topic``."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
-            group_id=self.settings.group_id,
-            enable_auto_commit=False,
-        )
+        consumer = kafka.consumer(self.settings, group_id=self.settings.group_id)
         await consumer.start()
         try:
             out = {}
@@ -195,7 +186,7 @@ class Services:
 
     async def end_offsets(self, topic: str) -> dict[int, int]:
         """The end offset of every partition of ``topic``."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap)
+        consumer = kafka.consumer(self.settings)
         await consumer.start()
         try:
             tps = await partitions(consumer, topic)
@@ -224,9 +215,7 @@ async def running_bridge(
     metrics: Metrics | None = None,
 ) -> AsyncIterator[BridgeConsumer]:
     """An in-process bridge instance for the duration of the block."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all"
-    )
+    producer = kafka.producer(settings)
     await producer.start()
     router = Router(config)
     ingress = Ingress(
@@ -253,9 +242,7 @@ async def running_worker(
     metrics: Metrics | None = None,
 ) -> AsyncIterator[Worker]:
     """An in-process worker with the publishing activity registered."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all"
-    )
+    producer = kafka.producer(settings)
     await producer.start()
     publisher = Publisher(producer, catalog, "tests", metrics or Metrics())
     worker = Worker(

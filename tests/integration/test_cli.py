@@ -34,7 +34,7 @@ def cli_env(settings) -> dict[str, str]:
 
 async def test_produce_then_tail(settings, uid) -> None:
     topic = f"cli-{uid}"
-    await ensure_topics(settings.kafka_bootstrap, {topic: 1})
+    await ensure_topics(settings, {topic: 1})
     env = cli_env(settings)
     out = ktb("produce", topic, "--type", "com.example.order.placed", "--key", "o-9",
               "--tenant", "acme", "--data", json.dumps(order_data("o-9")), env=env)  # fmt: skip
@@ -52,7 +52,7 @@ async def test_produce_then_tail(settings, uid) -> None:
 
 async def test_tail_reports_undecodable_records(services, settings, uid) -> None:
     topic = f"cli-bad-{uid}"
-    await ensure_topics(settings.kafka_bootstrap, {topic: 1})
+    await ensure_topics(settings, {topic: 1})
     await services.produce_raw(topic, b"\x00garbage", [("ce_type", b"com.example.order.placed")])
     tail = ktb("tail", topic, "--from-beginning", "--max", "1", "--timeout", "20",
                env=cli_env(settings))  # fmt: skip
@@ -62,7 +62,7 @@ async def test_tail_reports_undecodable_records(services, settings, uid) -> None
 
 async def test_produce_rejects_data_that_does_not_fit(services, settings, uid) -> None:
     topic = f"cli-reject-{uid}"
-    await ensure_topics(settings.kafka_bootstrap, {topic: 1})
+    await ensure_topics(settings, {topic: 1})
     data = {**order_data("o-1"), "total_cents": "lots"}
     out = ktb("produce", topic, "--type", "com.example.order.placed", "--data", json.dumps(data),
               env=cli_env(settings))  # fmt: skip
