@@ -65,7 +65,7 @@ async def run_bridge(settings: Settings, metrics: Metrics | None = None) -> None
             Dispatcher(client),
             DeadLetterPublisher(producer),
             metrics,
-            provenance=ProvenanceWriter(producer),
+            provenance=ProvenanceWriter(producer, settings.provenance_topic),
         )
         consumer = BridgeConsumer(settings, ingress, router.topics, metrics)
         stop_on_signals(consumer.stop)
@@ -87,7 +87,11 @@ async def run_worker(
     client = await connect_temporal(settings)
     async with started_producer(settings) as producer:
         publisher = Publisher(
-            producer, catalog, settings.source, metrics, ProvenanceWriter(producer)
+            producer,
+            catalog,
+            settings.source,
+            metrics,
+            ProvenanceWriter(producer, settings.provenance_topic),
         )
         worker = Worker(
             client,

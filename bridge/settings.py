@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -35,3 +35,43 @@ class Settings(BaseSettings):
     source: str = "ktb"
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
+
+    provenance_topic: str = Field(
+        "ktb.provenance", description="Where bridges and workers record provenance"
+    )
+
+    # HTTP API (`ktb api`)
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8080, ge=0, le=65535)
+    api_auth: bool = Field(True, description="Require bearer API keys; `KTB_API_AUTH=off` for dev")
+    api_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description='API key hashes to tenants: {"sha256:<hex of sha256(key)>": "tenant"}',
+    )
+    api_max_body_bytes: int = Field(1_048_576, ge=1, description="Larger request bodies get 413")
+    api_topics: dict[str, str] = Field(
+        default_factory=dict,
+        description="Event type to topic for POST /events; default: the routes file's route",
+    )
+    api_wait_max_s: float = Field(60.0, gt=0, description="Upper bound of POST /events?wait=")
+    api_query_timeout_s: float = Field(2.0, gt=0, description="Deadline of progress queries")
+    api_stream_interval_s: float = Field(0.5, gt=0, description="Poll interval of SSE streams")
+    api_index_max_events: int = Field(
+        1_000_000, ge=1, description="Event ids the provenance index keeps in memory"
+    )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _hashed_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for digest, tenant in value.items():
+            algo, _, hexdigest = digest.partition(":")
+            if algo != "sha256" or len(hexdigest) != 64 or not _is_hex(hexdigest) or not tenant:
+                raise ValueError(
+                    "api_keys maps 'sha256:<64 hex digits>' to a tenant id "
+                    "(`ktb api-key` prints one); raw keys are never configured"
+                )
+        return value
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
