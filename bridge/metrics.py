@@ -76,3 +76,19 @@ class Metrics:
         self.activity_retries = Counter(
             "activity_retries", "Activity attempts after the first", ["activity_type"], registry=r
         )
+        self.api_requests = Counter(
+            "ktb_api_requests",
+            "HTTP API requests by route template and status code",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.api_request_duration = Histogram(
+            "ktb_api_request_duration_seconds",
+            "HTTP API request handling time (streams: until the stream ends)",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.api_events_produced = Counter(
+            "ktb_api_events_produced", "Events produced by POST /events", ["topic"], registry=r
+        )
