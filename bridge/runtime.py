@@ -11,7 +11,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
 
 from bridge import kafka
 from bridge.codec import SchemaCatalog
@@ -80,6 +80,7 @@ async def run_worker(
     workflows: Sequence[type],
     activities: Sequence[Callable[..., Any]] = (),
     metrics: Metrics | None = None,
+    interceptors: Sequence[Interceptor] = (),
 ) -> None:
     """Run a Temporal worker with the publishing activity registered next to ``activities``."""
     metrics = metrics or Metrics()
@@ -98,6 +99,7 @@ async def run_worker(
             task_queue=task_queue,
             workflows=list(workflows),
             activities=[publisher.publish, *activities],
+            interceptors=list(interceptors),
         )
         stop = asyncio.Event()
         stop_on_signals(stop.set)
