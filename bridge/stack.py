@@ -186,14 +186,23 @@ class Service:
             self.proc.wait(10)
 
 
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
 @dataclass
 class KafkaBroker:
-    """A single-node KRaft broker+controller on ``port`` with its data under ``data_dir``."""
+    """A single-node KRaft broker+controller on ``port`` with its data under ``data_dir``.
+
+    With ``sasl_port`` set it also listens there with SASL_PLAINTEXT and SCRAM-SHA-256/512,
+    accepting the ``scram_users`` (name to password) created when storage is formatted.
+    """
 
     data_dir: Path
     port: int = 9092
     controller_port: int = 9093
     heap: str = "512m"
+    sasl_port: int | None = None
+    scram_users: dict[str, str] = field(default_factory=dict)
     service: Service | None = field(default=None, init=False)
 
     @property
@@ -201,19 +210,46 @@ class KafkaBroker:
         """The bootstrap address clients use."""
         return f"localhost:{self.port}"
 
+    @property
+    def sasl_bootstrap(self) -> str:
+        """The bootstrap address of the SASL_PLAINTEXT (SCRAM) listener."""
+        if self.sasl_port is None:
+            raise StackError("this broker has no SASL listener (sasl_port is not set)")
+        return f"localhost:{self.sasl_port}"
+
+    def _listener_props(self) -> dict[str, str]:
+        listeners = f"PLAINTEXT://localhost:{self.port}"
+        protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+        if self.sasl_port is None:
+            return {
+                "listeners": f"{listeners},CONTROLLER://localhost:{self.controller_port}",
+                "advertised.listeners": listeners,
+                "listener.security.protocol.map": protocols,
+            }
+        listeners += f",SASL_PLAINTEXT://localhost:{self.sasl_port}"
+        # The broker's own side of SCRAM needs a login module but no credentials:
+        # the users' salted credentials live in the metadata log.
+        jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        return {
+            "listeners": f"{listeners},CONTROLLER://localhost:{self.controller_port}",
+            "advertised.listeners": listeners,
+            "listener.security.protocol.map": f"{protocols},SASL_PLAINTEXT:SASL_PLAINTEXT",
+            "sasl.enabled.mechanisms": ",".join(SCRAM_MECHANISMS),
+            **{
+                f"listener.name.sasl_plaintext.{m.lower()}.sasl.jaas.config": jaas
+                for m in SCRAM_MECHANISMS
+            },
+        }
+
     def _write_config(self) -> Path:
         logs = self.data_dir / "logs"
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.bootstrap.servers": f"localhost:{self.controller_port}",
-            "listeners": (
-                f"PLAINTEXT://localhost:{self.port},CONTROLLER://localhost:{self.controller_port}"
-            ),
-            "advertised.listeners": f"PLAINTEXT://localhost:{self.port}",
+            **self._listener_props(),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             "log.dirs": str(logs),
             "num.partitions": "3",
             "offsets.topic.replication.factor": "1",
@@ -240,9 +276,15 @@ class KafkaBroker:
         base = [java, "-cp", classpath, log4j]
         if not (self.data_dir / "logs" / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            scram = [
+                arg
+                for name, password in self.scram_users.items()
+                for mechanism in SCRAM_MECHANISMS
+                for arg in ("--add-scram", f"{mechanism}=[name={name},password={password}]")
+            ]
             fmt = subprocess.run(
                 [*base, "kafka.tools.StorageTool", "format", "--standalone",
-                 "-t", cluster_id, "-c", str(conf)],
+                 "-t", cluster_id, "-c", str(conf), *scram],
                 capture_output=True, text=True, timeout=120, check=False,
             )  # fmt: skip
             if fmt.returncode != 0:
@@ -321,17 +363,17 @@ async def wait_kafka(bootstrap: str, timeout: float, service: Service | None = N
         while time.monotonic() < deadline:
             if service is not None and not service.alive():
                 raise StackError(f"Kafka exited during start-up:\n{tail(service.log)}")
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
-        try:
-            await admin.start()
-            await admin.list_topics()
-            return
-        except (TimeoutError, KafkaError, OSError) as exc:
-            last = exc
-        finally:
-            with contextlib.suppress(KafkaError, OSError):
-                await admin.close()
-        await asyncio.sleep(0.5)
+            admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+            try:
+                await admin.start()
+                await admin.list_topics()
+                return
+            except (TimeoutError, KafkaError, OSError) as exc:
+                last = exc
+            finally:
+                with contextlib.suppress(KafkaError, OSError):
+                    await admin.close()
+            await asyncio.sleep(0.5)
     log = tail(service.log) if service else ""
     raise StackError(f"Kafka at {bootstrap} did not answer within {timeout:.0f}s ({last})\n{log}")
 
