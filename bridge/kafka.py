@@ -10,13 +10,30 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError
 
+from bridge import security
 from bridge.settings import Settings
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
-    """Options shared by every Kafka client (bootstrap servers, security)."""
-    return {"bootstrap_servers": settings.kafka_bootstrap}
+    """Options shared by every Kafka client: bootstrap servers, SASL, TLS, allowlisted extras.
+
+    Raises ``ConfigError`` for an incomplete security setup or a refused extra option.
+    """
+    return {"bootstrap_servers": settings.kafka_bootstrap, **security.kafka_options(settings)}
+
+
+async def start(client: AIOKafkaProducer | AIOKafkaConsumer, settings: Settings) -> None:
+    """Start a client; refused credentials or a failed TLS handshake raise ``KafkaAuthError``."""
+    try:
+        await client.start()
+    except KafkaConnectionError as exc:
+        await client.stop()
+        problem = await security.diagnose(settings)
+        if problem is not None:
+            raise problem from exc
+        raise
 
 
 def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
@@ -27,17 +44,19 @@ def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
         "linger_ms": 2,
         "request_timeout_ms": 15000,
     }
+    # Allowlisted extras (e.g. request.timeout.ms) override these defaults; call sites win.
+    options.update(client_options(settings))
     options.update(overrides)
-    return AIOKafkaProducer(**client_options(settings), **options)
+    return AIOKafkaProducer(**options)
 
 
 def consumer(settings: Settings, *topics: str, **options: Any) -> AIOKafkaConsumer:
     """A consumer; ``group_id=None`` (the default) reads without a group."""
     options.setdefault("group_id", None)
     options.setdefault("enable_auto_commit", False)
-    return AIOKafkaConsumer(*topics, **client_options(settings), **options)
+    return AIOKafkaConsumer(*topics, **{**client_options(settings), **options})
 
 
 def admin(settings: Settings, **options: Any) -> AIOKafkaAdminClient:
     """An admin client."""
-    return AIOKafkaAdminClient(**client_options(settings), **options)
+    return AIOKafkaAdminClient(**{**client_options(settings), **options})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +71,35 @@ class Settings(BaseSettings):
                     "(`ktb api-key` prints one); raw keys are never configured"
                 )
         return value
+
+    # Kafka security, applied to every producer, consumer and admin client (bridge/security.py).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = Field(None, description="PEM CA bundle for the brokers")
+    kafka_ssl_certfile: Path | None = Field(None, description="PEM client certificate (mTLS)")
+    kafka_ssl_keyfile: Path | None = Field(None, description="PEM client private key (mTLS)")
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_ssl_check_hostname: bool = True
+    kafka_ssl_locations: list[Path] = Field(
+        default_factory=list,
+        description="Directories key/trust stores named in kafka_client_options may be read from",
+    )
+    kafka_client_options: dict[str, str] = Field(
+        default_factory=dict,
+        description='Extra Kafka client options by Kafka name, allowlisted: {"client.id": "x"}',
+    )
+
+    # Temporal connection security; the namespace above is the only namespace used.
+    temporal_tls: bool | None = Field(
+        None, description="Force TLS on/off; default: on when a TLS file or API key is set"
+    )
+    temporal_tls_ca: Path | None = Field(None, description="PEM CA of the Temporal frontend")
+    temporal_tls_cert: Path | None = Field(None, description="PEM client certificate (mTLS)")
+    temporal_tls_key: Path | None = Field(None, description="PEM client private key (mTLS)")
+    temporal_tls_server_name: str | None = Field(None, description="TLS server name override")
+    temporal_api_key: SecretStr | None = None
 
 
 def _is_hex(text: str) -> bool:
