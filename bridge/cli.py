@@ -110,6 +110,34 @@ def worker(
     asyncio.run(target.main(settings))
 
 
+@app.command()
+def api(
+    port: Annotated[int | None, typer.Option(help="Port (default: KTB_API_PORT, 8080)")] = None,
+    host: Annotated[str | None, typer.Option(help="Interface (default: KTB_API_HOST)")] = None,
+) -> None:
+    """Serve the HTTP API (produce events, provenance, processes, streams)."""
+    from bridge.api.server import serve
+
+    settings = settings_with(api_port=port, api_host=host)
+    logs.setup(settings.log_level, console=settings.log_format == "console")
+    try:
+        serve(settings)
+    except ConfigError as exc:
+        fail(exc.message, 1)
+
+
+@app.command("api-key")
+def api_key(
+    tenant: Annotated[str, typer.Option(help="The tenant the key belongs to")],
+) -> None:
+    """Make a new API key; prints the key and the KTB_API_KEYS entry (its hash) to configure."""
+    from bridge.api.auth import hash_key, new_key
+
+    key = new_key()
+    typer.echo(f"key: {key}")
+    typer.echo(f"KTB_API_KEYS entry: {json.dumps({hash_key(key): tenant})}")
+
+
 # --- producing and tailing -------------------------------------------------------------
 
 

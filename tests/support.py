@@ -30,6 +30,7 @@ from bridge.egress import Publisher
 from bridge.envelope import Event, decode_record, encode_event
 from bridge.ingress import Ingress
 from bridge.metrics import Metrics
+from bridge.provenance import ProvenanceWriter
 from bridge.routes import Router, RoutesConfig
 from bridge.settings import REPO_ROOT, Settings
 from bridge.tail import render
@@ -213,13 +214,19 @@ async def running_bridge(
     client: Client,
     config: RoutesConfig,
     metrics: Metrics | None = None,
+    provenance: bool = False,
 ) -> AsyncIterator[BridgeConsumer]:
-    """An in-process bridge instance for the duration of the block."""
+    """An in-process bridge instance; ``provenance`` records to ``settings.provenance_topic``."""
     producer = kafka.producer(settings)
     await producer.start()
     router = Router(config)
     ingress = Ingress(
-        catalog, router, Dispatcher(client), DeadLetterPublisher(producer), metrics or Metrics()
+        catalog,
+        router,
+        Dispatcher(client),
+        DeadLetterPublisher(producer),
+        metrics or Metrics(),
+        provenance=ProvenanceWriter(producer, settings.provenance_topic) if provenance else None,
     )
     consumer = BridgeConsumer(settings, ingress, router.topics)
     task = asyncio.create_task(consumer.run())
@@ -240,11 +247,18 @@ async def running_worker(
     workflows: Sequence[type],
     activities: Sequence[Callable[..., Any]] = (),
     metrics: Metrics | None = None,
+    provenance: bool = False,
 ) -> AsyncIterator[Worker]:
     """An in-process worker with the publishing activity registered."""
     producer = kafka.producer(settings)
     await producer.start()
-    publisher = Publisher(producer, catalog, "tests", metrics or Metrics())
+    publisher = Publisher(
+        producer,
+        catalog,
+        "tests",
+        metrics or Metrics(),
+        ProvenanceWriter(producer, settings.provenance_topic) if provenance else None,
+    )
     worker = Worker(
         client,
         task_queue=task_queue,
@@ -301,3 +315,31 @@ async def workflow_result(client: Client, workflow_id: str, timeout: float = 60.
 
     await eventually(exists, timeout)
     return await asyncio.wait_for(handle.result(), timeout)
+
+
+@contextlib.asynccontextmanager
+async def running_api(settings: Settings, metrics: Metrics | None = None) -> AsyncIterator[str]:
+    """The HTTP API served by uvicorn in this event loop on a free port; yields its base URL."""
+    import uvicorn
+
+    from bridge.api import create_app
+    from bridge.stack import free_port
+
+    port = free_port()
+    app = create_app(settings, metrics=metrics)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        if task.done():
+            task.result()
+            raise RuntimeError("the API did not start (see the log)")
+        return server.started
+
+    await eventually(started, 60, 0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)

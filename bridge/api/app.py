@@ -1,0 +1,171 @@
+"""The FastAPI application: ``create_app(settings)``.
+
+Clients are built in the lifespan, never at import or in ``create_app``. Every
+area is an ``APIRouter``; ``ROUTERS`` is the one list of them, and
+``create_app(..., routers=[...])`` adds more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.openapi.utils import get_openapi
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bridge.api import events, health, problems, processes
+from bridge.api.models import StructuredEvent
+from bridge.api.state import open_state
+from bridge.metrics import Metrics
+from bridge.settings import Settings
+
+ROUTERS: list[APIRouter] = [health.router, events.router, processes.router]
+"""The API's areas, in OpenAPI order; replay and DLQ routers belong here too."""
+
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+DESCRIPTION = """\
+Produce CloudEvents onto Kafka, look up what the bridge did with an event, and
+follow the Temporal processes events start.
+
+Authentication: `Authorization: Bearer <API key>`; each key belongs to one tenant,
+which sees only its own events and processes (another tenant's are 404). Errors
+are `application/problem+json` (RFC 9457).
+"""
+
+
+def create_app(
+    settings: Settings,
+    *,
+    metrics: Metrics | None = None,
+    routers: Sequence[APIRouter] = (),
+) -> FastAPI:
+    """The API app; its clients connect when the app starts (lifespan), not here."""
+    metrics = metrics or Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_state(settings, metrics) as state:
+            app.state.ktb = state
+            yield
+
+    app = FastAPI(
+        title="ktb",
+        summary="Kafka <-> Temporal bridge HTTP API",
+        description=DESCRIPTION,
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    for router in (*ROUTERS, *routers):
+        app.include_router(router)
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            summary=app.summary,
+            description=app.description,
+            routes=app.routes,
+        )
+        # Referenced from hand-written response and request entries, so added here.
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (problems.ProblemDetails, StructuredEvent):
+            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(model_schema.pop("$defs", {}))
+            components[model.__name__] = model_schema
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+class BodyLimit:
+    """Answers 413 (problem) to request bodies over ``max_bytes``, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._too_large(scope, receive, send)
+            return
+        # Read the body up front (it is small by definition) and replay it to the app.
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problems.problem_response(
+            None,
+            413,
+            "content-too-large",
+            f"the request body is larger than {self.max_bytes} bytes",
+            instance=scope.get("path"),
+        )
+        await response(scope, receive, send)
+
+
+class RequestMetrics:
+    """Counts requests and their duration by route template (not raw path) and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def observe(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observe)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope["method"]
+            self.metrics.api_requests.labels(method, template, str(status)).inc()
+            self.metrics.api_request_duration.labels(method, template).observe(
+                time.perf_counter() - started
+            )

@@ -1,0 +1,436 @@
+"""``POST /events`` (produce a CloudEvent) and ``GET /events/{event_id}`` (provenance).
+
+An event produced here takes the same path as any other: Kafka, the bridge's
+router, Temporal. The API predicts the workflow with the same routes the bridge
+uses, and reads what actually happened from the provenance topic and Temporal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from aiokafka.errors import KafkaError
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import JSONResponse
+
+from bridge.api import lookup, problems
+from bridge.api.auth import Caller
+from bridge.api.inbound import JSON, STRUCTURED, extensions, parse_request
+from bridge.api.models import (
+    EventAccepted,
+    EventResult,
+    EventStatus,
+    EventView,
+    Failure,
+    Handling,
+    Location,
+    PublishedEvent,
+    StructuredEvent,
+)
+from bridge.api.problems import Problem
+from bridge.api.state import ApiState, CallerDep, ProducedEvent, State
+from bridge.codec import AVRO
+from bridge.envelope import decode_record, encode_event
+from bridge.errors import PermanentError, RouteError
+from bridge.provenance import EventProvenance, PublishedProvenance
+
+router = APIRouter(tags=["events"])
+
+POLL_S = 0.5
+"""How often a waiting request looks for the process in Temporal."""
+SOURCE = "ktb-api"
+
+_BINARY_HEADERS = [
+    ("ce-specversion", "Binary mode: `1.0` (its presence selects binary mode)"),
+    ("ce-id", "Binary mode: event id (default: a new UUID)"),
+    ("ce-type", "Binary mode: event type"),
+    ("ce-source", "Binary mode: event source"),
+    ("ce-subject", "Binary mode: subject"),
+    ("ce-time", "Binary mode: RFC 3339 time"),
+    ("ce-partitionkey", "Binary mode: the Kafka key (business key)"),
+    ("ce-tenantid", "Binary mode: tenant; must be the API key's"),
+    ("traceparent", "W3C trace context, carried onto the Kafka record"),
+]
+_EVENT_SCHEMA = {"$ref": "#/components/schemas/StructuredEvent"}
+POST_OPENAPI: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": name,
+            "in": "header",
+            "required": False,
+            "description": text,
+            "schema": {"type": "string"},
+        }
+        for name, text in _BINARY_HEADERS
+    ],
+    "requestBody": {
+        "required": True,
+        "description": "A CloudEvent: structured mode, or binary mode (data in the body, "
+        "attributes in ce-* headers)",
+        "content": {
+            STRUCTURED: {"schema": _EVENT_SCHEMA},
+            JSON: {
+                "schema": {
+                    "type": "object",
+                    "description": "Structured event, or the data "
+                    "in binary mode when ce-specversion is sent",
+                }
+            },
+        },
+    },
+}
+
+
+def event_url(event_id: str) -> str:
+    """``/events/<event id>`` with the id escaped for a path."""
+    return "/events/" + quote(event_id, safe="")
+
+
+@router.post(
+    "/events",
+    status_code=202,
+    summary="Produce a CloudEvent to the topic its type maps to",
+    response_model=EventAccepted,
+    responses={
+        200: {"model": EventResult, "description": "The process ended within `wait`"},
+        **problems.responses(400, 401, 403, 409, 413, 415, 422, 503),
+    },
+    openapi_extra=POST_OPENAPI,
+)
+async def post_event(
+    request: Request,
+    state: State,
+    caller: CallerDep,
+    wait: Annotated[
+        float, Query(ge=0, le=3600, description="Seconds to wait for the process to end")
+    ] = 0,
+) -> JSONResponse:
+    """Validate the event against its type's schema, produce it, optionally wait for the result."""
+    inbound = parse_request(
+        request.headers.get("content-type"), request.headers, await request.body()
+    )
+    produced, duplicate = await produce(state, caller, inbound, request.headers.get("traceparent"))
+    accepted = EventAccepted(
+        operation_id=produced.event_id,
+        duplicate=duplicate,
+        type=produced.type,
+        tenant_id=produced.tenant_id,
+        produced=_location(produced),
+        workflow_id=produced.workflow_id,
+        status_url=event_url(produced.event_id),
+        stream_url=lookup.process_url(produced.workflow_id) + "/stream"
+        if produced.workflow_id
+        else None,
+    )
+    headers = {"Location": accepted.status_url}
+    if wait > 0:
+        settled = await settle(state, accepted, min(wait, state.settings.api_wait_max_s))
+        if settled is not None:
+            return JSONResponse(settled.model_dump(mode="json"), 200, headers=headers)
+    return JSONResponse(accepted.model_dump(mode="json"), 202, headers=headers)
+
+
+def _location(produced: ProducedEvent) -> Location | None:
+    if produced.partition is None or produced.offset is None:
+        return None
+    return Location(topic=produced.topic, partition=produced.partition, offset=produced.offset)
+
+
+def _tenant(caller: Caller, inbound: StructuredEvent) -> str | None:
+    if not caller.authenticated:
+        return inbound.tenantid
+    if inbound.tenantid is not None and inbound.tenantid != caller.tenant:
+        raise Problem(403, "forbidden-tenant", "tenantid must be your API key's tenant")
+    return caller.tenant
+
+
+def _known(state: ApiState, event_id: str) -> tuple[bool, str | None]:
+    """Whether ``event_id`` was used before, and by which tenant."""
+    primary = state.index.primary(event_id)
+    if primary is not None:
+        return True, primary.tenant_id
+    earlier = state.produced.get(event_id)
+    if earlier is not None:
+        return True, earlier.tenant_id
+    return False, None
+
+
+async def produce(
+    state: ApiState, caller: Caller, inbound: StructuredEvent, traceparent: str | None
+) -> tuple[ProducedEvent, bool]:
+    """Produce ``inbound`` unless its id was used before; ``(event, duplicate)``."""
+    tenant = _tenant(caller, inbound)
+    if inbound.type not in state.catalog:
+        raise Problem(
+            422,
+            "unknown-event-type",
+            f"no schema for event type {inbound.type!r}",
+            known_types=state.catalog.names(),
+        )
+    topic = state.topic_for(inbound.type)
+    if topic is None:
+        raise Problem(
+            422,
+            "unmapped-event-type",
+            f"no topic for {inbound.type!r}: no route reads it and KTB_API_TOPICS has none",
+        )
+    event_id = inbound.id or str(uuid.uuid4())
+    used, owner = _known(state, event_id)
+    if used:
+        if not caller.may_see(owner):
+            raise Problem(409, "event-id-taken", f"event id {event_id!r} is already used")
+        earlier = state.produced.get(event_id)
+        primary = state.index.primary(event_id)
+        return earlier or ProducedEvent(
+            event_id=event_id,
+            type=inbound.type,
+            tenant_id=owner,
+            key=primary.key if primary else None,
+            topic=primary.topic if primary else topic,
+            workflow_id=primary.workflow_id if primary else None,
+        ), True
+    try:
+        record = encode_event(
+            state.catalog,
+            type=inbound.type,
+            data=inbound.data,
+            id=event_id,
+            source=inbound.source or SOURCE,
+            key=inbound.partitionkey,
+            time=inbound.time,
+            subject=inbound.subject,
+            tenant_id=tenant,
+            correlation_id=inbound.correlationid,
+            causation_id=inbound.causationid,
+            traceparent=inbound.traceparent or traceparent,
+            tracestate=inbound.tracestate,
+            content_type=AVRO,
+            extensions=extensions(inbound),
+        )
+    except PermanentError as exc:
+        raise Problem(
+            422,
+            exc.error_type.replace("_", "-"),
+            exc.message,
+            field=getattr(exc, "field", None),
+        ) from exc
+    reserved = ProducedEvent(event_id, inbound.type, tenant, inbound.partitionkey, topic, None)
+    state.produced.put(reserved)
+    try:
+        meta = await state.producer.send_and_wait(
+            topic, value=record.value, key=record.key, headers=record.headers
+        )
+    except KafkaError as exc:
+        state.produced.forget(event_id)
+        raise Problem(503, "kafka-unavailable", f"could not produce to {topic}: {exc}") from exc
+    state.metrics.api_events_produced.labels(topic).inc()
+    produced = ProducedEvent(
+        event_id,
+        inbound.type,
+        tenant,
+        inbound.partitionkey,
+        topic,
+        predict_workflow(state, record.value, record.headers, record.key, topic),
+        meta.partition,
+        meta.offset,
+    )
+    state.produced.put(produced)
+    return produced, False
+
+
+def predict_workflow(
+    state: ApiState,
+    value: bytes,
+    headers: list[tuple[str, bytes]],
+    key: bytes | None,
+    topic: str,
+) -> str | None:
+    """The workflow the bridge's routes map this record to (``None``: no route matches)."""
+    if state.router is None:
+        return None
+    event = decode_record(state.catalog, value=value, headers=headers, key=key, topic=topic)
+    try:
+        action = state.router.route(event)
+    except RouteError:
+        return None
+    return action.workflow_id if action else None
+
+
+async def settle(state: ApiState, accepted: EventAccepted, timeout: float) -> EventResult | None:
+    """Wait for the event's process to end; ``None`` if it has not within ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    event_id = accepted.operation_id
+    workflow_id: str | None = None
+    run_id: str | None = None
+    while workflow_id is None:
+        primary = state.index.primary(event_id)
+        if primary is not None:
+            if primary.workflow_id is None:
+                return _result(
+                    accepted, _status_of_outcome(primary.outcome), None, detail=primary.detail
+                )
+            workflow_id, run_id = primary.workflow_id, primary.run_id
+            break
+        # Without provenance records (a bridge that writes none), Temporal tells.
+        if accepted.workflow_id is not None:
+            found = await lookup.describe(state.client, accepted.workflow_id)
+            if found is not None:
+                workflow_id, run_id = found.id, found.run_id
+                break
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return None
+        await state.index.wait(event_id, min(remaining, POLL_S))
+    remaining = deadline - loop.time()
+    if remaining <= 0 or not await lookup.wait_closed(state.client, workflow_id, run_id, remaining):
+        return None
+    execution = await lookup.describe(state.client, workflow_id, run_id)
+    if execution is None:
+        return None
+    result, failure = await lookup.outcome(state.client, execution)
+    status = lookup.status_of(execution)
+    return _result(
+        accepted,
+        EventStatus(status.value) if status else EventStatus.UNKNOWN,
+        execution.run_id,
+        result=result,
+        failure=failure,
+        workflow_id=workflow_id,
+    )
+
+
+def _status_of_outcome(outcome: str) -> EventStatus:
+    if outcome == EventStatus.SKIPPED.value:
+        return EventStatus.SKIPPED
+    if outcome == EventStatus.DEAD_LETTERED.value:
+        return EventStatus.DEAD_LETTERED
+    return EventStatus.UNKNOWN
+
+
+def _result(
+    accepted: EventAccepted,
+    status: EventStatus,
+    run_id: str | None,
+    *,
+    result: Any = None,
+    failure: Failure | None = None,
+    detail: str | None = None,
+    workflow_id: str | None = None,
+) -> EventResult:
+    fields = accepted.model_dump()
+    if workflow_id is not None:
+        fields["workflow_id"] = workflow_id
+        fields["stream_url"] = lookup.process_url(workflow_id) + "/stream"
+    return EventResult(
+        **fields, status=status, run_id=run_id, result=result, failure=failure, detail=detail
+    )
+
+
+@router.get(
+    "/events/{event_id}",
+    summary="Provenance of an event: where it was read, what the bridge did, the process",
+    response_model=EventView,
+    responses=problems.responses(401, 404, 503),
+)
+async def get_event(
+    state: State,
+    caller: CallerDep,
+    event_id: Annotated[str, Path(min_length=1, max_length=256)],
+) -> EventView:
+    """Everything known about one event; another tenant's event is a 404."""
+    handlings = state.index.handlings(event_id)
+    primary = state.index.primary(event_id)
+    produced = state.produced.get(event_id)
+    workflow_id = primary.workflow_id if primary else None
+    run_id = primary.run_id if primary else None
+    tenant = primary.tenant_id if primary else produced.tenant_id if produced else None
+    read: Location | None = _read_location(primary)
+    event_type = primary.event_type if primary else produced.type if produced else None
+    key = primary.key if primary else produced.key if produced else None
+    execution = None
+    if primary is None and produced is None:
+        # Not in this index (a bridge without provenance, or an evicted id): ask visibility.
+        execution = await lookup.find_by_event(state.client, event_id)
+        if execution is None:
+            raise _not_found(event_id)
+        tenant = lookup.tenant_of(execution)
+        workflow_id, run_id = execution.id, execution.run_id
+        memo = (await lookup.call(execution.memo())).get("ktb") or {}
+        event_type, key = memo.get("event_type"), memo.get("key")
+        if memo.get("topic") is not None:
+            read = Location(topic=memo["topic"], partition=memo["partition"], offset=memo["offset"])
+    if not caller.may_see(tenant):
+        raise _not_found(event_id)
+    if execution is None and workflow_id is not None:
+        execution = await lookup.describe(state.client, workflow_id, run_id)
+    process = lookup.summary(execution) if execution is not None else None
+    return EventView(
+        event_id=event_id,
+        type=event_type,
+        tenant_id=tenant,
+        key=key,
+        status=_event_status(primary, process),
+        produced=_location(produced) if produced else None,
+        read=read,
+        route=primary.route if primary else None,
+        action=primary.action if primary else None,
+        outcome=primary.outcome if primary else None,
+        detail=primary.detail if primary else None,
+        workflow_id=workflow_id,
+        run_id=run_id,
+        process=process,
+        published=published_events(state.index.published(workflow_id) if workflow_id else []),
+        handlings=[_handling(h) for h in handlings],
+    )
+
+
+def _not_found(event_id: str) -> Problem:
+    return Problem(404, "not-found", f"no event {event_id!r}")
+
+
+def _read_location(item: EventProvenance | None) -> Location | None:
+    if item is None:
+        return None
+    return Location(topic=item.topic, partition=item.partition, offset=item.offset)
+
+
+def _event_status(primary: EventProvenance | None, process: Any) -> EventStatus:
+    if process is not None and process.status is not None:
+        return EventStatus(process.status.value)
+    if primary is None:
+        return EventStatus.PENDING
+    return _status_of_outcome(primary.outcome)
+
+
+def _handling(item: EventProvenance) -> Handling:
+    return Handling(
+        read=Location(topic=item.topic, partition=item.partition, offset=item.offset),
+        via=item.via,
+        route=item.route,
+        action=item.action,
+        outcome=item.outcome,
+        workflow_id=item.workflow_id,
+        run_id=item.run_id,
+        detail=item.detail,
+        at=item.at,
+    )
+
+
+def published_events(items: list[PublishedProvenance]) -> list[PublishedEvent]:
+    """Provenance records of published events as the API shows them."""
+    return [
+        PublishedEvent(
+            ce_id=p.ce_id,
+            type=p.type,
+            kind=p.published_kind,
+            topic=p.topic,
+            partition=p.partition,
+            offset=p.offset,
+            at=p.at,
+        )
+        for p in items
+    ]

@@ -1,0 +1,81 @@
+"""``/healthz`` (alive), ``/readyz`` (Kafka, Temporal, provenance index) and ``/metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from aiokafka.errors import KafkaError
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from temporalio.service import RPCError
+
+from bridge.api import problems
+from bridge.api.models import Alive, Ready
+from bridge.api.state import State
+
+router = APIRouter(tags=["operations"])
+CHECK_TIMEOUT_S = 3.0
+
+
+@router.get("/healthz", summary="The process is alive", response_model=Alive)
+async def healthz() -> Alive:
+    """Always ``ok`` while the process serves requests."""
+    return Alive(status="ok")
+
+
+async def _kafka(state: State) -> str:
+    try:
+        metadata = await asyncio.wait_for(
+            state.producer.client.fetch_all_metadata(), CHECK_TIMEOUT_S
+        )
+    except (KafkaError, TimeoutError) as exc:
+        return f"unreachable: {exc or type(exc).__name__}"
+    return "ok" if metadata.brokers() else "no brokers"
+
+
+async def _temporal(state: State) -> str:
+    try:
+        healthy = await state.client.service_client.check_health(
+            timeout=timedelta(seconds=CHECK_TIMEOUT_S)
+        )
+    except RPCError as exc:
+        return f"unreachable: {exc.message}"
+    return "ok" if healthy else "not serving"
+
+
+@router.get(
+    "/readyz",
+    summary="Kafka and Temporal are reachable and the provenance index has caught up",
+    response_model=Ready,
+    responses=problems.responses(503),
+)
+async def readyz(request: Request, state: State) -> Response:
+    """200 when every check passes, else a 503 problem listing the checks."""
+    kafka, temporal = await asyncio.gather(_kafka(state), _temporal(state))
+    checks = {
+        "kafka": kafka,
+        "temporal": temporal,
+        "provenance_index": "ok" if state.follower.caught_up.is_set() else "catching up",
+    }
+    if all(v == "ok" for v in checks.values()):
+        return JSONResponse(Ready(status="ready", checks=checks).model_dump())
+    failing = ", ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok")
+    return problems.problem_response(request, 503, "not-ready", failing, checks=checks)
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics of this process",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def metrics(state: State) -> Response:
+    """Every metric of the process's own registry (never the global one)."""
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

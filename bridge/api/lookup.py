@@ -1,0 +1,233 @@
+"""Reading processes from Temporal: describe, progress, result, visibility listing.
+
+Temporal being unreachable is a 503 problem; a workflow that does not exist is
+``None`` (the routers answer 404).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from collections.abc import Awaitable
+from datetime import timedelta
+from typing import Any, TypeVar
+from urllib.parse import quote as url_quote
+
+from temporalio.client import (
+    Client,
+    WorkflowContinuedAsNewError,
+    WorkflowExecution,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
+)
+from temporalio.exceptions import ApplicationError, TemporalError
+from temporalio.service import RPCError, RPCStatusCode
+
+from bridge import attributes
+from bridge.api.models import Failure, ProcessStatus, ProcessSummary
+from bridge.api.problems import Problem
+from bridge.workflow import PROGRESS_QUERY
+
+T = TypeVar("T")
+
+STATUS = {
+    WorkflowExecutionStatus.RUNNING: ProcessStatus.RUNNING,
+    WorkflowExecutionStatus.COMPLETED: ProcessStatus.COMPLETED,
+    WorkflowExecutionStatus.FAILED: ProcessStatus.FAILED,
+    WorkflowExecutionStatus.CANCELED: ProcessStatus.CANCELED,
+    WorkflowExecutionStatus.TERMINATED: ProcessStatus.TERMINATED,
+    WorkflowExecutionStatus.CONTINUED_AS_NEW: ProcessStatus.CONTINUED_AS_NEW,
+    WorkflowExecutionStatus.TIMED_OUT: ProcessStatus.TIMED_OUT,
+}
+VISIBILITY_STATUS = {
+    ProcessStatus.RUNNING: "Running",
+    ProcessStatus.COMPLETED: "Completed",
+    ProcessStatus.FAILED: "Failed",
+    ProcessStatus.CANCELED: "Canceled",
+    ProcessStatus.TERMINATED: "Terminated",
+    ProcessStatus.CONTINUED_AS_NEW: "ContinuedAsNew",
+    ProcessStatus.TIMED_OUT: "TimedOut",
+}
+RPC_TIMEOUT = timedelta(seconds=10)
+
+
+def unavailable(exc: BaseException) -> Problem:
+    """The 503 problem for Temporal being unreachable or failing."""
+    return Problem(503, "temporal-unavailable", f"Temporal did not answer: {exc}")
+
+
+async def call(awaitable: Awaitable[T]) -> T:
+    """Await a Temporal call; unreachable or failing Temporal becomes a 503 problem."""
+    try:
+        return await awaitable
+    except RPCError as exc:
+        if exc.status is RPCStatusCode.INVALID_ARGUMENT:
+            raise Problem(
+                400, "bad-request", f"Temporal rejected the request: {exc.message}"
+            ) from exc
+        raise unavailable(exc) from exc
+
+
+def status_of(execution: WorkflowExecution) -> ProcessStatus | None:
+    """The API's status name of an execution."""
+    return STATUS.get(execution.status) if execution.status is not None else None
+
+
+def tenant_of(execution: WorkflowExecution) -> str | None:
+    """The ``KtbTenantId`` search attribute of an execution."""
+    return execution.typed_search_attributes.get(attributes.TENANT_ID)
+
+
+def process_url(workflow_id: str) -> str:
+    """``/processes/<workflow id>`` with the id escaped for a path."""
+    return "/processes/" + url_quote(workflow_id, safe="")
+
+
+def summary(execution: WorkflowExecution) -> ProcessSummary:
+    """A listing entry for an execution."""
+    sa = execution.typed_search_attributes
+    url = process_url(execution.id)
+    return ProcessSummary(
+        workflow_id=execution.id,
+        run_id=execution.run_id,
+        workflow_type=execution.workflow_type,
+        status=status_of(execution),
+        task_queue=execution.task_queue,
+        start_time=execution.start_time,
+        close_time=execution.close_time,
+        tenant_id=sa.get(attributes.TENANT_ID),
+        business_key=sa.get(attributes.BUSINESS_KEY),
+        event_id=sa.get(attributes.EVENT_ID),
+        status_url=url,
+        stream_url=url + "/stream",
+    )
+
+
+async def describe(
+    client: Client, workflow_id: str, run_id: str | None = None
+) -> WorkflowExecutionDescription | None:
+    """The execution's description, or ``None`` if there is no such workflow."""
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+    try:
+        return await call(handle.describe(rpc_timeout=RPC_TIMEOUT))
+    except Problem as problem:
+        cause = problem.__cause__
+        if isinstance(cause, RPCError) and cause.status is RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+
+
+async def progress(
+    client: Client, execution: WorkflowExecution, timeout: float
+) -> dict[str, Any] | None:
+    """The ``ktb_progress`` query's answer while the workflow runs, else ``None``.
+
+    A closed workflow, one without the query, or no worker answering in time
+    all mean "no progress to show", not an error.
+    """
+    if execution.status is not WorkflowExecutionStatus.RUNNING:
+        return None
+    handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
+    try:
+        value = await handle.query(PROGRESS_QUERY, rpc_timeout=timedelta(seconds=timeout))
+    except (RPCError, WorkflowQueryFailedError, WorkflowQueryRejectedError):
+        return None
+    return value if isinstance(value, dict) else {"value": value}
+
+
+async def outcome(client: Client, execution: WorkflowExecution) -> tuple[Any, Failure | None]:
+    """The result or failure of a closed execution; ``(None, None)`` while it runs."""
+    if execution.status in (None, WorkflowExecutionStatus.RUNNING):
+        return None, None
+    handle = client.get_workflow_handle(execution.id, run_id=execution.run_id)
+    try:
+        return await call(handle.result(follow_runs=False, rpc_timeout=RPC_TIMEOUT)), None
+    except WorkflowFailureError as exc:
+        return None, failure_of(exc)
+    except WorkflowContinuedAsNewError as exc:
+        return None, Failure(message=f"continued as new run {exc.new_execution_run_id}")
+
+
+def failure_of(exc: WorkflowFailureError) -> Failure:
+    """What a failed, cancelled, terminated or timed-out workflow reports."""
+    cause: BaseException = exc.cause
+    if isinstance(cause, ApplicationError):
+        return Failure(message=cause.message, type=cause.type)
+    if isinstance(cause, TemporalError):
+        return Failure(message=str(cause) or type(cause).__name__, type=type(cause).__name__)
+    return Failure(message=str(cause), type=type(cause).__name__)
+
+
+def literal(value: str) -> str:
+    """A visibility query string literal; quotes and backslashes are refused upstream."""
+    if any(c in value for c in "'\"\\\n\r"):
+        raise Problem(422, "validation-error", "quotes and backslashes are not allowed here")
+    return f"'{value}'"
+
+
+def visibility_query(
+    *,
+    workflow_type: str | None = None,
+    status: ProcessStatus | None = None,
+    tenant: str | None = None,
+    key: str | None = None,
+    event_id: str | None = None,
+) -> str:
+    """A Temporal list filter over the bridge's search attributes."""
+    clauses = []
+    if workflow_type:
+        clauses.append(f"WorkflowType = {literal(workflow_type)}")
+    if status:
+        clauses.append(f"ExecutionStatus = {literal(VISIBILITY_STATUS[status])}")
+    if tenant:
+        clauses.append(f"{attributes.TENANT_ID.name} = {literal(tenant)}")
+    if key:
+        clauses.append(f"{attributes.BUSINESS_KEY.name} = {literal(key)}")
+    if event_id:
+        clauses.append(f"{attributes.EVENT_ID.name} = {literal(event_id)}")
+    return " AND ".join(clauses)
+
+
+async def find_by_event(client: Client, event_id: str) -> WorkflowExecution | None:
+    """The workflow an event started, through visibility (``KtbEventId``)."""
+    if any(c in event_id for c in "'\"\\\n\r"):
+        return None
+    page, _ = await list_page(client, visibility_query(event_id=event_id), 1, None)
+    return page[0] if page else None
+
+
+async def list_page(
+    client: Client, query: str, page_size: int, page_token: str | None
+) -> tuple[list[WorkflowExecution], str | None]:
+    """One page of a visibility listing and the token of the next one."""
+    token: bytes | None = None
+    if page_token:
+        try:
+            token = base64.urlsafe_b64decode(page_token.encode())
+        except (binascii.Error, ValueError) as exc:
+            raise Problem(422, "validation-error", "page_token is not a token we issued") from exc
+    iterator = client.list_workflows(
+        query or None, page_size=page_size, next_page_token=token, rpc_timeout=RPC_TIMEOUT
+    )
+    await call(iterator.fetch_next_page())
+    items = list(iterator.current_page or ())
+    next_token = iterator.next_page_token
+    return items, base64.urlsafe_b64encode(next_token).decode() if next_token else None
+
+
+async def wait_closed(client: Client, workflow_id: str, run_id: str | None, timeout: float) -> bool:
+    """Wait until the execution closes; ``False`` if it is still running at the deadline."""
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+    try:
+        await asyncio.wait_for(handle.result(follow_runs=False), timeout)
+    except TimeoutError:
+        return False
+    except (WorkflowFailureError, WorkflowContinuedAsNewError):
+        return True
+    except RPCError as exc:
+        raise unavailable(exc) from exc
+    return True

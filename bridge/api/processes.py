@@ -1,0 +1,170 @@
+"""``/processes``: workflow status, progress, result and published events; listing; SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import StreamingResponse
+from temporalio.client import WorkflowExecution, WorkflowExecutionStatus
+
+from bridge.api import lookup, problems
+from bridge.api.auth import Caller
+from bridge.api.events import published_events
+from bridge.api.models import ProcessPage, ProcessState, ProcessStatus, ProcessView
+from bridge.api.problems import Problem
+from bridge.api.state import ApiState, CallerDep, State
+
+router = APIRouter(tags=["processes"])
+
+HEARTBEAT_S = 15.0
+"""A comment line this often keeps idle streams open through proxies."""
+NO_QUOTES = r"^[^'\"\\\r\n]*$"
+WorkflowId = Annotated[str, Path(min_length=1, max_length=1000)]
+
+
+async def visible_execution(state: ApiState, caller: Caller, workflow_id: str) -> WorkflowExecution:
+    """The latest run of ``workflow_id``, or 404 if there is none the caller may see."""
+    execution = await lookup.describe(state.client, workflow_id)
+    if execution is None or not caller.may_see(lookup.tenant_of(execution)):
+        raise Problem(404, "not-found", f"no process {workflow_id!r}")
+    return execution
+
+
+@router.get(
+    "/processes/{workflow_id}",
+    summary="A process: status, progress, result or failure, published events",
+    response_model=ProcessView,
+    responses=problems.responses(401, 404, 503),
+)
+async def get_process(state: State, caller: CallerDep, workflow_id: WorkflowId) -> ProcessView:
+    """The latest run of a workflow; another tenant's is a 404."""
+    execution = await visible_execution(state, caller, workflow_id)
+    result, failure = await lookup.outcome(state.client, execution)
+    published = published_events(state.index.published(workflow_id))
+    memo = await lookup.call(execution.memo())
+    trigger = memo.get("ktb")
+    return ProcessView(
+        **lookup.summary(execution).model_dump(),
+        progress=await lookup.progress(state.client, execution, state.settings.api_query_timeout_s),
+        result=result,
+        failure=failure,
+        trigger=trigger if isinstance(trigger, dict) else None,
+        published=published,
+        compensations=[p for p in published if p.kind == "compensation"],
+    )
+
+
+@router.get(
+    "/processes",
+    summary="List processes through Temporal visibility, newest first, in pages",
+    response_model=ProcessPage,
+    responses=problems.responses(401, 422, 503),
+)
+async def list_processes(
+    state: State,
+    caller: CallerDep,
+    type: Annotated[
+        str | None, Query(max_length=256, pattern=NO_QUOTES, description="Workflow type")
+    ] = None,
+    status: Annotated[ProcessStatus | None, Query(description="Execution status")] = None,
+    tenant: Annotated[
+        str | None, Query(max_length=256, pattern=NO_QUOTES, description="Tenant id")
+    ] = None,
+    key: Annotated[
+        str | None, Query(max_length=1024, pattern=NO_QUOTES, description="Business key")
+    ] = None,
+    page_size: Annotated[int, Query(ge=1, le=1000)] = 50,
+    page_token: Annotated[
+        str | None, Query(max_length=4096, description="`next_page_token` of the previous page")
+    ] = None,
+) -> ProcessPage:
+    """Processes matching every given filter; a tenant only ever lists its own."""
+    if caller.authenticated:
+        if tenant is not None and tenant != caller.tenant:
+            return ProcessPage(items=[], next_page_token=None)
+        tenant = caller.tenant
+    query = lookup.visibility_query(workflow_type=type, status=status, tenant=tenant, key=key)
+    items, token = await lookup.list_page(state.client, query, page_size, page_token)
+    return ProcessPage(items=[lookup.summary(e) for e in items], next_page_token=token)
+
+
+@router.get(
+    "/processes/{workflow_id}/stream",
+    summary="Server-sent events: the process's state on every change, until it closes",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "`event: state` messages (data: a ProcessState), the last one "
+            "once the process has closed; `event: error` if Temporal stops answering",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **problems.responses(401, 404, 503),
+    },
+)
+async def stream_process(
+    state: State, caller: CallerDep, workflow_id: WorkflowId
+) -> StreamingResponse:
+    """Follow a process: its state now and on every change of status or progress."""
+    first = await visible_execution(state, caller, workflow_id)
+    return StreamingResponse(
+        _states(state, first),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def process_state(state: ApiState, execution: WorkflowExecution) -> ProcessState:
+    """A process's state as one stream message carries it."""
+    result, failure = await lookup.outcome(state.client, execution)
+    return ProcessState(
+        workflow_id=execution.id,
+        run_id=execution.run_id,
+        status=lookup.status_of(execution),
+        progress=await lookup.progress(state.client, execution, state.settings.api_query_timeout_s),
+        result=result,
+        failure=failure,
+    )
+
+
+def sse(event: str, data: Any, event_id: int) -> bytes:
+    """One server-sent event."""
+    return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+async def _states(state: ApiState, execution: WorkflowExecution) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    last: ProcessState | None = None
+    sent = 0
+    quiet_since = loop.time()
+    workflow_id = execution.id
+    while True:
+        try:
+            current = await process_state(state, execution)
+        except Problem as problem:
+            sent += 1
+            yield sse("error", {"status": problem.status, "detail": problem.detail}, sent)
+            return
+        if current != last:
+            sent += 1
+            yield sse("state", current.model_dump(mode="json"), sent)
+            last = current
+            quiet_since = loop.time()
+        elif loop.time() - quiet_since >= HEARTBEAT_S:
+            yield b": keep-alive\n\n"
+            quiet_since = loop.time()
+        if execution.status not in (None, WorkflowExecutionStatus.RUNNING):
+            return
+        await asyncio.sleep(state.settings.api_stream_interval_s)
+        try:
+            found = await lookup.describe(state.client, workflow_id)
+        except Problem as problem:
+            sent += 1
+            yield sse("error", {"status": problem.status, "detail": problem.detail}, sent)
+            return
+        if found is None:
+            return
+        execution = found
