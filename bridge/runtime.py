@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import contextlib
 import logging
 import signal
@@ -11,6 +12,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from temporalio.client import Client
+from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
+from temporalio.service import RetryConfig
 from temporalio.worker import Interceptor, Worker
 
 from bridge import kafka
@@ -28,9 +31,29 @@ from bridge.settings import Settings
 log = logging.getLogger("ktb")
 
 
-async def connect_temporal(settings: Settings) -> Client:
+# The bridge retries transient failures itself (pausing the partition), so each
+# call gives up quickly instead of holding a slot through a long outage.
+RPC_RETRY = RetryConfig(max_retries=4, max_interval_millis=1000, max_elapsed_time_millis=3000)
+
+
+@functools.cache
+def temporal_runtime() -> Runtime:
+    """A Temporal SDK runtime whose core logs only errors (the bridge logs its own retries)."""
+    return Runtime(
+        telemetry=TelemetryConfig(
+            logging=LoggingConfig(filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"))
+        )
+    )
+
+
+async def connect_temporal(settings: Settings, runtime: Runtime | None = None) -> Client:
     """A Temporal client for the configured address and namespace."""
-    return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        retry_config=RPC_RETRY,
+        runtime=runtime or temporal_runtime(),
+    )
 
 
 @contextlib.asynccontextmanager
