@@ -48,6 +48,12 @@ class Recorder(BridgeWorkflow):
         if self.ktb_accept(message) is not None:
             self.finished = True
 
+    @workflow.update(name="add")
+    def add(self, message: dict[str, Any]) -> int:
+        """Like ``note`` but as an update; returns how many were noted."""
+        self.note(message)
+        return len(self.received)
+
     @workflow.query(name="received")
     def get_received(self) -> list[int]:
         """The sequence numbers noted so far."""

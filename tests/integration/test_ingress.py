@@ -332,3 +332,64 @@ async def test_temporal_outage_pauses_without_dead_letters(private_stack, catalo
         f"test process RSS while Temporal was down: max {max(rss):.0f} MiB, min {min(rss):.0f} MiB"
     )
     assert max(rss) - min(rss) < 200
+
+
+async def test_every_action_kind(services, topics, settings, catalog, client, uid):
+    """signal_with_start, update_with_start, cancel and terminate through routes."""
+    tq = f"tq-{uid}"
+    base = {"workflow": "KtbTestRecorder", "task_queue": tq}
+    wid = f"wf-{uid}-{{data.order_id}}"
+    cancelled = "com.example.order.cancelled"
+    config = routes_config(
+        [
+            {**base, "name": "sws", "topic": topics["payments"], "type": CONFIRMED,
+             "action": "signal_with_start", "workflow_id": wid, "signal": "note"},
+            {**base, "name": "uws", "topic": topics["orders"], "type": CONFIRMED,
+             "action": "update_with_start", "workflow_id": wid, "update": "add"},
+            {"name": "cancel", "topic": topics["orders"], "type": cancelled, "action": "cancel",
+             "workflow_id": wid, "when": "data.reason == 'cancel'"},
+            {"name": "terminate", "topic": topics["orders"], "type": cancelled,
+             "action": "terminate", "workflow_id": wid},
+        ]
+    )  # fmt: skip
+    async with (
+        running_worker(settings, catalog, client, tq, [Recorder]),
+        running_bridge(settings, catalog, client, config) as bridge,
+    ):
+        # signal_with_start on a workflow that does not exist yet: started and signalled;
+        # the same event again is dropped by the workflow's dedupe.
+        for _ in range(2):
+            await services.produce(
+                topics["payments"], CONFIRMED, confirmed("a", 1), key="a", id=f"a1-{uid}"
+            )
+        await services.produce(topics["payments"], CONFIRMED, confirmed("a", 2), key="a")
+        handle = client.get_workflow_handle(f"wf-{uid}-a")
+        await eventually(lambda: _true(bridge.processed == 3))
+        assert await handle.query("received") == [1, 2]
+
+        # update_with_start: starts "b" and applies the update once per event id.
+        for _ in range(2):
+            await services.produce(
+                topics["orders"], CONFIRMED, confirmed("b", 5), key="b", id=f"b5-{uid}"
+            )
+        await eventually(lambda: _true(bridge.processed == 5))
+        assert await client.get_workflow_handle(f"wf-{uid}-b").query("received") == [5]
+
+        # cancel "a", terminate "b"; repeating the cancel is a no-op, not a dead letter.
+        for _ in range(2):
+            await services.produce(
+                topics["orders"], cancelled, {"order_id": "a", "reason": "cancel"}, key="a"
+            )
+        await services.produce(
+            topics["orders"], cancelled, {"order_id": "b", "reason": "stop"}, key="b"
+        )
+        await eventually(lambda: _true(bridge.processed == 8))
+
+        async def closed(wid: str, status: str) -> bool:
+            desc = await client.get_workflow_handle(wid).describe()
+            return desc.status is not None and desc.status.name == status
+
+        await eventually(lambda: closed(f"wf-{uid}-a", "CANCELED"))
+        await eventually(lambda: closed(f"wf-{uid}-b", "TERMINATED"))
+    assert await services.end_offsets(f"{topics['orders']}.dlq") == {0: 0}
+    assert await services.end_offsets(f"{topics['payments']}.dlq") == {0: 0}
