@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import contextlib
+import functools
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -16,7 +16,7 @@ from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, Telemetr
 from temporalio.service import RetryConfig
 from temporalio.worker import Interceptor, Worker
 
-from bridge import kafka
+from bridge import kafka, security
 from bridge.codec import SchemaCatalog
 from bridge.consumer import BridgeConsumer
 from bridge.dispatch import Dispatcher
@@ -47,10 +47,13 @@ def temporal_runtime() -> Runtime:
 
 
 async def connect_temporal(settings: Settings, runtime: Runtime | None = None) -> Client:
-    """A Temporal client for the configured address and namespace."""
+    """A Temporal client for the configured address, namespace, TLS/mTLS and API key.
+
+    The namespace comes from settings only; every action of this process runs in it.
+    """
     return await Client.connect(
         settings.temporal_address,
-        namespace=settings.temporal_namespace,
+        **security.temporal_connect_options(settings),
         retry_config=RPC_RETRY,
         runtime=runtime or temporal_runtime(),
     )
@@ -60,7 +63,7 @@ async def connect_temporal(settings: Settings, runtime: Runtime | None = None) -
 async def started_producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
     """A started producer, stopped (and flushed) on exit."""
     producer = kafka.producer(settings)
-    await producer.start()
+    await kafka.start(producer, settings)
     try:
         yield producer
     finally:
