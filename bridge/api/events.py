@@ -334,7 +334,7 @@ def _result(
     "/events/{event_id}",
     summary="Provenance of an event: where it was read, what the bridge did, the process",
     response_model=EventView,
-    responses=problems.responses(401, 404, 503),
+    responses=problems.responses(401, 404, 422, 503),
 )
 async def get_event(
     state: State,

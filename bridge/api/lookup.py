@@ -207,7 +207,7 @@ async def list_page(
     token: bytes | None = None
     if page_token:
         try:
-            token = base64.urlsafe_b64decode(page_token.encode())
+            token = base64.b64decode(page_token.encode(), altchars=b"-_", validate=True)
         except (binascii.Error, ValueError) as exc:
             raise Problem(422, "validation-error", "page_token is not a token we issued") from exc
     iterator = client.list_workflows(

@@ -38,7 +38,7 @@ async def visible_execution(state: ApiState, caller: Caller, workflow_id: str) -
     "/processes/{workflow_id}",
     summary="A process: status, progress, result or failure, published events",
     response_model=ProcessView,
-    responses=problems.responses(401, 404, 503),
+    responses=problems.responses(401, 404, 422, 503),
 )
 async def get_process(state: State, caller: CallerDep, workflow_id: WorkflowId) -> ProcessView:
     """The latest run of a workflow; another tenant's is a 404."""
@@ -62,7 +62,7 @@ async def get_process(state: State, caller: CallerDep, workflow_id: WorkflowId) 
     "/processes",
     summary="List processes through Temporal visibility, newest first, in pages",
     response_model=ProcessPage,
-    responses=problems.responses(401, 422, 503),
+    responses=problems.responses(400, 401, 422, 503),
 )
 async def list_processes(
     state: State,
@@ -102,7 +102,7 @@ async def list_processes(
             "once the process has closed; `event: error` if Temporal stops answering",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
-        **problems.responses(401, 404, 503),
+        **problems.responses(401, 404, 422, 503),
     },
 )
 async def stream_process(
