@@ -393,3 +393,26 @@ async def test_every_action_kind(services, topics, settings, catalog, client, ui
         await eventually(lambda: closed(f"wf-{uid}-b", "TERMINATED"))
     assert await services.end_offsets(f"{topics['orders']}.dlq") == {0: 0}
     assert await services.end_offsets(f"{topics['payments']}.dlq") == {0: 0}
+
+
+async def test_rejected_actions_are_dead_lettered(services, settings, catalog, client, uid):
+    """Temporal rejecting the action (unknown search attribute, missing workflow) → DLQ."""
+    from bridge.admin import ensure_topics
+
+    topic = f"rejected-{uid}"
+    await ensure_topics(settings, {topic: 1, f"{topic}.dlq": 1})
+    config = routes_config(
+        [
+            start_route(topic, uid, search_attributes={"NoSuchAttribute": "{data.order_id}"}),
+            {**note_route(topic, uid), "workflow_id": f"missing-{uid}-{{data.order_id}}"},
+        ]
+    )
+    await services.produce(topic, PLACED, order_data("r1"), key="r1")
+    await services.produce(topic, CONFIRMED, confirmed("r1", 1), key="r1")
+    async with running_bridge(settings, catalog, client, config):
+        letters = await services.read(f"{topic}.dlq", 2)
+    assert [dict(r.headers)[ERROR_TYPE] for r in sorted(letters, key=lambda r: r.offset)] == [
+        b"action_rejected",
+        b"action_rejected",
+    ]
+    assert await count(client, f"KtbRoute = 'start-{uid}'") == 0
