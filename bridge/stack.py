@@ -303,12 +303,16 @@ class KafkaBroker:
 
 @dataclass
 class TemporalServer:
-    """``temporal server start-dev`` with a database file under ``data_dir``."""
+    """``temporal server start-dev`` with a database file under ``data_dir``.
+
+    ``in_memory`` keeps state in memory only (benchmarks: no disk in the measured path).
+    """
 
     data_dir: Path
     port: int = 7233
     ui_port: int | None = None
     headless: bool = False
+    in_memory: bool = False
     service: Service | None = field(default=None, init=False)
 
     @property
@@ -321,11 +325,12 @@ class TemporalServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             temporal_executable(), "server", "start-dev",
-            "--db-filename", str(self.data_dir / "temporal.db"),
             "--port", str(self.port),
             "--namespace", "default",
             "--log-level", "warn",
         ]  # fmt: skip
+        if not self.in_memory:
+            args += ["--db-filename", str(self.data_dir / "temporal.db")]
         if self.headless:
             args.append("--headless")
         else:
@@ -436,6 +441,7 @@ class LocalStack:
     temporal_port: int = 7233
     temporal_ui_port: int | None = None
     headless: bool = False
+    temporal_in_memory: bool = False
     kafka: KafkaBroker | None = None
     temporal: TemporalServer | None = None
     reused: list[str] = field(default_factory=list)
@@ -473,6 +479,7 @@ class LocalStack:
                 self.temporal_port,
                 self.temporal_ui_port,
                 self.headless,
+                self.temporal_in_memory,
             )
             self.temporal.start()
             waits.append(self.temporal.wait_ready(timeout))
