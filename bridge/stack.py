@@ -195,6 +195,9 @@ class KafkaBroker:
 
     With ``sasl_port`` set it also listens there with SASL_PLAINTEXT and SCRAM-SHA-256/512,
     accepting the ``scram_users`` (name to password) created when storage is formatted.
+    With ``ssl_port`` set it also listens there with TLS, presenting ``ssl_keystore`` (PEM:
+    private key and certificate chain) and requiring client certificates signed by a CA
+    in ``ssl_truststore`` (PEM).
     """
 
     data_dir: Path
@@ -203,6 +206,9 @@ class KafkaBroker:
     heap: str = "512m"
     sasl_port: int | None = None
     scram_users: dict[str, str] = field(default_factory=dict)
+    ssl_port: int | None = None
+    ssl_keystore: Path | None = None
+    ssl_truststore: Path | None = None
     service: Service | None = field(default=None, init=False)
 
     @property
@@ -217,28 +223,45 @@ class KafkaBroker:
             raise StackError("this broker has no SASL listener (sasl_port is not set)")
         return f"localhost:{self.sasl_port}"
 
+    @property
+    def ssl_bootstrap(self) -> str:
+        """The bootstrap address of the SSL (mutual TLS) listener."""
+        if self.ssl_port is None:
+            raise StackError("this broker has no SSL listener (ssl_port is not set)")
+        return f"localhost:{self.ssl_port}"
+
     def _listener_props(self) -> dict[str, str]:
-        listeners = f"PLAINTEXT://localhost:{self.port}"
-        protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
-        if self.sasl_port is None:
-            return {
-                "listeners": f"{listeners},CONTROLLER://localhost:{self.controller_port}",
-                "advertised.listeners": listeners,
-                "listener.security.protocol.map": protocols,
-            }
-        listeners += f",SASL_PLAINTEXT://localhost:{self.sasl_port}"
-        # The broker's own side of SCRAM needs a login module but no credentials:
-        # the users' salted credentials live in the metadata log.
-        jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        listeners = [f"PLAINTEXT://localhost:{self.port}"]
+        protocols = ["CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT"]
+        props: dict[str, str] = {}
+        if self.sasl_port is not None:
+            listeners.append(f"SASL_PLAINTEXT://localhost:{self.sasl_port}")
+            protocols.append("SASL_PLAINTEXT:SASL_PLAINTEXT")
+            props["sasl.enabled.mechanisms"] = ",".join(SCRAM_MECHANISMS)
+            # The broker's own side of SCRAM needs a login module but no credentials:
+            # the users' salted credentials live in the metadata log.
+            jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            for m in SCRAM_MECHANISMS:
+                props[f"listener.name.sasl_plaintext.{m.lower()}.sasl.jaas.config"] = jaas
+        if self.ssl_port is not None:
+            if self.ssl_keystore is None or self.ssl_truststore is None:
+                raise StackError("an SSL listener needs ssl_keystore and ssl_truststore (PEM)")
+            listeners.append(f"SSL://localhost:{self.ssl_port}")
+            protocols.append("SSL:SSL")
+            props.update(
+                {
+                    "ssl.keystore.type": "PEM",
+                    "ssl.keystore.location": str(self.ssl_keystore),
+                    "ssl.truststore.type": "PEM",
+                    "ssl.truststore.location": str(self.ssl_truststore),
+                    "ssl.client.auth": "required",
+                }
+            )
         return {
-            "listeners": f"{listeners},CONTROLLER://localhost:{self.controller_port}",
-            "advertised.listeners": listeners,
-            "listener.security.protocol.map": f"{protocols},SASL_PLAINTEXT:SASL_PLAINTEXT",
-            "sasl.enabled.mechanisms": ",".join(SCRAM_MECHANISMS),
-            **{
-                f"listener.name.sasl_plaintext.{m.lower()}.sasl.jaas.config": jaas
-                for m in SCRAM_MECHANISMS
-            },
+            "listeners": ",".join([*listeners, f"CONTROLLER://localhost:{self.controller_port}"]),
+            "advertised.listeners": ",".join(listeners),
+            "listener.security.protocol.map": ",".join(protocols),
+            **props,
         }
 
     def _write_config(self) -> Path:

@@ -36,8 +36,8 @@ def _signed(name: str, subject: str, ext: str, ca: str, cwd: Path) -> None:
 
 
 def _ca(name: str, cwd: Path) -> None:
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-             "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.crt", cwd=cwd)  # fmt: skip
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+             "-keyout", f"{name}.key", "-out", f"{name}.crt", cwd=cwd)  # fmt: skip
 
 
 def make_certs(directory: Path) -> Certs:
