@@ -17,11 +17,13 @@ from temporalio.exceptions import ApplicationError
 
 from bridge.codec import AVRO, SchemaCatalog
 from bridge.envelope import encode_event
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, SchemaMismatchError
 from bridge.metrics import Metrics
 from bridge.provenance import ProvenanceWriter
 
 PUBLISH_ACTIVITY = "ktb.publish"
+OUTCOME = "outcome"
+COMPENSATION = "compensation"
 EVENT_ID_NAMESPACE = uuid.UUID("6f1c2a0e-8d1b-4c55-9a57-0b4f3e0d2c11")
 
 
@@ -33,8 +35,10 @@ class PublishRequest:
     type: str
     data: dict[str, Any]
     name: str
+    """Tells apart the events of one workflow; part of the ``ce_id`` (a saga uses the step)."""
     key: str | None = None
-    kind: str = "outcome"
+    kind: str = OUTCOME
+    """``outcome`` or ``compensation`` (metrics and provenance)."""
     causation_id: str | None = None
     correlation_id: str | None = None
     tenant_id: str | None = None
@@ -100,16 +104,23 @@ class Publisher:
                 extensions=req.extensions,
             )
         except BridgeError as exc:
+            # The data will not fit its schema on any attempt: fail at once, naming the field.
+            details = {"field": exc.field} if isinstance(exc, SchemaMismatchError) else {}
             raise ApplicationError(
-                exc.message, type=type(exc).__name__, non_retryable=True
+                exc.message, details, type=type(exc).__name__, non_retryable=True
             ) from exc
         try:
             meta = await self.producer.send_and_wait(
                 req.topic, value=record.value, key=record.key, headers=record.headers
             )
         except KafkaError as exc:
-            raise ApplicationError(f"publishing to {req.topic} failed: {exc}") from exc
+            # Retried with the same ce_id until Kafka takes it (the workflow's policy).
+            raise ApplicationError(
+                f"publishing to {req.topic} failed: {exc}", type=type(exc).__name__
+            ) from exc
         self.metrics.events_published.labels(req.topic, req.kind).inc()
+        if req.kind == COMPENSATION:
+            self.metrics.compensations.labels(info.workflow_type, req.name).inc()
         if self.provenance is not None:
             await self.provenance.published(
                 ce_id=ce_id, type=req.type, topic=req.topic, partition=meta.partition,

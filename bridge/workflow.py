@@ -17,6 +17,9 @@ with workflow.unsafe.imports_passed_through():
 
 PROGRESS_QUERY = "ktb_progress"
 SEEN_LIMIT = 10_000
+PUBLISH_TIMEOUT = timedelta(seconds=10)
+# Publishing is retried until Kafka takes the event: the same ce_id every time.
+PUBLISH_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10))
 
 
 class EventDedupe:
@@ -48,6 +51,7 @@ class BridgeWorkflow:
     def _ktb_setup(self, seen: Iterable[str] = ()) -> None:
         self.ktb_dedupe = EventDedupe(seen)
         self.ktb_status: dict[str, Any] = {"step": "started"}
+        self.ktb_compensations: list[dict[str, Any]] = []
 
     def ktb_accept(self, message: dict[str, Any]) -> Any:
         """The payload of a bridge signal the first time its event id arrives, else ``None``."""
@@ -64,10 +68,24 @@ class BridgeWorkflow:
             self._ktb_setup()
         self.ktb_status = {"step": step, **info}
 
+    def ktb_compensation_done(self, step: str, detail: str, status: str = "done") -> None:
+        """Record one compensation (``done`` or ``failed``); ``ktb_progress`` lists them."""
+        if not hasattr(self, "ktb_compensations"):
+            self._ktb_setup()
+        self.ktb_compensations.append({"step": step, "detail": detail, "status": status})
+
     @workflow.query(name=PROGRESS_QUERY)
     def ktb_progress(self) -> dict[str, Any]:
-        """The standard progress query the API and ``ktb status`` read."""
-        return dict(getattr(self, "ktb_status", {"step": "started"}))
+        """The standard progress query the API and ``ktb status`` read.
+
+        ``step`` and the step's details, plus ``compensations`` (in the order they
+        ran) once a saga has undone anything.
+        """
+        status = dict(getattr(self, "ktb_status", {"step": "started"}))
+        compensations = getattr(self, "ktb_compensations", [])
+        if compensations:
+            status["compensations"] = [dict(c) for c in compensations]
+        return status
 
 
 def trigger() -> dict[str, Any]:
@@ -87,9 +105,17 @@ async def publish(
     name: str,
     key: str | None = None,
     kind: str = "outcome",
-    timeout: timedelta = timedelta(seconds=30),
+    causation_id: str | None = None,
+    subject: str | None = None,
+    timeout: timedelta = PUBLISH_TIMEOUT,
 ) -> Published:
-    """Publish an event from a workflow; causation, correlation, tenant and trace are filled in."""
+    """Publish an event from a workflow; causation, correlation, tenant and trace are filled in.
+
+    ``causation_id`` defaults to the event that started the workflow; pass the id
+    of a later event (a signal's) when that one caused this publication. The
+    activity derives ``ce_id`` from the workflow, run and activity ids and ``name``,
+    so ``name`` only needs to tell apart the events of one workflow.
+    """
     origin = trigger()
     request = PublishRequest(
         topic=topic,
@@ -98,15 +124,16 @@ async def publish(
         name=name,
         key=key,
         kind=kind,
-        causation_id=origin.get("event_id"),
+        causation_id=causation_id or origin.get("event_id"),
         correlation_id=workflow.info().workflow_id,
         tenant_id=origin.get("tenant_id"),
         traceparent=origin.get("traceparent"),
+        subject=subject,
     )
     return await workflow.execute_activity(
         PUBLISH_ACTIVITY,
         request,
         start_to_close_timeout=timeout,
-        retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+        retry_policy=PUBLISH_RETRY,
         result_type=Published,
     )

@@ -22,5 +22,5 @@ def service_main(name: str, argv: list[str] | None = None) -> None:
     except ModuleNotFoundError:
         sys.exit(f"services.{name} has no {mode} mode")
     settings = Settings()
-    logs.setup(settings.log_level)
+    logs.setup(settings.log_level, console=settings.log_format == "console")
     asyncio.run(module.main(settings))

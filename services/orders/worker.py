@@ -1,13 +1,31 @@
-"""The orders worker: hosts ``OrderFulfillment`` on the ``orders`` task queue."""
+"""``python -m services.orders worker``: ``OrderFulfillment`` and the ``orders.*`` activities."""
 
 from __future__ import annotations
 
+from bridge.faults import FaultInterceptor
+from bridge.metrics import Metrics
 from bridge.runtime import run_worker
 from bridge.settings import Settings
-from services.orders import TASK_QUEUE
+from services.config import ServicesConfig
+from services.orders.activities import SCHEMA, Orders
 from services.orders.workflows import OrderFulfillment
+from services.store import Store
 
 
 async def main(settings: Settings) -> None:
     """Run until SIGTERM."""
-    await run_worker(settings, TASK_QUEUE, [OrderFulfillment])
+    config = ServicesConfig()
+    store = Store(config.database("orders", settings), SCHEMA)
+    orders = Orders(store)
+    metrics = Metrics()
+    try:
+        await run_worker(
+            settings,
+            config.orders_queue,
+            [OrderFulfillment],
+            [orders.record],
+            metrics,
+            interceptors=[FaultInterceptor(config.retry_scale, metrics)],
+        )
+    finally:
+        store.close()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from bridge.codec import SchemaCatalog
+from services.config import ServicesConfig
 from services.orders.workflows import OrderFulfillment
+from tests.integration.shop import all_activities, open_stores
 from tests.support import (
     order_data,
     routes_config,
@@ -14,9 +16,12 @@ from tests.support import (
 
 
 async def test_order_placed_to_completed(
-    services, topics, settings, catalog: SchemaCatalog, client, uid
+    services, topics, settings, catalog: SchemaCatalog, client, uid, tmp_path
 ):
     task_queue = f"orders-{uid}"
+    # One worker hosts the workflow and every service activity.
+    stores = open_stores(settings.model_copy(update={"data_dir": tmp_path}))
+    activities = all_activities(ServicesConfig(), stores)
     config = routes_config(
         [
             {
@@ -27,12 +32,17 @@ async def test_order_placed_to_completed(
                 "workflow": "OrderFulfillment",
                 "task_queue": task_queue,
                 "workflow_id": f"order-{uid}-{{data.order_id}}",
-                "memo": {"outcome_topic": topics["outcomes"]},
+                "memo": {
+                    "outcome_topic": topics["outcomes"],
+                    "inventory_queue": task_queue,
+                    "payments_queue": task_queue,
+                    "shipping_queue": task_queue,
+                },
             }
         ]
     )
     async with (
-        running_worker(settings, catalog, client, task_queue, [OrderFulfillment]),
+        running_worker(settings, catalog, client, task_queue, [OrderFulfillment], activities),
         running_bridge(settings, catalog, client, config),
     ):
         event_id = await services.produce(

@@ -1,0 +1,66 @@
+"""Configuration of the example services, kept apart from the bridge's settings.
+
+Read from ``KTB_SERVICES_*`` variables. Unless set, each service's HTTP port is
+the HTTP API's port (``KTB_API_PORT``) plus a fixed offset, so two local stacks
+started with different API ports do not collide.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bridge.settings import Settings
+
+Service = Literal["orders", "inventory", "payments", "shipping", "notifications"]
+PORT_OFFSETS: dict[str, int] = {
+    "orders": 1,
+    "inventory": 2,
+    "payments": 3,
+    "shipping": 4,
+    "notifications": 5,
+}
+
+
+class ServicesConfig(BaseSettings):
+    """Ports, task queues, topics and behaviour of the example services."""
+
+    model_config = SettingsConfigDict(env_prefix="KTB_SERVICES_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port_base: int | None = Field(None, description="Ports are base + offset; default KTB_API_PORT")
+    orders_port: int | None = None
+    inventory_port: int | None = None
+    payments_port: int | None = None
+    shipping_port: int | None = None
+    notifications_port: int | None = None
+
+    orders_queue: str = "orders"
+    inventory_queue: str = "inventory"
+    payments_queue: str = "payments"
+    shipping_queue: str = "shipping"
+
+    outcome_topic: str = "orders.outcomes"
+    compensation_topic: str = "orders.compensations"
+    notifications_group: str = "notifications"
+
+    retry_scale: float = Field(1.0, gt=0, description="Shrinks fault retry intervals (tests)")
+    default_stock: int = Field(1000, ge=0, description="Stock of a SKU seen for the first time")
+    gateway_failure_threshold: int = Field(5, ge=1, description="Failures that open the circuit")
+    gateway_reset_s: float = Field(30.0, gt=0, description="How long the circuit stays open")
+
+    def port(self, service: Service, settings: Settings) -> int:
+        """The HTTP port of ``service``."""
+        explicit: int | None = getattr(self, f"{service}_port")
+        if explicit is not None:
+            return explicit
+        base = self.port_base if self.port_base is not None else settings.api_port
+        return base + PORT_OFFSETS[service]
+
+    @staticmethod
+    def database(service: Service, settings: Settings) -> Path:
+        """The SQLite file of ``service`` under the data directory."""
+        return settings.data_dir / "services" / f"{service}.db"

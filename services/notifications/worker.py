@@ -1,0 +1,31 @@
+"""``python -m services.notifications worker``: the outcome-topic consumer."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bridge.codec import SchemaCatalog
+from bridge.runtime import stop_on_signals
+from bridge.settings import Settings
+from services.config import ServicesConfig
+from services.notifications.consumer import SCHEMA, Notifications, consume
+from services.store import Store
+
+
+async def main(settings: Settings) -> None:
+    """Consume until SIGTERM."""
+    config = ServicesConfig()
+    store = Store(config.database("notifications", settings), SCHEMA)
+    catalog = SchemaCatalog.from_dir(settings.schemas_dir)
+    stop = asyncio.Event()
+    stop_on_signals(stop.set)
+    try:
+        await consume(
+            settings,
+            Notifications(store, catalog),
+            [config.outcome_topic, config.compensation_topic],
+            config.notifications_group,
+            stop,
+        )
+    finally:
+        store.close()

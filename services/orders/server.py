@@ -1,0 +1,48 @@
+"""``python -m services.orders server``: the orders read model over HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from bridge.settings import Settings
+from services import http
+from services.config import ServicesConfig
+from services.orders.activities import SCHEMA
+from services.store import Store
+
+
+def create_app(store: Store) -> FastAPI:
+    """The orders HTTP API over ``store``."""
+    app = http.app("orders")
+
+    @app.get("/orders")
+    async def list_orders(status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Orders, most recently updated first, optionally by status."""
+        return await store.rows(
+            "SELECT * FROM orders WHERE ? IS NULL OR status = ? ORDER BY updated_at DESC LIMIT ?",
+            status,
+            status,
+            max(1, min(limit, 1000)),
+        )
+
+    @app.get("/orders/{order_id}")
+    async def get_order(order_id: str) -> dict[str, Any]:
+        """One order: status, totals, the workflow that runs it."""
+        row = await store.row("SELECT * FROM orders WHERE order_id = ?", order_id)
+        if row is None:
+            raise http.not_found(f"order {order_id}")
+        return row
+
+    return app
+
+
+async def main(settings: Settings) -> None:
+    """Serve until SIGTERM."""
+    config = ServicesConfig()
+    store = Store(config.database("orders", settings), SCHEMA)
+    try:
+        await http.serve(create_app(store), config.host, config.port("orders", settings))
+    finally:
+        store.close()

@@ -1,0 +1,51 @@
+"""``python -m services.payments server``: payments and charge attempts over HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from bridge.settings import Settings
+from services import http
+from services.config import ServicesConfig
+from services.payments.activities import SCHEMA
+from services.store import Store
+
+
+def create_app(store: Store) -> FastAPI:
+    """The payments HTTP API over ``store``."""
+    app = http.app("payments")
+
+    @app.get("/payments")
+    async def list_payments(status: str | None = None) -> list[dict[str, Any]]:
+        """Payments, newest first, optionally by status."""
+        return await store.rows(
+            "SELECT * FROM payments WHERE ? IS NULL OR status = ? ORDER BY created_at DESC",
+            status,
+            status,
+        )
+
+    @app.get("/payments/{order_id}")
+    async def get_payment(order_id: str) -> dict[str, Any]:
+        """The payment of one order with every charge attempt."""
+        row = await store.row("SELECT * FROM payments WHERE order_id = ?", order_id)
+        attempts = await store.rows(
+            "SELECT attempt, token, result, at FROM attempts WHERE order_id = ? ORDER BY attempt",
+            order_id,
+        )
+        if row is None and not attempts:
+            raise http.not_found(f"payment of order {order_id}")
+        return {"order_id": order_id, "payment": row, "attempts": attempts}
+
+    return app
+
+
+async def main(settings: Settings) -> None:
+    """Serve until SIGTERM."""
+    config = ServicesConfig()
+    store = Store(config.database("payments", settings), SCHEMA)
+    try:
+        await http.serve(create_app(store), config.host, config.port("payments", settings))
+    finally:
+        store.close()

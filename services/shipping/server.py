@@ -1,0 +1,43 @@
+"""``python -m services.shipping server``: shipments over HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from bridge.settings import Settings
+from services import http
+from services.config import ServicesConfig
+from services.shipping.activities import SCHEMA
+from services.store import Store
+
+
+def create_app(store: Store) -> FastAPI:
+    """The shipping HTTP API over ``store``."""
+    app = http.app("shipping")
+
+    @app.get("/shipments")
+    async def list_shipments() -> list[dict[str, Any]]:
+        """Shipments, newest first."""
+        return await store.rows("SELECT * FROM shipments ORDER BY created_at DESC")
+
+    @app.get("/shipments/{order_id}")
+    async def get_shipment(order_id: str) -> dict[str, Any]:
+        """The shipment of one order."""
+        row = await store.row("SELECT * FROM shipments WHERE order_id = ?", order_id)
+        if row is None:
+            raise http.not_found(f"shipment of order {order_id}")
+        return row
+
+    return app
+
+
+async def main(settings: Settings) -> None:
+    """Serve until SIGTERM."""
+    config = ServicesConfig()
+    store = Store(config.database("shipping", settings), SCHEMA)
+    try:
+        await http.serve(create_app(store), config.host, config.port("shipping", settings))
+    finally:
+        store.close()
