@@ -14,6 +14,7 @@ from bridge.api.models import StructuredEvent
 from bridge.api.problems import Problem
 
 STRUCTURED = "application/cloudevents+json"
+BATCH = "application/cloudevents-batch+json"
 JSON = "application/json"
 HEADER_PREFIX = "ce-"
 EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
@@ -33,10 +34,14 @@ def parse_request(
     is the data); without it the body is read as a structured event.
     """
     kind = media_type(content_type)
-    if kind == STRUCTURED or (kind == JSON and "ce-specversion" not in headers):
+    if kind == STRUCTURED:
         return parse_structured(body)
-    if kind == JSON or kind.endswith("+json"):
+    if kind == BATCH:
+        raise Problem(415, "unsupported-media-type", "batched mode is not supported")
+    if "ce-specversion" in headers and (kind == JSON or kind.endswith("+json")):
         return parse_binary(headers, body, kind)
+    if kind == JSON:
+        return parse_structured(body)
     raise Problem(
         415,
         "unsupported-media-type",

@@ -1,0 +1,336 @@
+"""Pure parts of the HTTP API: keys, CloudEvents parsing, queries, the provenance index."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import asdict
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from pydantic import ValidationError
+
+from bridge.api.app import BodyLimit
+from bridge.api.auth import ANONYMOUS, Caller, KeyRing, hash_key, new_key
+from bridge.api.inbound import parse_request
+from bridge.api.index import MAX_HANDLINGS, ProvenanceIndex
+from bridge.api.lookup import visibility_query
+from bridge.api.models import ProcessStatus
+from bridge.api.problems import MEDIA_TYPE, Problem, problem_response
+from bridge.api.state import ProducedEvent, ProducedEvents, topic_map
+from bridge.provenance import EventProvenance, PublishedProvenance
+from bridge.routes import RoutesConfig
+from bridge.settings import Settings
+
+
+def test_keys_are_configured_hashed_and_map_to_tenants():
+    key = new_key()
+    assert key.startswith("ktb_") and key != new_key()
+    assert hash_key(key).startswith("sha256:") and key not in hash_key(key)
+    ring = KeyRing({hash_key(key): "acme", hash_key("other"): "globex"})
+    assert ring.tenant_of(key) == "acme"
+    assert ring.tenant_of("other") == "globex"
+    assert ring.tenant_of("nope") is None
+    assert ring.authenticate(f"Bearer {key}") == Caller("acme", True)
+    assert ring.authenticate(f"bearer   {key}") == Caller("acme", True)
+    for header in (None, "", "Bearer", "Basic abc", f"Token {key}", "Bearer nope"):
+        with pytest.raises(Problem) as raised:
+            ring.authenticate(header)
+        assert raised.value.status == 401
+        assert raised.value.headers == {"WWW-Authenticate": "Bearer"}
+
+
+def test_auth_off_sees_every_tenant():
+    assert KeyRing({}, enabled=False).authenticate(None) is ANONYMOUS
+    assert ANONYMOUS.may_see("acme") and ANONYMOUS.may_see(None)
+    acme = Caller("acme", True)
+    assert acme.may_see("acme")
+    assert not acme.may_see("globex")
+    assert not acme.may_see(None)
+
+
+def test_settings_take_only_hashed_keys_and_auth_off(monkeypatch):
+    with pytest.raises(ValidationError):
+        Settings(api_keys={"secret-key": "acme"})
+    with pytest.raises(ValidationError):
+        Settings(api_keys={hash_key("k"): ""})
+    assert Settings(api_keys={hash_key("k"): "acme"}).api_keys == {hash_key("k"): "acme"}
+    monkeypatch.setenv("KTB_API_AUTH", "off")
+    monkeypatch.setenv("KTB_API_KEYS", json.dumps({hash_key("k"): "acme"}))
+    loaded = Settings()
+    assert loaded.api_auth is False
+    assert loaded.api_keys == {hash_key("k"): "acme"}
+
+
+STRUCTURED = {"Content-Type": "application/cloudevents+json; charset=utf-8"}
+
+
+def test_structured_mode():
+    body = {
+        "specversion": "1.0",
+        "id": "e-1",
+        "type": "com.example.order.placed",
+        "source": "shop",
+        "time": "2026-01-02T03:04:05Z",
+        "partitionkey": "o-1",
+        "tenantid": "acme",
+        "region": "eu",
+        "priority": 3,
+        "data": {"order_id": "o-1"},
+    }
+    event = parse_request(STRUCTURED["Content-Type"], {}, json.dumps(body).encode())
+    assert (event.id, event.type, event.source, event.partitionkey) == (
+        "e-1",
+        "com.example.order.placed",
+        "shop",
+        "o-1",
+    )
+    assert event.time is not None and event.time.year == 2026
+    assert event.tenantid == "acme"
+    assert event.data == {"order_id": "o-1"}
+    assert event.model_extra == {"region": "eu", "priority": 3}
+    plain = parse_request("application/json", {}, json.dumps(body).encode())
+    assert plain.id == "e-1"
+
+
+def test_binary_mode():
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "e-2",
+        "ce-type": "com.example.payment.confirmed",
+        "ce-source": "psp",
+        "ce-subject": "a%20b",
+        "ce-partitionkey": "o-2",
+        "content-type": "application/json",
+    }
+    event = parse_request("application/json", headers, b'{"order_id": "o-2"}')
+    assert (event.id, event.type, event.subject, event.partitionkey) == (
+        "e-2",
+        "com.example.payment.confirmed",
+        "a b",
+        "o-2",
+    )
+    assert event.datacontenttype == "application/json"
+    assert event.data == {"order_id": "o-2"}
+
+
+@pytest.mark.parametrize(
+    ("content_type", "headers", "body", "status"),
+    [
+        ("text/plain", {}, b"{}", 415),
+        (None, {}, b"{}", 415),
+        ("application/cloudevents-batch+json", {}, b"[]", 415),
+        ("application/cloudevents+json", {}, b"{not json", 400),
+        ("application/cloudevents+json", {}, b"\xff\xfe", 400),
+        ("application/cloudevents+json", {}, b"[1]", 422),
+        ("application/cloudevents+json", {}, b'{"type": "t"}', 422),
+        ("application/cloudevents+json", {}, b'{"type": "", "data": {}}', 422),
+        ("application/cloudevents+json", {}, b'{"type": "t", "data": []}', 422),
+        (
+            "application/cloudevents+json",
+            {},
+            b'{"type": "t", "data": {}, "specversion": "0.3"}',
+            422,
+        ),
+        (
+            "application/cloudevents+json",
+            {},
+            b'{"type": "t", "data": {}, "data_base64": "eA=="}',
+            422,
+        ),
+        ("application/cloudevents+json", {}, b'{"type": "t", "data": {}, "Bad-Name": "x"}', 422),
+        ("application/cloudevents+json", {}, b'{"type": "t", "data": {}, "ext": {"a": 1}}', 422),
+        ("application/cloudevents+json", {}, b'{"type": "t", "data": {}, "time": "soon"}', 422),
+        ("application/json", {"ce-specversion": "1.0"}, b"{}", 422),
+        ("application/json", {"ce-specversion": "1.0", "ce-type": "t"}, b"nope", 400),
+    ],
+)
+def test_bad_requests_are_problems(content_type, headers, body, status):
+    with pytest.raises(Problem) as raised:
+        parse_request(content_type, headers, body)
+    assert raised.value.status == status
+
+
+def test_visibility_queries():
+    assert visibility_query() == ""
+    assert visibility_query(
+        workflow_type="OrderFulfillment",
+        status=ProcessStatus.CONTINUED_AS_NEW,
+        tenant="acme",
+        key="o-1",
+        event_id="e-1",
+    ) == (
+        "WorkflowType = 'OrderFulfillment' AND ExecutionStatus = 'ContinuedAsNew' AND "
+        "KtbTenantId = 'acme' AND KtbBusinessKey = 'o-1' AND KtbEventId = 'e-1'"
+    )
+    for bad in ("a'b", 'a"b', "a\\b", "a\nb"):
+        with pytest.raises(Problem):
+            visibility_query(key=bad)
+
+
+def _event(event_id: str, outcome: str = "started", **kw) -> bytes:
+    fields = dict(
+        event_id=event_id,
+        event_type="t",
+        tenant_id="acme",
+        key="k",
+        topic="orders",
+        partition=0,
+        offset=1,
+        route="r",
+        action="start",
+        outcome=outcome,
+        workflow_id="wf",
+        run_id="run",
+        detail=None,
+        at="now",
+        via="live",
+    )
+    fields.update(kw)
+    return json.dumps(asdict(EventProvenance(**fields))).encode()
+
+
+def _published(workflow_id: str, ce_id: str, offset: int = 0) -> bytes:
+    item = PublishedProvenance(
+        ce_id=ce_id,
+        type="t",
+        topic="out",
+        partition=0,
+        offset=offset,
+        published_kind="outcome",
+        workflow_id=workflow_id,
+        causation_id="e",
+        tenant_id="acme",
+        at="now",
+    )
+    return json.dumps(asdict(item)).encode()
+
+
+def test_index_keeps_handlings_and_published_events():
+    index = ProvenanceIndex()
+    index.add(None)
+    index.add(b"not json")
+    index.add(b'{"kind": "other"}')
+    index.add(_event("e-1", "duplicate", offset=1))
+    index.add(_event("e-1", "started", offset=2))
+    index.add(_event("e-1", "duplicate", offset=3, via="replay"))
+    assert index.records == 3
+    assert "e-1" in index and "e-2" not in index
+    assert [h.offset for h in index.handlings("e-1")] == [1, 2, 3]
+    primary = index.primary("e-1")
+    assert primary is not None and primary.offset == 2
+    index.add(_published("wf", "c-1", 5))
+    index.add(_published("wf", "c-1", 6))
+    index.add(_published("wf", "c-2", 7))
+    assert [(p.ce_id, p.offset) for p in index.published("wf")] == [("c-1", 5), ("c-2", 7)]
+    assert index.published("other") == []
+    for n in range(MAX_HANDLINGS + 5):
+        index.add(_event("e-many", offset=n))
+    assert len(index.handlings("e-many")) == MAX_HANDLINGS
+
+
+def test_index_is_bounded():
+    index = ProvenanceIndex(max_events=2)
+    for n in range(3):
+        index.add(_event(f"e-{n}"))
+        index.add(_published(f"wf-{n}", f"c-{n}"))
+    assert "e-0" not in index and "e-1" in index and "e-2" in index
+    assert index.published("wf-0") == [] and index.published("wf-2")
+
+
+async def test_index_wait_wakes_on_the_event():
+    index = ProvenanceIndex()
+    assert await index.wait("e-1", 0.01) is False
+    waiter = asyncio.create_task(index.wait("e-1", 10))
+    await asyncio.sleep(0)
+    index.add(_event("e-1"))
+    assert await waiter is True
+    assert await index.wait("e-1", 0) is True
+    assert index._waiters == {}
+
+
+def test_topic_map_prefers_configured_topics():
+    config = RoutesConfig.parse(
+        {
+            "routes": [
+                {
+                    "name": "a",
+                    "topic": "orders",
+                    "type": "t.placed",
+                    "action": "start",
+                    "workflow": "W",
+                    "task_queue": "q",
+                    "workflow_id": "w-{id}",
+                },
+                {
+                    "name": "b",
+                    "topic": "orders2",
+                    "type": "t.placed",
+                    "action": "start",
+                    "workflow": "W",
+                    "task_queue": "q",
+                    "workflow_id": "w-{id}",
+                },
+                {
+                    "name": "c",
+                    "topic": "payments",
+                    "type": "t.paid",
+                    "action": "signal",
+                    "workflow_id": "w-{id}",
+                    "signal": "paid",
+                },
+            ]
+        }
+    )
+    settings = Settings(api_topics={"t.paid": "payments.api", "t.other": "other"})
+    assert topic_map(settings, config) == {
+        "t.placed": "orders",
+        "t.paid": "payments.api",
+        "t.other": "other",
+    }
+    assert topic_map(Settings(), None) == {}
+
+
+def test_produced_events_are_bounded():
+    produced = ProducedEvents(limit=2)
+    for n in range(3):
+        produced.put(ProducedEvent(f"e-{n}", "t", None, None, "orders", None))
+    assert produced.get("e-0") is None and produced.get("e-2") is not None
+    produced.forget("e-2")
+    assert produced.get("e-2") is None
+
+
+def test_problem_response_shape():
+    response = problem_response(None, 404, "not-found", "no event 'x'", event_id="x", skip=None)
+    assert response.media_type == MEDIA_TYPE
+    assert json.loads(response.body) == {
+        "type": "urn:ktb:problem:not-found",
+        "title": "Not Found",
+        "status": 404,
+        "detail": "no event 'x'",
+        "event_id": "x",
+    }
+
+
+async def test_body_limit_answers_413_for_declared_and_streamed_bodies():
+    inner = FastAPI()
+
+    @inner.post("/echo")
+    async def echo(request: Request) -> dict[str, int]:
+        return {"size": len(await request.body())}
+
+    app = BodyLimit(inner, max_bytes=10)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+        assert (await http.post("/echo", content=b"x" * 10)).json() == {"size": 10}
+        too_big = await http.post("/echo", content=b"x" * 11)
+        assert too_big.status_code == 413
+        assert too_big.headers["content-type"] == MEDIA_TYPE
+        assert too_big.json()["instance"] == "/echo"
+
+        async def chunks():
+            for _ in range(3):
+                yield b"x" * 5
+
+        assert (await http.post("/echo", content=chunks())).status_code == 413
