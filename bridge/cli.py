@@ -138,6 +138,33 @@ def api_key(
     typer.echo(f"KTB_API_KEYS entry: {json.dumps({hash_key(key): tenant})}")
 
 
+@app.command()
+def provision(
+    partitions: Annotated[
+        int | None,
+        typer.Option(min=1, help="At least this many partitions per topic (DLQs excepted)"),
+    ] = None,
+    replication_factor: Annotated[
+        int, typer.Option(min=1, help="Replicas of each topic created")
+    ] = 1,
+) -> None:
+    """Create or grow the deployment's topics and register search attributes (idempotent)."""
+    from bridge.provision import provision as run_provision
+
+    settings = settings_with()
+    logs.setup(settings.log_level, console=settings.log_format == "console")
+    try:
+        report = asyncio.run(run_provision(settings, partitions, replication_factor))
+    except BridgeError as exc:
+        fail(exc.message, 1)
+    for name, count in sorted(report.created.items()):
+        typer.echo(f"created {name} ({count} partitions)")
+    for name, (before, after) in sorted(report.grown.items()):
+        typer.echo(f"grew {name} from {before} to {after} partitions")
+    added = ", ".join(report.search_attributes) or "none missing"
+    typer.echo(f"{len(report.unchanged)} topics unchanged; search attributes added: {added}")
+
+
 # --- producing and tailing -------------------------------------------------------------
 
 

@@ -428,30 +428,11 @@ async def wait_temporal(address: str, timeout: float, service: Service | None = 
 
 async def ensure_search_attributes(address: str, namespace: str = "default") -> None:
     """Register the bridge's custom search attributes on a server started elsewhere."""
-    from temporalio.api.enums.v1 import IndexedValueType
-    from temporalio.api.operatorservice.v1 import (
-        AddSearchAttributesRequest,
-        ListSearchAttributesRequest,
-    )
     from temporalio.client import Client
 
-    client = await Client.connect(address, namespace=namespace)
-    listed = await client.operator_service.list_search_attributes(
-        ListSearchAttributesRequest(namespace=namespace)
-    )
-    missing = {
-        name: IndexedValueType.Value(f"INDEXED_VALUE_TYPE_{_snake(kind).upper()}")
-        for name, kind in SEARCH_ATTRIBUTES.items()
-        if name not in listed.custom_attributes
-    }
-    if missing:
-        await client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(namespace=namespace, search_attributes=missing)
-        )
+    from bridge.provision import register_search_attributes
 
-
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)([A-Z])", r"_\1", name)
+    await register_search_attributes(await Client.connect(address, namespace=namespace))
 
 
 @dataclass

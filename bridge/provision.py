@@ -1,0 +1,143 @@
+"""One-shot set-up of a deployment: Kafka topics and Temporal search attributes.
+
+``ktb provision`` runs it (the compose stack's ``provision`` service). Partition
+counts come from configuration: the routes file's ``topics:`` section and route
+topics, raised to ``--partitions`` when given. Existing topics are grown to the
+planned count, never shrunk (Kafka cannot), so raising the count and running it
+again is how partitions are scaled out. Safe to run any number of times.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from aiokafka.admin import NewPartitions, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
+from temporalio.client import Client
+from temporalio.service import RPCError
+
+from bridge import kafka
+from bridge.attributes import SEARCH_ATTRIBUTES
+from bridge.errors import ConfigError, TransientError
+from bridge.routes import RoutesConfig
+from bridge.settings import Settings
+
+log = logging.getLogger("ktb")
+
+
+@dataclass
+class ProvisionReport:
+    """What provisioning changed."""
+
+    created: dict[str, int] = field(default_factory=dict)
+    grown: dict[str, tuple[int, int]] = field(default_factory=dict)
+    unchanged: list[str] = field(default_factory=list)
+    search_attributes: list[str] = field(default_factory=list)
+
+
+def topic_plan(
+    config: RoutesConfig, settings: Settings, min_partitions: int | None = None
+) -> dict[str, int]:
+    """Every topic of the deployment and its partition count.
+
+    Dead-letter topics keep their configured count: their order does not matter
+    and redrive reads them whole.
+    """
+    plan = config.topic_partitions()
+    plan.setdefault(settings.provenance_topic, 3)
+    if min_partitions is not None:
+        plan = {
+            name: count if name.endswith(".dlq") else max(count, min_partitions)
+            for name, count in plan.items()
+        }
+    return plan
+
+
+async def provision_topics(
+    settings: Settings, plan: Mapping[str, int], replication_factor: int, report: ProvisionReport
+) -> None:
+    """Create missing topics and grow existing ones to the planned partition counts."""
+    admin = kafka.admin(settings)
+    await admin.start()
+    try:
+        # Describing a topic by name would auto-create it on brokers that allow
+        # that, with the broker's default partition count: list first.
+        existing = sorted(set(plan) & set(await admin.list_topics()))
+        current = {
+            t["topic"]: len(t["partitions"])
+            for t in (await admin.describe_topics(existing) if existing else [])
+            if t["error_code"] == 0
+        }
+        missing = [
+            NewTopic(name, num_partitions=count, replication_factor=replication_factor)
+            for name, count in plan.items()
+            if name not in current
+        ]
+        if missing:
+            result = await admin.create_topics(missing)
+            for name, code, *_ in result.topic_errors:
+                if code not in (0, TopicAlreadyExistsError.errno):
+                    raise ConfigError(f"creating topic {name} failed with Kafka error code {code}")
+                report.created[name] = plan[name]
+        grow = {n: c for n, c in plan.items() if n in current and current[n] < c}
+        if grow:
+            await admin.create_partitions(
+                {n: NewPartitions(total_count=c) for n, c in grow.items()}
+            )
+            report.grown.update({n: (current[n], c) for n, c in grow.items()})
+        report.unchanged += [n for n in plan if n in current and n not in grow]
+    except KafkaError as exc:
+        raise TransientError(f"provisioning topics at {settings.kafka_bootstrap}: {exc}") from exc
+    finally:
+        await admin.close()
+
+
+async def register_search_attributes(client: Client) -> list[str]:
+    """Register the bridge's custom search attributes in the client's namespace; return new ones."""
+    namespace = client.namespace
+    listed = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=namespace)
+    )
+    missing = {
+        name: IndexedValueType.Value("INDEXED_VALUE_TYPE_" + _snake(kind).upper())
+        for name, kind in SEARCH_ATTRIBUTES.items()
+        if name not in listed.custom_attributes
+    }
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=namespace, search_attributes=missing)
+        )
+    return sorted(missing)
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", name)
+
+
+async def provision(
+    settings: Settings, min_partitions: int | None = None, replication_factor: int = 1
+) -> ProvisionReport:
+    """Topics from the routes file (and ``min_partitions``), then the search attributes."""
+    from bridge.runtime import connect_temporal
+
+    config = RoutesConfig.load(settings.routes_file)
+    report = ProvisionReport()
+    await provision_topics(
+        settings, topic_plan(config, settings, min_partitions), replication_factor, report
+    )
+    client = await connect_temporal(settings)
+    try:
+        report.search_attributes = await register_search_attributes(client)
+    except RPCError as exc:
+        raise TransientError(
+            f"registering search attributes in namespace {client.namespace}: {exc.message}"
+        ) from exc
+    return report
