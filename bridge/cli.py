@@ -12,7 +12,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from bridge import logs
+from bridge import cli_replay, logs
 from bridge.errors import BridgeError, ConfigError
 from bridge.settings import Settings
 
@@ -281,6 +281,9 @@ def routes_check(
             typer.echo(f"  - {p}", err=True)
         raise typer.Exit(1)
     typer.echo(f"{file}: {len(config.routes)} routes ok")
+
+
+cli_replay.register(app)
 
 
 def main() -> None:

@@ -88,3 +88,9 @@ class TransientError(BridgeError):
 
     error_type = "transient"
     transient = True
+
+
+class InvalidRequestError(BridgeError):
+    """A replay or redrive request is wrong (range, topic, partition, selection); nothing done."""
+
+    error_type = "invalid_request"

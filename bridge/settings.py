@@ -101,6 +101,21 @@ class Settings(BaseSettings):
     temporal_tls_server_name: str | None = Field(None, description="TLS server name override")
     temporal_api_key: SecretStr | None = None
 
+    # Replays (`ktb replay`, POST /replays) and dead-letter redrive (`ktb dlq`).
+    replay_task_queue: str = Field("ktb-replay", description="Task queue of replay workflows")
+    replay_concurrency: int = Field(200, ge=1, description="Records a replay acts on at once")
+    replay_chunk: int = Field(2000, ge=1, description="Records a replay fetches at a time")
+    replay_heartbeat_timeout_s: float = Field(
+        30.0, gt=0, description="A replay worker silent this long is presumed dead"
+    )
+    replay_progress_interval_s: float = Field(
+        2.0, gt=0, description="How often a running replay reports progress to its workflow"
+    )
+    replay_timeout_s: float = Field(86400.0, gt=0, description="Longest a replay may run")
+    dlq_max_redrives: int = Field(
+        3, ge=1, description="Redrive refuses dead letters already redriven this often"
+    )
+
 
 def _is_hex(text: str) -> bool:
     return all(c in "0123456789abcdef" for c in text)

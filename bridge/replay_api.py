@@ -1,0 +1,311 @@
+"""``POST /replays``, ``GET /replays/{id}``, ``GET /dlq`` and ``POST /dlq/redrive``.
+
+A replay is long-running, so ``POST /replays`` checks the range (a bad one is a
+422 and nothing happens) and starts a replay workflow; ``GET /replays/{id}``
+reads its progress and report. With authentication on, a caller replays,
+lists and redrives only its own tenant's events (``ce_tenantid``), and sees
+only its own replays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import asdict
+from typing import Annotated, TypeVar
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from bridge.api import lookup, problems
+from bridge.api.problems import Problem
+from bridge.api.state import CallerDep, State
+from bridge.errors import BridgeError, ConfigError, InvalidRequestError
+from bridge.redrive import LetterRef, dead_letters, redrive
+from bridge.replay import ReplayMode, ReplayRequest, resolve_plan
+from bridge.replay_workflow import ID_PREFIX, replay_status, start_replay
+
+router = APIRouter(tags=["replays and dead letters"])
+
+T = TypeVar("T")
+TOPIC = r"^[A-Za-z0-9._-]{1,249}$"
+ROUTE = r"^[A-Za-z0-9_.-]{1,200}$"
+LETTER = r"^[0-9]{1,19}(:[0-9]{1,19})?$"
+ReplayId = Annotated[str, Path(pattern=f"^{ID_PREFIX}[0-9a-f]{{12}}$", description="Replay id")]
+
+
+class ReplayBody(BaseModel):
+    """What to replay; the same parameters as ``ktb replay``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    topic: str = Field(pattern=TOPIC, description="Topic to replay")
+    from_: str = Field(
+        alias="from",
+        min_length=1,
+        max_length=64,
+        description="First record: an offset, an ISO-8601 time or `earliest`",
+    )
+    to: str = Field(
+        "now", min_length=1, max_length=64, description="Exclusive end: offset, time or `now`"
+    )
+    partitions: list[Annotated[int, Field(ge=0, le=100_000)]] = Field(
+        default_factory=list, max_length=1000, description="Partitions (default: all)"
+    )
+    routes: list[Annotated[str, Field(pattern=ROUTE)]] = Field(
+        default_factory=list, max_length=100, description="Routes to apply (default: all)"
+    )
+    mode: ReplayMode = Field(
+        ReplayMode.IDEMPOTENT,
+        description="`idempotent`: live workflow ids; `fresh`: a new generation of ids",
+    )
+    dry_run: bool = Field(False, description="Act on nothing; report what would happen")
+
+
+class RangeView(BaseModel):
+    """Offsets ``[start, end)`` of one partition."""
+
+    partition: int
+    start: int
+    end: int
+
+
+class ReportView(BaseModel):
+    """A replay's report, each record counted once."""
+
+    read: int
+    matched: int
+    started: int
+    duplicates: int
+    signalled: int
+    updated: int
+    cancelled: int
+    terminated: int
+    skipped: int
+    dead_lettered: int
+    would_act: int = Field(description="Dry runs: records a route would act on")
+    per_route: dict[str, dict[str, int]] = Field(
+        description="Route → outcome (dry runs: action kind) → records"
+    )
+    examples: dict[str, str] = Field(description="Route → first workflow id it touched")
+
+
+class ReplayAccepted(BaseModel):
+    """A replay workflow was started."""
+
+    replay_id: str
+    status_url: str
+    total: int = Field(description="Offsets in the range")
+    ranges: list[RangeView]
+    generation: str | None = Field(description="Fresh mode: the workflow id generation")
+
+
+class ReplayView(BaseModel):
+    """A replay's state, progress and report."""
+
+    replay_id: str
+    state: str = Field(description="running, completed, failed, canceled, terminated, timed_out")
+    topic: str
+    mode: str
+    dry_run: bool
+    generation: str | None
+    total: int
+    done: int = Field(description="Offsets behind the replay's position")
+    report: ReportView | None = Field(description="Up to the position; final once completed")
+    error: str | None = None
+
+
+class RedrivenView(BaseModel):
+    """Where a redriven letter went."""
+
+    dlq_topic: str
+    dlq_partition: int
+    dlq_offset: int
+    topic: str
+    partition: int
+    offset: int
+    redrive_count: int
+    at: str
+
+
+class DeadLetterView(BaseModel):
+    """One dead letter."""
+
+    partition: int
+    offset: int
+    error_type: str | None
+    error_message: str | None
+    original_topic: str
+    original_partition: int | None
+    original_offset: int | None
+    failed_at: str | None
+    redrive_count: int
+    event_id: str | None
+    event_type: str | None
+    key: str | None
+    redriven: RedrivenView | None = Field(description="The latest redrive of this letter")
+
+
+class DeadLetterPage(BaseModel):
+    """The letters of one dead-letter topic."""
+
+    topic: str
+    letters: list[DeadLetterView]
+
+
+class RedriveBody(BaseModel):
+    """Which dead letters to republish."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    topic: str = Field(pattern=TOPIC, description="Dead-letter topic, e.g. `orders.dlq`")
+    error_type: str | None = Field(None, max_length=200, description="Only this error type")
+    offsets: list[Annotated[str, Field(pattern=LETTER)]] = Field(
+        default_factory=list, max_length=10_000, description="`OFFSET` or `PARTITION:OFFSET`"
+    )
+    max_redrives: int | None = Field(
+        None, ge=1, le=1000, description="Refuse letters redriven this often"
+    )
+    again: bool = Field(False, description="Also republish letters an earlier redrive sent")
+
+
+class RefusedView(BaseModel):
+    """A letter redrive refused."""
+
+    letter: str
+    redrive_count: int
+    reason: str
+
+
+class RedriveResult(BaseModel):
+    """What a redrive did."""
+
+    dlq_topic: str
+    selected: int
+    redriven: list[RedrivenView]
+    refused: list[RefusedView]
+    already_redriven: list[str]
+
+
+async def _guard(awaitable: Awaitable[T]) -> T:
+    """Bad input is a 422; Kafka or Temporal failing is a 503."""
+    try:
+        return await lookup.call(awaitable)
+    except (InvalidRequestError, ConfigError) as exc:
+        raise Problem(422, "invalid-request", exc.message) from exc
+    except BridgeError as exc:
+        raise Problem(503, "unavailable", exc.message) from exc
+
+
+@router.post(
+    "/replays",
+    summary="Start a replay of a topic range as a workflow",
+    status_code=202,
+    response_model=ReplayAccepted,
+    responses=problems.responses(400, 401, 422, 503),
+)
+async def post_replay(state: State, caller: CallerDep, body: ReplayBody) -> JSONResponse:
+    """Check the range (422 if wrong, nothing started) and start the replay workflow."""
+    request = ReplayRequest(
+        topic=body.topic,
+        start=body.from_,
+        end=body.to,
+        partitions=list(body.partitions),
+        routes=list(body.routes),
+        mode=body.mode,
+        dry_run=body.dry_run,
+        tenant=caller.tenant if caller.authenticated else None,
+    ).with_generation()
+    if request.routes and state.router is not None:
+        try:
+            state.router.only(request.routes)
+        except ConfigError as exc:
+            raise Problem(422, "invalid-request", exc.message) from exc
+    plan = await _guard(resolve_plan(state.settings, request))
+    replay_id = await _guard(start_replay(state.client, state.settings, plan))
+    accepted = ReplayAccepted(
+        replay_id=replay_id,
+        status_url=f"/replays/{replay_id}",
+        total=plan.total,
+        ranges=[RangeView(partition=r.partition, start=r.start, end=r.end) for r in plan.ranges],
+        generation=request.generation or None,
+    )
+    return JSONResponse(accepted.model_dump(mode="json"), status_code=202)
+
+
+@router.get(
+    "/replays/{replay_id}",
+    summary="A replay's state, progress and report",
+    response_model=ReplayView,
+    responses=problems.responses(401, 404, 422, 503),
+)
+async def get_replay(state: State, caller: CallerDep, replay_id: ReplayId) -> ReplayView:
+    """Progress while running, the final report once completed; another tenant's is a 404."""
+    status = await _guard(
+        replay_status(state.client, replay_id, state.settings.api_query_timeout_s)
+    )
+    if status is None or not caller.may_see(status.tenant):
+        raise Problem(404, "not-found", f"no replay {replay_id!r}")
+    report = ReportView.model_validate(asdict(status.report)) if status.report else None
+    return ReplayView(
+        replay_id=status.replay_id,
+        state=status.state,
+        topic=status.topic,
+        mode=status.mode,
+        dry_run=status.dry_run,
+        generation=status.generation or None,
+        total=status.total,
+        done=status.done,
+        report=report,
+        error=status.error,
+    )
+
+
+@router.get(
+    "/dlq",
+    summary="List the dead letters of a dead-letter topic",
+    response_model=DeadLetterPage,
+    responses=problems.responses(401, 422, 503),
+)
+async def get_dlq(
+    state: State,
+    caller: CallerDep,
+    topic: Annotated[str, Query(pattern=TOPIC, description="Dead-letter topic, e.g. orders.dlq")],
+    error_type: Annotated[
+        str | None, Query(max_length=200, description="Only letters of this error type")
+    ] = None,
+) -> DeadLetterPage:
+    """Offset, error type and message, original coordinates and redrives of each letter."""
+    letters = await _guard(
+        dead_letters(
+            state.settings,
+            topic,
+            error_type=error_type,
+            tenant=caller.tenant if caller.authenticated else None,
+        )
+    )
+    return DeadLetterPage(
+        topic=topic, letters=[DeadLetterView.model_validate(x.summary()) for x in letters]
+    )
+
+
+@router.post(
+    "/dlq/redrive",
+    summary="Republish dead letters to their original topics",
+    response_model=RedriveResult,
+    responses=problems.responses(400, 401, 422, 503),
+)
+async def post_redrive(state: State, caller: CallerDep, body: RedriveBody) -> RedriveResult:
+    """Redrive the selected letters (all by default); refused ones are listed with the reason."""
+    report = await _guard(
+        redrive(
+            state.settings,
+            body.topic,
+            error_type=body.error_type,
+            refs=[LetterRef.parse(x) for x in body.offsets],
+            max_redrives=body.max_redrives,
+            again=body.again,
+            tenant=caller.tenant if caller.authenticated else None,
+        )
+    )
+    return RedriveResult.model_validate(report.as_dict())
