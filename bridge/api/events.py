@@ -352,12 +352,17 @@ async def get_event(
     event_type = primary.event_type if primary else produced.type if produced else None
     key = primary.key if primary else produced.key if produced else None
     execution = None
-    if primary is None and produced is None:
-        # Not in this index (a bridge without provenance, or an evicted id): ask visibility.
-        execution = await lookup.find_by_event(state.client, event_id)
-        if execution is None:
+    if primary is None:
+        # Not in the index: a bridge that records no provenance, an evicted id, or an event
+        # still on its way. Visibility knows the workflow an event started.
+        if produced is not None and not caller.may_see(produced.tenant_id):
             raise _not_found(event_id)
-        tenant = lookup.tenant_of(execution)
+        execution = await lookup.find_by_event(state.client, event_id)
+        if execution is None and produced is None:
+            raise _not_found(event_id)
+    if primary is None and execution is not None:
+        if produced is None:
+            tenant = lookup.tenant_of(execution)
         workflow_id, run_id = execution.id, execution.run_id
         memo = (await lookup.call(execution.memo())).get("ktb") or {}
         event_type, key = memo.get("event_type"), memo.get("key")

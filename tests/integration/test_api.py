@@ -338,3 +338,53 @@ async def test_wait_duplicates_dead_letters_and_tenants(
     assert ids == [f"e1-{uid}", f"e2-{uid}"]
     tenants = {services.decode(r).tenant_id for r in records}
     assert tenants == {f"a-{uid}"}
+
+
+async def test_events_without_provenance_are_found_through_visibility(
+    services, topics, settings, catalog, client, uid, tmp_path
+):
+    task_queue = f"api-{uid}"
+    workflow_id = f"vis-{uid}-o-{uid}"
+    config = routes_config(
+        [
+            {
+                "name": "quick",
+                "topic": topics["orders"],
+                "type": "com.example.order.placed",
+                "action": "start",
+                "workflow": "KtbApiTestQuick",
+                "task_queue": task_queue,
+                "workflow_id": f"vis-{uid}-{{data.order_id}}",
+                "memo": {"outcome_topic": topics["outcomes"]},
+            }
+        ]
+    )
+    s = api_settings(settings, uid, tmp_path, config)
+    # A bridge and worker that record no provenance, and an event produced straight to Kafka.
+    async with (
+        running_worker(s, catalog, client, task_queue, [QuickOrder]),
+        running_bridge(s, catalog, client, config),
+        running_api(s) as url,
+        httpx.AsyncClient(base_url=url, headers=bearer(KEY_A), timeout=30) as http,
+    ):
+        event_id = await services.produce(
+            topics["orders"],
+            "com.example.order.placed",
+            order_data(f"o-{uid}"),
+            key=f"o-{uid}",
+            tenant=f"a-{uid}",
+        )
+
+        async def found() -> dict[str, Any]:
+            response = await http.get(f"/events/{event_id}")
+            assert response.status_code == 200, response.text
+            view = response.json()
+            assert view["status"] == "completed", view
+            return view
+
+        view = await eventually(found)
+        assert view["workflow_id"] == workflow_id
+        assert view["read"]["topic"] == topics["orders"]
+        assert view["key"] == f"o-{uid}"
+        assert view["handlings"] == [] and view["outcome"] is None
+        assert (await http.get(f"/events/{event_id}", headers=bearer(KEY_B))).status_code == 404
