@@ -223,8 +223,54 @@ async def test_produce_stream_signal_wait_and_provenance(
         listing = (await http.get("/processes", params={"key": order_id})).json()
         assert [p["workflow_id"] for p in listing["items"]] == [workflow_id]
 
+        # A short payment: the workflow publishes a compensation and fails.
+        short_id = f"s-{uid}"
+        short = await http.post(
+            "/events",
+            content=structured(
+                f"placed2-{uid}", "com.example.order.placed", order_data(short_id), short_id
+            ),
+            headers=CE_JSON,
+        )
+        assert short.status_code == 202, short.text
+        failed = await http.post(
+            "/events?wait=20",
+            content=structured(
+                f"paid2-{uid}",
+                "com.example.payment.confirmed",
+                {"order_id": short_id, "payment_id": f"pay2-{uid}", "amount_cents": 1},
+                short_id,
+            ),
+            headers=CE_JSON,
+        )
+        assert failed.status_code == 200, failed.text
+        assert failed.json()["status"] == "failed"
+        assert failed.json()["failure"] == {
+            "message": "payment short of the total",
+            "type": "PaymentShort",
+        }
+
+        async def compensated() -> dict[str, Any]:
+            process = (await http.get(f"/processes/api-{uid}-{short_id}")).json()
+            assert process["compensations"], process
+            return process
+
+        process = await eventually(compensated)
+        assert process["status"] == "failed"
+        assert process["failure"]["type"] == "PaymentShort"
+        [refund] = process["compensations"]
+        assert (refund["type"], refund["kind"], refund["topic"]) == (
+            "com.example.order.step_compensated",
+            "compensation",
+            topics["compensations"],
+        )
+        assert process["published"] == [refund]
+        short_view = (await http.get(f"/events/placed2-{uid}")).json()
+        assert short_view["status"] == "failed"
+        assert short_view["published"] == [refund]
+
         metrics = (await http.get("/metrics")).text
-        assert f'ktb_api_events_produced_total{{topic="{topics["orders"]}"}} 1.0' in metrics
+        assert f'ktb_api_events_produced_total{{topic="{topics["orders"]}"}} 2.0' in metrics
 
     # A new API instance rebuilds the same provenance from Kafka.
     async with (
