@@ -52,7 +52,7 @@ def curl_commands(text: str) -> list[str]:
 def localize(command: str, dev_url: str, auth_url: str, uid: str) -> str:
     """Point a README command at the test's APIs and make its ids unique to this test."""
     command = command.replace("localhost:8080", dev_url.removeprefix("http://"))
-    command = command.replace("localhost:8081", auth_url.removeprefix("http://"))
+    command = command.replace("localhost:8090", auth_url.removeprefix("http://"))
     return re.sub(r"\b(o|evt)-(\d{4})\b", rf"\1-{uid}-\2", command)
 
 
