@@ -125,7 +125,7 @@ async def open_state(settings: Settings, metrics: Metrics) -> AsyncIterator[ApiS
         log.warning("API authentication is on and no keys are configured: every call gets 401")
     client = await connect_temporal(settings)
     producer = kafka.producer(settings)
-    await producer.start()
+    await kafka.start(producer, settings)
     index = ProvenanceIndex(settings.api_index_max_events)
     follower = IndexFollower(settings, index)
     try:

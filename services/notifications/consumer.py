@@ -132,7 +132,7 @@ async def consume(
 ) -> None:
     """Consume ``topics`` as ``group_id`` until ``stop`` is set; commit after recording."""
     consumer = kafka.consumer(settings, *topics, group_id=group_id, auto_offset_reset="earliest")
-    await consumer.start()
+    await kafka.start(consumer, settings)
     log.info("notifications consuming %s as group %s", ", ".join(topics), group_id)
     try:
         while not stop.is_set():
