@@ -136,6 +136,7 @@ class BridgeConsumer:
             self.metrics.in_flight.set(self.buffered)
             if time.monotonic() >= next_commit:
                 await self._commit()
+                self._update_lag(consumer)
                 next_commit = time.monotonic() + self.settings.commit_interval_s
 
     def _apply_room(self, consumer: AIOKafkaConsumer) -> None:
@@ -260,11 +261,22 @@ class BridgeConsumer:
             state = self.partitions.get(tp)
             if state is not None:
                 state.committed = meta.offset
+
+    def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Set ``ktb_consumer_lag``: records from the committed offset to the partition's end.
+
+        Refreshed on every commit tick, so lag that grows while nothing commits (a
+        paused partition, a stuck key) shows. Before a partition's first commit the
+        oldest record not done stands in for the committed offset.
+        """
+        for tp, state in self.partitions.items():
             highwater = consumer.highwater(tp)
-            if highwater is not None:
-                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
-                    max(0, highwater - meta.offset)
-                )
+            base = state.committed if state.committed >= 0 else next(iter(state.pending), None)
+            if highwater is None or base is None:
+                continue
+            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                max(0, highwater - base)
+            )
 
     async def _drain(self, partitions: Iterable[TopicPartition], timeout: float) -> None:
         """Wait for in-flight work of ``partitions``; cancel what is left at the deadline."""

@@ -20,6 +20,7 @@ from bridge.envelope import encode_event
 from bridge.errors import BridgeError, SchemaMismatchError
 from bridge.metrics import Metrics
 from bridge.provenance import ProvenanceWriter
+from bridge.tracing import current_traceparent
 
 PUBLISH_ACTIVITY = "ktb.publish"
 OUTCOME = "outcome"
@@ -99,7 +100,8 @@ class Publisher:
                 tenant_id=req.tenant_id,
                 correlation_id=req.correlation_id or info.workflow_id,
                 causation_id=req.causation_id,
-                traceparent=req.traceparent,
+                # The activity's span when tracing is on, else the triggering event's.
+                traceparent=current_traceparent() or req.traceparent,
                 content_type=req.content_type,
                 extensions=req.extensions,
             )

@@ -40,7 +40,6 @@ from temporalio.worker import (
 )
 
 from bridge.errors import BridgeError
-from bridge.metrics import Metrics
 
 
 @dataclass(frozen=True)
@@ -153,11 +152,13 @@ def retry_policy(scale: float = 1.0, maximum_attempts: int = MOST_RETRIES + 1) -
 
 
 class FaultInterceptor(Interceptor):
-    """Worker interceptor mapping taxonomy faults raised by activities onto Temporal retries."""
+    """Worker interceptor mapping taxonomy faults raised by activities onto Temporal retries.
 
-    def __init__(self, scale: float = 1.0, metrics: Metrics | None = None) -> None:
+    Retried attempts are counted by ``bridge.metrics.WorkerMetrics`` (every worker has it).
+    """
+
+    def __init__(self, scale: float = 1.0) -> None:
         self.scale = scale
-        self.metrics = metrics
 
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
         """Wrap every activity of the worker."""
@@ -171,8 +172,6 @@ class _FaultActivity(ActivityInboundInterceptor):
 
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         info = activity.info()
-        if info.attempt > 1 and self.owner.metrics is not None:
-            self.owner.metrics.activity_retries.labels(info.activity_type).inc()
         try:
             return await self.next.execute_activity(input)
         except Fault as fault:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 import time
 
+from opentelemetry.trace import Tracer
+
+from bridge import tracing
 from bridge.codec import SchemaCatalog
 from bridge.dispatch import Dispatcher, Outcome, Result
 from bridge.dlq import DeadLetterPublisher, RecordLike
@@ -47,6 +50,7 @@ class Ingress:
         metrics: Metrics | None = None,
         id_suffix: str = "",
         provenance: ProvenanceWriter | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.catalog = catalog
         self.router = router
@@ -55,6 +59,8 @@ class Ingress:
         self.metrics = metrics or Metrics()
         self.id_suffix = id_suffix
         self.provenance = provenance
+        self.tracer = tracer
+        """Set when tracing is on: each record gets a span, the parent of the Temporal calls."""
 
     def route(self, event: Event) -> Action | None:
         """The action for ``event``; ``None`` to skip it. Raises ``PermanentError``."""
@@ -72,6 +78,14 @@ class Ingress:
 
     async def handle(self, record: RecordLike) -> Result:
         """Act on one record. ``TransientError`` propagates: the caller retries."""
+        if self.tracer is None:
+            return await self._handle(record)
+        with tracing.consume_span(self.tracer, record) as span:
+            result = await self._handle(record)
+            tracing.record_result(span, result)
+            return result
+
+    async def _handle(self, record: RecordLike) -> Result:
         event: Event | None = None
         try:
             event = decode(self.catalog, record)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from temporalio.client import Client
-from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
+from temporalio.client import Interceptor as ClientInterceptor
+from temporalio.runtime import Runtime
 from temporalio.service import RetryConfig
 from temporalio.worker import Interceptor, Worker
 
@@ -22,11 +23,13 @@ from bridge.consumer import BridgeConsumer
 from bridge.dispatch import Dispatcher
 from bridge.dlq import DeadLetterPublisher
 from bridge.egress import Publisher
+from bridge.errors import TransientError
 from bridge.ingress import Ingress
 from bridge.metrics import Metrics
 from bridge.provenance import ProvenanceWriter
 from bridge.routes import Router
 from bridge.settings import Settings
+from bridge.telemetry import Telemetry, open_telemetry, shared_runtime
 
 log = logging.getLogger("ktb")
 
@@ -36,27 +39,40 @@ log = logging.getLogger("ktb")
 RPC_RETRY = RetryConfig(max_retries=4, max_interval_millis=1000, max_elapsed_time_millis=3000)
 
 
-@functools.cache
-def temporal_runtime() -> Runtime:
-    """A Temporal SDK runtime whose core logs only errors (the bridge logs its own retries)."""
-    return Runtime(
-        telemetry=TelemetryConfig(
-            logging=LoggingConfig(filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"))
-        )
-    )
-
-
-async def connect_temporal(settings: Settings, runtime: Runtime | None = None) -> Client:
+async def connect_temporal(
+    settings: Settings,
+    runtime: Runtime | None = None,
+    interceptors: Sequence[ClientInterceptor] = (),
+) -> Client:
     """A Temporal client for the configured address, namespace, TLS/mTLS and API key.
 
     The namespace comes from settings only; every action of this process runs in it.
+    ``runtime`` and ``interceptors`` come from the process's ``Telemetry`` (SDK
+    metrics, tracing); by default core logs only errors and nothing is traced.
     """
-    return await Client.connect(
-        settings.temporal_address,
-        **security.temporal_connect_options(settings),
-        retry_config=RPC_RETRY,
-        runtime=runtime or temporal_runtime(),
-    )
+    # A process may start while Temporal is down (a restart, a deploy in the wrong
+    # order): keep trying with backoff until the start-up deadline.
+    deadline = time.monotonic() + settings.connect_timeout_s
+    delay = settings.retry_initial_s
+    while True:
+        try:
+            return await Client.connect(
+                settings.temporal_address,
+                **security.temporal_connect_options(settings),
+                retry_config=RPC_RETRY,
+                runtime=runtime or shared_runtime(),
+                interceptors=list(interceptors),
+            )
+        except RuntimeError as exc:
+            if time.monotonic() + delay > deadline:
+                raise TransientError(
+                    f"Temporal at {settings.temporal_address} is unreachable: {exc}"
+                ) from exc
+            log.warning(
+                "Temporal at %s unreachable, retrying in %.1fs", settings.temporal_address, delay
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, settings.retry_max_s)
 
 
 @contextlib.asynccontextmanager
@@ -80,24 +96,33 @@ def stop_on_signals(callback: Callable[[], None]) -> None:
 
 async def run_bridge(settings: Settings, metrics: Metrics | None = None) -> None:
     """Run one bridge instance until SIGTERM/SIGINT; finish in-flight work and commit."""
-    metrics = metrics or Metrics()
+    with open_telemetry(settings, "bridge", metrics) as telemetry:
+        async with open_bridge(settings, telemetry) as consumer:
+            stop_on_signals(consumer.stop)
+            log.info(
+                "bridge consuming %s as group %s", ", ".join(consumer.topics), settings.group_id
+            )
+            await consumer.run()
+        log.info("bridge stopped after %d records", consumer.processed)
+
+
+@contextlib.asynccontextmanager
+async def open_bridge(settings: Settings, telemetry: Telemetry) -> AsyncIterator[BridgeConsumer]:
+    """A bridge instance wired from settings; ``await consumer.run()`` consumes until ``stop()``."""
     catalog = SchemaCatalog.from_dir(settings.schemas_dir)
     router = Router.from_file(settings.routes_file)
-    client = await connect_temporal(settings)
+    client = await connect_temporal(settings, telemetry.runtime, telemetry.client_interceptors)
     async with started_producer(settings) as producer:
         ingress = Ingress(
             catalog,
             router,
             Dispatcher(client),
             DeadLetterPublisher(producer),
-            metrics,
+            telemetry.metrics,
             provenance=ProvenanceWriter(producer, settings.provenance_topic),
+            tracer=telemetry.tracer,
         )
-        consumer = BridgeConsumer(settings, ingress, router.topics, metrics)
-        stop_on_signals(consumer.stop)
-        log.info("bridge consuming %s as group %s", ", ".join(router.topics), settings.group_id)
-        await consumer.run()
-    log.info("bridge stopped after %d records", consumer.processed)
+        yield BridgeConsumer(settings, ingress, router.topics, telemetry.metrics)
 
 
 async def run_worker(
@@ -109,15 +134,34 @@ async def run_worker(
     interceptors: Sequence[Interceptor] = (),
 ) -> None:
     """Run a Temporal worker with the publishing activity registered next to ``activities``."""
-    metrics = metrics or Metrics()
+    with open_telemetry(settings, f"worker-{task_queue}", metrics) as telemetry:
+        async with open_worker(
+            settings, telemetry, task_queue, workflows, activities, interceptors
+        ):
+            stop = asyncio.Event()
+            stop_on_signals(stop.set)
+            log.info("worker polling task queue %s", task_queue)
+            await stop.wait()
+
+
+@contextlib.asynccontextmanager
+async def open_worker(
+    settings: Settings,
+    telemetry: Telemetry,
+    task_queue: str,
+    workflows: Sequence[type],
+    activities: Sequence[Callable[..., Any]] = (),
+    interceptors: Sequence[Interceptor] = (),
+) -> AsyncIterator[Worker]:
+    """A running worker wired from settings, with the publishing activity and the metrics."""
     catalog = SchemaCatalog.from_dir(settings.schemas_dir)
-    client = await connect_temporal(settings)
+    client = await connect_temporal(settings, telemetry.runtime, telemetry.client_interceptors)
     async with started_producer(settings) as producer:
         publisher = Publisher(
             producer,
             catalog,
             settings.source,
-            metrics,
+            telemetry.metrics,
             ProvenanceWriter(producer, settings.provenance_topic),
         )
         worker = Worker(
@@ -125,10 +169,7 @@ async def run_worker(
             task_queue=task_queue,
             workflows=list(workflows),
             activities=[publisher.publish, *activities],
-            interceptors=list(interceptors),
+            interceptors=[*telemetry.worker_interceptors(), *interceptors],
         )
-        stop = asyncio.Event()
-        stop_on_signals(stop.set)
         async with worker:
-            log.info("worker polling task queue %s", task_queue)
-            await stop.wait()
+            yield worker

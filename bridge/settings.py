@@ -31,10 +31,26 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(30.0, gt=0)
     retry_initial_s: float = Field(0.2, gt=0)
     retry_max_s: float = Field(10.0, gt=0)
+    connect_timeout_s: float = Field(
+        300.0, gt=0, description="How long a process keeps trying to reach Temporal at start"
+    )
 
     source: str = "ktb"
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
+
+    # Observability (bridge/telemetry.py, bridge/tracing.py)
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Serve Prometheus /metrics on this port; 0: off"
+    )
+    metrics_host: str = Field("127.0.0.1", description="Interface of the /metrics server")
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP traces URL (http://collector:4318/v1/traces); unset: no tracing",
+    )
+    trace_sample_ratio: float = Field(
+        1.0, ge=0, le=1, description="Share of new traces recorded (a sampled parent is followed)"
+    )
 
     provenance_topic: str = Field(
         "ktb.provenance", description="Where bridges and workers record provenance"
@@ -112,6 +128,9 @@ class Settings(BaseSettings):
         2.0, gt=0, description="How often a running replay reports progress to its workflow"
     )
     replay_timeout_s: float = Field(86400.0, gt=0, description="Longest a replay may run")
+    replay_rate_limit: float = Field(
+        0.0, ge=0, description="Records per second a replay may act on; 0: no limit"
+    )
     dlq_max_redrives: int = Field(
         3, ge=1, description="Redrive refuses dead letters already redriven this often"
     )

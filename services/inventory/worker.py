@@ -24,7 +24,7 @@ async def main(settings: Settings) -> None:
             [],
             [inventory.reserve, inventory.release],
             metrics,
-            interceptors=[FaultInterceptor(config.retry_scale, metrics)],
+            interceptors=[FaultInterceptor(config.retry_scale)],
         )
     finally:
         store.close()

@@ -25,7 +25,7 @@ async def main(settings: Settings) -> None:
             [OrderFulfillment],
             [orders.record],
             metrics,
-            interceptors=[FaultInterceptor(config.retry_scale, metrics)],
+            interceptors=[FaultInterceptor(config.retry_scale)],
         )
     finally:
         store.close()

@@ -36,7 +36,7 @@ async def main(settings: Settings) -> None:
             [],
             [payments.charge, payments.confirm, payments.refund],
             metrics,
-            interceptors=[FaultInterceptor(config.retry_scale, metrics)],
+            interceptors=[FaultInterceptor(config.retry_scale)],
         )
     finally:
         store.close()

@@ -24,7 +24,7 @@ async def main(settings: Settings) -> None:
             [],
             [shipping.create_shipment],
             metrics,
-            interceptors=[FaultInterceptor(config.retry_scale, metrics)],
+            interceptors=[FaultInterceptor(config.retry_scale)],
         )
     finally:
         store.close()

@@ -1,0 +1,314 @@
+"""Observability acceptance: scraped metrics, one trace from event to outcome, JSON logs.
+
+The bridge and the order-fulfilment worker run in-process, each with its own
+``Telemetry`` (registry, ``/metrics`` server on a free port, Temporal runtime,
+tracer) exactly as ``ktb bridge`` and ``run_worker`` wire them; the worker hosts
+``OrderFulfillment`` and the real service activities on one task queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiokafka.structs import ConsumerRecord
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridge.consumer import BridgeConsumer
+from bridge.faults import FaultInterceptor
+from bridge.logs import JsonFormatter
+from bridge.runtime import open_bridge, open_worker
+from bridge.settings import Settings
+from bridge.stack import free_port
+from bridge.telemetry import Telemetry, open_telemetry
+from bridge.tracing import trace_id_of
+from services.config import ServicesConfig
+from services.inventory.activities import Inventory
+from services.orders.activities import Orders
+from services.orders.workflows import OrderFulfillment
+from services.payments.worker import build as build_payments
+from services.shipping.activities import Shipping
+from tests.integration.shop import example_routes, open_stores
+from tests.support import Services, eventually, order_data, workflow_result, write_routes
+
+PLACED = "com.example.order.placed"
+POISON_HEADERS = [
+    ("ce_specversion", b"1.0"), ("ce_id", b"poison-1"), ("ce_source", b"tests"),
+    ("ce_type", PLACED.encode()), ("content-type", b"application/avro"),
+]  # fmt: skip
+SAGA = {"workflow_type": "OrderFulfillment"}
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@dataclass
+class Observed:
+    """A running bridge and orders worker and what they expose."""
+
+    bridge: Telemetry
+    worker: Telemetry
+    consumer: BridgeConsumer
+    config: ServicesConfig
+
+
+def wiring(uid: str, topics: dict[str, str]) -> ServicesConfig:
+    """Every service on one task queue (one worker hosts the saga and its activities)."""
+    queue = f"obs-{uid}"
+    return ServicesConfig(
+        orders_queue=queue,
+        inventory_queue=queue,
+        payments_queue=queue,
+        shipping_queue=queue,
+        outcome_topic=topics["outcomes"],
+        compensation_topic=topics["compensations"],
+        retry_scale=0.01,
+    )
+
+
+@contextlib.asynccontextmanager
+async def observed(
+    settings: Settings,
+    topics: dict[str, str],
+    uid: str,
+    tmp_path: Path,
+    exporter: InMemorySpanExporter | None = None,
+) -> AsyncIterator[Observed]:
+    """Bridge (example routes) and worker, each serving ``/metrics`` on its own port."""
+    config = wiring(uid, topics)
+    base = settings.model_copy(
+        update={
+            "data_dir": tmp_path,
+            "routes_file": write_routes(tmp_path / "routes.yaml", example_routes(config, topics)),
+        }
+    )
+    bridge_settings = base.model_copy(update={"metrics_port": free_port()})
+    worker_settings = base.model_copy(update={"metrics_port": free_port()})
+    stores = open_stores(base)
+    payments = build_payments(config, stores["payments"])
+    inventory = Inventory(stores["inventory"], config.default_stock)
+    activities = [
+        inventory.reserve,
+        inventory.release,
+        payments.charge,
+        payments.confirm,
+        payments.refund,
+        Shipping(stores["shipping"]).create_shipment,
+        Orders(stores["orders"]).record,
+    ]
+    try:
+        with (
+            open_telemetry(worker_settings, "worker", span_exporter=exporter) as worker,
+            open_telemetry(bridge_settings, "bridge", span_exporter=exporter) as bridge,
+        ):
+            async with (
+                open_worker(
+                    worker_settings,
+                    worker,
+                    config.orders_queue,
+                    [OrderFulfillment],
+                    activities,
+                    [FaultInterceptor(config.retry_scale)],
+                ),
+                open_bridge(bridge_settings, bridge) as consumer,
+            ):
+                task = asyncio.create_task(consumer.run())
+                try:
+                    yield Observed(bridge, worker, consumer, config)
+                finally:
+                    consumer.stop()
+                    await asyncio.wait_for(task, 60)
+    finally:
+        for store in stores.values():
+            store.close()
+
+
+async def scrape(telemetry: Telemetry) -> Samples:
+    """GET the process's real ``/metrics`` endpoint and parse every sample."""
+    assert telemetry.metrics_url is not None
+    async with httpx.AsyncClient() as http:
+        response = await http.get(telemetry.metrics_url, timeout=10)
+    response.raise_for_status()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    """The sample with exactly these labels, if scraped."""
+    return samples.get((name, frozenset(labels.items())))
+
+
+def matching(samples: Samples, name: str, **labels: str) -> list[float]:
+    """Samples of ``name`` whose labels include ``labels``."""
+    want = set(labels.items())
+    return [v for (n, ls), v in samples.items() if n == name and want <= ls]
+
+
+async def produce_poison(services: Services, topic: str) -> None:
+    """A record whose Avro fingerprint names no schema: it must be dead-lettered."""
+    await services.produce_raw(topic, b"\xc3\x01not-a-real-fingerprint", POISON_HEADERS, b"bad")
+
+
+async def test_scraped_metrics_after_duplicate_poison_and_compensation(
+    services, topics, settings, uid, tmp_path
+):
+    declined, flaky = f"declined-{uid}", f"flaky-{uid}"
+    orders = topics["orders"]
+    for _ in range(2):  # the second is a redelivery of the same event: a duplicate
+        await services.produce(
+            orders, PLACED, order_data(declined, "tok_declined"), key=declined, id=f"evt-{uid}"
+        )
+    await services.produce(orders, PLACED, order_data(flaky, "tok_flaky"), key=flaky)
+    await produce_poison(services, orders)
+
+    async with observed(settings, topics, uid, tmp_path) as obs:
+        assert (await workflow_result(services.client, f"order-{declined}"))["status"] == (
+            "compensated"
+        )
+        assert (await workflow_result(services.client, f"order-{flaky}"))["status"] == "completed"
+
+        async def bridge_done() -> Samples:
+            samples = await scrape(obs.bridge)
+            assert value(samples, "ktb_events_consumed_total", topic=orders) == 4
+            assert value(samples, "ktb_in_flight") == 0
+            lags = matching(samples, "ktb_consumer_lag", topic=orders)
+            assert lags and all(lag == 0 for lag in lags), lags
+            return samples
+
+        async def worker_done() -> Samples:
+            samples = await scrape(obs.worker)
+            assert value(samples, "workflow_duration_seconds_count", **SAGA)
+            return samples
+
+        bridge = await eventually(bridge_done)
+        worker = await eventually(worker_done)
+
+    routed = "ktb_events_routed_total"
+    assert value(bridge, routed, route="start-order", action="start", result="started") == 2
+    assert value(bridge, routed, route="start-order", action="start", result="duplicate") == 1
+    assert value(bridge, routed, route="", action="", result="dead_lettered") == 1
+    assert value(bridge, "ktb_dead_letters_total", topic=orders, error_type="unknown_schema") == 1
+    assert value(bridge, "ktb_event_to_action_seconds_count") == 2
+    # The Temporal SDK's own metrics are in the same scrape.
+    assert sum(matching(bridge, "temporal_request_total", operation="StartWorkflowExecution")) >= 2
+
+    published = "ktb_events_published_total"
+    assert value(worker, published, topic=topics["outcomes"], kind="outcome") == 2
+    assert value(worker, published, topic=topics["compensations"], kind="compensation") == 1
+    assert value(worker, "ktb_compensations_total", **SAGA, step="reserve_inventory") == 1
+    assert sum(matching(worker, "ktb_compensations_total")) == 1
+    executions = "workflow_executions_total"
+    assert value(worker, executions, **SAGA, status="completed") == 2
+    assert sum(matching(worker, executions)) == 2
+    assert value(worker, "workflow_duration_seconds_count", **SAGA) == 2
+    assert value(worker, "workflow_duration_seconds_bucket", **SAGA, le="600.0") == 2
+    # tok_flaky fails twice with NetworkError before the charge goes through.
+    assert value(worker, "activity_retries_total", activity_type="payments.charge") == 2
+    assert sum(matching(worker, "activity_retries_total")) == 2
+    assert sum(matching(worker, "temporal_workflow_completed_total", **SAGA)) == 2
+
+
+def trace_of(record: ConsumerRecord) -> str | None:
+    """The trace id of a record's ``traceparent`` header."""
+    headers = dict(record.headers)
+    raw = headers.get("traceparent")
+    return trace_id_of(raw.decode() if raw else None)
+
+
+def span_id_of(record: ConsumerRecord) -> str:
+    """The parent span id a record's ``traceparent`` names."""
+    return dict(record.headers)["traceparent"].decode().split("-")[2]
+
+
+async def test_one_trace_from_event_to_outcome(services, topics, settings, uid, tmp_path):
+    exporter = InMemorySpanExporter()
+    order = f"traced-{uid}"
+    trace_id, parent_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    await services.produce(
+        topics["orders"],
+        PLACED,
+        order_data(order, "tok_declined"),
+        key=order,
+        traceparent=f"00-{trace_id}-{parent_span}-01",
+    )
+    async with observed(settings, topics, uid, tmp_path, exporter):
+        result = await workflow_result(services.client, f"order-{order}")
+        assert result["status"] == "compensated"
+        outcome = (await services.read(topics["outcomes"], 1))[0]
+        compensation = (await services.read(topics["compensations"], 1))[0]
+
+        async def publishes_exported() -> list[ReadableSpan]:
+            spans = list(exporter.get_finished_spans())
+            names = [s.name for s in spans]
+            assert names.count("RunActivity:ktb.publish") == 2, names
+            return spans
+
+        spans = await eventually(publishes_exported)
+
+    by_name: dict[str, list[ReadableSpan]] = {}
+    for span in spans:
+        by_name.setdefault(span.name, []).append(span)
+    bridge_span = by_name[f"process {topics['orders']}"][0]
+    assert bridge_span.parent is not None and f"{bridge_span.parent.span_id:016x}" == parent_span
+    assert bridge_span.attributes is not None
+    assert bridge_span.attributes["ktb.result"] == "started"
+    assert bridge_span.attributes["temporalWorkflowID"] == f"order-{order}"
+    for name in (
+        "StartWorkflow:OrderFulfillment",
+        "RunWorkflow:OrderFulfillment",
+        "RunActivity:inventory.reserve",
+        "RunActivity:payments.charge",
+        "RunActivity:inventory.release",
+        "RunActivity:ktb.publish",
+    ):
+        assert name in by_name, sorted(by_name)
+    assert {f"{s.context.trace_id:032x}" for s in spans if s.context} == {trace_id}
+
+    publish_spans = {f"{s.context.span_id:016x}" for s in by_name["RunActivity:ktb.publish"]}
+    for record in (outcome, compensation):
+        assert trace_of(record) == trace_id
+        assert span_id_of(record) in publish_spans
+
+
+async def test_bridge_log_line_for_a_started_workflow_is_json(
+    services, topics, settings, uid, tmp_path
+):
+    order = f"logged-{uid}"
+    event_id = await services.produce(topics["orders"], PLACED, order_data(order), key=order)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("ktb.ingress")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        async with observed(settings, topics, uid, tmp_path):
+            await workflow_result(services.client, f"order-{order}")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    started: list[dict[str, Any]] = [
+        line for line in lines if line["msg"] == "event started" and line["event_id"] == event_id
+    ]
+    assert len(started) == 1, lines
+    line = started[0]
+    assert line["workflow_id"] == f"order-{order}"
+    assert line["run_id"]
+    assert line["route"] == "start-order"
+    assert line["topic"] == topics["orders"]
+    assert isinstance(line["partition"], int) and isinstance(line["offset"], int)
+    assert line["level"] == "info" and line["logger"] == "ktb.ingress"
