@@ -21,6 +21,7 @@ from bridge.api.models import StructuredEvent
 from bridge.api.state import open_state
 from bridge.metrics import Metrics
 from bridge.settings import Settings
+from bridge.telemetry import Telemetry
 
 ROUTERS: list[APIRouter] = [health.router, events.router, processes.router]
 """The API's areas, in OpenAPI order; replay and DLQ routers belong here too."""
@@ -41,13 +42,18 @@ def create_app(
     *,
     metrics: Metrics | None = None,
     routers: Sequence[APIRouter] = (),
+    telemetry: Telemetry | None = None,
 ) -> FastAPI:
-    """The API app; its clients connect when the app starts (lifespan), not here."""
-    metrics = metrics or Metrics()
+    """The API app; its clients connect when the app starts (lifespan), not here.
+
+    ``telemetry`` (``ktb api``) supplies the registry ``/metrics`` serves, with the
+    Temporal SDK's metrics in it, and tracing.
+    """
+    metrics = telemetry.metrics if telemetry is not None else metrics or Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_state(settings, metrics) as state:
+        async with open_state(settings, metrics, telemetry) as state:
             app.state.ktb = state
             yield
 

@@ -7,17 +7,23 @@ import uvicorn
 from bridge.api.app import create_app
 from bridge.metrics import Metrics
 from bridge.settings import Settings
+from bridge.telemetry import open_telemetry
 
 
 def serve(settings: Settings, metrics: Metrics | None = None) -> None:
-    """Serve the API on ``api_host:api_port`` until SIGINT/SIGTERM."""
-    config = uvicorn.Config(
-        create_app(settings, metrics=metrics),
-        host=settings.api_host,
-        port=settings.api_port,
-        log_config=None,
-        access_log=False,
-        proxy_headers=True,
-        lifespan="on",
-    )
-    uvicorn.Server(config).run()
+    """Serve the API on ``api_host:api_port`` until SIGINT/SIGTERM.
+
+    ``/metrics`` on the API's port includes the Temporal SDK's metrics; with
+    ``KTB_METRICS_PORT`` set the same registry is also served there.
+    """
+    with open_telemetry(settings, "api", metrics, sdk_metrics=True) as telemetry:
+        config = uvicorn.Config(
+            create_app(settings, telemetry=telemetry),
+            host=settings.api_host,
+            port=settings.api_port,
+            log_config=None,
+            access_log=False,
+            proxy_headers=True,
+            lifespan="on",
+        )
+        uvicorn.Server(config).run()

@@ -27,6 +27,7 @@ from bridge.metrics import Metrics
 from bridge.routes import Router, RoutesConfig
 from bridge.runtime import connect_temporal
 from bridge.settings import Settings
+from bridge.telemetry import Telemetry
 
 log = logging.getLogger("ktb.api")
 
@@ -114,8 +115,14 @@ def load_router(settings: Settings) -> Router | None:
 
 
 @contextlib.asynccontextmanager
-async def open_state(settings: Settings, metrics: Metrics) -> AsyncIterator[ApiState]:
-    """Build every client the API needs and close them on exit."""
+async def open_state(
+    settings: Settings, metrics: Metrics, telemetry: Telemetry | None = None
+) -> AsyncIterator[ApiState]:
+    """Build every client the API needs and close them on exit.
+
+    With the process's ``telemetry`` the Temporal client records the SDK's
+    metrics into the served registry and is traced when tracing is on.
+    """
     catalog = SchemaCatalog.from_dir(settings.schemas_dir)
     router = load_router(settings)
     keys = KeyRing(settings.api_keys, enabled=settings.api_auth)
@@ -123,7 +130,10 @@ async def open_state(settings: Settings, metrics: Metrics) -> AsyncIterator[ApiS
         log.warning("API authentication is OFF (KTB_API_AUTH=off): every caller sees every tenant")
     elif not settings.api_keys:
         log.warning("API authentication is on and no keys are configured: every call gets 401")
-    client = await connect_temporal(settings)
+    if telemetry is not None:
+        client = await connect_temporal(settings, telemetry.runtime, telemetry.client_interceptors)
+    else:
+        client = await connect_temporal(settings)
     producer = kafka.producer(settings)
     await kafka.start(producer, settings)
     index = ProvenanceIndex(settings.api_index_max_events)

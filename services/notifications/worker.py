@@ -7,6 +7,7 @@ import asyncio
 from bridge.codec import SchemaCatalog
 from bridge.runtime import stop_on_signals
 from bridge.settings import Settings
+from bridge.telemetry import open_telemetry
 from services.config import ServicesConfig
 from services.notifications.consumer import SCHEMA, Notifications, consume
 from services.store import Store
@@ -20,12 +21,14 @@ async def main(settings: Settings) -> None:
     stop = asyncio.Event()
     stop_on_signals(stop.set)
     try:
-        await consume(
-            settings,
-            Notifications(store, catalog),
-            [config.outcome_topic, config.compensation_topic],
-            config.notifications_group,
-            stop,
-        )
+        # No Temporal here; /metrics (KTB_METRICS_PORT) still shows the process is alive.
+        with open_telemetry(settings, "notifications"):
+            await consume(
+                settings,
+                Notifications(store, catalog),
+                [config.outcome_topic, config.compensation_topic],
+                config.notifications_group,
+                stop,
+            )
     finally:
         store.close()
