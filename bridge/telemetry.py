@@ -190,10 +190,13 @@ class SdkMetrics:
 
     def collect(self) -> Iterator[Metric]:
         """The SDK's metrics as Prometheus families (drains the buffer first)."""
+        self.drain()
+        yield from self.families()
+
+    def families(self) -> list[Metric]:
+        """The values folded in so far, as Prometheus families."""
         with self._lock:
-            self.apply(self.buffer.retrieve_updates())
-            families = [self._render(f) for f in self._families.values() if f.series]
-        yield from families
+            return [self._render(f) for f in self._families.values() if f.series]
 
     def _render(self, family: _Family) -> Metric:
         out = Metric(family.name, family.help, family.kind)

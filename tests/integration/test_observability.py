@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import logging
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,15 @@ from services.orders.workflows import OrderFulfillment
 from services.payments.worker import build as build_payments
 from services.shipping.activities import Shipping
 from tests.integration.shop import example_routes, open_stores
-from tests.support import Services, eventually, order_data, workflow_result, write_routes
+from tests.support import (
+    Services,
+    bridge_process,
+    eventually,
+    order_data,
+    routes_config,
+    workflow_result,
+    write_routes,
+)
 
 PLACED = "com.example.order.placed"
 POISON_HEADERS = [
@@ -312,3 +321,47 @@ async def test_bridge_log_line_for_a_started_workflow_is_json(
     assert line["topic"] == topics["orders"]
     assert isinstance(line["partition"], int) and isinstance(line["offset"], int)
     assert line["level"] == "info" and line["logger"] == "ktb.ingress"
+
+
+async def test_ktb_bridge_process_serves_metrics_on_its_port(
+    topics, settings, uid, tmp_path, monkeypatch
+):
+    port = free_port()
+    monkeypatch.setenv("KTB_METRICS_PORT", str(port))
+    config = routes_config(
+        [
+            {
+                "name": f"start-{uid}",
+                "topic": topics["orders"],
+                "type": PLACED,
+                "action": "start",
+                "workflow": "KtbTestNoop",
+                "task_queue": f"tq-{uid}",
+                "workflow_id": f"wf-{uid}-{{data.order_id}}",
+            }
+        ]
+    )
+    log = tmp_path / "bridge.log"
+    proc = bridge_process(settings, write_routes(tmp_path / "routes.yaml", config), log)
+    try:
+
+        async def served() -> str:
+            assert proc.poll() is None, log.read_text()
+            try:
+                async with httpx.AsyncClient() as http:
+                    response = await http.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+            except httpx.TransportError as exc:
+                raise AssertionError(f"not serving yet: {exc}") from exc
+            text = response.text
+            assert "ktb_in_flight 0.0" in text
+            # The client connected: the SDK's own request counter is in the same scrape.
+            assert 'temporal_request_total{operation="GetSystemInfo"}' in text
+            return text
+
+        text = await eventually(served, timeout=60)
+        assert "process_cpu_seconds_total" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 60)
+    assert code == 0, log.read_text()
+    assert f"serves metrics on http://127.0.0.1:{port}/metrics" in log.read_text()
