@@ -109,7 +109,7 @@ class BridgeConsumer:
             isolation_level="read_committed",
         )
         self.consumer = consumer
-        await consumer.start()
+        await kafka.start(consumer, self.settings)
         try:
             consumer.subscribe(self.topics, listener=_Listener(self))
             await self._loop(consumer)

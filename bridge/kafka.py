@@ -6,6 +6,9 @@ connection and security options apply to all of them alike.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -14,6 +17,8 @@ from aiokafka.errors import KafkaConnectionError
 
 from bridge import security
 from bridge.settings import Settings
+
+log = logging.getLogger("ktb.kafka")
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -25,15 +30,31 @@ def client_options(settings: Settings) -> dict[str, Any]:
 
 
 async def start(client: AIOKafkaProducer | AIOKafkaConsumer, settings: Settings) -> None:
-    """Start a client; refused credentials or a failed TLS handshake raise ``KafkaAuthError``."""
-    try:
-        await client.start()
-    except KafkaConnectionError as exc:
-        await client.stop()
-        problem = await security.diagnose(settings)
-        if problem is not None:
-            raise problem from exc
-        raise
+    """Start a client, waiting out a broker that is down (a restart) with backoff.
+
+    Refused credentials or a failed TLS handshake raise ``KafkaAuthError`` at once;
+    a broker still unreachable after ``connect_timeout_s`` raises the connection error.
+    """
+    deadline = time.monotonic() + settings.connect_timeout_s
+    delay = settings.retry_initial_s
+    while True:
+        try:
+            # A failed start fails in bootstrap, before anything else is started,
+            # so the same client can try again.
+            await client.start()
+            return
+        except KafkaConnectionError as exc:
+            problem = await security.diagnose(settings)
+            if problem is not None or time.monotonic() + delay > deadline:
+                await client.stop()
+                if problem is not None:
+                    raise problem from exc
+                raise
+            log.warning(
+                "Kafka at %s unreachable, retrying in %.1fs", settings.kafka_bootstrap, delay
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, settings.retry_max_s)
 
 
 def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
