@@ -143,6 +143,9 @@ def replay(
         Path | None, typer.Option(help="Routes file (default KTB_ROUTES_FILE)")
     ] = None,
     concurrency: Annotated[int | None, typer.Option(help="Records acted on at once")] = None,
+    rate: Annotated[
+        float | None, typer.Option(min=0, help="At most this many records per second")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
 ) -> None:
     """Replay a range of a topic through the bridge's routes (no consumer group is used).
@@ -152,7 +155,7 @@ def replay(
     """
     from bridge.replay import ReplayMode, ReplayRequest, resolve_plan
 
-    settings = _settings(routes_file=routes, replay_concurrency=concurrency)
+    settings = _settings(routes_file=routes, replay_concurrency=concurrency, replay_rate_limit=rate)
     _quiet_ingress(settings)
     try:
         replay_mode = ReplayMode(mode)
@@ -166,6 +169,7 @@ def replay(
         routes=list(route or []),
         mode=replay_mode,
         dry_run=dry_run,
+        rate_limit=rate or 0.0,
     ).with_generation()
     plan: ReplayPlan = _run(_check(settings, request, resolve_plan))
     if background:

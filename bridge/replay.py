@@ -88,6 +88,8 @@ class ReplayRequest:
     """Fresh mode: the replay generation in the workflow id suffix (``new_generation()``)."""
     tenant: str | None = None
     """Only this tenant's events (``ce_tenantid``); the others are left out, not counted."""
+    rate_limit: float = 0.0
+    """Records per second at most; 0: the ``replay_rate_limit`` setting."""
 
     @property
     def id_suffix(self) -> str:
@@ -469,6 +471,9 @@ class ReplayRunner:
         self._room = asyncio.Event()
         self._failure: BaseException | None = None
         self._next_progress = 0.0
+        self.rate = plan.request.rate_limit or settings.replay_rate_limit
+        self._paced = 0
+        self._pace_start = 0.0
 
     def checkpoint(self) -> ReplayCheckpoint:
         """The current position and report, as an independent value."""
@@ -502,6 +507,7 @@ class ReplayRunner:
 
     async def _read(self, consumer: AIOKafkaConsumer, todo: list[_Partition]) -> None:
         reading = {p.tp: p for p in todo}
+        self._pace_start = time.monotonic()
         while reading:
             self._raise_failure()
             while self._buffered >= self.max_buffered:
@@ -522,6 +528,8 @@ class ReplayRunner:
                 for record in records:
                     if record.offset >= part.end:
                         break
+                    if self.rate:
+                        await self._pace()
                     if self.dry_run:
                         # A dry-run ingress never waits: no task per record.
                         await self._handle_now(part, record)
@@ -534,6 +542,13 @@ class ReplayRunner:
                     del reading[tp]
                     self._advance(part)
             self._progress()
+
+    async def _pace(self) -> None:
+        """Hold the replay to ``rate`` records per second (easing the load on Temporal)."""
+        self._paced += 1
+        delay = self._pace_start + self._paced / self.rate - time.monotonic()
+        if delay > 0.002:
+            await asyncio.sleep(delay)
 
     def _take(self, part: _Partition, record: RecordLike) -> None:
         if not self.plan.selects(record):

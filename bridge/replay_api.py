@@ -60,6 +60,9 @@ class ReplayBody(BaseModel):
         description="`idempotent`: live workflow ids; `fresh`: a new generation of ids",
     )
     dry_run: bool = Field(False, description="Act on nothing; report what would happen")
+    rate_limit: float = Field(
+        0.0, ge=0, le=1_000_000, description="Records per second at most; 0: the server default"
+    )
 
 
 class RangeView(BaseModel):
@@ -214,6 +217,7 @@ async def post_replay(state: State, caller: CallerDep, body: ReplayBody) -> JSON
         routes=list(body.routes),
         mode=body.mode,
         dry_run=body.dry_run,
+        rate_limit=body.rate_limit,
         tenant=caller.tenant if caller.authenticated else None,
     ).with_generation()
     if request.routes and state.router is not None:

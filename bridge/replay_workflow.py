@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -34,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.exceptions import ApplicationError
     from temporalio.service import RPCError, RPCStatusCode
     from temporalio.worker import Worker
+    from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
     from bridge.errors import BridgeError
     from bridge.metrics import Metrics
@@ -55,6 +55,11 @@ PROGRESS_SIGNAL = "ktb_replay_progress"
 STATUS_QUERY = "ktb_replay_status"
 MEMO_KEY = "ktb_replay"
 ID_PREFIX = "ktb-replay-"
+REPLAY_RUNNER = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("bridge")
+)
+"""The workflow lives in the ``bridge`` package, whose ``__init__`` loads I/O modules:
+those are used as they are (the workflow touches none of them), not re-imported."""
 
 
 @dataclass
@@ -159,22 +164,34 @@ class ReplayActivities:
             ) from exc
 
     async def _report(self, runner: ReplayRunner, job: ReplayJob, workflow_id: str | None) -> None:
+        """Heartbeat the checkpoint often; signal it to the workflow now and then.
+
+        Signals run in their own task: a slow signal must never delay a heartbeat.
+        """
+        signals = asyncio.create_task(self._signal_progress(runner, job, workflow_id))
+        try:
+            while True:
+                activity.heartbeat(runner.checkpoint())
+                await asyncio.sleep(job.heartbeat_timeout_s / 4)
+        finally:
+            signals.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await signals
+
+    async def _signal_progress(
+        self, runner: ReplayRunner, job: ReplayJob, workflow_id: str | None
+    ) -> None:
         handle = self.client.get_workflow_handle(workflow_id or "")
-        beat = min(job.heartbeat_timeout_s / 3, job.progress_interval_s)
-        next_signal = 0.0
         sent: list[int] | None = None
         while True:
             checkpoint = runner.checkpoint()
-            activity.heartbeat(checkpoint)
-            now = time.monotonic()
-            if now >= next_signal and checkpoint.positions != sent:
-                next_signal = now + job.progress_interval_s
+            if checkpoint.positions != sent:
                 try:
                     await handle.signal(PROGRESS_SIGNAL, checkpoint)
                     sent = checkpoint.positions
                 except RPCError as exc:  # progress is advisory; the heartbeat is what counts
                     log.warning("could not report replay progress: %s", exc.message)
-            await asyncio.sleep(beat)
+            await asyncio.sleep(job.progress_interval_s)
 
 
 # --- starting and inspecting replays -----------------------------------------------------
@@ -278,6 +295,11 @@ async def _checkpoint(
             return found
     except (RPCError, WorkflowQueryFailedError) as exc:
         log.debug("replay status query failed (%s); using the last heartbeat", exc)
+    return await last_heartbeat(client, description)
+
+
+async def last_heartbeat(client: Client, description: Any) -> ReplayCheckpoint | None:
+    """The checkpoint of the replay activity's last heartbeat the server holds, if any."""
     for pending in description.raw_description.pending_activities:
         if pending.heartbeat_details.payloads:
             values = await client.data_converter.decode(pending.heartbeat_details.payloads)
@@ -302,6 +324,7 @@ async def run_replay_worker(settings: Settings, metrics: Metrics | None = None) 
         task_queue=settings.replay_task_queue,
         workflows=[ReplayWorkflow],
         activities=[activities.replay_range],
+        workflow_runner=REPLAY_RUNNER,
     )
     stop = asyncio.Event()
     stop_on_signals(stop.set)
