@@ -61,7 +61,7 @@ def dev(
     """Run the whole local stack in the foreground; Ctrl-C stops everything."""
     from bridge.devstack import DevStack
 
-    logs.setup("INFO", console=True)
+    logs.setup(settings_with().log_level, console=True)
     stack = DevStack(
         data_dir=data_dir.resolve(),
         kafka_port=kafka_port,

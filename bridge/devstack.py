@@ -22,17 +22,33 @@ STOP_TIMEOUT = 20.0
 
 
 def read_procfile(path: Path) -> list[tuple[str, list[str]]]:
-    """``name: command`` lines (Procfile format); ``#`` starts a comment."""
+    """``name: command`` lines (Procfile format); ``#`` starts a comment.
+
+    A command may start with ``NAME=value`` words, as in a shell: they are set in
+    that process's environment only (``KTB_METRICS_PORT=9101 ktb bridge``).
+    """
     procs = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         name, sep, command = line.partition(":")
-        if not sep or not name.strip() or not command.strip():
+        args = shlex.split(command) if sep else []
+        if not name.strip() or not split_env(args)[1]:
             raise ConfigError(f"{path}:{n}: expected `name: command`")
-        procs.append((name.strip(), shlex.split(command)))
+        procs.append((name.strip(), args))
     return procs
+
+
+def split_env(args: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Leading ``NAME=value`` words of a command, and the command after them."""
+    env: dict[str, str] = {}
+    for i, word in enumerate(args):
+        name, sep, value = word.partition("=")
+        if not sep or not name.isidentifier():
+            return env, args[i:]
+        env[name] = value
+    return env, []
 
 
 @dataclass
@@ -41,14 +57,22 @@ class Child:
 
     name: str
     args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    """Set for this process only, over the stack's environment."""
     proc: asyncio.subprocess.Process | None = None
     pump: asyncio.Task[None] | None = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port its ``/metrics`` is served on, when the Procfile sets one."""
+        port = self.env.get("KTB_METRICS_PORT", "0")
+        return int(port) if port.isdigit() and int(port) > 0 else None
 
     async def start(self, env: dict[str, str], width: int) -> None:
         """Start the process in its own session and relay its output."""
         self.proc = await asyncio.create_subprocess_exec(
             *self.args,
-            env=env,
+            env={**env, **self.env},
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -101,6 +125,8 @@ class DevStack:
             KTB_API_PORT=str(self.api_port),
             KTB_API_AUTH="off",
             KTB_LOG_FORMAT="console",
+            # Only the processes whose Procfile line sets a port serve /metrics.
+            KTB_METRICS_PORT="0",
             PYTHONUNBUFFERED="1",
         )
         return env
@@ -130,8 +156,9 @@ class DevStack:
                 )
             env = self._env()
             width = max([len(n) for n, _ in procs] + [8])
-            for name, args in procs:
-                child = Child(name, args)
+            for name, command in procs:
+                child_env, args = split_env(command)
+                child = Child(name, args, child_env)
                 await child.start(env, width)
                 self.children.append(child)
             self._print_endpoints(stack)
@@ -166,4 +193,10 @@ class DevStack:
         if "api" in names:
             lines.append(f"  http api       http://localhost:{self.api_port}  (auth off)")
         lines += [f"  process        {c.name}" for c in self.children]
+        metrics = [(c.name, c.metrics_port) for c in self.children if c.metrics_port]
+        if "api" in names:
+            metrics.append(("api", self.api_port))
+        lines += [
+            f"  metrics        {name:<22} http://localhost:{port}/metrics" for name, port in metrics
+        ]
         print("ktb dev: up\n" + "\n".join(lines), flush=True)

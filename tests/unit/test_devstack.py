@@ -1,0 +1,55 @@
+"""``ktb dev``: Procfile lines with per-process environment, and where metrics are listed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bridge.devstack import Child, DevStack, read_procfile, split_env
+from bridge.errors import ConfigError
+from bridge.settings import REPO_ROOT
+
+
+def test_leading_assignments_are_the_process_environment():
+    assert split_env(["KTB_METRICS_PORT=9101", "A_B=x=y", "ktb", "bridge", "K=v"]) == (
+        {"KTB_METRICS_PORT": "9101", "A_B": "x=y"},
+        ["ktb", "bridge", "K=v"],
+    )
+    assert split_env(["ktb", "api"]) == ({}, ["ktb", "api"])
+
+
+def test_a_line_with_only_assignments_is_rejected(tmp_path: Path):
+    procfile = tmp_path / "Procfile"
+    procfile.write_text("# comment\nok: ktb api\nbad: KTB_METRICS_PORT=1\n")
+    with pytest.raises(ConfigError, match=r"Procfile:3: expected `name: command`"):
+        read_procfile(procfile)
+
+
+def test_every_ktb_worker_and_the_bridge_get_their_own_metrics_port():
+    ports = {}
+    for name, args in read_procfile(REPO_ROOT / "Procfile"):
+        env, command = split_env(args)
+        port = Child(name, command, env).metrics_port
+        if port is not None:
+            ports[name] = port
+    assert "bridge" in ports and "orders-worker" in ports
+    assert len(set(ports.values())) == len(ports), ports
+    assert all(not name.endswith("-server") for name in ports)
+
+
+def test_endpoints_list_metrics_urls(capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    class Stack:
+        reused: list[str] = []
+
+    dev = DevStack(data_dir=tmp_path, api_port=8181)
+    dev.children = [
+        Child("bridge", ["ktb", "bridge"], {"KTB_METRICS_PORT": "9101"}),
+        Child("orders-server", ["python", "-m", "services.orders", "server"]),
+        Child("api", ["ktb", "api"]),
+    ]
+    dev._print_endpoints(Stack())  # type: ignore[arg-type]
+    out = capsys.readouterr().out
+    assert "bridge                 http://localhost:9101/metrics" in out
+    assert "api                    http://localhost:8181/metrics" in out
+    assert "orders-server          http" not in out
