@@ -1,0 +1,181 @@
+"""HTTP API figures: POST /events rate, GET /events latency, provenance index rebuild rate.
+
+Runs against the Kafka and Temporal named by ``KTB_KAFKA_BOOTSTRAP`` and
+``KTB_TEMPORAL_ADDRESS``, on unique topics; the API runs as its own ``ktb api``
+process on a free port (authentication on, one key)::
+
+    KTB_KAFKA_BOOTSTRAP=localhost:19092 KTB_TEMPORAL_ADDRESS=localhost:17233 \\
+        .venv/bin/python -m bench.api --events 2000 --concurrency 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from typing import Any
+
+import httpx
+
+from bridge import kafka
+from bridge.admin import ensure_topics
+from bridge.api import hash_key
+from bridge.api.index import IndexFollower, ProvenanceIndex
+from bridge.dispatch import Outcome, Result
+from bridge.provenance import ProvenanceWriter
+from bridge.settings import Settings
+from bridge.stack import free_port
+
+KEY = "bench-key"
+
+
+def order(order_id: str) -> dict[str, Any]:
+    """A valid order.placed payload."""
+    return {
+        "order_id": order_id,
+        "customer_id": "c-1",
+        "items": [{"sku": "s-1", "quantity": 1, "unit_price_cents": 100}],
+        "total_cents": 100,
+        "currency": "EUR",
+        "payment_token": "tok_visa",
+    }
+
+
+class _Record:
+    """Just enough of a consumer record for ``ProvenanceWriter.event``."""
+
+    def __init__(self, topic: str, offset: int, event_id: str) -> None:
+        self.topic, self.partition, self.offset, self.timestamp = topic, 0, offset, 0
+        self.key = event_id.encode()
+        self.value = b""
+        self.headers = [("ce_id", event_id.encode()), ("ce_tenantid", b"bench")]
+
+
+async def rebuild_rate(settings: Settings, records: int) -> tuple[float, int]:
+    """Seconds for a fresh index to catch up with ``records`` provenance records."""
+    await ensure_topics(settings, {settings.provenance_topic: 3})
+    producer = kafka.producer(settings, linger_ms=20)
+    await producer.start()
+    try:
+        writer = ProvenanceWriter(producer, settings.provenance_topic)
+        result = Result(Outcome.SKIPPED, detail="no route matched")
+        for n in range(records):
+            await writer.event(_Record("bench", n, f"idx-{n}"), None, result)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    index = ProvenanceIndex()
+    follower = IndexFollower(settings, index)
+    started = time.perf_counter()
+    await follower.start()
+    try:
+        await asyncio.wait_for(follower.caught_up.wait(), 300)
+        return time.perf_counter() - started, index.records
+    finally:
+        await follower.stop()
+
+
+async def wait_ready(url: str) -> None:
+    """Return once the API answers /readyz with 200."""
+    deadline = time.monotonic() + 60
+    async with httpx.AsyncClient() as http:
+        while True:
+            try:
+                if (await http.get(f"{url}/readyz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the API did not become ready")
+            await asyncio.sleep(0.1)
+
+
+async def main(events: int, concurrency: int, index_records: int) -> dict[str, Any]:
+    """Run the measurements; return the figures."""
+    uid = uuid.uuid4().hex[:8]
+    topic = f"bench-api-{uid}"
+    settings = Settings(
+        provenance_topic=f"ktb.provenance-bench-{uid}",
+        api_keys={hash_key(KEY): "bench"},
+        api_topics={"com.example.order.placed": topic},
+        routes_file=Settings().data_dir / f"no-routes-{uid}.yaml",
+    )
+    await ensure_topics(settings, {topic: 3})
+    port = free_port()
+    env = dict(
+        os.environ,
+        KTB_PROVENANCE_TOPIC=settings.provenance_topic,
+        KTB_API_KEYS=json.dumps(settings.api_keys),
+        KTB_API_TOPICS=json.dumps(settings.api_topics),
+        KTB_ROUTES_FILE=str(settings.routes_file),
+        KTB_LOG_LEVEL="WARNING",
+    )
+    # The API in its own process, as deployed: the client here does not share its CPU time.
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge", "api", "--port", str(port), env=env
+    )
+    await wait_ready(f"http://127.0.0.1:{port}")
+    figures: dict[str, Any] = {"events": events, "concurrency": concurrency}
+    try:
+        headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/cloudevents+json"}
+        limits = httpx.Limits(max_connections=concurrency)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", headers=headers, limits=limits, timeout=30
+        ) as http:
+            queue: asyncio.Queue[int] = asyncio.Queue()
+            for n in range(events):
+                queue.put_nowait(n)
+            latencies: list[float] = []
+
+            async def post_worker() -> None:
+                while not queue.empty():
+                    n = queue.get_nowait()
+                    body = {
+                        "id": f"bench-{uid}-{n}",
+                        "type": "com.example.order.placed",
+                        "source": "bench",
+                        "partitionkey": f"o-{n}",
+                        "data": order(f"o-{n}"),
+                    }
+                    t0 = time.perf_counter()
+                    response = await http.post("/events", content=json.dumps(body))
+                    latencies.append(time.perf_counter() - t0)
+                    assert response.status_code == 202, response.text
+
+            started = time.perf_counter()
+            await asyncio.gather(*(post_worker() for _ in range(concurrency)))
+            elapsed = time.perf_counter() - started
+            figures["post_events_per_s"] = round(events / elapsed)
+            figures["post_p50_ms"] = round(statistics.median(latencies) * 1000, 2)
+            figures["post_p99_ms"] = round(statistics.quantiles(latencies, n=100)[98] * 1000, 2)
+            gets: list[float] = []
+            for n in range(min(events, 500)):
+                t0 = time.perf_counter()
+                response = await http.get(f"/events/bench-{uid}-{n}")
+                gets.append(time.perf_counter() - t0)
+                assert response.status_code == 200, response.text
+            figures["get_event_p50_ms"] = round(statistics.median(gets) * 1000, 2)
+    finally:
+        server.terminate()
+        await asyncio.wait_for(server.wait(), 30)
+    seconds, loaded = await rebuild_rate(
+        settings.model_copy(update={"provenance_topic": f"ktb.provenance-idx-{uid}"}),
+        index_records,
+    )
+    figures["index_records"] = loaded
+    figures["index_rebuild_records_per_s"] = round(loaded / seconds)
+    return figures
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--index-records", type=int, default=50_000)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(main(args.events, args.concurrency, args.index_records))))
