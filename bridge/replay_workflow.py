@@ -46,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from bridge.runtime import connect_temporal, stop_on_signals
     from bridge.settings import Settings
+    from bridge.telemetry import open_telemetry
 
 log = logging.getLogger("ktb.replay")
 
@@ -316,18 +317,20 @@ def _root_message(exc: BaseException) -> str:
 
 
 async def run_replay_worker(settings: Settings, metrics: Metrics | None = None) -> None:
-    """Poll the replay task queue until SIGTERM/SIGINT."""
-    client = await connect_temporal(settings)
-    activities = ReplayActivities(settings, client, metrics)
-    worker = Worker(
-        client,
-        task_queue=settings.replay_task_queue,
-        workflows=[ReplayWorkflow],
-        activities=[activities.replay_range],
-        workflow_runner=REPLAY_RUNNER,
-    )
-    stop = asyncio.Event()
-    stop_on_signals(stop.set)
-    async with worker:
-        log.info("replay worker polling task queue %s", settings.replay_task_queue)
-        await stop.wait()
+    """Poll the replay task queue until SIGTERM/SIGINT (``/metrics`` on ``KTB_METRICS_PORT``)."""
+    with open_telemetry(settings, "replay-worker", metrics) as telemetry:
+        client = await connect_temporal(settings, telemetry.runtime, telemetry.client_interceptors)
+        activities = ReplayActivities(settings, client, telemetry.metrics)
+        worker = Worker(
+            client,
+            task_queue=settings.replay_task_queue,
+            workflows=[ReplayWorkflow],
+            activities=[activities.replay_range],
+            workflow_runner=REPLAY_RUNNER,
+            interceptors=telemetry.worker_interceptors(),
+        )
+        stop = asyncio.Event()
+        stop_on_signals(stop.set)
+        async with worker:
+            log.info("replay worker polling task queue %s", settings.replay_task_queue)
+            await stop.wait()
