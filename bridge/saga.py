@@ -176,10 +176,6 @@ class Saga:
         self._register(name, compensate, result)
         return result
 
-    def add(self, name: str, compensation: Compensation) -> None:
-        """Register a compensation for work done outside ``step``."""
-        self._done.append((name, compensation))
-
     def abort(self, reason: str, cause: str | None = None) -> None:
         """Stop the body and compensate (a cancellation request by event, say).
 
@@ -191,11 +187,6 @@ class Saga:
         self._abort = _Abort(reason, cause)
         if self._body is not None and not self._body.done():
             self._body.cancel()
-
-    @property
-    def aborted(self) -> bool:
-        """True once ``abort`` was called."""
-        return self._abort is not None
 
     # --- running ----------------------------------------------------------------------
 
