@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     api_query_timeout_s: float = Field(2.0, gt=0, description="Deadline of progress queries")
     api_stream_interval_s: float = Field(0.5, gt=0, description="Poll interval of SSE streams")
     api_index_max_events: int = Field(
-        1_000_000, ge=1, description="Event ids the provenance index keeps in memory"
+        500_000, ge=1, description="Event ids the provenance index keeps (about 700 bytes each)"
     )
 
     @field_validator("api_keys")

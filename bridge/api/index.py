@@ -34,56 +34,65 @@ PARTITIONS = 3
 
 
 class ProvenanceIndex:
-    """Event id → what the bridge did; workflow id → what the workflow published."""
+    """Event id → what the bridge did; workflow id → what the workflow published.
 
-    def __init__(self, max_events: int = 1_000_000) -> None:
+    Records are kept as the bytes read from Kafka (about half the memory of the
+    parsed values) and parsed again on lookup, which is rare next to ingest.
+    """
+
+    def __init__(self, max_events: int = 500_000) -> None:
         self.max_events = max_events
-        self._events: OrderedDict[str, list[EventProvenance]] = OrderedDict()
-        self._published: OrderedDict[str, list[PublishedProvenance]] = OrderedDict()
+        self._events: OrderedDict[str, list[bytes]] = OrderedDict()
+        self._published: OrderedDict[str, list[tuple[str, bytes]]] = OrderedDict()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.records = 0
 
     def add(self, value: bytes | None) -> None:
         """Apply one record of the provenance topic; unreadable records are ignored."""
         item = parse(value) if value else None
-        if item is None:
+        if item is None or value is None:
             return
         self.records += 1
         if isinstance(item, EventProvenance):
             if item.event_id:
-                self._add_event(item.event_id, item)
+                self._add_event(item.event_id, value)
         else:
-            self._add_published(item)
+            self._add_published(item, value)
 
-    def _add_event(self, event_id: str, item: EventProvenance) -> None:
+    def _add_event(self, event_id: str, value: bytes) -> None:
         handlings = self._events.get(event_id)
         if handlings is None:
             handlings = self._events[event_id] = []
             if len(self._events) > self.max_events:
                 self._events.popitem(last=False)
         if len(handlings) < MAX_HANDLINGS:
-            handlings.append(item)
+            handlings.append(value)
         for waiter in self._waiters.pop(event_id, ()):
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _add_published(self, item: PublishedProvenance) -> None:
+    def _add_published(self, item: PublishedProvenance, value: bytes) -> None:
         items = self._published.get(item.workflow_id)
         if items is None:
             items = self._published[item.workflow_id] = []
             if len(self._published) > self.max_events:
                 self._published.popitem(last=False)
         # A retried activity republishes the same ce_id: one entry per event.
-        if all(p.ce_id != item.ce_id for p in items):
-            items.append(item)
+        if all(ce_id != item.ce_id for ce_id, _ in items):
+            items.append((item.ce_id, value))
 
     def handlings(self, event_id: str) -> list[EventProvenance]:
         """Every record of what happened to ``event_id``, oldest first."""
-        return list(self._events.get(event_id, ()))
+        out = []
+        for value in self._events.get(event_id, ()):
+            item = parse(value)
+            if isinstance(item, EventProvenance):
+                out.append(item)
+        return out
 
     def primary(self, event_id: str) -> EventProvenance | None:
         """The record that tells the event's effect: the first one that was not a repeat."""
-        handlings = self._events.get(event_id)
+        handlings = self.handlings(event_id)
         if not handlings:
             return None
         for item in handlings:
@@ -93,7 +102,12 @@ class ProvenanceIndex:
 
     def published(self, workflow_id: str) -> list[PublishedProvenance]:
         """Events ``workflow_id`` published, in the order they were recorded."""
-        return list(self._published.get(workflow_id, ()))
+        out = []
+        for _, value in self._published.get(workflow_id, ()):
+            item = parse(value)
+            if isinstance(item, PublishedProvenance):
+                out.append(item)
+        return out
 
     def __contains__(self, event_id: str) -> bool:
         return event_id in self._events
