@@ -334,3 +334,18 @@ async def test_body_limit_answers_413_for_declared_and_streamed_bodies():
                 yield b"x" * 5
 
         assert (await http.post("/echo", content=chunks())).status_code == 413
+
+
+def test_api_key_command_prints_a_key_and_its_hash():
+    from typer.testing import CliRunner
+
+    from bridge.cli import app
+
+    result = CliRunner().invoke(app, ["api-key", "--tenant", "acme"])
+    assert result.exit_code == 0, result.output
+    key_line, entry_line = result.output.strip().splitlines()
+    key = key_line.removeprefix("key: ")
+    entry = json.loads(entry_line.removeprefix("KTB_API_KEYS entry: "))
+    assert entry == {hash_key(key): "acme"}
+    assert KeyRing(entry).tenant_of(key) == "acme"
+    assert Settings(api_keys=entry).api_keys == entry
