@@ -212,9 +212,16 @@ class BridgeConsumer:
                     return
                 if not failing:
                     failing = True
+                    if state.failing == 0:
+                        # One warning per partition episode; each retry is a debug line.
+                        log.warning(
+                            "pausing %s[%d]: %s", tp.topic, tp.partition, reason,
+                            extra={"topic": tp.topic, "partition": tp.partition,
+                                   "offset": record.offset},
+                        )  # fmt: skip
                     self._mark_failing(tp, state, +1)
                 self.metrics.transient_retries.labels(tp.topic).inc()
-                log.warning(
+                log.debug(
                     "retrying %s[%d]@%d in %.1fs: %s",
                     tp.topic, tp.partition, record.offset, delay, reason,
                 )  # fmt: skip
@@ -226,6 +233,8 @@ class BridgeConsumer:
 
     def _mark_failing(self, tp: TopicPartition, state: PartitionState, delta: int) -> None:
         state.failing += delta
+        if delta < 0 and state.failing == 0:
+            log.info("resuming %s[%d]", tp.topic, tp.partition)
         consumer = self.consumer
         if consumer is None or self.partitions.get(tp) is not state:
             return

@@ -9,6 +9,7 @@ instances; readers (the HTTP API) rebuild their index from the topic.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -92,13 +93,15 @@ class ProvenanceWriter:
 
     async def _send(self, key: str | None, payload: Any) -> None:
         try:
-            await self.producer.send(
+            delivery = await self.producer.send(
                 self.topic,
                 value=json.dumps(asdict(payload), separators=(",", ":")).encode(),
                 key=key.encode() if key else None,
             )
         except KafkaError as exc:  # provenance is a record, never a reason to stall events
             log.warning("could not record provenance: %s", exc)
+            return
+        delivery.add_done_callback(_log_failed_delivery)
 
     async def event(self, record: RecordLike, event: Event | None, result: Result) -> None:
         """Record what happened to one consumed record."""
@@ -153,6 +156,12 @@ class ProvenanceWriter:
                 at=_now(),
             ),
         )
+
+
+def _log_failed_delivery(delivery: asyncio.Future[Any]) -> None:
+    """Delivery is not awaited on the hot path; a failure is logged, never raised."""
+    if not delivery.cancelled() and delivery.exception() is not None:
+        log.warning("could not record provenance: %s", delivery.exception())
 
 
 def _header(record: RecordLike, name: str) -> str | None:
