@@ -156,7 +156,7 @@ class IndexFollower:
             metadata_max_age_ms=5000,
         )
         await ensure_topics(self.settings, {self.topic: PARTITIONS})
-        await consumer.start()
+        await kafka.start(consumer, self.settings)
         self._consumer = consumer
         self._task = asyncio.create_task(self._run(consumer), name="ktb-provenance-index")
 
