@@ -143,7 +143,12 @@ def parse_bound(text: str, *, end: bool) -> Bound:
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return Bound(time_ms=int(moment.timestamp() * 1000))
+    try:
+        stamp = int(moment.timestamp() * 1000)
+    except (OverflowError, ValueError) as exc:
+        raise InvalidRequestError(f"--{'to' if end else 'from'} {text!r}: {exc}") from None
+    # Kafka has no records before the epoch: earlier times mean "from the first record".
+    return Bound(time_ms=max(0, stamp))
 
 
 def format_ms(ms: int) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable
 from dataclasses import asdict
 from typing import Annotated, TypeVar
 
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -164,7 +165,7 @@ class RedriveBody(BaseModel):
     topic: str = Field(pattern=TOPIC, description="Dead-letter topic, e.g. `orders.dlq`")
     error_type: str | None = Field(None, max_length=200, description="Only this error type")
     offsets: list[Annotated[str, Field(pattern=LETTER)]] = Field(
-        default_factory=list, max_length=10_000, description="`OFFSET` or `PARTITION:OFFSET`"
+        default_factory=list, max_length=1000, description="`OFFSET` or `PARTITION:OFFSET`"
     )
     max_redrives: int | None = Field(
         None, ge=1, le=1000, description="Refuse letters redriven this often"
@@ -198,6 +199,8 @@ async def _guard(awaitable: Awaitable[T]) -> T:
         raise Problem(422, "invalid-request", exc.message) from exc
     except BridgeError as exc:
         raise Problem(503, "unavailable", exc.message) from exc
+    except KafkaError as exc:
+        raise Problem(503, "kafka-unavailable", f"Kafka did not answer: {exc}") from exc
 
 
 @router.post(
@@ -205,7 +208,7 @@ async def _guard(awaitable: Awaitable[T]) -> T:
     summary="Start a replay of a topic range as a workflow",
     status_code=202,
     response_model=ReplayAccepted,
-    responses=problems.responses(400, 401, 422, 503),
+    responses=problems.responses(400, 401, 413, 422, 503),
 )
 async def post_replay(state: State, caller: CallerDep, body: ReplayBody) -> JSONResponse:
     """Check the range (422 if wrong, nothing started) and start the replay workflow."""
@@ -241,7 +244,7 @@ async def post_replay(state: State, caller: CallerDep, body: ReplayBody) -> JSON
     "/replays/{replay_id}",
     summary="A replay's state, progress and report",
     response_model=ReplayView,
-    responses=problems.responses(401, 404, 422, 503),
+    responses=problems.responses(400, 401, 404, 422, 503),
 )
 async def get_replay(state: State, caller: CallerDep, replay_id: ReplayId) -> ReplayView:
     """Progress while running, the final report once completed; another tenant's is a 404."""
@@ -269,7 +272,7 @@ async def get_replay(state: State, caller: CallerDep, replay_id: ReplayId) -> Re
     "/dlq",
     summary="List the dead letters of a dead-letter topic",
     response_model=DeadLetterPage,
-    responses=problems.responses(401, 422, 503),
+    responses=problems.responses(400, 401, 422, 503),
 )
 async def get_dlq(
     state: State,
@@ -297,7 +300,7 @@ async def get_dlq(
     "/dlq/redrive",
     summary="Republish dead letters to their original topics",
     response_model=RedriveResult,
-    responses=problems.responses(400, 401, 422, 503),
+    responses=problems.responses(400, 401, 413, 422, 503),
 )
 async def post_redrive(state: State, caller: CallerDep, body: RedriveBody) -> RedriveResult:
     """Redrive the selected letters (all by default); refused ones are listed with the reason."""
