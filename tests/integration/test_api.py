@@ -269,6 +269,30 @@ async def test_produce_stream_signal_wait_and_provenance(
         assert short_view["status"] == "failed"
         assert short_view["published"] == [refund]
 
+        # Listing: the tenant's processes, filtered by status and type, one per page.
+        failed_id = f"api-{uid}-{short_id}"
+
+        async def listed(**params: Any) -> list[str]:
+            page = (await http.get("/processes", params=params)).json()
+            return [p["workflow_id"] for p in page["items"]]
+
+        async def both_closed() -> bool:
+            done = await listed(type="KtbApiTestOrder", status="completed")
+            failed = await listed(type="KtbApiTestOrder", status="failed")
+            assert (done, failed) == ([workflow_id], [failed_id])
+            return True
+
+        await eventually(both_closed)
+        first = (await http.get("/processes", params={"page_size": 1})).json()
+        assert len(first["items"]) == 1 and first["next_page_token"]
+        second = (
+            await http.get(
+                "/processes", params={"page_size": 1, "page_token": first["next_page_token"]}
+            )
+        ).json()
+        pages = {first["items"][0]["workflow_id"], second["items"][0]["workflow_id"]}
+        assert pages == {workflow_id, failed_id}
+
         metrics = (await http.get("/metrics")).text
         assert f'ktb_api_events_produced_total{{topic="{topics["orders"]}"}} 2.0' in metrics
 
