@@ -219,13 +219,18 @@ async def produce(
         ) from exc
     reserved = ProducedEvent(event_id, inbound.type, tenant, inbound.partitionkey, topic, None)
     state.produced.put(reserved)
+    sent = False
     try:
         meta = await state.producer.send_and_wait(
             topic, value=record.value, key=record.key, headers=record.headers
         )
+        sent = True
     except KafkaError as exc:
-        state.produced.forget(event_id)
         raise Problem(503, "kafka-unavailable", f"could not produce to {topic}: {exc}") from exc
+    finally:
+        # Failed or cancelled: release the id so a retry of the request can produce it.
+        if not sent:
+            state.produced.forget(event_id)
     state.metrics.api_events_produced.labels(topic).inc()
     produced = ProducedEvent(
         event_id,
