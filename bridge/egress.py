@@ -20,7 +20,7 @@ from bridge.envelope import encode_event
 from bridge.errors import BridgeError, SchemaMismatchError
 from bridge.metrics import Metrics
 from bridge.provenance import ProvenanceWriter
-from bridge.tracing import current_traceparent
+from bridge.tracing import outgoing_traceparent
 
 PUBLISH_ACTIVITY = "ktb.publish"
 OUTCOME = "outcome"
@@ -101,7 +101,7 @@ class Publisher:
                 correlation_id=req.correlation_id or info.workflow_id,
                 causation_id=req.causation_id,
                 # The activity's span when tracing is on, else the triggering event's.
-                traceparent=current_traceparent() or req.traceparent,
+                traceparent=outgoing_traceparent(req.traceparent),
                 content_type=req.content_type,
                 extensions=req.extensions,
             )

@@ -137,6 +137,22 @@ def current_traceparent() -> str | None:
     return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
 
 
+def outgoing_traceparent(triggering: str | None) -> str | None:
+    """The ``traceparent`` of an event published now: the current span's, else ``triggering``.
+
+    The current span continues the trace only when it belongs to the triggering
+    event's trace (or that event had none): a worker that traces while the bridge
+    does not starts fresh traces, and then the triggering event's trace is kept.
+    """
+    current = current_traceparent()
+    if current is None:
+        return triggering
+    trace_id = trace_id_of(triggering)
+    if trace_id is not None and trace_id_of(current) != trace_id:
+        return triggering
+    return current
+
+
 def trace_id_of(traceparent: str | None) -> str | None:
     """The trace id (32 hex digits) of a ``traceparent`` value, if it is well formed."""
     if not traceparent:

@@ -218,3 +218,20 @@ def test_no_span_no_traceparent():
 )
 def test_trace_id_of(value, expected):
     assert tracing.trace_id_of(value) == expected
+
+
+def test_outgoing_traceparent_continues_only_the_triggering_trace():
+    tracer, _ = traced()
+    incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    assert tracing.outgoing_traceparent(incoming) == incoming  # no span: the memo's
+    assert tracing.outgoing_traceparent(None) is None
+    with tracing.consume_span(tracer, Record(headers=[("traceparent", incoming.encode())])):
+        same_trace = tracing.outgoing_traceparent(incoming)
+    with tracer.start_as_current_span("unrelated"):
+        unrelated = tracing.outgoing_traceparent(incoming)
+        fresh = tracing.outgoing_traceparent(None)
+        malformed = tracing.outgoing_traceparent("garbage")
+    assert tracing.trace_id_of(same_trace) == "0af7651916cd43dd8448eb211c80319c"
+    assert same_trace != incoming
+    assert unrelated == incoming
+    assert fresh is not None and fresh == malformed
