@@ -204,11 +204,15 @@ async def test_scraped_metrics_after_duplicate_poison_and_compensation(
         worker = await eventually(worker_done)
 
     routed = "ktb_events_routed_total"
-    assert value(bridge, routed, route="start-order", action="start", result="started") == 2
-    assert value(bridge, routed, route="start-order", action="start", result="duplicate") == 1
+    started = value(bridge, routed, route="start-order", action="start", result="started")
+    duplicate = value(bridge, routed, route="start-order", action="start", result="duplicate")
+    if sum(matching(bridge, "ktb_transient_retries_total")) == 0:
+        assert (started, duplicate) == (2, 1)
+    else:  # a start that reached Temporal but timed out on the bridge is retried: a duplicate
+        assert started and duplicate and started + duplicate == 3
     assert value(bridge, routed, route="", action="", result="dead_lettered") == 1
     assert value(bridge, "ktb_dead_letters_total", topic=orders, error_type="unknown_schema") == 1
-    assert value(bridge, "ktb_event_to_action_seconds_count") == 2
+    assert value(bridge, "ktb_event_to_action_seconds_count") == started
     # The Temporal SDK's own metrics are in the same scrape.
     assert sum(matching(bridge, "temporal_request_total", operation="StartWorkflowExecution")) >= 2
 
@@ -268,11 +272,15 @@ async def test_one_trace_from_event_to_outcome(services, topics, settings, uid, 
     by_name: dict[str, list[ReadableSpan]] = {}
     for span in spans:
         by_name.setdefault(span.name, []).append(span)
-    bridge_span = by_name[f"process {topics['orders']}"][0]
-    assert bridge_span.parent is not None and f"{bridge_span.parent.span_id:016x}" == parent_span
-    assert bridge_span.attributes is not None
-    assert bridge_span.attributes["ktb.result"] == "started"
-    assert bridge_span.attributes["temporalWorkflowID"] == f"order-{order}"
+    # One bridge span per attempt (more than one if a transient failure was retried).
+    bridge_spans = by_name[f"process {topics['orders']}"]
+    for bridge_span in bridge_spans:
+        assert bridge_span.parent is not None
+        assert f"{bridge_span.parent.span_id:016x}" == parent_span
+    acted = bridge_spans[-1].attributes
+    assert acted is not None
+    assert acted["ktb.result"] in ("started", "duplicate")
+    assert acted["temporalWorkflowID"] == f"order-{order}"
     for name in (
         "StartWorkflow:OrderFulfillment",
         "RunWorkflow:OrderFulfillment",
@@ -302,19 +310,27 @@ async def test_bridge_log_line_for_a_started_workflow_is_json(
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+
+    async def logged() -> dict[str, Any]:
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        # "duplicate" if a start that reached Temporal timed out on the bridge and was retried.
+        ours = [
+            line
+            for line in lines
+            if line.get("event_id") == event_id
+            and line["msg"] in ("event started", "event duplicate")
+        ]
+        assert ours, lines
+        return ours[-1]
+
     try:
         async with observed(settings, topics, uid, tmp_path):
+            line = await eventually(logged)
             await workflow_result(services.client, f"order-{order}")
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
 
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    started: list[dict[str, Any]] = [
-        line for line in lines if line["msg"] == "event started" and line["event_id"] == event_id
-    ]
-    assert len(started) == 1, lines
-    line = started[0]
     assert line["workflow_id"] == f"order-{order}"
     assert line["run_id"]
     assert line["route"] == "start-order"
