@@ -264,13 +264,15 @@ class CompiledRoute:
     def __init__(self, spec: RouteSpec) -> None:
         self.spec = spec
         self.name = spec.name
-        self.condition: Callable[[dict[str, Any]], Any] | None = None
+        self.condition: Callable[[dict[str, Any] | cel.Context], Any] | None = None
+        self.condition_reads: list[tuple[str, ...]] = []
         if spec.when:
             try:
                 program = cel.compile(spec.when)
             except (ValueError, RuntimeError) as exc:
                 raise ConfigError(f"route {spec.name!r}, field when: {exc}") from exc
             self.condition = program.execute
+            self.condition_reads = condition_paths(spec.when)
         try:
             self.workflow_id = Template.parse(spec.workflow_id)
             self.reason = Template.parse(spec.reason)
@@ -289,7 +291,7 @@ class CompiledRoute:
                     f"of {', '.join(sorted(ROOT_NAMES))}"
                 )
 
-    def matches(self, context: dict[str, Any]) -> bool:
+    def matches(self, context: dict[str, Any] | cel.Context) -> bool:
         """Evaluate the condition; errors become ``RouteError`` (dead-lettered)."""
         if self.condition is None:
             return True
@@ -347,6 +349,10 @@ class Router:
         self._index: dict[tuple[str, str], list[CompiledRoute]] = {}
         for route in self.routes:
             self._index.setdefault((route.spec.topic, route.spec.type), []).append(route)
+        self._reads = {
+            key: _reads_plan(p for route in candidates for p in route.condition_reads)
+            for key, candidates in self._index.items()
+        }
 
     @classmethod
     def from_file(cls, path: Path) -> Router:
@@ -378,12 +384,21 @@ class Router:
 
     def match(self, event: Event) -> tuple[CompiledRoute, dict[str, Any]] | None:
         """The first route whose topic, type and condition match, with the event context."""
-        candidates = self._index.get((event.topic or "", event.type))
+        key = (event.topic or "", event.type)
+        candidates = self._index.get(key)
         if not candidates:
             return None
         context = event.as_context()
+        conditions: cel.Context | None = None
         for route in candidates:
-            if route.matches(context):
+            if route.condition is not None and conditions is None:
+                # Converting values to CEL dominates the cost of a condition, so the
+                # candidates share one context holding only the fields they read.
+                try:
+                    conditions = cel.Context(variables=_select(context, self._reads[key]))
+                except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+                    raise RouteError(f"route {route.name!r}: condition failed: {exc}") from exc
+            if route.matches(conditions if conditions is not None else context):
                 return route, context
         return None
 
@@ -394,6 +409,38 @@ class Router:
             return None
         route, context = found
         return route.build(event, context, id_suffix)
+
+
+ReadsPlan = dict[str, "ReadsPlan | None"]
+"""Which fields conditions read: a nested map of names; ``None`` means the whole value."""
+
+
+def _reads_plan(paths: Iterable[tuple[str, ...]]) -> ReadsPlan:
+    """Merge field paths into a plan; a path read whole covers every longer one under it."""
+    plan: ReadsPlan = {}
+    for path in sorted(set(paths), key=len):
+        node = plan
+        for depth, part in enumerate(path):
+            if part in node and node[part] is None:
+                break
+            if depth == len(path) - 1:
+                node[part] = None
+                break
+            child = node.setdefault(part, {})
+            assert child is not None
+            node = child
+    return plan
+
+
+def _select(value: Any, plan: ReadsPlan | None) -> Any:
+    """The parts of ``value`` a plan names; anything that is not a mapping is kept whole.
+
+    A field the event lacks stays absent, so a condition reading it fails (or
+    ``has()`` is false) exactly as it would on the full event.
+    """
+    if plan is None or not isinstance(value, Mapping):
+        return value
+    return {name: _select(value[name], sub) for name, sub in plan.items() if name in value}
 
 
 # --- ktb routes check ---------------------------------------------------------------

@@ -81,6 +81,34 @@ def test_condition_error_is_a_route_error() -> None:
         Router(config(route)).route(event())
 
 
+@pytest.mark.parametrize(
+    "when",
+    [
+        "data.total_cents > 0 && data.currency == 'EUR'",
+        "data.items.size() > 1",
+        "data.items[0].sku == 'sku-1'",
+        "data.items.exists(key, key.quantity > 0)",
+        "size(data) == 6",
+        "'currency' in data",
+        "data['currency'] == 'EUR'",
+        "has(data.missing)",
+        "key == 'o-1' && tenant == 'acme' && type.endsWith('placed')",
+        "data . currency == 'EUR'",
+    ],
+)
+def test_conditions_see_every_field_they_read(when: str) -> None:
+    """Conditions share a context of only the fields they read; results match the full event."""
+    import cel
+
+    data = order_data("o-1", total=2500)
+    data["items"].append({"sku": "sku-2", "quantity": 3, "unit_price_cents": 1})
+    expected = cel.compile(when).execute(event(data).as_context())
+    other = {**START, "name": "other", "when": "data.total_cents < 0", "workflow": "Other"}
+    router = Router(config(other, {**START, "when": when}))
+    action = router.route(event(data))
+    assert (action is not None and action.route == "start-order") is expected
+
+
 def test_condition_must_be_boolean() -> None:
     with pytest.raises(RouteError, match="not a bool"):
         Router(config({**START, "when": "data.total_cents"})).route(event())
