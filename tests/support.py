@@ -34,6 +34,7 @@ from bridge.provenance import ProvenanceWriter
 from bridge.routes import Router, RoutesConfig
 from bridge.settings import REPO_ROOT, Settings
 from bridge.tail import render
+from bridge.telemetry import Telemetry
 
 T = TypeVar("T")
 
@@ -318,7 +319,9 @@ async def workflow_result(client: Client, workflow_id: str, timeout: float = 60.
 
 
 @contextlib.asynccontextmanager
-async def running_api(settings: Settings, metrics: Metrics | None = None) -> AsyncIterator[str]:
+async def running_api(
+    settings: Settings, metrics: Metrics | None = None, telemetry: Telemetry | None = None
+) -> AsyncIterator[str]:
     """The HTTP API served by uvicorn in this event loop on a free port; yields its base URL."""
     import uvicorn
 
@@ -326,7 +329,7 @@ async def running_api(settings: Settings, metrics: Metrics | None = None) -> Asy
     from bridge.stack import free_port
 
     port = free_port()
-    app = create_app(settings, metrics=metrics)
+    app = create_app(settings, metrics=metrics, telemetry=telemetry)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -46,6 +46,7 @@ from tests.support import (
     eventually,
     order_data,
     routes_config,
+    running_api,
     workflow_result,
     write_routes,
 )
@@ -381,3 +382,19 @@ async def test_ktb_bridge_process_serves_metrics_on_its_port(
         code = await asyncio.to_thread(proc.wait, 60)
     assert code == 0, log.read_text()
     assert f"serves metrics on http://127.0.0.1:{port}/metrics" in log.read_text()
+
+
+async def test_api_metrics_include_the_temporal_sdk_metrics(settings, tmp_path):
+    api = settings.model_copy(update={"api_auth": False, "data_dir": tmp_path})
+    with open_telemetry(api, "api", sdk_metrics=True) as telemetry:
+        async with running_api(api, telemetry=telemetry) as url, httpx.AsyncClient() as http:
+            assert (await http.get(f"{url}/healthz")).status_code == 200
+
+            async def scraped() -> str:
+                text = (await http.get(f"{url}/metrics")).text
+                # The SDK's metrics: the API's Temporal client connected in the lifespan.
+                assert 'temporal_request_total{operation="GetSystemInfo"}' in text
+                return text
+
+            text = await eventually(scraped)
+    assert 'ktb_api_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text
