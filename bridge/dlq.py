@@ -61,6 +61,8 @@ class DeadLetterPublisher:
 
     async def publish(self, record: RecordLike, error: BridgeError) -> DeadLetter:
         """Send ``record`` to its DLQ; raise ``TransientError`` if Kafka does not take it."""
+        # REDRIVE_COUNT is not an error header: a redriven record that fails again
+        # comes back with its count, which is what lets redrive stop at a maximum.
         headers = [(k, v) for k, v in record.headers if k not in ERROR_HEADERS]
         headers += [
             (ERROR_TYPE, error.error_type.encode()),

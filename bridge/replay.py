@@ -580,6 +580,7 @@ class ReplayRunner:
             return
         self.report.add(await self.ingress.handle(record))
         part.position = record.offset + 1
+        self._progress()
 
     def _spawn(
         self, part: _Partition, key: tuple[int, bytes] | None, queue: deque[RecordLike]
@@ -643,11 +644,16 @@ class ReplayRunner:
             part.position = offset + 1
         if not pending and part.read_done:
             part.position = max(part.position, part.end)
+        self._progress()
 
     async def _finish(self) -> None:
         while self._tasks:
             self._raise_failure()
-            await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_EXCEPTION)
+            await asyncio.wait(
+                set(self._tasks),
+                timeout=self.progress_every_s,
+                return_when=asyncio.FIRST_EXCEPTION,
+            )
             self._progress()
         self._raise_failure()
         for part in self.parts:
