@@ -132,6 +132,7 @@ def test_metrics_server_serves_the_registry_and_the_sdk_metrics():
         assert "process_resident_memory_bytes" in text
     # Closed: the port is free again and the collectors are gone from the registry.
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT, not a listener
         sock.bind(("127.0.0.1", settings.metrics_port))
     assert (
         "process_resident_memory_bytes" not in generate_latest(telemetry.metrics.registry).decode()
@@ -235,3 +236,43 @@ def test_outgoing_traceparent_continues_only_the_triggering_trace():
     assert same_trace != incoming
     assert unrelated == incoming
     assert fresh is not None and fresh == malformed
+
+
+def test_otlp_endpoint_exports_spans_over_http():
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    received: list[tuple[str, bytes]] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}/v1/traces"
+        setup = tracing.setup_tracing(Settings(otlp_endpoint=endpoint), "ktb-bridge")
+        assert setup is not None
+        with setup.tracer.start_as_current_span("process orders"):
+            pass
+        setup.shutdown()  # flushes the batch
+    finally:
+        server.shutdown()
+        server.server_close()
+    (path, body), *_ = received
+    assert path == "/v1/traces"
+    request = ExportTraceServiceRequest.FromString(body)
+    (resource_spans,) = request.resource_spans
+    service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+    assert service["service.name"] == "ktb-bridge"
+    assert [s.name for ss in resource_spans.scope_spans for s in ss.spans] == ["process orders"]
