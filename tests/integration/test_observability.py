@@ -20,14 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from aiokafka.structs import ConsumerRecord
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
+from temporalio.client import WorkflowFailureError
+from temporalio.worker import Worker
 
 from bridge.consumer import BridgeConsumer
 from bridge.faults import FaultInterceptor
 from bridge.logs import JsonFormatter
+from bridge.metrics import Metrics, WorkerMetrics
 from bridge.runtime import open_bridge, open_worker
 from bridge.settings import Settings
 from bridge.stack import free_port
@@ -39,6 +43,7 @@ from services.orders.activities import Orders
 from services.orders.workflows import OrderFulfillment
 from services.payments.worker import build as build_payments
 from services.shipping.activities import Shipping
+from tests.integration.observability_workflows import Ending
 from tests.integration.shop import example_routes, open_stores
 from tests.support import (
     Services,
@@ -398,3 +403,54 @@ async def test_api_metrics_include_the_temporal_sdk_metrics(settings, tmp_path):
 
             text = await eventually(scraped)
     assert 'ktb_api_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text
+
+
+async def test_workflow_metrics_count_each_ending_once(client, uid):
+    metrics = Metrics()
+    queue = f"endings-{uid}"
+    # No cache: every workflow task replays the history, as after an eviction.
+    async with Worker(
+        client,
+        task_queue=queue,
+        workflows=[Ending],
+        interceptors=[WorkerMetrics(metrics)],
+        max_cached_workflows=0,
+    ):
+        handles = {
+            mode: await client.start_workflow(
+                Ending.run, mode, id=f"ending-{uid}-{mode}", task_queue=queue
+            )
+            for mode in ("complete", "fail", "continue", "wait")
+        }
+        assert await handles["complete"].result() == "complete"
+        assert await handles["continue"].result() == "complete"
+        with pytest.raises(WorkflowFailureError):
+            await handles["fail"].result()
+
+        async def waiting() -> bool:
+            return await handles["wait"].query(Ending.get_mode) == "wait"
+
+        await eventually(waiting)
+        await handles["wait"].cancel()
+        with pytest.raises(WorkflowFailureError):
+            await handles["wait"].result()
+        # Queries on closed runs replay them to the end: not counted again.
+        assert await handles["complete"].query(Ending.get_mode) == "complete"
+        assert await handles["fail"].query(Ending.get_mode) == "fail"
+
+    def count(status: str) -> float | None:
+        return value(
+            {
+                (s.name, frozenset(s.labels.items())): s.value
+                for f in metrics.registry.collect()
+                for s in f.samples
+            },
+            "workflow_executions_total",
+            workflow_type="KtbTestEnding",
+            status=status,
+        )
+
+    assert count("completed") == 2  # "complete" and the run "continue" continued as
+    assert count("failed") == 1
+    assert count("continued_as_new") == 1
+    assert count("cancelled") == 1
