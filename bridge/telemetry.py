@@ -10,6 +10,7 @@ Temporal client of the process is built with ``telemetry.runtime`` and
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import logging
@@ -154,10 +155,9 @@ class SdkMetrics:
             else:
                 series.value += value
                 series.count += 1
-                for i, bound in enumerate(self.bounds):
-                    if value <= bound:
-                        series.buckets[i] += 1
-                        break
+                bucket = bisect.bisect_left(self.bounds, value)  # the first bound >= value
+                if bucket < len(self.bounds):
+                    series.buckets[bucket] += 1
 
     def _family(self, metric: Any) -> _Family:
         if metric.kind == BUFFERED_METRIC_KIND_COUNTER:
@@ -321,7 +321,7 @@ def open_telemetry(
             telemetry.sdk = sdk
             sdk.start()
         if serve:
-            telemetry._collectors.append(ProcessCollector(namespace="", registry=metrics.registry))
+            telemetry._collectors.append(ProcessCollector(registry=metrics.registry))
             telemetry.server = MetricsServer(
                 metrics.registry, settings.metrics_host, settings.metrics_port
             )
