@@ -27,6 +27,22 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check bridge services tests bench
 	$(BIN)/mypy
 
+## chaos: a fault-injection run of any size, e.g. make chaos EVENTS=20000 SEED=3 BRIDGE_KILLS=10
+EVENTS ?= 20000
+SEED ?= 1
+RATE ?= 100
+BRIDGE_KILLS ?= 10
+WORKER_KILLS ?= 3
+TEMPORAL_RESTARTS ?= 1
+KAFKA_RESTARTS ?= 1
+REBALANCES ?= 4
+OUTAGE_S ?= 30
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos --events $(EVENTS) --seed $(SEED) --rate $(RATE) \
+	  --bridge-kills $(BRIDGE_KILLS) --worker-kills $(WORKER_KILLS) \
+	  --temporal-restarts $(TEMPORAL_RESTARTS) --kafka-restarts $(KAFKA_RESTARTS) \
+	  --rebalances $(REBALANCES) --outage-s $(OUTAGE_S)
+
 format: $(STAMP)
 	$(BIN)/ruff check --fix bridge services tests bench
 	$(BIN)/ruff format bridge services tests bench
