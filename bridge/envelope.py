@@ -146,8 +146,10 @@ def decode_record(
     attrs: dict[str, str] = {}
     try:
         for name, raw in hmap.items():
-            attrs[name[3:] if name.startswith("ce_") else "datacontenttype"] = unquote(
-                raw.decode("utf-8")
+            text = raw.decode("utf-8")
+            # Most values carry no percent-escape; skipping unquote() then is measurably faster.
+            attrs[name[3:] if name[:3] == "ce_" else "datacontenttype"] = (
+                unquote(text) if "%" in text else text
             )
     except UnicodeDecodeError as exc:
         raise DecodeError(f"CloudEvent header is not UTF-8: {exc}") from exc

@@ -1,0 +1,162 @@
+"""The bridge as its own OS process: ``ktb bridge`` with settings from ``KTB_*`` variables.
+
+Its Prometheus endpoint (``KTB_METRICS_PORT``) is on, as in a deployment, so the
+benchmark can read what is buffered and how long actions took; ``psutil`` reads
+its resident memory and CPU time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridge.settings import REPO_ROOT, Settings
+from bridge.stack import free_port
+
+MIB = 1024 * 1024
+
+
+class BridgeProcessError(RuntimeError):
+    """The bridge process exited or did not come up; the message ends with its log."""
+
+
+class BridgeProcess:
+    """One ``run_bridge`` child process of a benchmark, with its log file."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        routes_file: Path,
+        log: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.routes_file = routes_file
+        self.log = log
+        self.extra_env = env or {}
+        self.port = free_port()
+        self.proc: asyncio.subprocess.Process | None = None
+        self._http = httpx.AsyncClient(timeout=5.0)
+
+    async def start(self, timeout: float = 60.0) -> None:
+        """Start the process and wait until its metrics endpoint answers."""
+        env = dict(os.environ)
+        env.update(
+            KTB_KAFKA_BOOTSTRAP=self.settings.kafka_bootstrap,
+            KTB_TEMPORAL_ADDRESS=self.settings.temporal_address,
+            KTB_GROUP_ID=self.settings.group_id,
+            KTB_ROUTES_FILE=str(self.routes_file),
+            KTB_SHUTDOWN_TIMEOUT_S="5",
+            KTB_METRICS_PORT=str(self.port),
+            KTB_METRICS_HOST="127.0.0.1",
+            **self.extra_env,
+        )
+        with self.log.open("ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bridge",
+                "bridge",
+                env=env,
+                cwd=REPO_ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check()
+            try:
+                await self.metrics()
+                return
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise BridgeProcessError(self._failure("did not come up")) from None
+            await asyncio.sleep(0.2)
+
+    def check(self) -> None:
+        """Raise ``BridgeProcessError`` if the process has exited."""
+        if self.proc is None or self.proc.returncode is not None:
+            raise BridgeProcessError(self._failure("exited"))
+
+    def _failure(self, what: str) -> str:
+        try:
+            tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
+        except OSError:
+            tail = "(no log)"
+        return f"the bridge process {what}; last lines of {self.log}:\n{tail}"
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        if self.proc is None:
+            raise BridgeProcessError("the bridge process is not started")
+        return self.proc.pid
+
+    def rss_mib(self) -> float:
+        """Resident memory of the bridge process, in MiB."""
+        return float(psutil.Process(self.pid).memory_info().rss) / MIB
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the bridge process has used."""
+        times = psutil.Process(self.pid).cpu_times()
+        return float(times.user + times.system)
+
+    async def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        """Every sample the bridge exports, by sample name: ``[(labels, value), ...]``."""
+        response = await self._http.get(f"http://127.0.0.1:{self.port}/metrics")
+        response.raise_for_status()
+        out: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for family in text_string_to_metric_families(response.text):
+            for sample in family.samples:
+                out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+        return out
+
+    async def gauge(self, name: str) -> float:
+        """The value of an unlabelled gauge."""
+        samples = (await self.metrics()).get(name, [])
+        return samples[0][1] if samples else 0.0
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (finish, commit), SIGKILL after ``timeout`` seconds."""
+        await self._http.aclose()
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+
+def histogram_quantile(buckets: list[tuple[dict[str, str], float]], q: float) -> float:
+    """Estimate a quantile (0-1) from Prometheus ``_bucket`` samples, as PromQL does."""
+    points = sorted((float(labels["le"]), value) for labels, value in buckets if "le" in labels)
+    if not points or points[-1][1] <= 0:
+        return float("nan")
+    total = points[-1][1]
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in points:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower_bound
+            if count == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (
+                count - lower_count
+            )
+        lower_bound, lower_count = bound, count
+    return lower_bound

@@ -1,0 +1,278 @@
+"""What every benchmark scenario shares: the run context, results, statistics, load helpers.
+
+A scenario is a module with ``NAME`` and ``async def run(ctx: BenchContext) ->
+ScenarioResult``. It measures its baseline in the same run, next to the bridge,
+because absolute numbers on a small shared machine are noisy; ratios are not.
+Nothing here is a pass/fail test: targets are reported as met or missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import ConsumerRecord
+from temporalio.client import Client
+
+from bridge import kafka
+from bridge.admin import ensure_topics
+from bridge.codec import SchemaCatalog
+from bridge.envelope import KafkaRecord, encode_event
+from bridge.settings import Settings
+
+PLACED = "com.example.order.placed"
+CONFIRMED = "com.example.payment.confirmed"
+Number = float | int | None
+
+
+@dataclass
+class BenchContext:
+    """One benchmark run: where Kafka and Temporal are, its size, and earlier results."""
+
+    settings: Settings
+    catalog: SchemaCatalog
+    client: Client
+    quick: bool
+    work_dir: Path
+    machine: dict[str, Any]
+    results: dict[str, ScenarioResult] = field(default_factory=dict)
+
+    def uid(self) -> str:
+        """A short unique suffix for topics, task queues, groups and workflow ids."""
+        return uuid.uuid4().hex[:8]
+
+    def size(self, quick: int, full: int) -> int:
+        """The scenario size for this run."""
+        return quick if self.quick else full
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: the bridge's figure beside its baseline and target."""
+
+    measure: str
+    bridge: str
+    baseline: str
+    ratio: str = ""
+    target: str = ""
+    met: bool | None = None
+
+
+@dataclass
+class ScenarioResult:
+    """What one scenario measured: numbers for the JSON file, rows for the table."""
+
+    name: str
+    metrics: dict[str, Any]
+    rows: list[Row]
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# --- statistics -------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) by nearest rank; ``nan`` for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
+    return ordered[rank - 1]
+
+
+def span_rate(times: Iterable[float]) -> float:
+    """Events per second between the first and the last of ``times`` (seconds)."""
+    ordered = sorted(times)
+    if len(ordered) < 2 or ordered[-1] <= ordered[0]:
+        return math.nan
+    return (len(ordered) - 1) / (ordered[-1] - ordered[0])
+
+
+def ratio(value: float, baseline: float) -> float:
+    """``value / baseline``, ``nan`` when the baseline is missing or zero."""
+    if not baseline or math.isnan(baseline) or math.isnan(value):
+        return math.nan
+    return value / baseline
+
+
+def fmt(value: float, unit: str = "", digits: int = 0) -> str:
+    """A number for the table (thousands separated)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:,.{digits}f}{(' ' + unit) if unit else ''}"
+
+
+def rounded(value: float, digits: int = 1) -> float | None:
+    """A JSON-friendly number (``None`` instead of ``nan``)."""
+    if value is None or math.isnan(value):
+        return None
+    return round(value, digits)
+
+
+def timestamp(dt: datetime | None) -> float:
+    """A timezone-aware datetime as seconds since the epoch (``nan`` if missing)."""
+    return dt.timestamp() if dt is not None else math.nan
+
+
+# --- events and topics --------------------------------------------------------------
+
+
+def order_placed(order_id: str, currency: str = "EUR", total: int = 2500) -> dict[str, Any]:
+    """A valid ``com.example.order.placed`` payload of the example domain."""
+    return {
+        "order_id": order_id,
+        "customer_id": f"cust-{order_id[-3:]}",
+        "items": [
+            {"sku": "sku-1", "quantity": 1, "unit_price_cents": total - total // 2},
+            {"sku": "sku-2", "quantity": 1, "unit_price_cents": total // 2},
+        ],
+        "total_cents": total,
+        "currency": currency,
+        "payment_token": "tok_visa",
+    }
+
+
+def payment_confirmed(order_id: str, seq: int) -> dict[str, Any]:
+    """A valid ``com.example.payment.confirmed`` payload."""
+    return {"order_id": order_id, "payment_id": f"pay-{order_id}-{seq}", "amount_cents": seq + 1}
+
+
+def encode(
+    catalog: SchemaCatalog, type_name: str, data: Mapping[str, Any], key: str
+) -> KafkaRecord:
+    """One binary-mode CloudEvent with Avro data, as any producer of the domain sends it."""
+    return encode_event(
+        catalog, type=type_name, data=data, id=str(uuid.uuid4()), source="bench", key=key
+    )
+
+
+CURRENCIES = ("EUR", "USD", "GBP", "CHF")
+
+
+def order_records(catalog: SchemaCatalog, prefix: str, count: int) -> list[KafkaRecord]:
+    """``count`` order.placed records with distinct keys ``<prefix>-<n>``: none waits on another."""
+    return [
+        encode(
+            catalog,
+            PLACED,
+            order_placed(f"{prefix}-{n:06d}", CURRENCIES[n % len(CURRENCIES)], 1000 + n % 5000),
+            key=f"{prefix}-{n:06d}",
+        )
+        for n in range(count)
+    ]
+
+
+async def create_topic(settings: Settings, topic: str, partitions: int = 6) -> None:
+    """Create a topic of this run (and its dead-letter topic)."""
+    await ensure_topics(settings, {topic: partitions, f"{topic}.dlq": 1})
+
+
+async def produce_all(
+    settings: Settings, topic: str, records: Sequence[KafkaRecord], window: int = 5000
+) -> float:
+    """Produce ``records`` as fast as the producer takes them; return the seconds it took."""
+    producer = kafka.producer(settings, linger_ms=5, max_batch_size=256 * 1024)
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        pending: list[asyncio.Future[Any]] = []
+        for record in records:
+            pending.append(
+                await producer.send(
+                    topic, value=record.value, key=record.key, headers=record.headers
+                )
+            )
+            if len(pending) >= window:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+async def open_loop(
+    producer: AIOKafkaProducer,
+    topic: str,
+    records: Sequence[KafkaRecord],
+    rate: float,
+) -> list[float]:
+    """Send ``records`` at ``rate`` per second whatever happens downstream.
+
+    Returns each record's send time (``time.time()`` just before it is handed to
+    the producer): the sender never waits for the bridge, so a slow bridge shows
+    as latency, not as a lower offered rate.
+    """
+    sent: list[float] = []
+    pending: list[asyncio.Future[Any]] = []
+    start = time.perf_counter()
+    for n, record in enumerate(records):
+        due = start + n / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        sent.append(time.time())
+        pending.append(
+            await producer.send(topic, value=record.value, key=record.key, headers=record.headers)
+        )
+    await asyncio.gather(*pending)
+    return sent
+
+
+def consumer_record(topic: str, offset: int, record: KafkaRecord) -> ConsumerRecord[bytes, bytes]:
+    """``record`` as the consumer hands it to the ingress."""
+    return ConsumerRecord(
+        topic, 0, offset, int(time.time() * 1000), 0, record.key, record.value, None, 0, 0,
+        record.headers,
+    )  # fmt: skip
+
+
+def write_routes(path: Path, routes: list[dict[str, Any]], unmatched: str = "skip") -> Path:
+    """A routes file for a bridge process of this run."""
+    path.write_text(yaml.safe_dump({"routes": routes, "unmatched": unmatched}, sort_keys=False))
+    return path
+
+
+def start_route(topic: str, uid: str) -> dict[str, Any]:
+    """The example domain's start route (condition, template, data as the argument)."""
+    return {
+        "name": f"bench-start-{uid}",
+        "topic": topic,
+        "type": PLACED,
+        "when": "data.total_cents > 0",
+        "action": "start",
+        "workflow": "BenchOrder",
+        "task_queue": f"bench-{uid}",
+        "workflow_id": f"bench-{uid}-{{data.order_id}}",
+        "args": "data",
+        "on_duplicate": "ignore",
+    }
+
+
+async def start_times(
+    client: Client, query: str, expected: int, timeout: float
+) -> dict[str, float]:
+    """Workflow id to the time Temporal started it, for every workflow ``query`` matches.
+
+    Waits (up to ``timeout`` seconds) until visibility lists ``expected`` of them.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        count = (await client.count_workflows(query)).count
+        if count >= expected or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    out: dict[str, float] = {}
+    async for wf in client.list_workflows(query, page_size=1000):
+        out[wf.id] = timestamp(wf.start_time)
+    return out

@@ -1,0 +1,193 @@
+"""Event → start latency under an open-loop producer at half the measured ceiling.
+
+The ceiling is the raw start rate the throughput scenario measured in this run
+(measured here, briefly, when that scenario did not run). Events are produced at
+a fixed rate whatever the bridge does; each one's latency runs from the moment it
+is handed to the producer (its record timestamp) to the start time Temporal
+recorded for its workflow. The bridge's own ``ktb_event_to_action_seconds``
+histogram (record timestamp → the start call returned) is the cross-check.
+Baseline: direct ``start_workflow`` calls at the same fixed rate, measured the
+same way (call time → recorded start time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from bench.bridge_process import BridgeProcess, histogram_quantile
+from bench.common import (
+    BenchContext,
+    Row,
+    ScenarioResult,
+    create_topic,
+    fmt,
+    open_loop,
+    order_records,
+    percentile,
+    rounded,
+    start_route,
+    start_times,
+    write_routes,
+)
+from bench.throughput import raw_rate, start_requests
+from bridge import kafka
+
+NAME = "latency"
+P50_TARGET_MS = 10.0
+P99_TARGET_MS = 50.0
+WARM_UP = 20
+
+
+def ceiling(ctx: BenchContext) -> float | None:
+    """The raw start rate measured earlier in this run, if any."""
+    earlier = ctx.results.get("throughput")
+    value = earlier.metrics.get("raw_per_s") if earlier else None
+    return float(value) if value else None
+
+
+def summary(latencies_ms: list[float]) -> dict[str, Any]:
+    """p50, p99 and max of latencies in milliseconds."""
+    return {
+        "p50_ms": rounded(percentile(latencies_ms, 50), 2),
+        "p99_ms": rounded(percentile(latencies_ms, 99), 2),
+        "max_ms": rounded(max(latencies_ms), 2),
+        "events": len(latencies_ms),
+    }
+
+
+async def bridge_latencies(ctx: BenchContext, rate: float, seconds: float) -> dict[str, Any]:
+    """Latencies of events produced at ``rate`` for ``seconds`` through a bridge process."""
+    uid = ctx.uid()
+    topic = f"bench-lat-{uid}"
+    await create_topic(ctx.settings, topic)
+    routes = write_routes(ctx.work_dir / f"routes-{uid}.yaml", [start_route(topic, uid)])
+    settings = ctx.settings.model_copy(update={"group_id": f"bench-{uid}"})
+    bridge = BridgeProcess(settings, routes, ctx.work_dir / f"bridge-{uid}.log")
+    count = int(rate * seconds)
+    query = f"TaskQueue = 'bench-{uid}'"
+    producer = kafka.producer(ctx.settings, linger_ms=0)
+    await bridge.start()
+    await producer.start()
+    try:
+        # Warm-up: the bridge has joined its group and every code path has run once.
+        warm = order_records(ctx.catalog, f"{uid}w", WARM_UP)
+        await open_loop(producer, topic, warm, rate)
+        await start_times(ctx.client, query, WARM_UP, timeout=120)
+        before = await bridge.metrics()
+        records = order_records(ctx.catalog, uid, count)
+        sent = await open_loop(producer, topic, records, rate)
+        times = await start_times(ctx.client, query, WARM_UP + count, timeout=120 + count / 20)
+        after = await bridge.metrics()
+    finally:
+        await producer.stop()
+        await bridge.stop()
+    latencies = [
+        (times[f"bench-{uid}-{uid}-{n:06d}"] - sent[n]) * 1000
+        for n in range(count)
+        if f"bench-{uid}-{uid}-{n:06d}" in times
+    ]
+    if len(latencies) < count:
+        raise RuntimeError(f"only {len(latencies)} of {count} events started a workflow")
+    buckets = _delta(
+        after.get("ktb_event_to_action_seconds_bucket", []),
+        before.get("ktb_event_to_action_seconds_bucket", []),
+    )
+    return {
+        **summary(latencies),
+        "offered_per_s": rounded(rate),
+        "achieved_per_s": rounded((count - 1) / (sent[-1] - sent[0])),
+        "bridge_histogram_p50_ms": rounded(histogram_quantile(buckets, 0.5) * 1000, 2),
+        "bridge_histogram_p99_ms": rounded(histogram_quantile(buckets, 0.99) * 1000, 2),
+    }
+
+
+def _delta(
+    after: list[tuple[dict[str, str], float]], before: list[tuple[dict[str, str], float]]
+) -> list[tuple[dict[str, str], float]]:
+    """Histogram buckets counted between two scrapes (the warm-up taken out)."""
+    earlier = {labels.get("le"): value for labels, value in before}
+    return [(labels, value - earlier.get(labels.get("le"), 0.0)) for labels, value in after]
+
+
+async def raw_latencies(ctx: BenchContext, rate: float, seconds: float) -> dict[str, Any]:
+    """Latencies of direct ``start_workflow`` calls issued at ``rate`` for ``seconds``."""
+    uid = ctx.uid()
+    count = int(rate * seconds)
+    requests = start_requests(ctx, f"bench-raw-{uid}", uid, WARM_UP + count)
+    called: dict[str, float] = {}
+    calls: list[asyncio.Task[Any]] = []
+    start = time.perf_counter()
+    for n, request in enumerate(requests):
+        delay = start + n / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        called[request["id"]] = time.time()
+        calls.append(
+            asyncio.create_task(ctx.client.start_workflow(request.pop("workflow"), **request))
+        )
+    await asyncio.gather(*calls)
+    times = await start_times(ctx.client, f"TaskQueue = 'bench-{uid}'", len(requests), 60)
+    latencies = [
+        (times[wf_id] - at) * 1000 for n, (wf_id, at) in enumerate(called.items()) if n >= WARM_UP
+    ]
+    return {**summary(latencies), "offered_per_s": rounded(rate)}
+
+
+async def run(ctx: BenchContext) -> ScenarioResult:
+    """Raw baseline at the same rate, then the bridge for the scenario's duration."""
+    seconds = ctx.size(15, 60)
+    measured = ceiling(ctx)
+    notes = []
+    if measured is None:
+        measured = await raw_rate(ctx, ctx.size(300, 1000), 64)
+        notes.append(f"ceiling measured here: {fmt(measured, '/s')} raw starts at concurrency 64")
+    rate = measured / 2
+    raw = await raw_latencies(ctx, rate, max(10, seconds / 2))
+    bridge = await bridge_latencies(ctx, rate, seconds)
+    p50_met = bridge["p50_ms"] <= P50_TARGET_MS
+    p99_met = bridge["p99_ms"] <= P99_TARGET_MS
+    notes.append(
+        f"bridge histogram cross-check (record timestamp -> start returned): "
+        f"p50 ~{bridge['bridge_histogram_p50_ms']} ms, p99 ~{bridge['bridge_histogram_p99_ms']} ms"
+    )
+    label = f"at {fmt(rate, '/s')} for {seconds} s"
+    return ScenarioResult(
+        NAME,
+        {
+            "p50_ms": bridge["p50_ms"],
+            "p99_ms": bridge["p99_ms"],
+            "max_ms": bridge["max_ms"],
+            "target": f"p50 <= {P50_TARGET_MS} ms, p99 <= {P99_TARGET_MS} ms",
+            "met": p50_met and p99_met,
+            "ceiling_per_s": rounded(measured),
+            "seconds": seconds,
+            "bridge": bridge,
+            "raw": raw,
+        },
+        [
+            Row(
+                f"event -> start p50 ({label})",
+                fmt(bridge["p50_ms"], "ms", 1),
+                fmt(raw["p50_ms"], "ms (direct call)", 1),
+                "",
+                f"<= {P50_TARGET_MS:g} ms",
+                p50_met,
+            ),
+            Row(
+                "event -> start p99",
+                fmt(bridge["p99_ms"], "ms", 1),
+                fmt(raw["p99_ms"], "ms (direct call)", 1),
+                "",
+                f"<= {P99_TARGET_MS:g} ms",
+                p99_met,
+            ),
+            Row(
+                "event -> start max",
+                fmt(bridge["max_ms"], "ms", 1),
+                fmt(raw["max_ms"], "ms (direct call)", 1),
+            ),
+        ],
+        notes,
+    )

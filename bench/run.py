@@ -1,0 +1,242 @@
+"""``make bench``: every scenario on one local stack, a table, and ``bench/results/latest.json``.
+
+    python -m bench                       # every scenario at its full size
+    python -m bench --quick               # every scenario at its quick size (each < 1 min)
+    python -m bench --scenario latency    # one scenario alone (repeatable)
+
+Kafka and Temporal: ``KTB_KAFKA_BOOTSTRAP`` and ``KTB_TEMPORAL_ADDRESS`` when both
+are set; otherwise a stack of the run's own on free ports (Kafka from the Maven
+jars, the Temporal dev server in memory), stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiokafka
+import psutil
+import temporalio
+from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
+
+from bench.common import BenchContext, ScenarioResult
+from bridge.codec import SchemaCatalog
+from bridge.runtime import connect_temporal
+from bridge.settings import REPO_ROOT, Settings
+from bridge.stack import KAFKA_VERSION, LocalStack, ensure_search_attributes, free_port
+
+RESULTS = REPO_ROOT / "bench" / "results" / "latest.json"
+Runner = Callable[[BenchContext], Awaitable[ScenarioResult]]
+
+
+def _module_runner(name: str) -> Runner | None:
+    """The ``run`` of ``bench/<name>.py``; ``None`` when that module does not exist."""
+    try:
+        module = importlib.import_module(f"bench.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"bench.{name}":
+            return None
+        raise
+    runner: Runner = module.run
+    return runner
+
+
+# Scenario name → whether it needs Kafka and Temporal. Order is the table's order.
+SCENARIOS: dict[str, bool] = {
+    "throughput": True,
+    "latency": True,
+    "saga": True,
+    "signals": True,
+    "replay": True,
+    "routing": False,
+    "memory": True,
+}
+
+
+@contextlib.asynccontextmanager
+async def services(work_dir: Path, needed: bool) -> AsyncIterator[tuple[Settings, str]]:
+    """Settings for the stack to measure on, and how it was obtained."""
+    kafka_env = os.environ.get("KTB_KAFKA_BOOTSTRAP")
+    temporal_env = os.environ.get("KTB_TEMPORAL_ADDRESS")
+    if not needed:
+        yield Settings(), "none (in-process only)"
+    elif kafka_env and temporal_env:
+        await ensure_search_attributes(temporal_env)
+        yield Settings(), f"reused: Kafka {kafka_env}, Temporal {temporal_env}"
+    else:
+        stack = LocalStack(
+            work_dir / "stack",
+            kafka_port=free_port(),
+            kafka_controller_port=free_port(),
+            temporal_port=free_port(),
+            headless=True,
+            temporal_in_memory=True,
+        )
+        print("starting a local Kafka and Temporal (in memory) on free ports ...", flush=True)
+        await stack.start()
+        try:
+            yield (
+                Settings(
+                    kafka_bootstrap=stack.kafka_bootstrap, temporal_address=stack.temporal_address
+                ),
+                f"own: Kafka {stack.kafka_bootstrap}, Temporal {stack.temporal_address} in memory",
+            )
+        finally:
+            stack.stop()
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+async def machine(ctx_settings: Settings, stack: str, client: Any) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    info: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "cpu": _cpu_model(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "temporalio_sdk": temporalio.__version__,
+        "aiokafka": aiokafka.__version__,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "stack": stack,
+    }
+    if client is not None:
+        system = await client.workflow_service.get_system_info(GetSystemInfoRequest())
+        info["temporal_server"] = system.server_version
+        info["kafka"] = KAFKA_VERSION if stack.startswith("own") else "external"
+    return info
+
+
+def table(results: list[ScenarioResult], missing: dict[str, str]) -> str:
+    """The results as a Markdown table, baseline beside the bridge's figure."""
+    head = ["scenario", "measure", "bridge", "baseline", "ratio", "target", "met"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for result in results:
+        for row in result.rows:
+            met = "" if row.met is None else ("yes" if row.met else "**no**")
+            cells = [result.name, row.measure, row.bridge, row.baseline, row.ratio, row.target, met]
+            lines.append("| " + " | ".join(cells) + " |")
+    for name, why in missing.items():
+        lines.append(f"| {name} | {why} | missing | | | | |")
+    return "\n".join(lines)
+
+
+def _json_ready(result: ScenarioResult, date: str, quick: bool) -> dict[str, Any]:
+    return {
+        **result.metrics,
+        "size": "quick" if quick else "full",
+        "date": date,
+        "seconds": round(result.seconds, 1),
+        "notes": result.notes,
+    }
+
+
+async def run(names: list[str], quick: bool, out: Path, command: str) -> int:
+    """Run ``names`` in order; print the table; write (merge into) the results file."""
+    date = datetime.now(UTC).isoformat(timespec="seconds")
+    runners = {name: _module_runner(name) for name in names}
+    missing = {name: f"bench/{name}.py does not exist" for name, r in runners.items() if r is None}
+    needed = any(SCENARIOS[n] for n in names if runners[n] is not None)
+    results: list[ScenarioResult] = []
+    with tempfile.TemporaryDirectory(prefix="ktb-bench-") as tmp:
+        work_dir = Path(tmp)
+        async with services(work_dir, needed) as (settings, stack):
+            client = await connect_temporal(settings) if needed else None
+            ctx = BenchContext(
+                settings=settings,
+                catalog=SchemaCatalog.from_dir(settings.schemas_dir),
+                client=client,  # type: ignore[arg-type]
+                quick=quick,
+                work_dir=work_dir,
+                machine=await machine(settings, stack, client),
+            )
+            print(_machine_line(ctx.machine), flush=True)
+            for name, runner in runners.items():
+                if runner is None:
+                    print(f"[{name}] missing: {missing[name]}", flush=True)
+                    continue
+                print(f"[{name}] running ({'quick' if quick else 'full'} size) ...", flush=True)
+                started = time.monotonic()
+                result = await runner(ctx)
+                result.seconds = time.monotonic() - started
+                ctx.results[name] = result
+                results.append(result)
+                for row in result.rows:
+                    print(f"[{name}] {row.measure}: {row.bridge} vs {row.baseline}", flush=True)
+                print(f"[{name}] done in {result.seconds:.0f} s", flush=True)
+    print()
+    print(table(results, missing))
+    for result in results:
+        for note in result.notes:
+            print(f"- {result.name}: {note}")
+    document: dict[str, Any] = {
+        "date": date,
+        "command": command,
+        "size": "quick" if quick else "full",
+        "machine": ctx.machine,
+    }
+    for result in results:
+        document[result.name] = _json_ready(result, date, quick)
+    for name, why in missing.items():
+        document[name] = {"status": "missing", "reason": why, "date": date}
+    write(out, document)
+    print(f"\nwrote {out}")
+    return 0
+
+
+def write(path: Path, document: dict[str, Any]) -> None:
+    """Write the run's results, keeping the last figures of scenarios this run skipped."""
+    merged: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        loaded = json.loads(path.read_text())
+        if isinstance(loaded, dict):
+            merged = loaded
+    merged.update(document)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(merged, indent=2) + "\n")
+
+
+def _machine_line(info: dict[str, Any]) -> str:
+    return (
+        f"machine: {info['cores']} cores ({info['cpu']}), Python {info['python']}, "
+        f"Kafka {info.get('kafka', 'n/a')}, Temporal server {info.get('temporal_server', 'n/a')}"
+        f", load average {info['load_average_at_start']}; stack: {info['stack']}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse arguments and run."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="every scenario at its quick size")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=list(SCENARIOS),
+        help="run only this scenario (repeatable); default: all",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results file to write")
+    args = parser.parse_args(argv)
+    names = [n for n in SCENARIOS if n in (args.scenario or SCENARIOS)]
+    command = "make bench" + (" QUICK=1" if args.quick else "")
+    if args.scenario:
+        command += f" SCENARIO={','.join(names)}" if len(names) > 1 else f" SCENARIO={names[0]}"
+    sys.exit(asyncio.run(run(names, args.quick, args.out.resolve(), command)))
