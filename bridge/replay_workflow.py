@@ -69,7 +69,7 @@ class ReplayJob:
 
     plan: ReplayPlan
     heartbeat_timeout_s: float = 30.0
-    progress_interval_s: float = 2.0
+    progress_interval_s: float = 10.0
     timeout_s: float = 86400.0
 
 

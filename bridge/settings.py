@@ -125,7 +125,10 @@ class Settings(BaseSettings):
         30.0, gt=0, description="A replay worker silent this long is presumed dead"
     )
     replay_progress_interval_s: float = Field(
-        2.0, gt=0, description="How often a running replay reports progress to its workflow"
+        10.0,
+        gt=0,
+        description="How often a running replay signals its progress to its workflow "
+        "(each signal adds to the workflow's history: a day at 10 s is ~35k events)",
     )
     replay_timeout_s: float = Field(86400.0, gt=0, description="Longest a replay may run")
     replay_rate_limit: float = Field(
