@@ -89,6 +89,12 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(model_schema.pop("$defs", {}))
             components[model.__name__] = model_schema
+        # BodyLimit answers 413 on every route that takes a body, whichever router it is in.
+        too_large = problems.responses(413)[413]
+        for operations in schema.get("paths", {}).values():
+            for method, operation in operations.items():
+                if method.upper() in BODY_METHODS:
+                    operation.setdefault("responses", {}).setdefault("413", too_large)
         app.openapi_schema = schema
     return app.openapi_schema
 

@@ -180,6 +180,8 @@ async def test_openapi_documents_every_route_and_error(http):
             errors = {code: r for code, r in op["responses"].items() if code[0] in "45"}
             for code, response in errors.items():
                 assert list(response["content"]) == [MEDIA_TYPE], (method, path, code)
+            if method in ("post", "put", "patch"):
+                assert "413" in errors, (method, path)
             if path.startswith(("/events", "/processes")):
                 assert "401" in errors, (method, path)
                 assert "422" in errors, (method, path)

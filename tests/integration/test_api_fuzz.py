@@ -36,7 +36,7 @@ from bridge.stack import free_port
 from tests.support import eventually
 
 KEY = "fuzz-key"
-EXAMPLES = {GenerationMode.POSITIVE: 30, GenerationMode.NEGATIVE: 15}
+EXAMPLES = {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 10}
 CONFORMANCE = [
     not_a_server_error,
     status_code_conformance,
