@@ -215,6 +215,9 @@ def test_container_settings_parse(compose: dict[str, Any], monkeypatch: pytest.M
             settings = Settings()
         assert settings.kafka_bootstrap == "kafka:9092", name
         assert settings.temporal_address == "temporal:7233", name
+        # Prometheus scrapes from another container: /metrics must not be loopback-only.
+        assert settings.metrics_host == "0.0.0.0", name
+        assert settings.metrics_port == 9464, name
 
 
 def test_example_security_settings_parse(monkeypatch: pytest.MonkeyPatch) -> None:
