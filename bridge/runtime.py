@@ -23,7 +23,7 @@ from bridge.consumer import BridgeConsumer
 from bridge.dispatch import Dispatcher
 from bridge.dlq import DeadLetterPublisher
 from bridge.egress import Publisher
-from bridge.errors import TransientError
+from bridge.errors import ConfigError, TransientError
 from bridge.ingress import Ingress
 from bridge.metrics import Metrics
 from bridge.provenance import ProvenanceWriter
@@ -36,6 +36,9 @@ log = logging.getLogger("ktb")
 
 # The bridge retries transient failures itself (pausing the partition), so each
 # call gives up quickly instead of holding a slot through a long outage.
+# How long a Temporal port may accept connections while the client still fails
+# before the failure counts as configuration rather than a server starting up.
+ANSWERING_GRACE_S = 10.0
 RPC_RETRY = RetryConfig(max_retries=4, max_interval_millis=1000, max_elapsed_time_millis=3000)
 
 
@@ -54,6 +57,7 @@ async def connect_temporal(
     # order): keep trying with backoff until the start-up deadline.
     deadline = time.monotonic() + settings.connect_timeout_s
     delay = settings.retry_initial_s
+    answering_since: float | None = None
     while True:
         try:
             return await Client.connect(
@@ -64,6 +68,17 @@ async def connect_temporal(
                 interceptors=list(interceptors),
             )
         except RuntimeError as exc:
+            if await _accepts_tcp(settings.temporal_address):
+                # Something answers yet the client cannot connect: past a server's
+                # start-up, that is a TLS, credential or namespace problem, which
+                # waiting does not fix.
+                answering_since = answering_since or time.monotonic()
+                if time.monotonic() - answering_since > ANSWERING_GRACE_S:
+                    raise ConfigError(
+                        f"cannot connect to Temporal at {settings.temporal_address}: {exc}"
+                    ) from exc
+            else:
+                answering_since = None
             if time.monotonic() + delay > deadline:
                 raise TransientError(
                     f"Temporal at {settings.temporal_address} is unreachable: {exc}"
@@ -73,6 +88,19 @@ async def connect_temporal(
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, settings.retry_max_s)
+
+
+async def _accepts_tcp(address: str, timeout: float = 2.0) -> bool:
+    """True when a TCP connection to ``host:port`` succeeds."""
+    host, _, port = address.rpartition(":")
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
+    except (OSError, TimeoutError, ValueError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 @contextlib.asynccontextmanager
