@@ -28,6 +28,7 @@ import psutil
 import yaml
 from aiokafka import TopicPartition
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError
 
 from bridge import kafka
 from bridge.admin import ensure_topics, stop_consumer
@@ -400,10 +401,13 @@ class Chaos:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             committed = await self._committed()
-            async for wf in client.list_workflows("KtbRoute = 'start-order'", limit=20):
-                origin = (await wf.memo()).get("ktb", {})
-                if origin.get("offset", -1) >= committed.get(origin.get("partition"), 0):
-                    return True
+            try:
+                async for wf in client.list_workflows("KtbRoute = 'start-order'", limit=20):
+                    origin = (await wf.memo()).get("ktb", {})
+                    if origin.get("offset", -1) >= committed.get(origin.get("partition"), 0):
+                        return True
+            except RPCError:
+                pass  # an overloaded server times out a listing; look again
             await asyncio.sleep(0.05)
         return False
 
