@@ -468,7 +468,6 @@ class ReplayRunner:
             _Partition(TopicPartition(plan.request.topic, r.partition), max(pos, r.start), r.end)
             for r, pos in zip(plan.ranges, positions, strict=True)
         ]
-        self._by_tp = {p.tp: p for p in self.parts}
         self._keys: dict[tuple[int, bytes], deque[RecordLike]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(self.concurrency)
