@@ -46,6 +46,8 @@ class PartitionState:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     committed: int = -1
     failing: int = 0
+    closing: bool = False
+    """Set when the partition's remaining work is abandoned (revoke, shutdown): start no more."""
 
     def done_prefix(self) -> int | None:
         """Drop the leading done offsets; return the next offset to commit, if it moved."""
@@ -86,7 +88,12 @@ class BridgeConsumer:
         self.metrics = metrics or ingress.metrics
         self.partitions: dict[TopicPartition, PartitionState] = {}
         self.buffered = 0
-        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        # Keys with records and no task yet. A task exists only for a key being acted
+        # on (at most ``max_in_flight``), so a full buffer of distinct keys holds
+        # records, not thousands of parked tasks.
+        self._ready: deque[tuple[TopicPartition, PartitionState, bytes | None, deque[RecordLike]]]
+        self._ready = deque()
+        self._running = 0
         self._stopping = asyncio.Event()
         self._full = False
         self.consumer: AIOKafkaConsumer | None = None
@@ -165,9 +172,19 @@ class BridgeConsumer:
         queue: deque[RecordLike] = deque([record])
         if key is not None:
             state.keys[key] = queue
-        task = asyncio.create_task(self._drain_key(tp, state, key, queue))
-        state.tasks.add(task)
-        task.add_done_callback(state.tasks.discard)
+        self._ready.append((tp, state, key, queue))
+        self._start_ready()
+
+    def _start_ready(self) -> None:
+        """Give waiting keys a task, oldest first, while fewer than ``max_in_flight`` run."""
+        while self._ready and self._running < self.settings.max_in_flight:
+            tp, state, key, queue = self._ready.popleft()
+            if state.closing or self.partitions.get(tp) is not state:
+                continue  # abandoned: its records are not done and will be redelivered
+            self._running += 1
+            task = asyncio.create_task(self._drain_key(tp, state, key, queue))
+            state.tasks.add(task)
+            task.add_done_callback(state.tasks.discard)
 
     async def _drain_key(
         self,
@@ -176,6 +193,7 @@ class BridgeConsumer:
         key: bytes | None,
         queue: deque[RecordLike],
     ) -> None:
+        requeued = False
         try:
             while queue:
                 record = queue[0]
@@ -184,9 +202,17 @@ class BridgeConsumer:
                 self.buffered -= 1
                 self.processed += 1
                 queue.popleft()
+                if queue and self._ready:
+                    # Other keys wait for a task: this one takes its turn again later,
+                    # its remaining records still in order in its queue.
+                    self._ready.append((tp, state, key, queue))
+                    requeued = True
+                    return
         finally:
-            if key is not None and state.keys.get(key) is queue:
+            self._running -= 1
+            if not requeued and key is not None and state.keys.get(key) is queue:
                 del state.keys[key]
+            self._start_ready()
 
     async def _process(self, tp: TopicPartition, state: PartitionState, record: RecordLike) -> None:
         delay = self.settings.retry_initial_s
@@ -195,8 +221,7 @@ class BridgeConsumer:
         try:
             while True:
                 try:
-                    async with self._slots:
-                        await self.ingress.handle(record)
+                    await self.ingress.handle(record)
                     return
                 except TransientError as exc:
                     reason = exc.message
@@ -288,11 +313,22 @@ class BridgeConsumer:
             )
 
     async def _drain(self, partitions: Iterable[TopicPartition], timeout: float) -> None:
-        """Wait for in-flight work of ``partitions``; cancel what is left at the deadline."""
-        tasks = {t for tp in partitions if tp in self.partitions for t in self.partitions[tp].tasks}
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        """Wait for the work of ``partitions``; cancel what is left at the deadline.
+
+        Keys waiting for a task start as running ones finish, so this waits until
+        none of these partitions has a task, or the deadline passes.
+        """
+        states = [self.partitions[tp] for tp in partitions if tp in self.partitions]
+        deadline = time.monotonic() + timeout
+        while True:
+            tasks = {t for state in states for t in state.tasks}
+            remaining = deadline - time.monotonic()
+            if not tasks or remaining <= 0:
+                break
+            await asyncio.wait(tasks, timeout=remaining)
+        for state in states:
+            state.closing = True
+        pending = {t for state in states for t in state.tasks if not t.done()}
         for task in pending:
             task.cancel()
         if pending:
