@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+comma  := ,
 
 .PHONY: run test lint format bench chaos clean
 
@@ -26,6 +27,17 @@ lint: $(STAMP)
 	$(BIN)/ruff check bridge services tests bench
 	$(BIN)/ruff format --check bridge services tests bench
 	$(BIN)/mypy
+
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,bench]'
+	@touch $(BENCH_STAMP)
+
+## bench: the bridge against raw Temporal on a local stack; QUICK=1 quick sizes, SCENARIO=latency one
+QUICK ?=
+SCENARIO ?=
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench $(if $(QUICK),--quick) $(foreach s,$(subst $(comma), ,$(SCENARIO)),--scenario $(s))
 
 ## chaos: a fault-injection run of any size, e.g. make chaos EVENTS=20000 SEED=3 BRIDGE_KILLS=10
 EVENTS ?= 20000

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from aiokafka import AIOKafkaProducer
@@ -31,7 +31,7 @@ from bridge.settings import Settings
 
 PLACED = "com.example.order.placed"
 CONFIRMED = "com.example.payment.confirmed"
-Number = float | int | None
+T = TypeVar("T")
 
 
 @dataclass
@@ -50,7 +50,7 @@ class BenchContext:
         """A short unique suffix for topics, task queues, groups and workflow ids."""
         return uuid.uuid4().hex[:8]
 
-    def size(self, quick: int, full: int) -> int:
+    def size(self, quick: T, full: T) -> T:
         """The scenario size for this run."""
         return quick if self.quick else full
 

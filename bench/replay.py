@@ -109,6 +109,7 @@ class ReplayFigures:
             "idempotent_replay_rate": round(self.replay, 1),
             "ratio": round(self.ratio, 3),
             "dry_run_rate": round(self.dry_run, 1),
+            "dry_run_per_s": round(self.dry_run, 1),
             "targets": {"ratio": TARGET_RATIO, "dry_run_rate": TARGET_DRY_RUN},
         }
 

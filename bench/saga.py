@@ -44,6 +44,7 @@ from bridge.stack import LocalStack, free_port
 PLACED = "com.example.order.placed"
 COMPLETED = "com.example.order.completed"
 SERVICES = ("orders", "inventory", "payments", "shipping")
+TARGET_P50_MS = 300.0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -267,6 +268,28 @@ async def main(argv: list[str] | None = None) -> None:
     print(json.dumps(result))
     if args.output:
         args.output.write_text(json.dumps(result, indent=2) + "\n")
+
+
+async def run(ctx: Any) -> Any:
+    """The ``saga`` scenario of ``python -m bench`` (``bench/run.py``), on the run's stack."""
+    from bench.common import Row, ScenarioResult, fmt
+
+    workdir = ctx.work_dir / f"saga-{uuid.uuid4().hex[:8]}"
+    workdir.mkdir(parents=True)
+    result = await measure(ctx.settings, workdir, ctx.size(50, 200), 20.0)
+    met = result["p50_ms"] <= TARGET_P50_MS
+    result.update(target=f"p50 <= {TARGET_P50_MS:g} ms", met=met)
+    label = f"{result['orders']} orders at {result['rate_per_s']:g}/s"
+    return ScenarioResult(
+        "saga",
+        result,
+        [
+            Row(f"order.placed -> order.completed p50 ({label})", fmt(result["p50_ms"], "ms", 1),
+                "", "", f"<= {TARGET_P50_MS:g} ms", met),
+            Row("order.placed -> order.completed p99", fmt(result["p99_ms"], "ms", 1), ""),
+        ],
+        [f"p90 {result['p90_ms']} ms, max {result['max_ms']} ms, mean {result['mean_ms']} ms"],
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,0 +1,163 @@
+"""Where a bridge process spends its CPU while starting workflows: py-spy, summarised by stage.
+
+    python -m bench.profile                  # 3,000 start events, own stack unless KTB_* set
+    python -m bench.profile --events 10000 --raw /tmp/bridge.txt   # keep the raw stacks
+
+Events are produced first; then a bridge process (``ktb bridge``) starts their
+workflows while ``py-spy record`` samples it. Each sampled Python stack is put in
+the first stage it touches (the Temporal SDK, provenance, logging, decoding,
+routing, ...), and the CPU time of the process's main thread and of its other
+threads (the Temporal SDK's Rust core among them) is given per event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import psutil
+
+from bench.bridge_process import BridgeProcess
+from bench.common import (
+    create_topic,
+    order_records,
+    produce_all,
+    span_rate,
+    start_route,
+    start_times,
+    write_routes,
+)
+from bench.run import services
+from bridge.codec import SchemaCatalog
+from bridge.runtime import connect_temporal
+
+# (stage, substring of a frame); the first rule any frame of a stack matches wins.
+STAGES = (
+    ("Temporal SDK: build request, convert payloads, RPC", "temporalio/"),
+    ("provenance record: JSON + Kafka produce", "bridge/provenance.py"),
+    ("logging: one JSON line per event", "logging/__init__"),
+    ("tracing", "opentelemetry"),
+    ("decode: CloudEvent headers + Avro", "bridge/envelope.py"),
+    ("route: conditions, templates, action", "bridge/routes.py"),
+    ("metrics", "prometheus_client"),
+    ("Kafka consumer: fetch, records", "aiokafka/consumer"),
+    ("Kafka client: produce, connections", "aiokafka/"),
+    ("bridge consumer: scheduling, commits", "bridge/consumer.py"),
+    ("ingress and dispatch glue", "bridge/"),
+)
+
+
+ROOT_FRAMES = ("bridge/__main__.py", "bridge/cli.py", "bridge/runtime.py", "runpy", "typer/",
+               "click/", "asyncio/runners.py", "<module>")  # fmt: skip
+WAITING = "event loop waiting in select (idle)"
+
+
+def stage_of(stack: str) -> str:
+    """The stage one sampled stack belongs to.
+
+    Every stack starts in ``bridge/cli.py``; those start-up frames are left out
+    before the rules are applied, so a stack is the stage of what it is doing.
+    """
+    frames = [f for f in stack.split(";") if f and not any(r in f for r in ROOT_FRAMES)]
+    inner = ";".join(frames)
+    stage = next((name for name, part in STAGES if part in inner), None)
+    if stage is not None:
+        return stage
+    if "selectors.py" in inner:
+        return WAITING
+    if "Thread.run " in inner:
+        return "other Python threads"
+    return "event loop" if frames else "native threads (no Python frames)"
+
+
+def summarise(raw: Path) -> list[tuple[str, float]]:
+    """Share of the busy samples (not waiting in select) per stage, largest first."""
+    counts: Counter[str] = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, number = line.rpartition(" ")
+        if not number.isdigit():
+            continue
+        counts[stage_of(stack)] += int(number)
+    busy = sum(n for name, n in counts.items() if name != WAITING) or 1
+    return [(name, n / busy) for name, n in counts.most_common() if name != WAITING]
+
+
+def thread_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of the main thread and of all other threads of ``pid``."""
+    process = psutil.Process(pid)
+    main = other = 0.0
+    for thread in process.threads():
+        spent = thread.user_time + thread.system_time
+        if thread.id == pid:
+            main += spent
+        else:
+            other += spent
+    return main, other
+
+
+async def profile(events: int, raw: Path, rate: int) -> None:
+    """Run the bridge under py-spy on ``events`` preloaded start events and print the stages."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    with tempfile.TemporaryDirectory(prefix="ktb-bench-profile-") as tmp:
+        work = Path(tmp)
+        async with services(work, True) as (settings, stack):
+            print(f"stack: {stack}")
+            client = await connect_temporal(settings)
+            catalog = SchemaCatalog.from_dir(settings.schemas_dir)
+            uid = "p" + work.name[-7:].replace("_", "")
+            topic = f"bench-profile-{uid}"
+            await create_topic(settings, topic)
+            await produce_all(settings, topic, order_records(catalog, uid, events))
+            routes = write_routes(work / "routes.yaml", [start_route(topic, uid)])
+            bridge = BridgeProcess(
+                settings.model_copy(update={"group_id": f"bench-{uid}"}),
+                routes,
+                work / "bridge.log",
+            )
+            await bridge.start()
+            query = f"TaskQueue = 'bench-{uid}'"
+            try:
+                while not (await client.count_workflows(query)).count:
+                    bridge.check()
+                    await asyncio.sleep(0.05)
+                before = thread_cpu(bridge.pid)
+                sampler = await asyncio.create_subprocess_exec(
+                    spy, "record", "--pid", str(bridge.pid), "--rate", str(rate),
+                    "--format", "raw", "--output", str(raw), "--nonblocking",
+                )  # fmt: skip
+                times = await start_times(client, query, events, timeout=120 + events / 20)
+                after = thread_cpu(bridge.pid)
+                sampler.send_signal(2)  # SIGINT: py-spy writes what it sampled and exits
+                await sampler.wait()
+            finally:
+                await bridge.stop()
+    done = len(times)
+    main_us = (after[0] - before[0]) / done * 1e6
+    other_us = (after[1] - before[1]) / done * 1e6
+    print(f"{done:,} workflows started at {span_rate(times.values()):,.0f}/s")
+    print(f"bridge CPU per event: main thread {main_us:,.0f} us, other threads {other_us:,.0f} us")
+    print("share of the busy samples (idle waits in select left out):")
+    for name, share in summarise(raw):
+        print(f"  {share * 100:5.1f} %  {name}")
+    print(f"raw stacks (flamegraph.pl input): {raw}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse arguments and profile."""
+    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
+    parser.add_argument("--events", type=int, default=3000, help="start events (default 3,000)")
+    parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    parser.add_argument(
+        "--raw", type=Path, default=Path(tempfile.gettempdir()) / "ktb-bridge-profile.txt"
+    )
+    args = parser.parse_args(argv)
+    asyncio.run(profile(args.events, args.raw, args.rate))
+
+
+if __name__ == "__main__":
+    main()
