@@ -41,10 +41,17 @@ WARM_UP = 20
 
 
 def ceiling(ctx: BenchContext) -> float | None:
-    """The raw start rate measured earlier in this run, if any."""
+    """The start ceiling the throughput scenario measured in this run, if it ran.
+
+    The lower of the raw and the bridge rate: half of it keeps both the server and
+    the bridge below saturation, so what is measured is latency, not queueing.
+    """
     earlier = ctx.results.get("throughput")
-    value = earlier.metrics.get("raw_per_s") if earlier else None
-    return float(value) if value else None
+    if earlier is None:
+        return None
+    rates = [earlier.metrics.get("raw_per_s"), earlier.metrics.get("bridge_per_s")]
+    known = [float(r) for r in rates if r]
+    return min(known) if known else None
 
 
 def summary(latencies_ms: list[float]) -> dict[str, Any]:
@@ -141,7 +148,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     measured = ceiling(ctx)
     notes = []
     if measured is None:
-        measured = await raw_rate(ctx, ctx.size(300, 1000), 64)
+        measured = await raw_rate(ctx, ctx.size(600, 2000), 64)
         notes.append(f"ceiling measured here: {fmt(measured, '/s')} raw starts at concurrency 64")
     rate = measured / 2
     raw = await raw_latencies(ctx, rate, max(10, seconds / 2))

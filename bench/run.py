@@ -145,7 +145,7 @@ def _json_ready(result: ScenarioResult, date: str, quick: bool) -> dict[str, Any
         **result.metrics,
         "size": "quick" if quick else "full",
         "date": date,
-        "seconds": round(result.seconds, 1),
+        "elapsed_s": round(result.seconds, 1),
         "notes": result.notes,
     }
 
