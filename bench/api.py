@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -51,9 +52,12 @@ class _Record:
 
     def __init__(self, topic: str, offset: int, event_id: str) -> None:
         self.topic, self.partition, self.offset, self.timestamp = topic, 0, offset, 0
-        self.key = event_id.encode()
-        self.value = b""
-        self.headers = [("ce_id", event_id.encode()), ("ce_tenantid", b"bench")]
+        self.key: bytes | None = event_id.encode()
+        self.value: bytes | None = b""
+        self.headers: Sequence[tuple[str, bytes]] = [
+            ("ce_id", event_id.encode()),
+            ("ce_tenantid", b"bench"),
+        ]
 
 
 async def rebuild_rate(settings: Settings, records: int) -> tuple[float, int]:

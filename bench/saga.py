@@ -112,7 +112,7 @@ class Processes:
         """Fail if a process died."""
         for proc in self.procs:
             if proc.poll() is not None:
-                raise SystemExit(f"{' '.join(map(str, proc.args))} exited with {proc.returncode}")
+                raise SystemExit(f"{proc.args!r} exited with {proc.returncode}")
 
     def stop(self) -> None:
         """SIGTERM every process group, SIGKILL what is left after 20 s."""
