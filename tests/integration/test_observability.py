@@ -369,6 +369,8 @@ async def test_ktb_bridge_process_serves_metrics_on_its_port(
 
         async def served() -> str:
             assert proc.poll() is None, log.read_text()
+            # Consuming: its SIGTERM handler is installed (the server starts before that).
+            assert "bridge consuming" in log.read_text()
             try:
                 async with httpx.AsyncClient() as http:
                     response = await http.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
