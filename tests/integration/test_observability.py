@@ -62,6 +62,8 @@ POISON_HEADERS = [
     ("ce_type", PLACED.encode()), ("content-type", b"application/avro"),
 ]  # fmt: skip
 SAGA = {"workflow_type": "OrderFulfillment"}
+SLOW = 120.0
+"""Deadline of waits that include whole sagas (seconds when the machine is not loaded)."""
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -188,10 +190,10 @@ async def test_scraped_metrics_after_duplicate_poison_and_compensation(
     await produce_poison(services, orders)
 
     async with observed(settings, topics, uid, tmp_path) as obs:
-        assert (await workflow_result(services.client, f"order-{declined}"))["status"] == (
-            "compensated"
-        )
-        assert (await workflow_result(services.client, f"order-{flaky}"))["status"] == "completed"
+        declined_result = await workflow_result(services.client, f"order-{declined}", SLOW)
+        assert declined_result["status"] == "compensated"
+        flaky_result = await workflow_result(services.client, f"order-{flaky}", SLOW)
+        assert flaky_result["status"] == "completed"
 
         async def bridge_done() -> Samples:
             samples = await scrape(obs.bridge)
@@ -206,8 +208,8 @@ async def test_scraped_metrics_after_duplicate_poison_and_compensation(
             assert value(samples, "workflow_duration_seconds_count", **SAGA)
             return samples
 
-        bridge = await eventually(bridge_done)
-        worker = await eventually(worker_done)
+        bridge = await eventually(bridge_done, SLOW)
+        worker = await eventually(worker_done, SLOW)
 
     routed = "ktb_events_routed_total"
     started = value(bridge, routed, route="start-order", action="start", result="started")
@@ -262,7 +264,7 @@ async def test_one_trace_from_event_to_outcome(services, topics, settings, uid, 
         traceparent=f"00-{trace_id}-{parent_span}-01",
     )
     async with observed(settings, topics, uid, tmp_path, exporter):
-        result = await workflow_result(services.client, f"order-{order}")
+        result = await workflow_result(services.client, f"order-{order}", SLOW)
         assert result["status"] == "compensated"
         outcome = (await services.read(topics["outcomes"], 1))[0]
         compensation = (await services.read(topics["compensations"], 1))[0]
@@ -273,7 +275,7 @@ async def test_one_trace_from_event_to_outcome(services, topics, settings, uid, 
             assert names.count("RunActivity:ktb.publish") == 2, names
             return spans
 
-        spans = await eventually(publishes_exported)
+        spans = await eventually(publishes_exported, SLOW)
 
     by_name: dict[str, list[ReadableSpan]] = {}
     for span in spans:
@@ -331,8 +333,8 @@ async def test_bridge_log_line_for_a_started_workflow_is_json(
 
     try:
         async with observed(settings, topics, uid, tmp_path):
-            line = await eventually(logged)
-            await workflow_result(services.client, f"order-{order}")
+            line = await eventually(logged, SLOW)
+            await workflow_result(services.client, f"order-{order}", SLOW)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
@@ -403,7 +405,7 @@ async def test_api_metrics_include_the_temporal_sdk_metrics(settings, tmp_path):
                 assert 'temporal_request_total{operation="GetSystemInfo"}' in text
                 return text
 
-            text = await eventually(scraped)
+            text = await eventually(scraped, SLOW)
     assert 'ktb_api_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text
 
 
