@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     api_wait_max_s: float = Field(60.0, gt=0, description="Upper bound of POST /events?wait=")
     api_query_timeout_s: float = Field(2.0, gt=0, description="Deadline of progress queries")
     api_stream_interval_s: float = Field(0.5, gt=0, description="Poll interval of SSE streams")
+    api_stream_outage_s: float = Field(
+        30.0, gt=0, description="How long an SSE stream waits out Temporal not answering"
+    )
     api_index_max_events: int = Field(
         500_000, ge=1, description="Event ids the provenance index keeps (about 700 bytes each)"
     )

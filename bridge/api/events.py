@@ -8,6 +8,7 @@ uses, and reads what actually happened from the provenance topic and Temporal.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -38,6 +39,7 @@ from bridge.errors import PermanentError, RouteError
 from bridge.provenance import EventProvenance, PublishedProvenance
 
 router = APIRouter(tags=["events"])
+log = logging.getLogger("ktb.api")
 
 POLL_S = 0.5
 """How often a waiting request looks for the process in Temporal."""
@@ -127,7 +129,12 @@ async def post_event(
     )
     headers = {"Location": accepted.status_url}
     if wait > 0:
-        settled = await settle(state, accepted, min(wait, state.settings.api_wait_max_s))
+        try:
+            settled = await settle(state, accepted, min(wait, state.settings.api_wait_max_s))
+        except Problem as problem:
+            # The event is on Kafka: Temporal not answering the wait is not a failed request.
+            log.warning("waiting for the process of %s: %s", accepted.operation_id, problem)
+            settled = None
         if settled is not None:
             return JSONResponse(settled.model_dump(mode="json"), 200, headers=headers)
     return JSONResponse(accepted.model_dump(mode="json"), 202, headers=headers)

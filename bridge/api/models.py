@@ -126,6 +126,7 @@ class ProcessState(BaseModel):
     progress: dict[str, Any] | None
     result: Any = None
     failure: Failure | None = None
+    history_length: int = Field(0, exclude=True, description="When progress was last read")
 
 
 class EventView(BaseModel):

@@ -99,7 +99,8 @@ async def list_processes(
     responses={
         200: {
             "description": "`event: state` messages (data: a ProcessState), the last one "
-            "once the process has closed; `event: error` if Temporal stops answering",
+            "once the process has closed; `event: error` if Temporal stops answering for "
+            "longer than `KTB_API_STREAM_OUTAGE_S`",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
         **problems.responses(401, 404, 422, 503),
@@ -117,16 +118,33 @@ async def stream_process(
     )
 
 
-async def process_state(state: ApiState, execution: WorkflowExecution) -> ProcessState:
-    """A process's state as one stream message carries it."""
+async def process_state(
+    state: ApiState, execution: WorkflowExecution, previous: ProcessState | None = None
+) -> ProcessState:
+    """A process's state as one stream message carries it.
+
+    Progress only changes when the workflow makes progress, which grows its
+    history: the query (a task for the worker) runs again only then.
+    """
     result, failure = await lookup.outcome(state.client, execution)
+    if (
+        previous is not None
+        and previous.run_id == execution.run_id
+        and previous.history_length == execution.history_length
+    ):
+        progress = previous.progress
+    else:
+        progress = await lookup.progress(
+            state.client, execution, state.settings.api_query_timeout_s
+        )
     return ProcessState(
         workflow_id=execution.id,
         run_id=execution.run_id,
         status=lookup.status_of(execution),
-        progress=await lookup.progress(state.client, execution, state.settings.api_query_timeout_s),
+        progress=progress,
         result=result,
         failure=failure,
+        history_length=execution.history_length,
     )
 
 
@@ -135,36 +153,42 @@ def sse(event: str, data: Any, event_id: int) -> bytes:
     return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
-async def _states(state: ApiState, execution: WorkflowExecution) -> AsyncIterator[bytes]:
+async def _states(state: ApiState, first: WorkflowExecution) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
+    interval = state.settings.api_stream_interval_s
     last: ProcessState | None = None
     sent = 0
     quiet_since = loop.time()
-    workflow_id = execution.id
+    outage_since: float | None = None
+    execution: WorkflowExecution | None = first
     while True:
         try:
-            current = await process_state(state, execution)
+            if execution is None:
+                execution = await lookup.describe(state.client, first.id)
+                if execution is None:
+                    return
+            current = await process_state(state, execution, last)
         except Problem as problem:
-            sent += 1
-            yield sse("error", {"status": problem.status, "detail": problem.detail}, sent)
-            return
-        if current != last:
+            # Ride out a short Temporal outage; the stream ends only if it lasts.
+            now = loop.time()
+            outage_since = now if outage_since is None else outage_since
+            if problem.status != 503 or now - outage_since >= state.settings.api_stream_outage_s:
+                sent += 1
+                yield sse("error", {"status": problem.status, "detail": problem.detail}, sent)
+                return
+            await asyncio.sleep(interval)
+            continue
+        outage_since = None
+        # history_length is excluded from dumps: it says when to query, it is no news.
+        if last is None or current.model_dump() != last.model_dump():
             sent += 1
             yield sse("state", current.model_dump(mode="json"), sent)
-            last = current
             quiet_since = loop.time()
         elif loop.time() - quiet_since >= HEARTBEAT_S:
             yield b": keep-alive\n\n"
             quiet_since = loop.time()
+        last = current
         if execution.status not in (None, WorkflowExecutionStatus.RUNNING):
             return
-        await asyncio.sleep(state.settings.api_stream_interval_s)
-        try:
-            found = await lookup.describe(state.client, workflow_id)
-        except Problem as problem:
-            sent += 1
-            yield sse("error", {"status": problem.status, "detail": problem.detail}, sent)
-            return
-        if found is None:
-            return
-        execution = found
+        await asyncio.sleep(interval)
+        execution = None

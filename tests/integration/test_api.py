@@ -166,7 +166,7 @@ async def test_produce_stream_signal_wait_and_provenance(
         await eventually(awaiting_payment)
         # Binary mode: attributes in ce-* headers, the data is the body.
         paid = await http.post(
-            "/events?wait=20",
+            "/events?wait=30",
             json={"order_id": order_id, "payment_id": f"pay-{uid}", "amount_cents": 2500},
             headers={
                 "ce-specversion": "1.0",
@@ -234,7 +234,7 @@ async def test_produce_stream_signal_wait_and_provenance(
         )
         assert short.status_code == 202, short.text
         failed = await http.post(
-            "/events?wait=20",
+            "/events?wait=30",
             content=structured(
                 f"paid2-{uid}",
                 "com.example.payment.confirmed",
@@ -341,7 +341,7 @@ async def test_wait_duplicates_dead_letters_and_tenants(
         httpx.AsyncClient(base_url=url, headers=bearer(KEY_A), timeout=30) as a,
         httpx.AsyncClient(base_url=url, headers=bearer(KEY_B), timeout=30) as b,
     ):
-        first = await a.post("/events?wait=10", content=event, headers=CE_JSON)
+        first = await a.post("/events?wait=30", content=event, headers=CE_JSON)
         assert first.status_code == 200, first.text
         done = first.json()
         assert done["status"] == "completed"
@@ -349,7 +349,7 @@ async def test_wait_duplicates_dead_letters_and_tenants(
         assert done["result"]["order_id"] == order_id
 
         # The same event id again: not produced twice, answered from the first one.
-        again = await a.post("/events?wait=10", content=event, headers=CE_JSON)
+        again = await a.post("/events?wait=30", content=event, headers=CE_JSON)
         assert again.status_code == 200, again.text
         assert again.json()["duplicate"] is True
         assert again.json()["result"] == done["result"]
@@ -358,7 +358,7 @@ async def test_wait_duplicates_dead_letters_and_tenants(
         zero = structured(
             f"e2-{uid}", "com.example.order.placed", order_data(f"z-{uid}", total=0), f"z-{uid}"
         )
-        dead = await a.post("/events?wait=10", content=zero, headers=CE_JSON)
+        dead = await a.post("/events?wait=30", content=zero, headers=CE_JSON)
         assert dead.status_code == 200, dead.text
         assert dead.json()["status"] == "dead_lettered"
         assert "unmatched" in dead.json()["detail"]
