@@ -233,6 +233,13 @@ async def test_produce_stream_signal_wait_and_provenance(
             headers=CE_JSON,
         )
         assert short.status_code == 202, short.text
+
+        # Orders and payments are different topics: pay once the process exists.
+        async def started() -> bool:
+            response = await http.get(f"/processes/api-{uid}-{short_id}")
+            return response.status_code == 200
+
+        await eventually(started)
         failed = await http.post(
             "/events?wait=30",
             content=structured(
