@@ -169,11 +169,11 @@ class Shop:
         """The workflow the example route starts for ``order_id``."""
         return f"order-{order_id}"
 
-    async def outcomes(self, order_id: str, count: int = 1, timeout: float = 30) -> list[Event]:
+    async def outcomes(self, order_id: str, count: int = 1, timeout: float = 90) -> list[Event]:
         """Wait for at least ``count`` outcome events of an order; return all seen."""
         return await self._wait(self.topics["outcomes"], order_id, count, timeout)
 
-    async def compensations(self, order_id: str, count: int, timeout: float = 30) -> list[Event]:
+    async def compensations(self, order_id: str, count: int, timeout: float = 90) -> list[Event]:
         """Wait for at least ``count`` compensation events of an order; return all seen."""
         return await self._wait(self.topics["compensations"], order_id, count, timeout)
 

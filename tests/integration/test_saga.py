@@ -157,7 +157,7 @@ class Rig:
             assert len(found) >= count, f"{len(found)} of {count} events on {topic}"
             return found
 
-        return await eventually(enough, timeout=30)
+        return await eventually(enough, timeout=90)
 
 
 @contextlib.asynccontextmanager
@@ -291,7 +291,7 @@ async def test_asynchronous_payment_waits_for_confirmation(saga_rig: Rig):
         progress = await handle.query("ktb_progress")
         return progress["step"] == "awaiting_payment_confirmation"
 
-    await eventually(waiting)
+    await eventually(waiting, timeout=90)
     confirmation = {
         "event_id": "evt-confirm-o-5",
         "event_type": "com.example.payment.confirmed",
@@ -310,7 +310,7 @@ async def test_cancel_signal_compensates_once_caused_by_the_cancel_event(saga_ri
     async def waiting() -> bool:
         return (await handle.query("ktb_progress"))["step"] == "awaiting_payment_confirmation"
 
-    await eventually(waiting)
+    await eventually(waiting, timeout=90)
     cancel = {
         "event_id": "evt-cancel-o-6",
         "event_type": "com.example.order.cancelled",
@@ -337,7 +337,7 @@ async def test_workflow_cancellation_compensates_then_ends_cancelled(saga_rig: R
     async def waiting() -> bool:
         return (await handle.query("ktb_progress"))["step"] == "awaiting_payment_confirmation"
 
-    await eventually(waiting)
+    await eventually(waiting, timeout=90)
     await handle.cancel()
     with pytest.raises(WorkflowFailureError) as info:
         await handle.result()
@@ -356,7 +356,7 @@ async def test_cancellation_lets_the_running_step_finish_and_undoes_it(saga_rig:
     gate = asyncio.Event()
     saga_rig.stubs.gates[CHARGE] = gate
     handle, _ = await saga_rig.start("o-8")
-    await eventually(lambda: _true(CHARGE in saga_rig.stubs.calls))
+    await eventually(lambda: _true(CHARGE in saga_rig.stubs.calls), timeout=90)
     await handle.cancel()
 
     async def cancel_seen_by_workflow() -> bool:
@@ -366,7 +366,7 @@ async def test_cancellation_lets_the_running_step_finish_and_undoes_it(saga_rig:
         requested = types.index(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED)
         return EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED in types[requested:]
 
-    await eventually(cancel_seen_by_workflow)
+    await eventually(cancel_seen_by_workflow, timeout=90)
     gate.set()
     with pytest.raises(WorkflowFailureError):
         await handle.result()

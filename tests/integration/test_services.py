@@ -17,8 +17,11 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from bridge.dlq import ERROR_TYPE
 from bridge.egress import OUTCOME, PUBLISH_ACTIVITY, Published, Publisher, PublishRequest
+from services.inventory.server import create_app as inventory_app
 from services.notifications.server import create_app as notifications_app
 from services.orders.server import create_app as orders_app
+from services.payments.server import create_app as payments_app
+from services.shipping.server import create_app as shipping_app
 from tests.integration.shop import Shop, running_shop
 from tests.support import eventually, order_data, workflow_result
 
@@ -75,10 +78,16 @@ async def test_happy_path(services, shop: Shop, client, uid):
     order = await get_json(orders_app(shop.stores["orders"]), f"/orders/{order_id}")
     assert order["status"] == "completed"
     assert order["workflow_id"] == shop.workflow_id(order_id)
-    payment = await shop.stores["payments"].row(
-        "SELECT status FROM payments WHERE order_id = ?", order_id
+    reservation = await get_json(
+        inventory_app(shop.stores["inventory"]), f"/reservations/{order_id}"
     )
-    assert payment == {"status": "captured"}
+    assert reservation["status"] == "reserved"
+    assert reservation["items"] == [{"sku": "sku-1", "quantity": 1}]
+    payment = await get_json(payments_app(shop.stores["payments"]), f"/payments/{order_id}")
+    assert payment["payment"]["status"] == "captured"
+    assert [a["result"] for a in payment["attempts"]] == ["captured"]
+    shipment = await get_json(shipping_app(shop.stores["shipping"]), f"/shipments/{order_id}")
+    assert shipment["shipment_id"] == f"shp-{order_id}"
 
     async def notified() -> list[dict[str, Any]]:
         found = await get_json(
@@ -87,7 +96,7 @@ async def test_happy_path(services, shop: Shop, client, uid):
         assert len(found) == 1
         return found
 
-    [note] = await eventually(notified)
+    [note] = await eventually(notified, timeout=90)
     assert note["ce_id"] == outcome.id
     assert note["type"] == COMPLETED
     assert note["deliveries"] == 1
@@ -144,7 +153,7 @@ async def _awaiting_confirmation(client, workflow_id: str) -> None:
             raise
         return progress["step"] == "awaiting_payment_confirmation"
 
-    await eventually(waiting)
+    await eventually(waiting, timeout=90)
 
 
 async def test_cancel_event_mid_flight_compensates(services, shop: Shop, client, uid):
@@ -235,7 +244,7 @@ async def test_cancel_for_unknown_order_starts_it_closed(services, shop: Shop, c
         ends = await services.end_offsets(shop.topics["orders"])
         return await services.committed(shop.topics["orders"]) == ends
 
-    await eventually(placed_handled)
+    await eventually(placed_handled, timeout=90)
     assert len(shop.collector.of(shop.topics["outcomes"], order_id)) == 1
     reservations = await shop.stores["inventory"].rows(
         "SELECT * FROM reservations WHERE order_id = ?", order_id
@@ -275,5 +284,5 @@ async def test_retried_publish_repeats_the_ce_id_and_is_notified_once(
             assert rows[0]["deliveries"] == 2
             return rows
 
-        [note] = await eventually(delivered_twice)
+        [note] = await eventually(delivered_twice, timeout=90)
         assert note["ce_id"] == first.id
