@@ -5,6 +5,8 @@ bridge's offsets are untouched) and hands each record to the same ``Ingress``
 the live bridge uses, so routing, dispatch and dead-lettering are the live code.
 
 - ``idempotent`` (default): live workflow ids; an already-processed range starts nothing.
+  Starts of ids that already exist are answered from batched visibility lookups
+  (``ReplayDispatcher``), the answer the start itself would give, without a call each.
 - ``fresh``: workflow ids get a ``-replay-<generation>`` suffix, so processes run again.
 - dry run: an ``Ingress`` without a dispatcher or DLQ publisher; nothing is acted on.
 
@@ -34,17 +36,19 @@ from enum import StrEnum
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from bridge import kafka
 from bridge.admin import stop_consumer
 from bridge.codec import SchemaCatalog
 from bridge.dispatch import Dispatcher, Outcome, Result
 from bridge.dlq import DeadLetterPublisher, RecordLike
+from bridge.envelope import Event
 from bridge.errors import BridgeError, InvalidRequestError, TransientError
 from bridge.ingress import Ingress
 from bridge.metrics import Metrics
 from bridge.provenance import ProvenanceWriter
-from bridge.routes import Router
+from bridge.routes import Action, ActionKind, Router
 from bridge.settings import Settings
 
 log = logging.getLogger("ktb.replay")
@@ -674,6 +678,103 @@ class ReplayRunner:
             self.on_progress(self.checkpoint())
 
 
+# --- idempotent replays of processed ranges -------------------------------------------------
+
+LOOKUP_BATCH = 100
+LOOKUP_WINDOW_S = 0.002
+
+
+class KnownWorkflows:
+    """Finds which workflow ids exist, many per visibility query (``WorkflowId IN (...)``).
+
+    Lookups arriving together are batched. ``None`` means "not known to exist":
+    the id is not listed, the query failed, or visibility cannot answer such
+    queries (then no further queries are made). Callers fall back to the action.
+    """
+
+    def __init__(
+        self, client: Client, batch: int = LOOKUP_BATCH, window_s: float = LOOKUP_WINDOW_S
+    ) -> None:
+        self.client = client
+        self.batch = batch
+        self.window_s = window_s
+        self.enabled = True
+        self._waiting: dict[str, list[asyncio.Future[str | None]]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._queries: set[asyncio.Task[None]] = set()
+
+    async def run_id(self, workflow_id: str) -> str | None:
+        """The latest run id of ``workflow_id`` if visibility lists it, else ``None``."""
+        if not self.enabled or "'" in workflow_id or "\\" in workflow_id:
+            return None
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str | None] = loop.create_future()
+        self._waiting.setdefault(workflow_id, []).append(future)
+        if len(self._waiting) >= self.batch:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self.window_s, self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiting, self._waiting = self._waiting, {}
+        if waiting:
+            task = asyncio.create_task(self._query(waiting))
+            self._queries.add(task)
+            task.add_done_callback(self._queries.discard)
+
+    async def _query(self, waiting: dict[str, list[asyncio.Future[str | None]]]) -> None:
+        found: dict[str, str | None] = {}
+        try:
+            if self.enabled:
+                ids = ",".join(f"'{workflow_id}'" for workflow_id in waiting)
+                async for execution in self.client.list_workflows(
+                    f"WorkflowId IN ({ids})", page_size=len(waiting) + 10
+                ):
+                    # Newest first: the first run listed is the one a start would meet.
+                    found.setdefault(execution.id, execution.run_id)
+        except RPCError as exc:
+            if exc.status is RPCStatusCode.INVALID_ARGUMENT:
+                self.enabled = False  # this visibility store has no IN queries
+            log.debug("workflow lookup failed (%s); acting on each record instead", exc)
+            found = {}
+        finally:
+            for workflow_id, futures in waiting.items():
+                for future in futures:
+                    if not future.done():
+                        future.set_result(found.get(workflow_id))
+
+
+class ReplayDispatcher(Dispatcher):
+    """The live dispatcher, with one shortcut for idempotent replays of processed ranges.
+
+    A start whose route rejects duplicate ids and ignores duplicates answers
+    "duplicate" for any id that already exists, running or closed. Such ids are
+    found by batched visibility queries, so a range the bridge already processed
+    costs one query per batch instead of one start per record. Ids visibility
+    does not list yet go through the normal start.
+    """
+
+    def __init__(self, client: Client, known: KnownWorkflows | None = None) -> None:
+        super().__init__(client)
+        self.known = known or KnownWorkflows(client)
+
+    async def execute(self, action: Action, event: Event) -> Result:
+        """Answer known duplicates from visibility; carry out everything else as live."""
+        if (
+            action.kind is ActionKind.START
+            and action.id_reuse_policy == "reject_duplicate"
+            and action.on_duplicate == "ignore"
+        ):
+            run_id = await self.known.run_id(action.workflow_id)
+            if run_id is not None:
+                return self._result(Outcome.DUPLICATE, action, run_id, "already exists")
+        return await super().execute(action, event)
+
+
 # --- one-shot replays (the CLI's foreground path) ------------------------------------------
 
 
@@ -709,10 +810,16 @@ async def replay_ingress(
     producer = kafka.producer(settings)
     await kafka.start(producer, settings)
     try:
+        # Fresh ids are new by construction: only idempotent replays look them up first.
+        dispatcher = (
+            ReplayDispatcher(client)
+            if request.mode is ReplayMode.IDEMPOTENT
+            else Dispatcher(client)
+        )
         yield Ingress(
             catalog,
             router,
-            Dispatcher(client),
+            dispatcher,
             DeadLetterPublisher(producer),
             metrics,
             request.id_suffix,

@@ -105,7 +105,8 @@ async def test_replays_and_dead_letters_over_http_per_tenant(
         assert accepted.status_code == 202, accepted.text
         view = await finished(http, accepted.json()["replay_id"], KEY_A)
         report = view["report"]
-        assert (report["read"], report["started"], report["dead_lettered"]) == (4, 3, 1)
+        assert (report["read"], report["dead_lettered"]) == (4, 1)
+        assert report["started"] + report["duplicates"] == 3 and report["started"] > 0
         assert view["done"] == view["total"] == 5
         assert await exists(client, f"{prefix}a2") and not await exists(client, f"{prefix}b0")
 
