@@ -16,6 +16,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
+from temporalio.api.errordetails.v1 import NamespaceNotFoundFailure
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
@@ -126,7 +127,7 @@ def search_attributes(event: Event, action: Action) -> TypedSearchAttributes:
 
 def classify(exc: RPCError, action: Action) -> Exception:
     """Map a Temporal RPC error onto the bridge's transient/permanent split."""
-    if exc.status in TRANSIENT_CODES:
+    if exc.status in TRANSIENT_CODES or _namespace_missing(exc):
         return TransientError(
             f"Temporal unavailable for {action.kind.value} {action.workflow_id}: {exc.message}",
             event_id=action.event_id,
@@ -136,6 +137,19 @@ def classify(exc: RPCError, action: Action) -> Exception:
         f"({exc.status.name if exc.status else 'error'}): {exc.message}",
         event_id=action.event_id,
     )
+
+
+def _namespace_missing(exc: RPCError) -> bool:
+    """NOT_FOUND for the namespace, not the workflow.
+
+    The namespace comes from configuration, so its absence is the deployment's
+    problem (or a server still starting, or a namespace cache refresh): pause and
+    retry, never dead-letter the event.
+    """
+    if exc.status is not RPCStatusCode.NOT_FOUND:
+        return False
+    details = exc.grpc_status.details
+    return bool(details) and details[0].Is(NamespaceNotFoundFailure.DESCRIPTOR)
 
 
 class Dispatcher:

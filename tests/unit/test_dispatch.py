@@ -1,0 +1,43 @@
+"""Classification of Temporal errors into transient and permanent."""
+
+from __future__ import annotations
+
+from google.protobuf.any_pb2 import Any as AnyProto
+from google.rpc.status_pb2 import Status
+from temporalio.api.errordetails.v1 import NamespaceNotFoundFailure, NotFoundFailure
+from temporalio.service import RPCError, RPCStatusCode
+
+from bridge.dispatch import classify
+from bridge.errors import ActionRejectedError, TransientError
+from bridge.routes import Action, ActionKind
+
+ACTION = Action(kind=ActionKind.SIGNAL, route="r", workflow_id="wf-1", event_id="e-1")
+
+
+def rpc_error(code: RPCStatusCode, detail: object | None = None) -> RPCError:
+    status = Status(code=int(code), message="boom")
+    if detail is not None:
+        packed = AnyProto()
+        packed.Pack(detail)
+        status.details.append(packed)
+    return RPCError("boom", code, status.SerializeToString())
+
+
+def test_unavailable_and_deadline_are_transient() -> None:
+    for code in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED,
+                 RPCStatusCode.RESOURCE_EXHAUSTED):  # fmt: skip
+        assert isinstance(classify(rpc_error(code), ACTION), TransientError)
+
+
+def test_missing_namespace_is_transient_but_missing_workflow_is_not() -> None:
+    missing_ns = rpc_error(RPCStatusCode.NOT_FOUND, NamespaceNotFoundFailure(namespace="default"))
+    assert isinstance(classify(missing_ns, ACTION), TransientError)
+    missing_wf = rpc_error(RPCStatusCode.NOT_FOUND, NotFoundFailure())
+    assert isinstance(classify(missing_wf, ACTION), ActionRejectedError)
+    assert isinstance(classify(rpc_error(RPCStatusCode.NOT_FOUND), ACTION), ActionRejectedError)
+
+
+def test_invalid_argument_is_permanent_and_names_the_workflow() -> None:
+    err = classify(rpc_error(RPCStatusCode.INVALID_ARGUMENT), ACTION)
+    assert isinstance(err, ActionRejectedError)
+    assert "wf-1" in str(err) and err.event_id == "e-1"
