@@ -309,7 +309,7 @@ async def run(ctx: Any) -> Any:
     figures = await measure(
         ctx.settings,
         ctx.client,
-        events=ctx.size(1000, 5000),
+        events=ctx.size(500, 5000),
         concurrency=ctx.settings.replay_concurrency,
         rounds=ctx.size(2, 3),
         dry_events=ctx.size(20_000, 50_000),
