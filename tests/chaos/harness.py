@@ -148,7 +148,9 @@ def order(order_id: str, token: str, customer: str = "cust") -> dict[str, Any]:
     return {
         "order_id": order_id,
         "customer_id": customer,
-        "items": [{"sku": "sku-1", "quantity": 1, "unit_price_cents": 1000}],
+        # One SKU per order: a shared one runs out of stock (1,000 by default) and
+        # later orders then fail at reservation, which is not what the run checks.
+        "items": [{"sku": f"sku-{order_id}", "quantity": 1, "unit_price_cents": 1000}],
         "total_cents": 1000,
         "currency": "EUR",
         "payment_token": token,
