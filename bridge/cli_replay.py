@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -37,7 +38,7 @@ def register(app: typer.Typer) -> None:
 
 def _fail(message: str, code: int = 2) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+    _done(code)
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -51,6 +52,28 @@ def _quiet_ingress(settings: Settings) -> None:
     """Log setup for replays: the report is the output, not a log line per record."""
     logs.setup(settings.log_level, console=True)
     logging.getLogger("ktb.ingress").setLevel(logging.WARNING)
+
+
+def _console_process() -> bool:
+    """True when this process is ``ktb`` itself, not a program calling the commands in-process."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return (spec is not None and spec.name == "bridge.__main__") or Path(sys.argv[0]).name == "ktb"
+
+
+def _done(code: int = 0) -> NoReturn:
+    """End a command that used a Temporal client.
+
+    The SDK's native threads can abort the interpreter while it finalizes
+    (temporalio/sdk-python#300: "PyGILState_Release ... finalizing"), turning a
+    finished command into exit code 134. The ``ktb`` process therefore ends here,
+    output flushed and logging shut down, without finalizing.
+    """
+    if _console_process():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    raise typer.Exit(code)
 
 
 def _run(coro: Any) -> Any:
@@ -155,7 +178,7 @@ def replay(
     """
     from bridge.replay import ReplayMode, ReplayRequest, resolve_plan
 
-    settings = _settings(routes_file=routes, replay_concurrency=concurrency, replay_rate_limit=rate)
+    settings = _settings(routes_file=routes, replay_concurrency=concurrency)
     _quiet_ingress(settings)
     try:
         replay_mode = ReplayMode(mode)
@@ -179,7 +202,7 @@ def replay(
         else:
             typer.echo(replay_id)
             typer.echo(f"follow it with: ktb replay-status {replay_id}", err=True)
-        return
+        _done()
     started = time.monotonic()
     bar = ProgressBar(plan.total) if sys.stderr.isatty() and not as_json else None
     try:
@@ -201,6 +224,7 @@ def replay(
         typer.echo(json.dumps(out))
     else:
         typer.echo(render_report(plan, report, elapsed))
+    _done()
 
 
 async def _check(settings: Settings, request: Any, resolve: Any) -> ReplayPlan:
@@ -245,6 +269,7 @@ def replay_status(
     if status is None:
         _fail(f"no replay {replay_id!r}")
     typer.echo(json.dumps(asdict(status)))
+    _done()
 
 
 def replay_worker() -> None:
@@ -255,6 +280,7 @@ def replay_worker() -> None:
     logs.setup(settings.log_level, console=settings.log_format == "console")
     logging.getLogger("ktb.ingress").setLevel(logging.WARNING)
     _run(run_replay_worker(settings))
+    _done()
 
 
 # --- dead letters -----------------------------------------------------------------------------
