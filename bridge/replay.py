@@ -680,8 +680,7 @@ class ReplayRunner:
 
 # --- idempotent replays of processed ranges -------------------------------------------------
 
-LOOKUP_BATCH = 500
-MIN_LOOKUP_BATCH = 20
+LOOKUP_BATCH = 100
 LOOKUP_WINDOW_S = 0.002
 
 
@@ -689,10 +688,8 @@ class KnownWorkflows:
     """Finds which workflow ids exist, many per visibility query (``WorkflowId IN (...)``).
 
     Lookups arriving together are batched. ``None`` means "not known to exist":
-    the id is not listed or the query failed; callers fall back to the action.
-    A query the server rejects halves the batch (its query may be too long for
-    the server's limit); when even small batches are rejected, visibility cannot
-    answer such queries and no more are made.
+    the id is not listed, the query failed, or visibility cannot answer such
+    queries (then no further queries are made). Callers fall back to the action.
     """
 
     def __init__(
@@ -741,11 +738,8 @@ class KnownWorkflows:
                     found.setdefault(execution.id, execution.run_id)
         except RPCError as exc:
             if exc.status is RPCStatusCode.INVALID_ARGUMENT:
-                if self.batch > MIN_LOOKUP_BATCH:
-                    self.batch //= 2
-                else:
-                    self.enabled = False
-            log.debug("workflow lookup failed (%s); acting on these records instead", exc)
+                self.enabled = False  # this visibility store has no IN queries
+            log.debug("workflow lookup failed (%s); acting on each record instead", exc)
             found = {}
         finally:
             for workflow_id, futures in waiting.items():
