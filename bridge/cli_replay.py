@@ -165,7 +165,9 @@ def replay(
     routes: Annotated[
         Path | None, typer.Option(help="Routes file (default KTB_ROUTES_FILE)")
     ] = None,
-    concurrency: Annotated[int | None, typer.Option(help="Records acted on at once")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Temporal actions at once (KTB_REPLAY_CONCURRENCY)")
+    ] = None,
     rate: Annotated[
         float | None, typer.Option(min=0, help="At most this many records per second")
     ] = None,

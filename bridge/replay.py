@@ -57,6 +57,8 @@ TENANT_HEADER = "ce_tenantid"
 NOW = "now"
 EARLIEST = "earliest"
 UNROUTED = "(no route)"
+IN_FLIGHT_PER_ACTION = 5
+"""Records in flight per Temporal action slot (``replay_concurrency``)."""
 ProgressCallback = Callable[["ReplayCheckpoint"], None]
 
 
@@ -450,7 +452,7 @@ class ReplayRunner:
         plan: ReplayPlan,
         checkpoint: ReplayCheckpoint | None = None,
         *,
-        concurrency: int | None = None,
+        in_flight: int | None = None,
         chunk: int | None = None,
         on_progress: ProgressCallback | None = None,
         progress_every_s: float = 0.25,
@@ -459,9 +461,10 @@ class ReplayRunner:
         self.ingress = ingress
         self.plan = plan
         self.dry_run = ingress.dispatcher is None
-        self.concurrency = concurrency or settings.replay_concurrency
+        # Records wait in flight for lookups and for the dispatcher's action slots.
+        self.in_flight = in_flight or settings.replay_concurrency * IN_FLIGHT_PER_ACTION
         self.chunk = chunk or settings.replay_chunk
-        self.max_buffered = max(self.chunk, self.concurrency * 4)
+        self.max_buffered = max(self.chunk, self.in_flight * 2)
         self.on_progress = on_progress
         self.progress_every_s = progress_every_s
         positions = checkpoint.positions if checkpoint else [r.start for r in plan.ranges]
@@ -474,7 +477,7 @@ class ReplayRunner:
         ]
         self._keys: dict[tuple[int, bytes], deque[RecordLike]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(self.concurrency)
+        self._slots = asyncio.Semaphore(self.in_flight)
         self._buffered = 0
         self._room = asyncio.Event()
         self._failure: BaseException | None = None
@@ -749,30 +752,42 @@ class KnownWorkflows:
 
 
 class ReplayDispatcher(Dispatcher):
-    """The live dispatcher, with one shortcut for idempotent replays of processed ranges.
+    """The live dispatcher with a bound on Temporal actions and, for idempotent
+    replays, one shortcut.
 
+    At most ``actions`` actions run at once, however many records are in flight.
     A start whose route rejects duplicate ids and ignores duplicates answers
-    "duplicate" for any id that already exists, running or closed. Such ids are
-    found by batched visibility queries, so a range the bridge already processed
-    costs one query per batch instead of one start per record. Ids visibility
-    does not list yet go through the normal start.
+    "duplicate" for any id that already exists, running or closed: with
+    ``lookups`` on, such ids are found by batched visibility queries, so a range
+    the bridge already processed costs one query per batch instead of one start
+    per record. Ids visibility does not list yet go through the normal start.
     """
 
-    def __init__(self, client: Client, known: KnownWorkflows | None = None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        actions: int,
+        lookups: bool = True,
+        known: KnownWorkflows | None = None,
+    ) -> None:
         super().__init__(client)
         self.known = known or KnownWorkflows(client)
+        self.lookups = lookups
+        self._actions = asyncio.Semaphore(actions)
 
     async def execute(self, action: Action, event: Event) -> Result:
         """Answer known duplicates from visibility; carry out everything else as live."""
         if (
-            action.kind is ActionKind.START
+            self.lookups
+            and action.kind is ActionKind.START
             and action.id_reuse_policy == "reject_duplicate"
             and action.on_duplicate == "ignore"
         ):
             run_id = await self.known.run_id(action.workflow_id)
             if run_id is not None:
                 return self._result(Outcome.DUPLICATE, action, run_id, "already exists")
-        return await super().execute(action, event)
+        async with self._actions:
+            return await super().execute(action, event)
 
 
 # --- one-shot replays (the CLI's foreground path) ------------------------------------------
@@ -811,10 +826,8 @@ async def replay_ingress(
     await kafka.start(producer, settings)
     try:
         # Fresh ids are new by construction: only idempotent replays look them up first.
-        dispatcher = (
-            ReplayDispatcher(client)
-            if request.mode is ReplayMode.IDEMPOTENT
-            else Dispatcher(client)
+        dispatcher = ReplayDispatcher(
+            client, settings.replay_concurrency, lookups=request.mode is ReplayMode.IDEMPOTENT
         )
         yield Ingress(
             catalog,

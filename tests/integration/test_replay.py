@@ -312,7 +312,7 @@ async def test_idempotent_replays_answer_existing_starts_from_visibility(client,
 
     await eventually(listed)
     known = KnownWorkflows(client)
-    dispatcher = ReplayDispatcher(client, known)
+    dispatcher = ReplayDispatcher(client, 8, known=known)
     event = Event(id=f"ev-{uid}", type=PLACED, source="tests", data={})
 
     def start(workflow_id: str, **extra: Any) -> Action:
