@@ -57,7 +57,7 @@ TENANT_HEADER = "ce_tenantid"
 NOW = "now"
 EARLIEST = "earliest"
 UNROUTED = "(no route)"
-IN_FLIGHT_PER_ACTION = 5
+IN_FLIGHT_PER_ACTION = 10
 """Records in flight per Temporal action slot (``replay_concurrency``)."""
 ProgressCallback = Callable[["ReplayCheckpoint"], None]
 
@@ -683,16 +683,20 @@ class ReplayRunner:
 
 # --- idempotent replays of processed ranges -------------------------------------------------
 
-LOOKUP_BATCH = 100
+LOOKUP_BATCH = 250
+MIN_LOOKUP_BATCH = 20
 LOOKUP_WINDOW_S = 0.002
 
 
 class KnownWorkflows:
     """Finds which workflow ids exist, many per visibility query (``WorkflowId IN (...)``).
 
-    Lookups arriving together are batched. ``None`` means "not known to exist":
-    the id is not listed, the query failed, or visibility cannot answer such
-    queries (then no further queries are made). Callers fall back to the action.
+    Lookups arriving together are batched (larger batches cost visibility less
+    per id). ``None`` means "not known to exist": the id is not listed or the
+    query failed; callers fall back to the action. A query the server rejects
+    halves the batch (the query may exceed the server's length limit); when
+    even small batches are rejected, visibility cannot answer such queries and
+    no more are made.
     """
 
     def __init__(
@@ -741,8 +745,12 @@ class KnownWorkflows:
                     found.setdefault(execution.id, execution.run_id)
         except RPCError as exc:
             if exc.status is RPCStatusCode.INVALID_ARGUMENT:
-                self.enabled = False  # this visibility store has no IN queries
-            log.debug("workflow lookup failed (%s); acting on each record instead", exc)
+                # Half the rejected query, not the current batch: concurrent queries
+                # rejected together shrink it once.
+                self.batch = min(self.batch, len(waiting) // 2)
+                if self.batch < MIN_LOOKUP_BATCH:
+                    self.enabled = False
+            log.debug("workflow lookup failed (%s); acting on these records instead", exc)
             found = {}
         finally:
             for workflow_id, futures in waiting.items():

@@ -125,7 +125,7 @@ class Settings(BaseSettings):
     # Replays (`ktb replay`, POST /replays) and dead-letter redrive (`ktb dlq`).
     replay_task_queue: str = Field("ktb-replay", description="Task queue of replay workflows")
     replay_concurrency: int = Field(
-        64, ge=1, description="Temporal actions a replay runs at once (5x as many records)"
+        64, ge=1, description="Temporal actions a replay runs at once (10x as many records)"
     )
     replay_chunk: int = Field(2000, ge=1, description="Records a replay fetches at a time")
     replay_heartbeat_timeout_s: float = Field(

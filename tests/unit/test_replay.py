@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pytest
+from temporalio.service import RPCError, RPCStatusCode
 
 from bridge import dlq
 from bridge.dispatch import Outcome, Result
@@ -13,6 +16,7 @@ from bridge.errors import InvalidRequestError
 from bridge.redrive import LetterRef, letter_of
 from bridge.replay import (
     Bound,
+    KnownWorkflows,
     PartitionRange,
     ReplayMode,
     ReplayPlan,
@@ -150,3 +154,52 @@ def test_dead_letter_headers_are_read_and_the_original_headers_kept() -> None:
     ]  # fmt: skip
     bare = letter_of(Record(topic="payments.dlq"))
     assert bare.original_topic == "payments" and bare.redrive_count == 0
+
+
+class _Listed:
+    def __init__(self, workflow_id: str) -> None:
+        self.id = workflow_id
+        self.run_id = f"run-{workflow_id}"
+
+
+class _Visibility:
+    """Answers ``WorkflowId IN (...)`` queries from a set, or rejects queries over a size."""
+
+    def __init__(self, existing: set[str], max_ids: int) -> None:
+        self.existing = existing
+        self.max_ids = max_ids
+        self.queries: list[int] = []
+
+    async def list_workflows(self, query: str, page_size: int) -> AsyncIterator[_Listed]:
+        ids = [part.strip("' ") for part in query.split("(", 1)[1].rstrip(")").split(",")]
+        self.queries.append(len(ids))
+        if len(ids) > self.max_ids:
+            raise RPCError("query too long", RPCStatusCode.INVALID_ARGUMENT, b"")
+        for workflow_id in ids:
+            if workflow_id in self.existing:
+                yield _Listed(workflow_id)
+
+
+async def test_lookups_are_batched_and_shrink_when_the_server_rejects_them() -> None:
+    visibility = _Visibility({"a1", "a3"}, max_ids=40)
+    known = KnownWorkflows(visibility, batch=100, window_s=0.001)  # type: ignore[arg-type]
+    ids = [f"a{n}" for n in range(100)]
+    # The first batch is rejected: every id falls back to acting (None), the batch halves.
+    assert set(await asyncio.gather(*(known.run_id(i) for i in ids))) == {None}
+    assert visibility.queries == [100] and known.batch == 50
+    await asyncio.gather(*(known.run_id(i) for i in ids))
+    assert known.batch == 25
+    found = await asyncio.gather(*(known.run_id(i) for i in ids))
+    assert found[1] == "run-a1" and found[3] == "run-a3" and found.count(None) == 98
+    assert visibility.queries[-4:] == [25, 25, 25, 25]
+    assert await known.run_id("it's") is None  # not quotable: never queried
+
+
+async def test_lookups_stop_when_visibility_cannot_answer_them() -> None:
+    visibility = _Visibility(set(), max_ids=0)
+    known = KnownWorkflows(visibility, batch=30, window_s=0.001)  # type: ignore[arg-type]
+    for _ in range(3):
+        await asyncio.gather(*(known.run_id(f"b{n}") for n in range(30)))
+    assert not known.enabled
+    asked = len(visibility.queries)
+    assert await known.run_id("b1") is None and len(visibility.queries) == asked
