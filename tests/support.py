@@ -69,6 +69,16 @@ def order_data(order_id: str, token: str = "tok_visa", total: int = 2500) -> dic
     }
 
 
+async def topic_exists(settings: Settings, topic: str) -> bool:
+    """Whether ``topic`` exists, asked without naming it (naming it may create it)."""
+    admin = kafka.admin(settings)
+    await admin.start()
+    try:
+        return topic in await admin.list_topics()
+    finally:
+        await admin.close()
+
+
 async def partitions(
     consumer: AIOKafkaConsumer, topic: str, timeout: float = 15.0
 ) -> list[TopicPartition]:

@@ -16,7 +16,7 @@ from bridge.cli import app
 from bridge.redrive import LetterRef, dead_letters, redrive
 from bridge.settings import Settings
 from tests.integration.test_replay import PLACED, exists, produce_orders
-from tests.support import eventually, order_data, routes_config, running_bridge
+from tests.support import eventually, order_data, routes_config, running_bridge, topic_exists
 
 POISON_HEADERS = [
     ("ce_specversion", b"1.0"),
@@ -202,4 +202,5 @@ def test_dlq_cli_list_show_and_bad_input(settings, uid) -> None:
         result = runner.invoke(app, args, env=env)
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output, (args, result.output)
+    assert not asyncio.run(topic_exists(settings, f"nope-{uid}.dlq"))  # asking created nothing
     assert LetterRef(0, 0) in {x.ref for x in asyncio.run(dead_letters(settings, dlq_topic))}

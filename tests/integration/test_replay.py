@@ -41,6 +41,7 @@ from tests.support import (
     order_data,
     routes_config,
     running_bridge,
+    topic_exists,
     write_routes,
 )
 
@@ -246,6 +247,7 @@ def test_bad_input_is_a_clear_error_exit_2_and_nothing_is_acted_on(
         result = _cli(settings, "replay", *args)
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output, (args, result.output)
+    assert not asyncio.run(topic_exists(settings, f"nope-{uid}"))  # asking created nothing
     ok = _cli(settings, "replay", "--topic", topic, "--from", "earliest", "--dry-run")
     assert ok.exit_code == 0, ok.output
     assert "read 3" in ok.output and "would-act 3" in ok.output

@@ -14,7 +14,14 @@ from bridge.api.auth import hash_key
 from bridge.replay_workflow import REPLAY_RUNNER, ReplayActivities, ReplayWorkflow
 from bridge.settings import Settings
 from tests.integration.test_replay import PLACED, exists, start_route
-from tests.support import eventually, order_data, routes_config, running_api, write_routes
+from tests.support import (
+    eventually,
+    order_data,
+    routes_config,
+    running_api,
+    topic_exists,
+    write_routes,
+)
 
 KEY_A = "replay-key-a"
 KEY_B = "replay-key-b"
@@ -120,6 +127,10 @@ async def test_replays_and_dead_letters_over_http_per_tenant(
             "/replays", json={"topic": f"nope-{uid}", "from": "0"}, headers=bearer(KEY_A)
         )
         assert missing.status_code == 422 and "does not exist" in missing.json()["detail"]
+        no_dlq = await http.get("/dlq", params={"topic": f"nope-{uid}.dlq"}, headers=bearer(KEY_A))
+        assert no_dlq.status_code == 422 and "does not exist" in no_dlq.json()["detail"]
+        assert not await topic_exists(settings, f"nope-{uid}")  # asking created nothing
+        assert not await topic_exists(settings, f"nope-{uid}.dlq")
 
         dlq_topic = orders + ".dlq"
         page = await http.get("/dlq", params={"topic": dlq_topic}, headers=bearer(KEY_A))
