@@ -49,11 +49,14 @@ TEMPORAL_RESTARTS ?= 1
 KAFKA_RESTARTS ?= 1
 REBALANCES ?= 4
 OUTAGE_S ?= 30
+QUIESCE_S ?= 1800
+DATA_DIR ?=
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos --events $(EVENTS) --seed $(SEED) --rate $(RATE) \
 	  --bridge-kills $(BRIDGE_KILLS) --worker-kills $(WORKER_KILLS) \
 	  --temporal-restarts $(TEMPORAL_RESTARTS) --kafka-restarts $(KAFKA_RESTARTS) \
-	  --rebalances $(REBALANCES) --outage-s $(OUTAGE_S)
+	  --rebalances $(REBALANCES) --outage-s $(OUTAGE_S) \
+	  --quiesce-timeout-s $(QUIESCE_S) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix bridge services tests bench
