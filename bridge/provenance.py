@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -25,6 +25,7 @@ from bridge.envelope import Event
 
 TOPIC = "ktb.provenance"
 log = logging.getLogger("ktb.provenance")
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,8 @@ class ProvenanceWriter:
         try:
             delivery = await self.producer.send(
                 self.topic,
-                value=json.dumps(asdict(payload), separators=(",", ":")).encode(),
+                # Flat dataclasses of scalars: their __dict__ is the record, no deep copy.
+                value=_dumps(vars(payload)).encode(),
                 key=key.encode() if key else None,
             )
         except KafkaError as exc:  # provenance is a record, never a reason to stall events

@@ -105,9 +105,9 @@ async def _accepts_tcp(address: str, timeout: float = 2.0) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def started_producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
+async def started_producer(settings: Settings, **options: Any) -> AsyncIterator[AIOKafkaProducer]:
     """A started producer, stopped (and flushed) on exit."""
-    producer = kafka.producer(settings)
+    producer = kafka.producer(settings, **options)
     await kafka.start(producer, settings)
     try:
         yield producer
@@ -144,14 +144,17 @@ async def open_bridge(settings: Settings, telemetry: Telemetry) -> AsyncIterator
     catalog = SchemaCatalog.from_dir(settings.schemas_dir)
     router = Router.from_file(settings.routes_file)
     client = await connect_temporal(settings, telemetry.runtime, telemetry.client_interceptors)
-    async with started_producer(settings) as producer:
+    # Provenance gets a producer of its own: one record per event, batched over a
+    # longer linger than dead letters need, and never queued behind them.
+    recorder = started_producer(settings, linger_ms=settings.provenance_linger_ms)
+    async with started_producer(settings) as producer, recorder as provenance:
         ingress = Ingress(
             catalog,
             router,
             Dispatcher(client),
             DeadLetterPublisher(producer),
             telemetry.metrics,
-            provenance=ProvenanceWriter(producer, settings.provenance_topic),
+            provenance=ProvenanceWriter(provenance, settings.provenance_topic),
             tracer=telemetry.tracer,
         )
         yield BridgeConsumer(settings, ingress, router.topics, telemetry.metrics)

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     provenance_topic: str = Field(
         "ktb.provenance", description="Where bridges and workers record provenance"
     )
+    provenance_linger_ms: int = Field(
+        25, ge=0, le=1000, description="How long a bridge batches provenance records (ms)"
+    )
 
     # HTTP API (`ktb api`)
     api_host: str = "127.0.0.1"
