@@ -332,6 +332,8 @@ def dlq_list(
                 f"[redriven to {redriven['topic']}[{redriven['partition']}]@{redriven['offset']}]"
                 f" {message}"
             )
+        if s["copy_of"]:
+            message = f"[copy of {s['copy_of']}] {message}"
         error = s["error_type"] or "-"
         typer.echo(f"{letter.ref!s:>8}  {error:16}  {where:28}  {count:8}  {message[:120]}")
 
@@ -385,6 +387,7 @@ def dlq_redrive(
         typer.echo(
             f"{topic}: {report.selected} selected, {len(report.redriven)} redriven, "
             f"{len(report.refused)} refused, {len(report.already)} already redriven"
+            + (f", {len(report.copies)} copies skipped" if report.copies else "")
         )
         for mark in report.redriven:
             typer.echo(

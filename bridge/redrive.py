@@ -9,6 +9,12 @@ redrive refuses letters whose count has reached the configured maximum.
 Every redrive is logged on ``ktb.redrives`` (key: the DLQ topic), so a listing
 shows which letters were redriven and where to, and redriving a DLQ twice does
 not republish the same letter twice unless asked to.
+
+Dead-lettering is at-least-once: a record dead-lettered just before its bridge
+died, its offset not committed yet, is dead-lettered again by the partition's
+next owner. Such a letter has the original topic, partition and offset of an
+earlier one; it is listed as a copy of that letter (``copy_of``) and redrive
+never republishes it: the earlier letter stands for the record.
 """
 
 from __future__ import annotations
@@ -93,6 +99,8 @@ class DeadLetter:
     failed_at: str | None
     redrive_count: int
     redriven: Redriven | None = None
+    copy_of: LetterRef | None = None
+    """The earlier letter of the same original record, if this one repeats it."""
 
     @property
     def ref(self) -> LetterRef:
@@ -121,6 +129,7 @@ class DeadLetter:
             "event_type": _text(_find(self.headers, "ce_type")),
             "key": _text(self.key),
             "redriven": asdict(self.redriven) if self.redriven else None,
+            "copy_of": str(self.copy_of) if self.copy_of else None,
         }
 
     def detail(self, catalog: SchemaCatalog) -> dict[str, Any]:
@@ -152,6 +161,8 @@ class RedriveReport:
     """Letters at the redrive maximum (or without an original topic), with the reason."""
     already: list[str] = field(default_factory=list)
     """Letters skipped because an earlier redrive republished them."""
+    copies: list[str] = field(default_factory=list)
+    """Letters skipped as copies of an earlier letter of the same record."""
 
     def as_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data."""
@@ -161,6 +172,7 @@ class RedriveReport:
             "redriven": [asdict(r) for r in self.redriven],
             "refused": self.refused,
             "already_redriven": self.already,
+            "copies": self.copies,
         }
 
 
@@ -272,6 +284,7 @@ async def dead_letters(
     partitions = await topic_partitions(settings, dlq_topic)
     letters = [letter_of(r) for r in await _read_all(settings, dlq_topic, partitions)]
     marks = await redrives(settings, dlq_topic)
+    mark_copies(letters)
     for letter in letters:
         letter.redriven = marks.get(letter.ref)
     if tenant is not None:
@@ -287,6 +300,18 @@ async def dead_letters(
     if error_type is not None:
         letters = [x for x in letters if x.error_type == error_type]
     return letters
+
+
+def mark_copies(letters: Sequence[DeadLetter]) -> None:
+    """Set ``copy_of`` on every letter that repeats an earlier letter's original record."""
+    first: dict[tuple[str, int, int], LetterRef] = {}
+    for letter in sorted(letters, key=lambda x: x.ref):
+        if letter.original_partition is None or letter.original_offset is None:
+            continue
+        origin = (letter.original_topic, letter.original_partition, letter.original_offset)
+        letter.copy_of = first.setdefault(origin, letter.ref)
+        if letter.copy_of == letter.ref:
+            letter.copy_of = None
 
 
 async def redrive(
@@ -307,7 +332,9 @@ async def redrive(
     report = RedriveReport(dlq_topic, selected=len(letters))
     todo: list[DeadLetter] = []
     for letter in letters:
-        if letter.redriven is not None and not again:
+        if letter.copy_of is not None:
+            report.copies.append(str(letter.ref))
+        elif letter.redriven is not None and not again:
             report.already.append(str(letter.ref))
         elif letter.redrive_count >= limit:
             report.refused.append(

@@ -148,6 +148,11 @@ class DeadLetterView(BaseModel):
     event_type: str | None
     key: str | None
     redriven: RedrivenView | None = Field(description="The latest redrive of this letter")
+    copy_of: str | None = Field(
+        None,
+        description="`PARTITION:OFFSET` of an earlier letter of the same original record "
+        "(dead-lettered again after a redelivery); redrive skips copies",
+    )
 
 
 class DeadLetterPage(BaseModel):
@@ -189,6 +194,9 @@ class RedriveResult(BaseModel):
     redriven: list[RedrivenView]
     refused: list[RefusedView]
     already_redriven: list[str]
+    copies: list[str] = Field(
+        default_factory=list, description="Letters skipped as copies of an earlier letter"
+    )
 
 
 async def _guard(awaitable: Awaitable[T]) -> T:

@@ -157,6 +157,43 @@ async def test_a_letter_that_fails_again_comes_back_counted_until_the_maximum(
     assert second.headers[-1] == (dlq.REDRIVE_COUNT, b"1")
 
 
+async def test_a_record_dead_lettered_twice_is_listed_as_a_copy_and_redriven_once(
+    services, topics, settings, uid
+) -> None:
+    """A redelivered record dead-lettered again (a bridge killed before its commit)."""
+    orders, dlq_topic = topics["orders"], topics["orders"] + ".dlq"
+
+    def letter(offset: int) -> list[tuple[str, bytes]]:
+        return [*POISON_HEADERS, (dlq.ERROR_TYPE, b"decode_error"),
+                (dlq.ERROR_MESSAGE, b"data is not Avro"), (dlq.ORIGINAL_TOPIC, orders.encode()),
+                (dlq.ORIGINAL_PARTITION, b"1"), (dlq.ORIGINAL_OFFSET, str(offset).encode()),
+                (dlq.FAILED_AT, b"2026-11-26T00:00:00+00:00")]  # fmt: skip
+
+    for offset in (7, 7, 9):  # offset 7 dead-lettered twice, 9 once
+        value = f"garbage at {offset}".encode()
+        await services.produce_raw(dlq_topic, value, letter(offset), key=b"k")
+    letters = await eventually(lambda: _letters(settings, dlq_topic, 3))
+    assert [x.summary()["copy_of"] for x in letters] == [None, "0:0", None]
+
+    code, out, err = await ktb(settings, "dlq", "list", dlq_topic)
+    assert code == 0 and "[copy of 0:0]" in out, (out, err)
+
+    report = await redrive(settings, dlq_topic)
+    assert [(m.dlq_offset, m.redrive_count) for m in report.redriven] == [(0, 1), (2, 1)]
+    assert report.copies == ["0:1"] and report.refused == []
+    # Asked for by its place, a copy is still skipped; the first letter stands for it.
+    again = await redrive(settings, dlq_topic, refs=[LetterRef(0, 1)], again=True)
+    assert again.redriven == [] and again.copies == ["0:1"]
+    republished = await services.read(orders, 3, timeout=5)
+    assert sorted(r.value for r in republished) == [b"garbage at 7", b"garbage at 9"]
+
+
+async def _letters(settings: Settings, dlq_topic: str, count: int) -> list[Any]:
+    letters = await dead_letters(settings, dlq_topic)
+    assert len(letters) == count
+    return letters
+
+
 def test_dlq_cli_list_show_and_bad_input(settings, uid) -> None:
     topic = f"dlq-cli-{uid}"
     dlq_topic = topic + ".dlq"
