@@ -309,9 +309,8 @@ def mark_copies(letters: Sequence[DeadLetter]) -> None:
         if letter.original_partition is None or letter.original_offset is None:
             continue
         origin = (letter.original_topic, letter.original_partition, letter.original_offset)
-        letter.copy_of = first.setdefault(origin, letter.ref)
-        if letter.copy_of == letter.ref:
-            letter.copy_of = None
+        earliest = first.setdefault(origin, letter.ref)
+        letter.copy_of = earliest if earliest != letter.ref else None
 
 
 async def redrive(
