@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import random
 import time
@@ -35,6 +36,7 @@ from enum import StrEnum
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
+from temporalio.api.workflowservice.v1 import ListWorkflowExecutionsRequest
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -59,6 +61,7 @@ EARLIEST = "earliest"
 UNROUTED = "(no route)"
 IN_FLIGHT_PER_ACTION = 10
 """Records in flight per Temporal action slot (``replay_concurrency``)."""
+PRODUCER_BATCH_BYTES = 256 * 1024
 ProgressCallback = Callable[["ReplayCheckpoint"], None]
 
 
@@ -688,29 +691,39 @@ class ReplayRunner:
 LOOKUP_BATCH = 250
 MIN_LOOKUP_BATCH = 20
 LOOKUP_WINDOW_S = 0.002
+LOOKUP_QUERIES = 2
 
 
 class KnownWorkflows:
     """Finds which workflow ids exist, many per visibility query (``WorkflowId IN (...)``).
 
-    Lookups arriving together are batched (larger batches cost visibility less
-    per id). ``None`` means "not known to exist": the id is not listed or the
-    query failed; callers fall back to the action. A query the server rejects
-    halves the batch (the query may exceed the server's length limit); when
-    even small batches are rejected, visibility cannot answer such queries and
-    no more are made.
+    At most ``queries`` queries run at once. Ids asked for while they all run wait
+    and go out together, up to ``batch`` per query, as soon as one returns: the
+    batch grows with the server's latency instead of the number of queries (many
+    small concurrent queries are what a visibility store answers slowest). With a
+    query slot free, ids asked for within ``window_s`` of each other share a query.
+
+    ``None`` means "not known to exist": the id is not listed or the query failed;
+    callers fall back to the action. A query the server rejects halves the batch
+    (the query may exceed the server's length limit); when even small batches are
+    rejected, visibility cannot answer such queries and no more are made.
     """
 
     def __init__(
-        self, client: Client, batch: int = LOOKUP_BATCH, window_s: float = LOOKUP_WINDOW_S
+        self,
+        client: Client,
+        batch: int = LOOKUP_BATCH,
+        window_s: float = LOOKUP_WINDOW_S,
+        queries: int = LOOKUP_QUERIES,
     ) -> None:
         self.client = client
         self.batch = batch
         self.window_s = window_s
+        self.queries = queries
         self.enabled = True
         self._waiting: dict[str, list[asyncio.Future[str | None]]] = {}
         self._timer: asyncio.TimerHandle | None = None
-        self._queries: set[asyncio.Task[None]] = set()
+        self._running: set[asyncio.Task[None]] = set()
 
     async def run_id(self, workflow_id: str) -> str | None:
         """The latest run id of ``workflow_id`` if visibility lists it, else ``None``."""
@@ -719,32 +732,54 @@ class KnownWorkflows:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[str | None] = loop.create_future()
         self._waiting.setdefault(workflow_id, []).append(future)
-        if len(self._waiting) >= self.batch:
-            self._flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(self.window_s, self._flush)
+        if len(self._running) < self.queries:
+            if len(self._waiting) >= self.batch:
+                self._flush()
+            elif self._timer is None:
+                self._timer = loop.call_later(self.window_s, self._flush)
+        # Otherwise the next query to return sends it.
         return await future
 
     def _flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        waiting, self._waiting = self._waiting, {}
-        if waiting:
-            task = asyncio.create_task(self._query(waiting))
-            self._queries.add(task)
-            task.add_done_callback(self._queries.discard)
+        while self._waiting and len(self._running) < self.queries:
+            ids = list(itertools.islice(self._waiting, self.batch))
+            task = asyncio.create_task(self._query({i: self._waiting.pop(i) for i in ids}))
+            self._running.add(task)
+            task.add_done_callback(self._query_done)
+
+    def _query_done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._flush()
+
+    async def _listed(self, query: str, page_size: int) -> dict[str, str | None]:
+        """Workflow id -> latest run id of the executions ``query`` lists.
+
+        The raw RPC rather than ``Client.list_workflows``, which decodes every
+        execution's memo and search attributes: most of a replay's CPU when each
+        row only needs its ids.
+        """
+        found: dict[str, str | None] = {}
+        request = ListWorkflowExecutionsRequest(
+            namespace=self.client.namespace, query=query, page_size=page_size
+        )
+        while True:
+            page = await self.client.workflow_service.list_workflow_executions(request, retry=True)
+            for info in page.executions:
+                # Newest first: the first run listed is the one a start would meet.
+                found.setdefault(info.execution.workflow_id, info.execution.run_id)
+            if not page.next_page_token:
+                return found
+            request.next_page_token = page.next_page_token
 
     async def _query(self, waiting: dict[str, list[asyncio.Future[str | None]]]) -> None:
         found: dict[str, str | None] = {}
         try:
             if self.enabled:
                 ids = ",".join(f"'{workflow_id}'" for workflow_id in waiting)
-                async for execution in self.client.list_workflows(
-                    f"WorkflowId IN ({ids})", page_size=len(waiting) + 10
-                ):
-                    # Newest first: the first run listed is the one a start would meet.
-                    found.setdefault(execution.id, execution.run_id)
+                found = await self._listed(f"WorkflowId IN ({ids})", len(waiting) + 10)
         except RPCError as exc:
             if exc.status is RPCStatusCode.INVALID_ARGUMENT:
                 # Half the rejected query, not the current batch: concurrent queries
@@ -753,7 +788,6 @@ class KnownWorkflows:
                 if self.batch < MIN_LOOKUP_BATCH:
                     self.enabled = False
             log.debug("workflow lookup failed (%s); acting on these records instead", exc)
-            found = {}
         finally:
             for workflow_id, futures in waiting.items():
                 for future in futures:
@@ -832,7 +866,9 @@ async def replay_ingress(
         return
     if client is None:
         raise ReplayError("a replay that acts needs a Temporal client")
-    producer = kafka.producer(settings)
+    # One provenance record per event, thousands a second: with 16 KB batches (the
+    # default) sends queue behind the one produce request in flight per partition.
+    producer = kafka.producer(settings, max_batch_size=PRODUCER_BATCH_BYTES)
     await kafka.start(producer, settings)
     try:
         # Fresh ids are new by construction: only idempotent replays look them up first.

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pytest
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.workflow.v1 import WorkflowExecutionInfo
+from temporalio.api.workflowservice.v1 import (
+    ListWorkflowExecutionsRequest,
+    ListWorkflowExecutionsResponse,
+)
 from temporalio.service import RPCError, RPCStatusCode
 
 from bridge import dlq
@@ -156,28 +161,55 @@ def test_dead_letter_headers_are_read_and_the_original_headers_kept() -> None:
     assert bare.original_topic == "payments" and bare.redrive_count == 0
 
 
-class _Listed:
-    def __init__(self, workflow_id: str) -> None:
-        self.id = workflow_id
-        self.run_id = f"run-{workflow_id}"
-
-
 class _Visibility:
-    """Answers ``WorkflowId IN (...)`` queries from a set, or rejects queries over a size."""
+    """Answers ``WorkflowId IN (...)`` queries from a set, or rejects queries over a size.
 
-    def __init__(self, existing: set[str], max_ids: int) -> None:
+    It is both the client and its ``workflow_service``: pages of at most ``page``
+    executions, newest run first, and each query can be held until ``release``.
+    """
+
+    namespace = "default"
+
+    def __init__(self, existing: set[str], max_ids: int, page: int = 1000) -> None:
         self.existing = existing
         self.max_ids = max_ids
+        self.page = page
         self.queries: list[int] = []
+        self.running = 0
+        self.most_running = 0
+        self.release: asyncio.Event | None = None
+        self.workflow_service = self
 
-    async def list_workflows(self, query: str, page_size: int) -> AsyncIterator[_Listed]:
-        ids = [part.strip("' ") for part in query.split("(", 1)[1].rstrip(")").split(",")]
-        self.queries.append(len(ids))
+    async def list_workflow_executions(
+        self, request: ListWorkflowExecutionsRequest, retry: bool
+    ) -> ListWorkflowExecutionsResponse:
+        ids = [p.strip("' ") for p in request.query.split("(", 1)[1].rstrip(")").split(",")]
+        start = int(request.next_page_token or b"0")
+        if not start:
+            self.queries.append(len(ids))
         if len(ids) > self.max_ids:
             raise RPCError("query too long", RPCStatusCode.INVALID_ARGUMENT, b"")
-        for workflow_id in ids:
-            if workflow_id in self.existing:
-                yield _Listed(workflow_id)
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            if self.release is not None:
+                await self.release.wait()
+        finally:
+            self.running -= 1
+        runs = [
+            (workflow_id, run)
+            for workflow_id in ids
+            if workflow_id in self.existing
+            for run in (f"run-{workflow_id}", f"older-run-{workflow_id}")
+        ]
+        end = start + self.page
+        return ListWorkflowExecutionsResponse(
+            executions=[
+                WorkflowExecutionInfo(execution=WorkflowExecution(workflow_id=w, run_id=r))
+                for w, r in runs[start:end]
+            ],
+            next_page_token=str(end).encode() if end < len(runs) else b"",
+        )
 
 
 async def test_lookups_are_batched_and_shrink_when_the_server_rejects_them() -> None:
@@ -203,3 +235,31 @@ async def test_lookups_stop_when_visibility_cannot_answer_them() -> None:
     assert not known.enabled
     asked = len(visibility.queries)
     assert await known.run_id("b1") is None and len(visibility.queries) == asked
+
+
+async def test_lookups_read_every_page_and_take_the_newest_run() -> None:
+    existing = {f"p{n}" for n in range(0, 60, 2)}
+    visibility = _Visibility(existing, max_ids=100, page=7)
+    known = KnownWorkflows(visibility, batch=100, window_s=0.001)  # type: ignore[arg-type]
+    found = await asyncio.gather(*(known.run_id(f"p{n}") for n in range(60)))
+    assert visibility.queries == [60]
+    assert found == [f"run-p{n}" if n % 2 == 0 else None for n in range(60)]
+
+
+async def test_ids_asked_for_while_every_query_runs_go_out_together() -> None:
+    visibility = _Visibility({"q3", "q50"}, max_ids=100)
+    visibility.release = asyncio.Event()
+    known = KnownWorkflows(visibility, batch=40, window_s=0.001, queries=2)  # type: ignore[arg-type]
+    first = [asyncio.create_task(known.run_id(f"q{n}")) for n in range(2)]
+    await asyncio.sleep(0.01)  # q0 and q1 went out within one window: one query
+    second = [asyncio.create_task(known.run_id(f"q{n}")) for n in range(2, 4)]
+    await asyncio.sleep(0.01)  # a second query, and with it every slot is taken
+    rest = [asyncio.create_task(known.run_id(f"q{n}")) for n in range(4, 100)]
+    await asyncio.sleep(0.01)
+    assert visibility.queries == [2, 2] and visibility.running == 2
+    visibility.release.set()
+    found = await asyncio.gather(*first, *second, *rest)
+    # The 96 that waited went out in batches of at most 40, never more than 2 at once.
+    assert visibility.queries == [2, 2, 40, 40, 16]
+    assert visibility.most_running == 2
+    assert found[3] == "run-q3" and found[50] == "run-q50" and found.count(None) == 98
