@@ -112,7 +112,7 @@ class BridgeConsumer:
             group_id=self.settings.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_partition_fetch_bytes=1 << 20,
+            max_partition_fetch_bytes=self.settings.fetch_partition_bytes,
             isolation_level="read_committed",
         )
         self.consumer = consumer

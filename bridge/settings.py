@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     # (16-128 measured); far above it, queued calls time out and are retried.
     max_in_flight: int = Field(64, ge=1, description="Records being acted on at once")
     max_buffered: int = Field(10000, ge=1, description="Records fetched but not done")
+    # The consumer holds each partition's last fetch until every record in it is taken,
+    # so this bounds memory beside max_buffered; a record larger than it is still fetched.
+    fetch_partition_bytes: int = Field(
+        256 * 1024, ge=1024, description="Most bytes fetched from one partition at a time"
+    )
     commit_interval_s: float = Field(0.5, gt=0)
     shutdown_timeout_s: float = Field(30.0, gt=0)
     retry_initial_s: float = Field(0.2, gt=0)
