@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
+import contextlib
 import time
+import uuid
 from datetime import timedelta
 
 from temporalio import activity, workflow
-from temporalio.client import Client
 from temporalio.worker import Worker
 
 with workflow.unsafe.imports_passed_through():
-    import uuid
-
+    from bench.common import percentile
+    from bridge.runtime import connect_temporal
     from bridge.settings import Settings
 
 STEPS = ("bare-a", "bare-b", "bare-c")
@@ -51,13 +51,16 @@ class BareSaga:
         return run
 
 
-async def measure(address: str, rate: float, count: int) -> list[float]:
+async def measure(settings: Settings, rate: float, count: int) -> list[float]:
     """Start ``count`` workflows at ``rate`` per second; each one's start-to-result ms."""
-    client = await Client.connect(address)
+    client = await connect_temporal(settings)
     run = uuid.uuid4().hex[:8]
     workers = [Worker(client, task_queue=f"bare-wf-{run}", workflows=[BareSaga])]
     workers += [Worker(client, task_queue=f"{q}-{run}", activities=[step]) for q in STEPS]
-    async with RunningWorkers(workers):
+    async with contextlib.AsyncExitStack() as running:
+        for worker in workers:
+            await running.enter_async_context(worker)
+        await asyncio.sleep(1)  # the pollers are waiting before the first start
         latencies: list[float] = []
 
         async def one(n: int) -> None:
@@ -76,34 +79,17 @@ async def measure(address: str, rate: float, count: int) -> list[float]:
     return latencies
 
 
-class RunningWorkers:
-    """Run several workers for the duration of a ``with`` block."""
-
-    def __init__(self, workers: list[Worker]) -> None:
-        self.workers = workers
-        self.tasks: list[asyncio.Task[None]] = []
-
-    async def __aenter__(self) -> None:
-        self.tasks = [asyncio.create_task(w.run()) for w in self.workers]
-        await asyncio.sleep(1)  # the pollers are waiting before the first start
-
-    async def __aexit__(self, *exc: object) -> None:
-        for worker in self.workers:
-            await worker.shutdown()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-
-
 def main() -> None:
     """Parse arguments, measure, print p50/p90/max."""
     parser = argparse.ArgumentParser(prog="python -m bench.bare_saga", description=__doc__)
     parser.add_argument("--rate", type=float, default=5.0, help="workflows started per second")
     parser.add_argument("--count", type=int, default=50, help="workflows measured")
     args = parser.parse_args()
-    latencies = sorted(asyncio.run(measure(Settings().temporal_address, args.rate, args.count)))
-    p90 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.9))]
+    latencies = asyncio.run(measure(Settings(), args.rate, args.count))
     print(
         f"bare saga (3 no-op activities, 4 task queues) at {args.rate:g}/s over {args.count}: "
-        f"p50 {statistics.median(latencies):.0f} ms, p90 {p90:.0f} ms, max {latencies[-1]:.0f} ms"
+        f"p50 {percentile(latencies, 50):.0f} ms, p90 {percentile(latencies, 90):.0f} ms, "
+        f"max {max(latencies):.0f} ms"
     )
 
 

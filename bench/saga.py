@@ -35,12 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from temporalio.client import Client
 
+from bench.common import percentile
 from bridge import kafka
 from bridge.admin import ensure_topics, stop_consumer
 from bridge.codec import SchemaCatalog
 from bridge.envelope import encode_event
+from bridge.runtime import connect_temporal
 from bridge.settings import REPO_ROOT, Settings
 from bridge.stack import LocalStack, free_port
 
@@ -49,13 +50,6 @@ COMPLETED = "com.example.order.completed"
 SERVICES = ("orders", "inventory", "payments", "shipping")
 TARGET_P50_MS = 300.0
 SCENARIO_RATE = 5.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The ``q``-th percentile (nearest rank) of ``values``."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 def write_routes(path: Path, run: str, topics: dict[str, str], queues: dict[str, str]) -> None:
@@ -205,7 +199,7 @@ async def measure(settings: Settings, workdir: Path, orders: int, rate: float) -
             topics["orders"], value=record.value, key=record.key, headers=record.headers
         )
 
-    client = await Client.connect(settings.temporal_address)
+    client = await connect_temporal(settings)
 
     async def start_directly(order_id: str) -> None:
         # The baseline: the same workflow, workers and outcome topic, started by a
