@@ -9,12 +9,14 @@ again is how partitions are scaled out. Safe to run any number of times.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from aiokafka.admin import NewPartitions, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
@@ -61,6 +63,9 @@ def topic_plan(
     return plan
 
 
+VISIBLE_TIMEOUT_S = 30.0
+
+
 async def provision_topics(
     settings: Settings, plan: Mapping[str, int], replication_factor: int, report: ProvisionReport
 ) -> None:
@@ -89,15 +94,46 @@ async def provision_topics(
                 report.created[name] = plan[name]
         grow = {n: c for n, c in plan.items() if n in current and current[n] < c}
         if grow:
-            await admin.create_partitions(
+            result = await admin.create_partitions(
                 {n: NewPartitions(total_count=c) for n, c in grow.items()}
             )
+            for name, code, *_ in result.topic_errors:
+                if code != 0:
+                    raise ConfigError(
+                        f"growing topic {name} to {grow[name]} partitions failed "
+                        f"with Kafka error code {code}"
+                    )
             report.grown.update({n: (current[n], c) for n, c in grow.items()})
         report.unchanged += [n for n in plan if n in current and n not in grow]
+        await _until_visible(admin, {n: plan[n] for n in [*report.created, *grow]})
     except KafkaError as exc:
         raise TransientError(f"provisioning topics at {settings.kafka_bootstrap}: {exc}") from exc
     finally:
         await admin.close()
+
+
+async def _until_visible(
+    admin: AIOKafkaAdminClient, counts: Mapping[str, int], timeout_s: float = VISIBLE_TIMEOUT_S
+) -> None:
+    """Wait until the broker's metadata lists every topic with its planned partitions.
+
+    The controller acknowledges new topics and partitions before every broker's
+    metadata shows them: a bridge started right after provisioning would be
+    assigned the old partitions.
+    """
+    deadline = time.monotonic() + timeout_s
+    while counts:
+        described = await admin.describe_topics(list(counts))
+        seen = {t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == 0}
+        lagging = {n: c for n, c in counts.items() if seen.get(n, 0) < c}
+        if not lagging:
+            return
+        if time.monotonic() > deadline:
+            raise TransientError(
+                "the broker does not list the provisioned partitions yet: "
+                + ", ".join(f"{n} ({seen.get(n, 0)} of {c})" for n, c in lagging.items())
+            )
+        await asyncio.sleep(0.1)
 
 
 async def register_search_attributes(client: Client) -> list[str]:
