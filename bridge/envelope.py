@@ -9,11 +9,11 @@ data is encoded by the schema catalog before it reaches the SDK.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote
 
 from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings import kafka as ce_kafka
@@ -21,7 +21,7 @@ from cloudevents.core.exceptions import BaseCloudEventException
 from cloudevents.core.v1.event import CloudEvent
 
 from bridge.codec import AVRO, JSON, SchemaCatalog
-from bridge.errors import DecodeError, SchemaMismatchError
+from bridge.errors import DecodeError, SchemaMismatchError, TenantError
 
 TENANT = "tenantid"
 CORRELATION = "correlationid"
@@ -30,6 +30,60 @@ TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 
 Headers = Sequence[tuple[str, bytes]]
+
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+"""What a tenant id may look like: it prefixes workflow ids and appears in visibility queries."""
+_TENANT = re.compile(TENANT_PATTERN)
+
+
+def valid_tenant(tenant: str) -> bool:
+    """Whether ``tenant`` is a well-formed tenant id (``TENANT_PATTERN``)."""
+    return _TENANT.fullmatch(tenant) is not None
+
+
+def check_tenant(tenant: str | None) -> str | None:
+    """``tenant`` unchanged, or ``TenantError`` when it is not a well-formed tenant id."""
+    if tenant is not None and not valid_tenant(tenant):
+        raise TenantError(
+            f"tenant id {tenant[:80]!r} is not 1-64 letters, digits, '.', '_' or '-' "
+            "starting with a letter or digit"
+        )
+    return tenant
+
+
+def ce_attributes(headers: Headers) -> dict[str, str]:
+    """CloudEvents attributes from Kafka binary-mode headers: the one header parser.
+
+    Header names are matched case-insensitively (``ce_`` prefix, ``content-type`` as
+    ``datacontenttype``); the last of repeated headers wins; values are UTF-8 text
+    taken as they are (the Kafka binding has no percent-encoding). Every reader of
+    event headers (bridge, replay, redrive, DLQ listings, provenance) goes through
+    here, so they all see the same id and tenant. ``DecodeError`` if a value is not UTF-8.
+    """
+    attrs: dict[str, str] = {}
+    try:
+        for name, raw in headers:
+            lname = name.lower()
+            if lname[:3] == "ce_":
+                attrs[lname[3:]] = raw.decode("utf-8")
+            elif lname == "content-type":
+                attrs["datacontenttype"] = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"CloudEvent header is not UTF-8: {exc}") from exc
+    return attrs
+
+
+def ce_attribute(headers: Headers, name: str) -> str | None:
+    """One attribute (``id``, ``type``, ``tenantid``...) as ``ce_attributes`` reads it.
+
+    For display and filtering: a value that is not UTF-8 is decoded with replacement.
+    """
+    found: bytes | None = None
+    header = "content-type" if name == "datacontenttype" else "ce_" + name
+    for key, raw in headers:
+        if key.lower() == header:
+            found = raw
+    return found.decode("utf-8", "replace") if found is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,30 +183,18 @@ def decode_record(
 ) -> Event:
     """Turn a Kafka record into an ``Event``; raise a ``PermanentError`` if it is not one.
 
-    Reads the CloudEvents Kafka binding exactly as ``cloudevents.core.bindings.kafka.
-    from_binary`` does (``ce_`` prefix, ``content-type`` as ``datacontenttype``,
-    percent-decoding), without building the SDK's event object on the hot path.
+    Reads the CloudEvents Kafka binding as ``cloudevents.core.bindings.kafka.from_binary``
+    does (``ce_attributes``), without building the SDK's event object on the hot path.
+    A tenant id that is not well formed is a ``TenantError``.
     """
     if value is None:
         raise DecodeError("record has no value (tombstone)")
-    hmap: dict[str, bytes] = {}
+    attrs = ce_attributes(headers)
     trace: dict[str, str] = {}
     for name, raw in headers:
         lname = name.lower()
-        if lname.startswith("ce_") or lname == "content-type":
-            hmap[lname] = raw
-        elif lname in (TRACEPARENT, TRACESTATE):
+        if lname in (TRACEPARENT, TRACESTATE):
             trace[lname] = raw.decode("utf-8", "replace")
-    attrs: dict[str, str] = {}
-    try:
-        for name, raw in hmap.items():
-            text = raw.decode("utf-8")
-            # Most values carry no percent-escape; skipping unquote() then is measurably faster.
-            attrs[name[3:] if name[:3] == "ce_" else "datacontenttype"] = (
-                unquote(text) if "%" in text else text
-            )
-    except UnicodeDecodeError as exc:
-        raise DecodeError(f"CloudEvent header is not UTF-8: {exc}") from exc
     for required in ("id", "type", "source", "specversion"):
         if not attrs.get(required):
             raise DecodeError(f"record is not a binary-mode CloudEvent: no ce_{required} header")
@@ -175,7 +217,7 @@ def decode_record(
         data=data,
         time=time,
         subject=attrs.get("subject"),
-        tenant_id=attrs.get(TENANT),
+        tenant_id=check_tenant(attrs.get(TENANT)),
         correlation_id=attrs.get(CORRELATION),
         causation_id=attrs.get(CAUSATION),
         traceparent=trace.get(TRACEPARENT),
@@ -209,6 +251,7 @@ def encode_event(
     extensions: Mapping[str, str] | None = None,
 ) -> KafkaRecord:
     """Validate ``data`` against the type's schema and build the binary-mode record."""
+    check_tenant(tenant_id)
     if content_type == AVRO:
         body = catalog.encode(type, data)
     elif content_type == JSON:

@@ -49,6 +49,12 @@ class DecodeError(PermanentError):
     error_type = "decode_error"
 
 
+class TenantError(DecodeError):
+    """The event's tenant id (``ce_tenantid``) is not a well-formed tenant id."""
+
+    error_type = "invalid_tenant"
+
+
 class UnknownSchemaError(DecodeError):
     """No schema in the catalog has the record's fingerprint or type."""
 
@@ -81,6 +87,30 @@ class ActionRejectedError(PermanentError):
     """Temporal rejected the action itself (bad arguments, unknown workflow)."""
 
     error_type = "action_rejected"
+
+
+class TenantMismatchError(PermanentError):
+    """The workflow an action targets belongs to another tenant than the event's."""
+
+    error_type = "tenant_mismatch"
+
+
+class WorkflowClosedError(PermanentError):
+    """A signal or update for a closed workflow that never received this event."""
+
+    error_type = "workflow_closed"
+
+
+class UpdateRejectedError(PermanentError):
+    """The workflow's update validator rejected the update; ``message`` has its reason."""
+
+    error_type = "update_rejected"
+
+
+class PayloadTooLargeError(PermanentError):
+    """The action's request is larger than Temporal will ever accept."""
+
+    error_type = "payload_too_large"
 
 
 class TransientError(BridgeError):

@@ -12,13 +12,49 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from bridge import security
 from bridge.settings import Settings
 
 log = logging.getLogger("ktb.kafka")
+
+PERMANENT_ERRORS: tuple[type[KafkaError], ...] = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.TopicAuthorizationFailedError,
+    kafka_errors.ClusterAuthorizationFailedError,
+    kafka_errors.TransactionalIdAuthorizationFailed,
+    kafka_errors.InvalidTopicError,
+    kafka_errors.PolicyViolationError,
+    kafka_errors.InvalidTimestampError,
+    kafka_errors.CorruptRecordException,
+    kafka_errors.UnsupportedForMessageFormatError,
+)
+"""Produce errors no retry can mend: the record (its size, timestamp, form) or the
+client's rights are wrong. aiokafka's own ``retriable`` flag cannot tell this apart
+(it calls a request timeout not retriable)."""
+
+TOO_LARGE_ERRORS: tuple[type[KafkaError], ...] = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+)
+"""The record is larger than the producer's ``max_request_size`` or the topic's
+``max.message.bytes``."""
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether a Kafka produce error will fail the same way on every attempt."""
+    return isinstance(exc, PERMANENT_ERRORS)
+
+
+def is_too_large(exc: BaseException) -> bool:
+    """Whether a Kafka produce error says the record is too large to write."""
+    return isinstance(exc, TOO_LARGE_ERRORS)
 
 
 def client_options(settings: Settings) -> dict[str, Any]:

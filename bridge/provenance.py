@@ -21,7 +21,7 @@ from aiokafka.errors import KafkaError
 
 from bridge.dispatch import Result
 from bridge.dlq import RecordLike
-from bridge.envelope import Event
+from bridge.envelope import TENANT, Event, ce_attribute
 
 TOPIC = "ktb.provenance"
 log = logging.getLogger("ktb.provenance")
@@ -107,13 +107,13 @@ class ProvenanceWriter:
 
     async def event(self, record: RecordLike, event: Event | None, result: Result) -> None:
         """Record what happened to one consumed record."""
-        event_id = event.id if event else _header(record, "ce_id")
+        event_id = event.id if event else ce_attribute(record.headers, "id")
         await self._send(
             event_id,
             EventProvenance(
                 event_id=event_id,
-                event_type=event.type if event else _header(record, "ce_type"),
-                tenant_id=event.tenant_id if event else _header(record, "ce_tenantid"),
+                event_type=event.type if event else ce_attribute(record.headers, "type"),
+                tenant_id=event.tenant_id if event else ce_attribute(record.headers, TENANT),
                 key=record.key.decode("utf-8", "replace") if record.key is not None else None,
                 topic=record.topic,
                 partition=record.partition,
@@ -164,10 +164,3 @@ def _log_failed_delivery(delivery: asyncio.Future[Any]) -> None:
     """Delivery is not awaited on the hot path; a failure is logged, never raised."""
     if not delivery.cancelled() and delivery.exception() is not None:
         log.warning("could not record provenance: %s", delivery.exception())
-
-
-def _header(record: RecordLike, name: str) -> str | None:
-    for key, value in record.headers:
-        if key == name:
-            return value.decode("utf-8", "replace")
-    return None

@@ -32,7 +32,7 @@ from aiokafka.errors import KafkaError
 from bridge import dlq, kafka
 from bridge.admin import ensure_topics, stop_consumer
 from bridge.codec import SchemaCatalog
-from bridge.envelope import decode_data, headers_dict
+from bridge.envelope import TENANT, ce_attribute, decode_data, headers_dict
 from bridge.errors import BridgeError, InvalidRequestError, TransientError
 from bridge.replay import topic_partitions
 from bridge.settings import Settings
@@ -110,8 +110,7 @@ class DeadLetter:
     @property
     def tenant(self) -> str | None:
         """The event's tenant (``ce_tenantid``), if it has one."""
-        raw = _find(self.headers, "ce_tenantid")
-        return raw.decode("utf-8", "replace") if raw is not None else None
+        return ce_attribute(self.headers, TENANT)
 
     def summary(self) -> dict[str, Any]:
         """The letter as ``dlq list`` and ``GET /dlq`` show it."""
@@ -125,8 +124,8 @@ class DeadLetter:
             "original_offset": self.original_offset,
             "failed_at": self.failed_at,
             "redrive_count": self.redrive_count,
-            "event_id": _text(_find(self.headers, "ce_id")),
-            "event_type": _text(_find(self.headers, "ce_type")),
+            "event_id": ce_attribute(self.headers, "id"),
+            "event_type": ce_attribute(self.headers, "type"),
             "key": _text(self.key),
             "redriven": asdict(self.redriven) if self.redriven else None,
             "copy_of": str(self.copy_of) if self.copy_of else None,
@@ -137,12 +136,12 @@ class DeadLetter:
         out = self.summary()
         out["timestamp"] = datetime.fromtimestamp(self.timestamp_ms / 1000, UTC).isoformat()
         out["headers"] = headers_dict(self.headers)
-        type_name = _text(_find(self.headers, "ce_type"))
+        type_name = ce_attribute(self.headers, "type")
         try:
             if not type_name or self.value is None:
                 raise BridgeError("no ce_type header or no value")
             out["data"] = decode_data(
-                catalog, type_name, _text(_find(self.headers, "content-type")), self.value
+                catalog, type_name, ce_attribute(self.headers, "datacontenttype"), self.value
             )
         except BridgeError as exc:
             out["data_error"] = exc.message

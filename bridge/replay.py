@@ -45,7 +45,7 @@ from bridge.admin import stop_consumer
 from bridge.codec import SchemaCatalog
 from bridge.dispatch import Dispatcher, Outcome, Result
 from bridge.dlq import DeadLetterPublisher, RecordLike
-from bridge.envelope import Event
+from bridge.envelope import TENANT, Event, ce_attribute
 from bridge.errors import BridgeError, InvalidRequestError, TransientError
 from bridge.ingress import Ingress
 from bridge.metrics import Metrics
@@ -55,7 +55,6 @@ from bridge.settings import Settings
 
 log = logging.getLogger("ktb.replay")
 
-TENANT_HEADER = "ce_tenantid"
 NOW = "now"
 EARLIEST = "earliest"
 UNROUTED = "(no route)"
@@ -206,16 +205,7 @@ class ReplayPlan:
         if self.time_to_ms is not None and stamp >= self.time_to_ms:
             return False
         tenant = self.request.tenant
-        return tenant is None or header(record, TENANT_HEADER) == tenant.encode()
-
-
-def header(record: RecordLike, name: str) -> bytes | None:
-    """The last value of header ``name``, if any."""
-    found = None
-    for key, value in record.headers:
-        if key == name:
-            found = value
-    return found
+        return tenant is None or ce_attribute(record.headers, TENANT) == tenant
 
 
 async def topic_partitions(settings: Settings, topic: str) -> list[int]:
