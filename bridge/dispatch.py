@@ -10,17 +10,25 @@ consumer retries; anything that rejects the action itself raises
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
-from temporalio.api.errordetails.v1 import NamespaceNotFoundFailure
+from temporalio.api.errordetails.v1 import NamespaceNotFoundFailure, ResourceExhaustedFailure
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
+    WorkflowExecution,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
     WorkflowHandle,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateHandle,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
     WorkflowUpdateStage,
 )
 from temporalio.common import (
@@ -30,12 +38,19 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from bridge import attributes
 from bridge.envelope import Event
-from bridge.errors import ActionRejectedError, TransientError
+from bridge.errors import (
+    ActionRejectedError,
+    PayloadTooLargeError,
+    TenantMismatchError,
+    TransientError,
+    UpdateRejectedError,
+    WorkflowClosedError,
+)
 from bridge.routes import Action, ActionKind
 
 
@@ -153,7 +168,13 @@ def _namespace_missing(exc: RPCError) -> bool:
 
 
 class Dispatcher:
-    """Carries out actions; one per process, shared by live, replay and HTTP paths."""
+    """Carries out actions; one per process, shared by live, replay and HTTP paths.
+
+    Every workflow an action reaches is checked against the event's tenant before
+    anything changes: signals, cancels and terminates describe their target first and
+    act on that run only; starting actions check the run they would signal, update or
+    find as a duplicate. A workflow of another tenant is a ``TenantMismatchError``.
+    """
 
     def __init__(self, client: Client, rpc_timeout: timedelta = timedelta(seconds=10)) -> None:
         self.client = client
@@ -163,22 +184,22 @@ class Dispatcher:
         """Perform ``action``; return what happened or raise a bridge error."""
         try:
             match action.kind:
-                case ActionKind.START | ActionKind.SIGNAL_WITH_START:
+                case ActionKind.START:
+                    return await self._start(action, event)
+                case ActionKind.SIGNAL_WITH_START:
+                    await self._target(action, event)
                     return await self._start(action, event)
                 case ActionKind.UPDATE_WITH_START:
+                    await self._target(action, event)
                     return await self._update_with_start(action, event)
                 case ActionKind.SIGNAL:
-                    handle = self.client.get_workflow_handle(action.workflow_id)
-                    await handle.signal(
-                        action.signal or "", *action.message, rpc_timeout=self.rpc_timeout
-                    )
-                    return self._result(Outcome.SIGNALLED, action)
+                    return await self._signal(action, event)
                 case ActionKind.CANCEL:
-                    return await self._close(action, cancel=True)
+                    return await self._close(action, event, cancel=True)
                 case ActionKind.TERMINATE:
-                    return await self._close(action, cancel=False)
+                    return await self._close(action, event, cancel=False)
         except RPCError as exc:
-            raise classify(exc, action) from exc
+            raise await self._classify(exc, action) from exc
         raise ActionRejectedError(f"unknown action {action.kind}")  # pragma: no cover
 
     @staticmethod
@@ -186,6 +207,32 @@ class Dispatcher:
         outcome: Outcome, action: Action, run_id: str | None = None, detail: str | None = None
     ) -> Result:
         return Result(outcome, action.route, action.kind.value, action.workflow_id, run_id, detail)
+
+    # --- the target and its tenant ---------------------------------------------------
+
+    async def _describe(
+        self, workflow_id: str, run_id: str | None = None
+    ) -> WorkflowExecutionDescription | None:
+        """The run (latest by default) of ``workflow_id``; ``None`` if there is none."""
+        try:
+            return await self.client.get_workflow_handle(workflow_id, run_id=run_id).describe(
+                rpc_timeout=self.rpc_timeout
+            )
+        except RPCError as exc:
+            if exc.status is RPCStatusCode.NOT_FOUND and not _namespace_missing(exc):
+                return None
+            raise
+
+    async def _target(
+        self, action: Action, event: Event, run_id: str | None = None
+    ) -> WorkflowExecutionDescription | None:
+        """The run an action reaches, checked against the event's tenant; ``None`` if none."""
+        target = await self._describe(action.workflow_id, run_id)
+        if target is not None:
+            check_tenant(target, action, event)
+        return target
+
+    # --- starts ----------------------------------------------------------------------
 
     def _start_kwargs(self, action: Action, event: Event) -> dict[str, Any]:
         return {
@@ -210,16 +257,21 @@ class Dispatcher:
                 **kwargs,
             )
         except WorkflowAlreadyStartedError as exc:
+            # Closed (or running under id_conflict_policy fail): check whose it is first.
+            target = await self._target(action, event, exc.run_id)
+            if action.kind is ActionKind.SIGNAL_WITH_START and target is not None:
+                return await self._closed(action, target)
             return self._duplicate(action, exc.run_id, "already closed")
         response = handle._start_workflow_response
         started = getattr(response, "started", True)
+        if started:
+            return self._result(Outcome.STARTED, action, handle.result_run_id)
         if action.kind is ActionKind.SIGNAL_WITH_START:
-            return self._result(
-                Outcome.STARTED if started else Outcome.SIGNALLED, action, handle.result_run_id
-            )
-        if not started:
-            return self._duplicate(action, handle.result_run_id, "already running")
-        return self._result(Outcome.STARTED, action, handle.result_run_id)
+            # Checked before the call; the id is the event tenant's own unless a route
+            # opted out of tenant-scoped ids (see README, Security).
+            return self._result(Outcome.SIGNALLED, action, handle.result_run_id)
+        await self._target(action, event, handle.result_run_id)
+        return self._duplicate(action, handle.result_run_id, "already running")
 
     def _duplicate(self, action: Action, run_id: str | None, detail: str) -> Result:
         if action.on_duplicate == "dead_letter":
@@ -236,43 +288,221 @@ class Dispatcher:
             **self._start_kwargs(action, event),
         )
         try:
-            update = await self.client.start_update_with_start_workflow(
-                action.update or "",
-                *action.message,
-                id=action.event_id,
-                start_workflow_operation=start,
-                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
-                rpc_timeout=self.rpc_timeout,
-            )
+            # The SDK asks again while the update is only admitted (no worker has taken
+            # it): bound the whole wait, and count running out of it as transient.
+            async with asyncio.timeout(self.rpc_timeout.total_seconds()):
+                update = await self.client.start_update_with_start_workflow(
+                    action.update or "",
+                    *action.message,
+                    id=action.event_id,
+                    start_workflow_operation=start,
+                    wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                    rpc_timeout=self.rpc_timeout,
+                )
         except WorkflowAlreadyStartedError as exc:
-            return self._duplicate(action, exc.run_id, "already closed")
+            target = await self._target(action, event, exc.run_id)
+            if target is None:
+                return self._duplicate(action, exc.run_id, "already closed")
+            return await self._closed(action, target)
+        except (WorkflowUpdateRPCTimeoutOrCancelledError, TimeoutError) as exc:
+            _reraise_cancellation(exc)
+            raise TransientError(
+                f"update {action.update} of {action.workflow_id} was not accepted within "
+                f"{self.rpc_timeout.total_seconds():.0f}s (Temporal slow, or no worker "
+                "polling the task queue)",
+                event_id=action.event_id,
+            ) from exc
         handle = await start.workflow_handle()
+        # A rejected update comes back completed with a failure, without raising.
+        if update_rejected(update):
+            try:
+                await update.result()
+            except WorkflowUpdateFailedError as exc:
+                raise UpdateRejectedError(
+                    f"update {action.update} of {action.workflow_id} rejected: "
+                    f"{_failure_message(exc)}",
+                    event_id=action.event_id,
+                ) from exc
         return self._result(Outcome.UPDATED, action, handle.result_run_id, update.id)
 
-    async def _close(self, action: Action, *, cancel: bool) -> Result:
-        handle = self.client.get_workflow_handle(action.workflow_id)
+    # --- signals, cancels, terminates --------------------------------------------------
+
+    async def _signal(self, action: Action, event: Event) -> Result:
+        for _ in range(SIGNAL_ATTEMPTS):
+            target = await self._target(action, event)
+            if target is None:
+                raise ActionRejectedError(
+                    f"no workflow {action.workflow_id} to signal", event_id=action.event_id
+                )
+            if target.status is not WorkflowExecutionStatus.RUNNING:
+                return await self._closed(action, target)
+            handle = self.client.get_workflow_handle(action.workflow_id, run_id=target.run_id)
+            try:
+                await handle.signal(
+                    action.signal or "", *action.message, rpc_timeout=self.rpc_timeout
+                )
+            except RPCError as exc:
+                if exc.status is not RPCStatusCode.NOT_FOUND or _namespace_missing(exc):
+                    raise
+                continue  # the run closed or continued as new since: look again
+            return self._result(Outcome.SIGNALLED, action, target.run_id)
+        raise TransientError(
+            f"workflow {action.workflow_id} kept changing runs while being signalled",
+            event_id=action.event_id,
+        )
+
+    async def _close(self, action: Action, event: Event, *, cancel: bool) -> Result:
+        target = await self._target(action, event)
+        if target is None:
+            raise ActionRejectedError(
+                f"no workflow {action.workflow_id} to {action.kind.value}",
+                event_id=action.event_id,
+            )
+        if target.status is not WorkflowExecutionStatus.RUNNING:
+            # Already closed: the effect the event asks for is already there.
+            return self._duplicate(action, target.run_id, "already closed")
+        handle = self.client.get_workflow_handle(action.workflow_id, run_id=target.run_id)
         try:
             if cancel:
                 await handle.cancel(rpc_timeout=self.rpc_timeout)
             else:
                 await handle.terminate(reason=action.reason, rpc_timeout=self.rpc_timeout)
         except RPCError as exc:
-            if exc.status is RPCStatusCode.NOT_FOUND and await self._exists(action.workflow_id):
-                # Already closed: the effect the event asks for is already there.
-                return self._duplicate(action, None, "already closed")
+            if exc.status is RPCStatusCode.NOT_FOUND and not _namespace_missing(exc):
+                return self._duplicate(action, target.run_id, "already closed")
             raise
-        return self._result(Outcome.CANCELLED if cancel else Outcome.TERMINATED, action)
+        outcome = Outcome.CANCELLED if cancel else Outcome.TERMINATED
+        return self._result(outcome, action, target.run_id)
 
-    async def _exists(self, workflow_id: str) -> bool:
-        try:
-            await self.client.get_workflow_handle(workflow_id).describe(
-                rpc_timeout=self.rpc_timeout
-            )
-        except RPCError as exc:
-            if exc.status is RPCStatusCode.NOT_FOUND:
+    # --- closed workflows ----------------------------------------------------------------
+
+    async def _closed(self, action: Action, target: WorkflowExecutionDescription) -> Result:
+        """A signal or update for a closed workflow: a duplicate if the workflow had
+        received this event, else ``WorkflowClosedError``."""
+        if await self._received(action, target):
+            return self._duplicate(action, target.run_id, "already received")
+        status = target.status.name.lower() if target.status else "closed"
+        raise WorkflowClosedError(
+            f"workflow {action.workflow_id} is {status}; it never received event {action.event_id}",
+            event_id=action.event_id,
+        )
+
+    async def _received(self, action: Action, target: WorkflowExecutionDescription) -> bool:
+        """Whether a run of the workflow (this one, or one it continued from) received the
+        event: its signal carrying the event id, or its update with the event id as id."""
+        run_id: str | None = target.run_id
+        for _ in range(MAX_RUNS_SEARCHED):
+            if not run_id:
                 return False
-            raise
-        return True
+            handle = self.client.get_workflow_handle(action.workflow_id, run_id=run_id)
+            previous: str | None = None
+            async for item in handle.fetch_history_events(rpc_timeout=self.rpc_timeout):
+                if item.HasField("workflow_execution_started_event_attributes"):
+                    previous = (
+                        item.workflow_execution_started_event_attributes.continued_execution_run_id
+                    )
+                elif await self._carries_event(item, action):
+                    return True
+            run_id = previous
+        return False
+
+    async def _carries_event(self, item: HistoryEvent, action: Action) -> bool:
+        if action.kind is ActionKind.UPDATE_WITH_START:
+            if item.HasField("workflow_execution_update_accepted_event_attributes"):
+                accepted = item.workflow_execution_update_accepted_event_attributes
+                return accepted.accepted_request.meta.update_id == action.event_id
+            return False
+        if not item.HasField("workflow_execution_signaled_event_attributes"):
+            return False
+        signalled = item.workflow_execution_signaled_event_attributes
+        if signalled.signal_name != action.signal or not signalled.input.payloads:
+            return False
+        try:
+            values = await self.client.data_converter.decode(list(signalled.input.payloads[:1]))
+        except Exception:  # a payload we cannot read is not this event's
+            return False
+        first = values[0] if values else None
+        return isinstance(first, dict) and first.get("event_id") == action.event_id
+
+    # --- errors ------------------------------------------------------------------------
+
+    async def _classify(self, exc: RPCError, action: Action) -> Exception:
+        if exc.status is RPCStatusCode.RESOURCE_EXHAUSTED and not _throttled(exc):
+            # Not Temporal's own limits (those say why): gRPC refuses messages over its
+            # size limit with the same code. Such a request fails the same way every time.
+            size = await self._payload_bytes(action)
+            if size > GRPC_MAX_MESSAGE_BYTES:
+                return PayloadTooLargeError(
+                    f"{action.kind.value} of {action.workflow_id} carries {size:,} bytes of "
+                    f"payloads, over the {GRPC_MAX_MESSAGE_BYTES:,}-byte gRPC message limit",
+                    event_id=action.event_id,
+                )
+        return classify(exc, action)
+
+    async def _payload_bytes(self, action: Action) -> int:
+        """Bytes of the arguments and message the action sends, as the client encodes them."""
+        values = [*action.args, *action.message, *action.memo.values()]
+        if not values:
+            return 0
+        payloads = await self.client.data_converter.encode(values)
+        return sum(p.ByteSize() for p in payloads)
+
+
+GRPC_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+"""gRPC's default limit on one message, which Temporal's frontend keeps."""
+SIGNAL_ATTEMPTS = 5
+"""Runs a signal follows when the workflow continues as new under it."""
+MAX_RUNS_SEARCHED = 20
+"""Runs of a continue-as-new chain searched for an event a closed workflow received."""
+
+
+def check_tenant(target: WorkflowExecution, action: Action, event: Event) -> None:
+    """``TenantMismatchError`` unless the workflow's ``KtbTenantId`` is the event's tenant."""
+    check_tenant_id(target.typed_search_attributes.get(attributes.TENANT_ID), action, event)
+
+
+def check_tenant_id(owner: str | None, action: Action, event: Event) -> None:
+    """``TenantMismatchError`` unless ``owner`` (a workflow's tenant) is the event's tenant.
+
+    A workflow without ``KtbTenantId`` belongs to no tenant: only events without a
+    tenant reach it. The message does not say whose the workflow is.
+    """
+    if owner != event.tenant_id:
+        raise TenantMismatchError(
+            f"workflow {action.workflow_id} does not belong to the event's tenant "
+            f"({event.tenant_id or 'none'}); nothing was done",
+            event_id=action.event_id,
+        )
+
+
+def update_rejected(update: WorkflowUpdateHandle[Any]) -> bool:
+    """Whether a started update came back already completed with a failure (rejected).
+
+    The SDK keeps the outcome it received with the start; reading it makes no call.
+    """
+    outcome = getattr(update, "_known_outcome", None)
+    return outcome is not None and outcome.HasField("failure")
+
+
+def _failure_message(exc: WorkflowUpdateFailedError) -> str:
+    cause = exc.cause
+    if isinstance(cause, ApplicationError):
+        return cause.message
+    return str(cause) or type(cause).__name__
+
+
+def _throttled(exc: RPCError) -> bool:
+    """RESOURCE_EXHAUSTED from Temporal's limits carries a ``ResourceExhaustedFailure``."""
+    details = exc.grpc_status.details
+    return any(d.Is(ResourceExhaustedFailure.DESCRIPTOR) for d in details)
+
+
+def _reraise_cancellation(exc: BaseException) -> None:
+    """temporalio turns a task's cancellation during an update into an error of its own;
+    when this task is being cancelled, cancellation is what must go on."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError() from exc
 
 
 def describe_result(result: Result) -> Mapping[str, Any]:

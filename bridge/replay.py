@@ -38,12 +38,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 from temporalio.api.workflowservice.v1 import ListWorkflowExecutionsRequest
 from temporalio.client import Client
+from temporalio.converter import PayloadConverter
 from temporalio.service import RPCError, RPCStatusCode
 
 from bridge import kafka
 from bridge.admin import stop_consumer
+from bridge.attributes import TENANT_ID
 from bridge.codec import SchemaCatalog
-from bridge.dispatch import Dispatcher, Outcome, Result
+from bridge.dispatch import Dispatcher, Outcome, Result, check_tenant_id
 from bridge.dlq import DeadLetterPublisher, RecordLike
 from bridge.envelope import TENANT, Event, ce_attribute
 from bridge.errors import BridgeError, InvalidRequestError, TransientError
@@ -684,6 +686,17 @@ LOOKUP_WINDOW_S = 0.002
 LOOKUP_QUERIES = 2
 
 
+@dataclass(frozen=True)
+class Known:
+    """A workflow visibility lists: its latest run and the tenant it belongs to."""
+
+    run_id: str
+    tenant: str | None
+
+
+_PAYLOADS = PayloadConverter.default
+
+
 class KnownWorkflows:
     """Finds which workflow ids exist, many per visibility query (``WorkflowId IN (...)``).
 
@@ -711,16 +724,16 @@ class KnownWorkflows:
         self.window_s = window_s
         self.queries = queries
         self.enabled = True
-        self._waiting: dict[str, list[asyncio.Future[str | None]]] = {}
+        self._waiting: dict[str, list[asyncio.Future[Known | None]]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._running: set[asyncio.Task[None]] = set()
 
-    async def run_id(self, workflow_id: str) -> str | None:
-        """The latest run id of ``workflow_id`` if visibility lists it, else ``None``."""
+    async def lookup(self, workflow_id: str) -> Known | None:
+        """The latest run of ``workflow_id`` and its tenant if visibility lists it."""
         if not self.enabled or "'" in workflow_id or "\\" in workflow_id:
             return None
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[str | None] = loop.create_future()
+        future: asyncio.Future[Known | None] = loop.create_future()
         self._waiting.setdefault(workflow_id, []).append(future)
         if len(self._running) < self.queries:
             if len(self._waiting) >= self.batch:
@@ -744,14 +757,14 @@ class KnownWorkflows:
         self._running.discard(task)
         self._flush()
 
-    async def _listed(self, query: str, page_size: int) -> dict[str, str | None]:
-        """Workflow id -> latest run id of the executions ``query`` lists.
+    async def _listed(self, query: str, page_size: int) -> dict[str, Known]:
+        """Workflow id -> latest run (and its tenant) of the executions ``query`` lists.
 
         The raw RPC rather than ``Client.list_workflows``, which decodes every
         execution's memo and search attributes: most of a replay's CPU when each
-        row only needs its ids.
+        row only needs its ids and one attribute.
         """
-        found: dict[str, str | None] = {}
+        found: dict[str, Known] = {}
         request = ListWorkflowExecutionsRequest(
             namespace=self.client.namespace, query=query, page_size=page_size
         )
@@ -759,13 +772,19 @@ class KnownWorkflows:
             page = await self.client.workflow_service.list_workflow_executions(request, retry=True)
             for info in page.executions:
                 # Newest first: the first run listed is the one a start would meet.
-                found.setdefault(info.execution.workflow_id, info.execution.run_id)
+                workflow_id = info.execution.workflow_id
+                if workflow_id not in found:
+                    tenant = info.search_attributes.indexed_fields.get(TENANT_ID.name)
+                    found[workflow_id] = Known(
+                        info.execution.run_id,
+                        _PAYLOADS.from_payload(tenant, str) if tenant is not None else None,
+                    )
             if not page.next_page_token:
                 return found
             request.next_page_token = page.next_page_token
 
-    async def _query(self, waiting: dict[str, list[asyncio.Future[str | None]]]) -> None:
-        found: dict[str, str | None] = {}
+    async def _query(self, waiting: dict[str, list[asyncio.Future[Known | None]]]) -> None:
+        found: dict[str, Known] = {}
         try:
             if self.enabled:
                 ids = ",".join(f"'{workflow_id}'" for workflow_id in waiting)
@@ -817,9 +836,10 @@ class ReplayDispatcher(Dispatcher):
             and action.id_reuse_policy == "reject_duplicate"
             and action.on_duplicate == "ignore"
         ):
-            run_id = await self.known.run_id(action.workflow_id)
-            if run_id is not None:
-                return self._result(Outcome.DUPLICATE, action, run_id, "already exists")
+            known = await self.known.lookup(action.workflow_id)
+            if known is not None:
+                check_tenant_id(known.tenant, action, event)
+                return self._result(Outcome.DUPLICATE, action, known.run_id, "already exists")
         async with self._actions:
             return await super().execute(action, event)
 

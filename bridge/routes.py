@@ -63,6 +63,12 @@ class RouteSpec(BaseModel):
     search_attributes: dict[str, str] = Field(default_factory=dict)
     memo: dict[str, str] = Field(default_factory=dict)
     reason: str = "{type} {id}"
+    tenant_scoped_ids: bool = Field(
+        True,
+        description="Prefix workflow ids with the event's tenant (`<tenant>:<id>`) when the "
+        "event has one; false only where ids already name their tenant or for workflows "
+        "started before scoping (the target's tenant is checked either way)",
+    )
 
     @model_validator(mode="after")
     def _required_per_action(self) -> RouteSpec:
@@ -246,6 +252,19 @@ class Action:
     reason: str = ""
 
 
+TENANT_SEPARATOR = ":"
+"""Between the tenant and the routed id in a tenant-scoped workflow id (``acme:order-1``)."""
+
+
+def scoped_workflow_id(tenant: str | None, workflow_id: str) -> str:
+    """``workflow_id`` in the namespace of ``tenant``: two tenants' ids never collide.
+
+    Tenant ids cannot contain the separator (``bridge.envelope.TENANT_PATTERN``), so the
+    part before the first ``:`` always names the tenant.
+    """
+    return f"{tenant}{TENANT_SEPARATOR}{workflow_id}" if tenant else workflow_id
+
+
 def bridge_signal(event: Event, payload: Any) -> dict[str, Any]:
     """The single argument every bridge signal and update carries.
 
@@ -308,7 +327,7 @@ class CompiledRoute:
         """Build the action for an event that matched this route."""
         spec = self.spec
         try:
-            workflow_id = self.workflow_id.render(context) + id_suffix
+            workflow_id = self.workflow_id.render(context)
             args = tuple(_lookup(context, p) for p in self.arg_paths)
             extra_sa = {k: t.render(context) for k, t in self.search_attributes.items()}
             memo = {k: t.render(context) for k, t in self.memo.items()}
@@ -317,6 +336,9 @@ class CompiledRoute:
             raise RouteError(
                 f"route {self.name!r}: event has no value for field {exc.args[0]!r}"
             ) from exc
+        if spec.tenant_scoped_ids:
+            workflow_id = scoped_workflow_id(event.tenant_id, workflow_id)
+        workflow_id += id_suffix
         kind = spec.action
         message: tuple[Any, ...] = ()
         if kind in (ActionKind.SIGNAL, ActionKind.SIGNAL_WITH_START, ActionKind.UPDATE_WITH_START):

@@ -21,6 +21,7 @@ from bridge.errors import InvalidRequestError
 from bridge.redrive import LetterRef, letter_of
 from bridge.replay import (
     Bound,
+    Known,
     KnownWorkflows,
     PartitionRange,
     ReplayMode,
@@ -217,44 +218,45 @@ async def test_lookups_are_batched_and_shrink_when_the_server_rejects_them() -> 
     known = KnownWorkflows(visibility, batch=100, window_s=0.001)  # type: ignore[arg-type]
     ids = [f"a{n}" for n in range(100)]
     # The first batch is rejected: every id falls back to acting (None), the batch halves.
-    assert set(await asyncio.gather(*(known.run_id(i) for i in ids))) == {None}
+    assert set(await asyncio.gather(*(known.lookup(i) for i in ids))) == {None}
     assert visibility.queries == [100] and known.batch == 50
-    await asyncio.gather(*(known.run_id(i) for i in ids))
+    await asyncio.gather(*(known.lookup(i) for i in ids))
     assert known.batch == 25
-    found = await asyncio.gather(*(known.run_id(i) for i in ids))
-    assert found[1] == "run-a1" and found[3] == "run-a3" and found.count(None) == 98
+    found = await asyncio.gather(*(known.lookup(i) for i in ids))
+    assert found[1] == Known("run-a1", None) and found[3] == Known("run-a3", None)
+    assert found.count(None) == 98
     assert visibility.queries[-4:] == [25, 25, 25, 25]
-    assert await known.run_id("it's") is None  # not quotable: never queried
+    assert await known.lookup("it's") is None  # not quotable: never queried
 
 
 async def test_lookups_stop_when_visibility_cannot_answer_them() -> None:
     visibility = _Visibility(set(), max_ids=0)
     known = KnownWorkflows(visibility, batch=30, window_s=0.001)  # type: ignore[arg-type]
     for _ in range(3):
-        await asyncio.gather(*(known.run_id(f"b{n}") for n in range(30)))
+        await asyncio.gather(*(known.lookup(f"b{n}") for n in range(30)))
     assert not known.enabled
     asked = len(visibility.queries)
-    assert await known.run_id("b1") is None and len(visibility.queries) == asked
+    assert await known.lookup("b1") is None and len(visibility.queries) == asked
 
 
 async def test_lookups_read_every_page_and_take_the_newest_run() -> None:
     existing = {f"p{n}" for n in range(0, 60, 2)}
     visibility = _Visibility(existing, max_ids=100, page=7)
     known = KnownWorkflows(visibility, batch=100, window_s=0.001)  # type: ignore[arg-type]
-    found = await asyncio.gather(*(known.run_id(f"p{n}") for n in range(60)))
+    found = await asyncio.gather(*(known.lookup(f"p{n}") for n in range(60)))
     assert visibility.queries == [60]
-    assert found == [f"run-p{n}" if n % 2 == 0 else None for n in range(60)]
+    assert found == [Known(f"run-p{n}", None) if n % 2 == 0 else None for n in range(60)]
 
 
 async def test_ids_asked_for_while_every_query_runs_go_out_together() -> None:
     visibility = _Visibility({"q3", "q50"}, max_ids=100)
     visibility.release = asyncio.Event()
     known = KnownWorkflows(visibility, batch=40, window_s=0.001, queries=2)  # type: ignore[arg-type]
-    first = [asyncio.create_task(known.run_id(f"q{n}")) for n in range(2)]
+    first = [asyncio.create_task(known.lookup(f"q{n}")) for n in range(2)]
     await asyncio.sleep(0.01)  # q0 and q1 went out within one window: one query
-    second = [asyncio.create_task(known.run_id(f"q{n}")) for n in range(2, 4)]
+    second = [asyncio.create_task(known.lookup(f"q{n}")) for n in range(2, 4)]
     await asyncio.sleep(0.01)  # a second query, and with it every slot is taken
-    rest = [asyncio.create_task(known.run_id(f"q{n}")) for n in range(4, 100)]
+    rest = [asyncio.create_task(known.lookup(f"q{n}")) for n in range(4, 100)]
     await asyncio.sleep(0.01)
     assert visibility.queries == [2, 2] and visibility.running == 2
     visibility.release.set()
@@ -262,4 +264,5 @@ async def test_ids_asked_for_while_every_query_runs_go_out_together() -> None:
     # The 96 that waited went out in batches of at most 40, never more than 2 at once.
     assert visibility.queries == [2, 2, 40, 40, 16]
     assert visibility.most_running == 2
-    assert found[3] == "run-q3" and found[50] == "run-q50" and found.count(None) == 98
+    assert found[3] == Known("run-q3", None) and found[50] == Known("run-q50", None)
+    assert found.count(None) == 98

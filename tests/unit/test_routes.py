@@ -38,9 +38,29 @@ def test_start_action() -> None:
     action = Router(config(START)).route(event())
     assert action is not None
     assert action.kind is ActionKind.START
-    assert action.workflow_id == "order-o-1"
+    assert action.workflow_id == "acme:order-o-1"
     assert action.args == (order_data("o-1"),)
     assert action.event_id == "evt-1"
+
+
+def test_workflow_ids_are_scoped_by_the_events_tenant() -> None:
+    router = Router(config(START))
+    acme = router.route(event())
+    globex = router.route(event(tenant_id="globex"))
+    nobody = router.route(event(tenant_id=None))
+    assert acme is not None and globex is not None and nobody is not None
+    assert (acme.workflow_id, globex.workflow_id) == ("acme:order-o-1", "globex:order-o-1")
+    assert nobody.workflow_id == "order-o-1"
+
+
+def test_a_route_can_opt_out_of_tenant_scoped_ids() -> None:
+    action = Router(config({**START, "tenant_scoped_ids": False})).route(event())
+    assert action is not None and action.workflow_id == "order-o-1"
+
+
+def test_replay_suffix_follows_the_tenant_scope() -> None:
+    action = Router(config(START)).route(event(), id_suffix="-replay-g1")
+    assert action is not None and action.workflow_id == "acme:order-o-1-replay-g1"
 
 
 def test_condition_picks_the_first_matching_route() -> None:
