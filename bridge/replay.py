@@ -41,7 +41,7 @@ from temporalio.client import Client
 from temporalio.converter import PayloadConverter
 from temporalio.service import RPCError, RPCStatusCode
 
-from bridge import kafka
+from bridge import kafka, visibility
 from bridge.admin import stop_consumer
 from bridge.attributes import TENANT_ID
 from bridge.codec import SchemaCatalog
@@ -730,7 +730,7 @@ class KnownWorkflows:
 
     async def lookup(self, workflow_id: str) -> Known | None:
         """The latest run of ``workflow_id`` and its tenant if visibility lists it."""
-        if not self.enabled or "'" in workflow_id or "\\" in workflow_id:
+        if not self.enabled or not visibility.is_safe(workflow_id):
             return None
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Known | None] = loop.create_future()

@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
+from bridge import visibility
 from bridge.api import lookup, problems
 from bridge.api.auth import Caller
 from bridge.api.inbound import JSON, STRUCTURED, extensions, parse_request
@@ -351,7 +352,7 @@ def _result(
 async def get_event(
     state: State,
     caller: CallerDep,
-    event_id: Annotated[str, Path(min_length=1, max_length=256)],
+    event_id: Annotated[str, Path(min_length=1, max_length=256, pattern=visibility.PATTERN)],
 ) -> EventView:
     """Everything known about one event; another tenant's event is a 404."""
     handlings = state.index.handlings(event_id)

@@ -1,7 +1,9 @@
 """Reading processes from Temporal: describe, progress, result, visibility listing.
 
-Temporal being unreachable is a 503 problem; a workflow that does not exist is
-``None`` (the routers answer 404).
+Temporal being unreachable is a 503 problem; a request Temporal refuses as invalid
+is a 422; a workflow that does not exist is ``None`` (the routers answer 404). The
+server's own error text is logged, never answered: it can carry the visibility
+store's SQL errors and the request's values.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import logging
+import zlib
 from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -27,7 +31,7 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError, TemporalError
 from temporalio.service import RPCError, RPCStatusCode
 
-from bridge import attributes
+from bridge import attributes, visibility
 from bridge.api.models import Failure, ProcessStatus, ProcessSummary
 from bridge.api.problems import Problem
 from bridge.workflow import PROGRESS_QUERY
@@ -53,23 +57,37 @@ VISIBILITY_STATUS = {
     ProcessStatus.TIMED_OUT: "TimedOut",
 }
 RPC_TIMEOUT = timedelta(seconds=10)
+REFUSED = frozenset({RPCStatusCode.INVALID_ARGUMENT, RPCStatusCode.OUT_OF_RANGE})
+"""Codes by which Temporal refuses the request itself: the caller's problem, not an outage."""
+PAGE_TOKEN_VERSION = b"\x01"
+log = logging.getLogger("ktb.api.temporal")
 
 
 def unavailable(exc: BaseException) -> Problem:
-    """The 503 problem for Temporal being unreachable or failing."""
-    return Problem(503, "temporal-unavailable", f"Temporal did not answer: {exc}")
+    """The 503 problem for Temporal being unreachable or failing; ``exc`` is logged only."""
+    log.warning("Temporal call failed: %s", exc)
+    return Problem(503, "temporal-unavailable", "Temporal did not answer; try again later")
+
+
+def refused(exc: RPCError) -> Problem:
+    """The 422 problem for a request Temporal refuses as invalid; ``exc`` is logged only."""
+    log.warning("Temporal refused a request as invalid: %s", exc)
+    return Problem(
+        422, "invalid-request", "Temporal refused the request as invalid; check ids and filters"
+    )
+
+
+def problem_of(exc: RPCError) -> Problem:
+    """A 422 for a request Temporal refuses, else a 503; never with the server's text."""
+    return refused(exc) if exc.status in REFUSED else unavailable(exc)
 
 
 async def call(awaitable: Awaitable[T]) -> T:
-    """Await a Temporal call; unreachable or failing Temporal becomes a 503 problem."""
+    """Await a Temporal call; a failing call becomes a problem (``problem_of``)."""
     try:
         return await awaitable
     except RPCError as exc:
-        if exc.status is RPCStatusCode.INVALID_ARGUMENT:
-            raise Problem(
-                400, "bad-request", f"Temporal rejected the request: {exc.message}"
-            ) from exc
-        raise unavailable(exc) from exc
+        raise problem_of(exc) from exc
 
 
 def status_of(execution: WorkflowExecution) -> ProcessStatus | None:
@@ -113,12 +131,11 @@ async def describe(
     """The execution's description, or ``None`` if there is no such workflow."""
     handle = client.get_workflow_handle(workflow_id, run_id=run_id)
     try:
-        return await call(handle.describe(rpc_timeout=RPC_TIMEOUT))
-    except Problem as problem:
-        cause = problem.__cause__
-        if isinstance(cause, RPCError) and cause.status is RPCStatusCode.NOT_FOUND:
+        return await handle.describe(rpc_timeout=RPC_TIMEOUT)
+    except RPCError as exc:
+        if exc.status is RPCStatusCode.NOT_FOUND:
             return None
-        raise
+        raise problem_of(exc) from exc
 
 
 async def progress(
@@ -163,10 +180,15 @@ def failure_of(exc: WorkflowFailureError) -> Failure:
 
 
 def literal(value: str) -> str:
-    """A visibility query string literal; quotes and backslashes are refused upstream."""
-    if any(c in value for c in "'\"\\\n\r"):
-        raise Problem(422, "validation-error", "quotes and backslashes are not allowed here")
-    return f"'{value}'"
+    """A visibility query string literal; a value ``visibility.is_safe`` refuses is a 422.
+
+    The routes declare the same rule on their parameters (``visibility.PATTERN``),
+    so this only answers for values that reach a query some other way.
+    """
+    try:
+        return visibility.literal(value)
+    except visibility.UnsafeValueError as exc:
+        raise Problem(422, "validation-error", f"not a value Temporal can query: {exc}") from exc
 
 
 def visibility_query(
@@ -194,8 +216,6 @@ def visibility_query(
 
 async def find_by_event(client: Client, event_id: str) -> WorkflowExecution | None:
     """The workflow an event started, through visibility (``KtbEventId``)."""
-    if any(c in event_id for c in "'\"\\\n\r"):
-        return None
     page, _ = await list_page(client, visibility_query(event_id=event_id), 1, None)
     return page[0] if page else None
 
@@ -204,19 +224,38 @@ async def list_page(
     client: Client, query: str, page_size: int, page_token: str | None
 ) -> tuple[list[WorkflowExecution], str | None]:
     """One page of a visibility listing and the token of the next one."""
-    token: bytes | None = None
-    if page_token:
-        try:
-            token = base64.b64decode(page_token.encode(), altchars=b"-_", validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise Problem(422, "validation-error", "page_token is not a token we issued") from exc
+    token = decode_page_token(page_token) if page_token else None
     iterator = client.list_workflows(
         query or None, page_size=page_size, next_page_token=token, rpc_timeout=RPC_TIMEOUT
     )
     await call(iterator.fetch_next_page())
     items = list(iterator.current_page or ())
     next_token = iterator.next_page_token
-    return items, base64.urlsafe_b64encode(next_token).decode() if next_token else None
+    return items, encode_page_token(next_token) if next_token else None
+
+
+def encode_page_token(token: bytes) -> str:
+    """Temporal's next-page token as the API hands it out: versioned and checksummed."""
+    framed = PAGE_TOKEN_VERSION + zlib.crc32(token).to_bytes(4, "big") + token
+    return base64.urlsafe_b64encode(framed).decode()
+
+
+def decode_page_token(text: str) -> bytes:
+    """The Temporal token inside a ``page_token``; a 422 for anything the API did not issue.
+
+    Temporal answers a token it cannot read with UNKNOWN, retried until the RPC
+    times out: without the checksum a mistyped token would look like an outage.
+    The checksum catches mistakes, it is no signature; a forged token still only
+    pages through the caller's own (tenant-filtered) query.
+    """
+    try:
+        raw = base64.b64decode(text.encode(), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise Problem(422, "validation-error", "page_token is not a token we issued") from exc
+    version, check, token = raw[:1], raw[1:5], raw[5:]
+    if version != PAGE_TOKEN_VERSION or check != zlib.crc32(token).to_bytes(4, "big"):
+        raise Problem(422, "validation-error", "page_token is not a token we issued")
+    return token
 
 
 async def wait_closed(client: Client, workflow_id: str, run_id: str | None, timeout: float) -> bool:
@@ -229,5 +268,5 @@ async def wait_closed(client: Client, workflow_id: str, run_id: str | None, time
     except (WorkflowFailureError, WorkflowContinuedAsNewError):
         return True
     except RPCError as exc:
-        raise unavailable(exc) from exc
+        raise problem_of(exc) from exc
     return True

@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bridge import visibility
+
 
 class ProcessStatus(StrEnum):
     """A workflow execution's status, as Temporal reports it."""
@@ -196,7 +198,14 @@ class StructuredEvent(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     specversion: str = Field("1.0", pattern=r"^1\.0$")
-    id: str | None = Field(None, min_length=1, max_length=256, description="Default: a new UUID")
+    id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        pattern=visibility.PATTERN,
+        description="Default: a new UUID. No control characters, quotes or backslashes "
+        "(`GET /events/{id}` could not look it up)",
+    )
     type: str = Field(min_length=1, max_length=256, description="The event type (Avro full name)")
     source: str | None = Field(None, min_length=1, max_length=1024, description="Default: ktb-api")
     subject: str | None = Field(None, max_length=1024)

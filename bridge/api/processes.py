@@ -11,6 +11,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
 from temporalio.client import WorkflowExecution, WorkflowExecutionStatus
 
+from bridge import visibility
 from bridge.api import lookup, problems
 from bridge.api.auth import Caller
 from bridge.api.events import published_events
@@ -22,8 +23,9 @@ router = APIRouter(tags=["processes"])
 
 HEARTBEAT_S = 15.0
 """A comment line this often keeps idle streams open through proxies."""
-NO_QUOTES = r"^[^'\"\\\r\n]*$"
-WorkflowId = Annotated[str, Path(min_length=1, max_length=1000)]
+WorkflowId = Annotated[
+    str, Path(min_length=1, max_length=visibility.MAX_CHARS, pattern=visibility.PATTERN)
+]
 
 
 async def visible_execution(state: ApiState, caller: Caller, workflow_id: str) -> WorkflowExecution:
@@ -68,14 +70,17 @@ async def list_processes(
     state: State,
     caller: CallerDep,
     type: Annotated[
-        str | None, Query(max_length=256, pattern=NO_QUOTES, description="Workflow type")
+        str | None, Query(max_length=256, pattern=visibility.PATTERN, description="Workflow type")
     ] = None,
     status: Annotated[ProcessStatus | None, Query(description="Execution status")] = None,
     tenant: Annotated[
-        str | None, Query(max_length=256, pattern=NO_QUOTES, description="Tenant id")
+        str | None, Query(max_length=256, pattern=visibility.PATTERN, description="Tenant id")
     ] = None,
     key: Annotated[
-        str | None, Query(max_length=1024, pattern=NO_QUOTES, description="Business key")
+        str | None,
+        Query(
+            max_length=visibility.MAX_CHARS, pattern=visibility.PATTERN, description="Business key"
+        ),
     ] = None,
     page_size: Annotated[int, Query(ge=1, le=1000)] = 50,
     page_token: Annotated[

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest_asyncio
@@ -16,6 +17,9 @@ from tests.support import eventually, order_data, running_api
 
 KEY = "errors-key"
 CE_JSON = {"Content-Type": "application/cloudevents+json"}
+UNQUERYABLE = ["\x00", "\x01", "\x1f", "\x7f", "\x85", "'", '"', "\\", "a\x00b", "k" * 2000]
+"""Values Temporal's visibility query language cannot carry (or over-long ones)."""
+SERVER_TEXT = ("SQL", "operation failed", "unrecognized token", "Temporal rejected")
 
 
 @pytest_asyncio.fixture
@@ -185,3 +189,44 @@ async def test_openapi_documents_every_route_and_error(http):
             if path.startswith(("/events", "/processes")):
                 assert "401" in errors, (method, path)
                 assert "422" in errors, (method, path)
+
+
+def assert_no_server_text(response: httpx.Response) -> None:
+    """The answer carries none of a Temporal server's own error text."""
+    for text in SERVER_TEXT:
+        assert text not in response.text, response.text
+
+
+async def test_values_temporal_cannot_query_are_refused_at_the_edge(http):
+    # Found by schemathesis: a NUL reached the visibility store's SQL and came back
+    # as "503 temporal-unavailable" with the store's error text.
+    for value in UNQUERYABLE:
+        for params in (
+            {"status": "running", "key": value},
+            {"key": value},
+            {"type": value},
+            {"tenant": value},
+        ):
+            response = await http.get("/processes", params=params)
+            assert_problem(response, 422, "validation-error")
+            assert_no_server_text(response)
+        escaped = quote(value, safe="")
+        for path in (f"/events/{escaped}", f"/processes/{escaped}", f"/processes/{escaped}/stream"):
+            response = await http.get(path)
+            assert_problem(response, 422, "validation-error")
+            assert_no_server_text(response)
+    # An event id the API could not look up is not accepted either.
+    response = await http.post("/events", content=event(id="evt\x00"), headers=CE_JSON)
+    assert_problem(response, 422)
+    # Fine values still reach Temporal and answer as before.
+    listing = await http.get("/processes", params={"status": "running", "key": "o-\u00e9 x%_"})
+    assert listing.status_code == 200, listing.text
+    assert_problem(await http.get("/events/" + quote("evt-\u00e9 1", safe="")), 404)
+
+
+async def test_a_page_token_the_api_did_not_issue_is_a_422_not_an_outage(http):
+    # Temporal answers UNKNOWN ("please retry") to a token it cannot read.
+    for token in ("AAAA", "Z2FyYmFnZQ=="):
+        response = await http.get("/processes", params={"page_token": token})
+        assert_problem(response, 422, "validation-error")
+        assert_no_server_text(response)

@@ -4,6 +4,14 @@
 operation gets generated valid and invalid requests. No response may be a 5xx,
 and every response must match the documented status codes, content types and
 schemas. The run is bounded by a fixed number of examples per operation.
+
+Besides generated requests, every parameter that ends up in a Temporal
+visibility query (or names a workflow or event) is sent explicitly with values
+that query language cannot carry: control characters, quotes, backslashes,
+over-long values. Schemathesis once found that a NUL in ``key`` reached the
+visibility store's SQL and came back as a 503 with the store's error text;
+such values must be refused (4xx) and no response may carry a server's own
+error text.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, Phase, given
+from hypothesis import HealthCheck, Phase, example, given
 from hypothesis import settings as hypothesis_settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -30,6 +38,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from bridge import visibility
 from bridge.api.auth import hash_key
 from bridge.settings import REPO_ROOT, Settings
 from bridge.stack import free_port
@@ -37,12 +46,41 @@ from tests.support import eventually
 
 KEY = "fuzz-key"
 EXAMPLES = {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 10}
+UNQUERYABLE = ["\x00", "\x01", "\x7f", "\x9f", "'", '"', "\\", "a\nb", "k" * 2000]
+"""Values Temporal's visibility query language cannot carry safely."""
+QUERIED = frozenset({"key", "type", "tenant", "event_id", "workflow_id"})
+"""Parameters that reach a visibility query or name a workflow or event."""
+SERVER_TEXT = ("SQL", "operation failed", "unrecognized token", "Temporal rejected", "Traceback")
+
+
+def no_server_text(ctx: object, response: schemathesis.Response, case: schemathesis.Case) -> None:
+    """No answer carries a server's own error text (Temporal's, a visibility store's)."""
+    for text in SERVER_TEXT:
+        assert text not in response.text, f"{text!r} leaked: {response.text[:500]}"
+
+
+def unqueryable_refused(
+    ctx: object, response: schemathesis.Response, case: schemathesis.Case
+) -> None:
+    """A request carrying a value visibility cannot query is refused: a 4xx, not an outage."""
+    values = {**(case.query or {}), **(case.path_parameters or {})}
+    unsafe = [
+        name
+        for name, value in values.items()
+        if name in QUERIED and isinstance(value, str) and not visibility.is_safe(value)
+    ]
+    if unsafe:
+        assert 400 <= response.status_code < 500, (unsafe, response.status_code, response.text)
+
+
 CONFORMANCE = [
     not_a_server_error,
     status_code_conformance,
     content_type_conformance,
     response_schema_conformance,
     response_headers_conformance,
+    no_server_text,
+    unqueryable_refused,
 ]
 
 
@@ -146,7 +184,27 @@ def fuzz(
         response = case.call(base_url=base_url, timeout=15)
         case.validate_response(response, checks=checks)
 
+    if mode is GenerationMode.POSITIVE:
+        for case in unqueryable_cases(operation, headers):
+            run = example(case=case)(run)
     run()
+
+
+def unqueryable_cases(
+    operation: schemathesis.APIOperation, headers: dict[str, str]
+) -> list[schemathesis.Case]:
+    """Explicit requests putting each ``UNQUERYABLE`` value in each ``QUERIED`` parameter."""
+    path = {p.name for p in operation.path_parameters} & QUERIED
+    query = {p.name for p in operation.query} & QUERIED
+    cases = []
+    for value in UNQUERYABLE:
+        for name in sorted(path):
+            cases.append(operation.Case(path_parameters={name: value}, headers=headers))
+        for name in sorted(query):
+            cases.append(operation.Case(query={name: value}, headers=headers))
+            # The request schemathesis first found: a status filter and a NUL key.
+            cases.append(operation.Case(query={"status": "running", name: value}, headers=headers))
+    return cases
 
 
 def requests_by_status(metrics_text: str) -> dict[str, float]:
