@@ -31,7 +31,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -822,8 +822,9 @@ class ReplayDispatcher(Dispatcher):
         actions: int,
         lookups: bool = True,
         known: KnownWorkflows | None = None,
+        rpc_timeout: timedelta = timedelta(seconds=10),
     ) -> None:
-        super().__init__(client)
+        super().__init__(client, rpc_timeout)
         self.known = known or KnownWorkflows(client)
         self.lookups = lookups
         self._actions = asyncio.Semaphore(actions)
@@ -883,7 +884,10 @@ async def replay_ingress(
     try:
         # Fresh ids are new by construction: only idempotent replays look them up first.
         dispatcher = ReplayDispatcher(
-            client, settings.replay_concurrency, lookups=request.mode is ReplayMode.IDEMPOTENT
+            client,
+            settings.replay_concurrency,
+            lookups=request.mode is ReplayMode.IDEMPOTENT,
+            rpc_timeout=timedelta(seconds=settings.temporal_rpc_timeout_s),
         )
         yield Ingress(
             catalog,

@@ -9,6 +9,7 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -151,7 +152,7 @@ async def open_bridge(settings: Settings, telemetry: Telemetry) -> AsyncIterator
         ingress = Ingress(
             catalog,
             router,
-            Dispatcher(client),
+            Dispatcher(client, timedelta(seconds=settings.temporal_rpc_timeout_s)),
             DeadLetterPublisher(producer),
             telemetry.metrics,
             provenance=ProvenanceWriter(provenance, settings.provenance_topic),

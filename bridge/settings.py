@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = "localhost:9092"
     temporal_address: str = "localhost:7233"
     temporal_namespace: str = "default"
+    temporal_rpc_timeout_s: float = Field(
+        10.0, gt=0, description="Deadline of each Temporal call the bridge makes for an event"
+    )
 
     schemas_dir: Path = REPO_ROOT / "schemas"
     routes_file: Path = REPO_ROOT / "routes.yaml"
@@ -41,6 +44,50 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(
         300.0, gt=0, description="How long a process keeps trying to reach Temporal at start"
     )
+
+    # The bridge's consumer group (bridge/consumer.py). A rebalance waits up to
+    # rebalance_timeout_s for every member to rejoin; a member learns of it at its next
+    # heartbeat and then finishes its revoked partitions within revoke_timeout_s, so a
+    # member is never expelled for being slow to let go (the validator keeps both
+    # well inside the rebalance timeout).
+    session_timeout_s: float = Field(
+        10.0, ge=1, description="A member without a heartbeat this long is dead to its group"
+    )
+    heartbeat_interval_s: float = Field(3.0, gt=0, description="Heartbeats to the group")
+    rebalance_timeout_s: float = Field(
+        60.0, gt=0, description="How long a rebalance waits for every member to rejoin"
+    )
+    revoke_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="Longest a member takes to give up revoked partitions: in-flight "
+        "actions finish or are abandoned, then the done prefix is committed",
+    )
+    commit_timeout_s: float = Field(
+        5.0, gt=0, description="Longest a revoke or a shutdown waits for an offset commit"
+    )
+    group_instance_id: str | None = Field(
+        None,
+        min_length=1,
+        description="Static group membership (KIP-345): a name unique to this replica and "
+        "stable across its restarts; a restart within session_timeout_s rebalances nothing",
+    )
+
+    @model_validator(mode="after")
+    def _rebalance_budget(self) -> Settings:
+        if self.heartbeat_interval_s * 3 > self.session_timeout_s:
+            raise ValueError(
+                "heartbeat_interval_s must be at most a third of session_timeout_s "
+                f"({self.heartbeat_interval_s} > {self.session_timeout_s} / 3)"
+            )
+        if self.heartbeat_interval_s + self.revoke_timeout_s > self.rebalance_timeout_s / 2:
+            raise ValueError(
+                "heartbeat_interval_s + revoke_timeout_s must be at most half of "
+                f"rebalance_timeout_s ({self.heartbeat_interval_s} + {self.revoke_timeout_s} > "
+                f"{self.rebalance_timeout_s} / 2): a member still giving up its partitions "
+                "when the rebalance times out is expelled, and its rejoin starts another"
+            )
+        return self
 
     source: str = "ktb"
     log_level: str = "INFO"

@@ -10,13 +10,14 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
@@ -234,7 +235,7 @@ async def running_bridge(
     ingress = Ingress(
         catalog,
         router,
-        Dispatcher(client),
+        Dispatcher(client, timedelta(seconds=settings.temporal_rpc_timeout_s)),
         DeadLetterPublisher(producer),
         metrics or Metrics(),
         provenance=ProvenanceWriter(producer, settings.provenance_topic) if provenance else None,
@@ -326,6 +327,16 @@ async def workflow_result(client: Client, workflow_id: str, timeout: float = 60.
 
     await eventually(exists, timeout)
     return await asyncio.wait_for(handle.result(), timeout)
+
+
+async def received(handle: WorkflowHandle[Any, Any]) -> list[int] | None:
+    """What a Recorder noted, or ``None`` while it does not exist yet."""
+    try:
+        return await handle.query("received")
+    except RPCError as exc:
+        if exc.status is RPCStatusCode.NOT_FOUND:
+            return None
+        raise
 
 
 @contextlib.asynccontextmanager

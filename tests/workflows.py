@@ -54,6 +54,12 @@ class Recorder(BridgeWorkflow):
         self.note(message)
         return len(self.received)
 
+    @add.validator
+    def validate_add(self, message: dict[str, Any]) -> None:
+        """Reject negative amounts before the update is accepted."""
+        if int((message.get("payload") or {}).get("amount_cents", 0)) < 0:
+            raise ValueError("amount_cents must not be negative")
+
     @workflow.query(name="received")
     def get_received(self) -> list[int]:
         """The sequence numbers noted so far."""
