@@ -16,11 +16,13 @@ from urllib.parse import quote
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
+from temporalio.client import WorkflowExecution
 
 from bridge import visibility
 from bridge.api import lookup, problems
 from bridge.api.auth import Caller
 from bridge.api.inbound import JSON, STRUCTURED, extensions, parse_request
+from bridge.api.index import primary_of
 from bridge.api.models import (
     EventAccepted,
     EventResult,
@@ -89,7 +91,7 @@ POST_OPENAPI: dict[str, Any] = {
 
 def event_url(event_id: str) -> str:
     """``/events/<event id>`` with the id escaped for a path."""
-    return "/events/" + quote(event_id, safe="")
+    return "/events/" + quote(event_id, safe=":")
 
 
 @router.post(
@@ -131,7 +133,8 @@ async def post_event(
     headers = {"Location": accepted.status_url}
     if wait > 0:
         try:
-            settled = await settle(state, accepted, min(wait, state.settings.api_wait_max_s))
+            timeout = min(wait, state.settings.api_wait_max_s)
+            settled = await settle(state, caller, accepted, timeout)
         except Problem as problem:
             # The event is on Kafka: Temporal not answering the wait is not a failed request.
             log.warning("waiting for the process of %s: %s", accepted.operation_id, problem)
@@ -191,7 +194,7 @@ async def produce(
         if not caller.may_see(owner):
             raise Problem(409, "event-id-taken", f"event id {event_id!r} is already used")
         earlier = state.produced.get(event_id)
-        primary = state.index.primary(event_id)
+        primary = state.index.primary(event_id, caller.may_see)
         return earlier or ProducedEvent(
             event_id=event_id,
             type=inbound.type,
@@ -272,15 +275,22 @@ def predict_workflow(
     return action.workflow_id if action else None
 
 
-async def settle(state: ApiState, accepted: EventAccepted, timeout: float) -> EventResult | None:
-    """Wait for the event's process to end; ``None`` if it has not within ``timeout``."""
+async def settle(
+    state: ApiState, caller: Caller, accepted: EventAccepted, timeout: float
+) -> EventResult | None:
+    """Wait for the event's process to end; ``None`` if it has not within ``timeout``.
+
+    Only a process of a tenant the caller may see is followed: the bridge dead-letters
+    an event whose target is another tenant's, and a predicted id that names another
+    tenant's workflow is never waited on or read.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     event_id = accepted.operation_id
     workflow_id: str | None = None
     run_id: str | None = None
     while workflow_id is None:
-        primary = state.index.primary(event_id)
+        primary = state.index.primary(event_id, caller.may_see)
         if primary is not None:
             if primary.workflow_id is None:
                 return _result(
@@ -290,7 +300,7 @@ async def settle(state: ApiState, accepted: EventAccepted, timeout: float) -> Ev
             break
         # Without provenance records (a bridge that writes none), Temporal tells.
         if accepted.workflow_id is not None:
-            found = await lookup.describe(state.client, accepted.workflow_id)
+            found = await lookup.describe_visible(state.client, caller, accepted.workflow_id)
             if found is not None:
                 workflow_id, run_id = found.id, found.run_id
                 break
@@ -299,9 +309,11 @@ async def settle(state: ApiState, accepted: EventAccepted, timeout: float) -> Ev
             return None
         await state.index.wait(event_id, min(remaining, POLL_S))
     remaining = deadline - loop.time()
+    if await lookup.describe_visible(state.client, caller, workflow_id, run_id) is None:
+        return None
     if remaining <= 0 or not await lookup.wait_closed(state.client, workflow_id, run_id, remaining):
         return None
-    execution = await lookup.describe(state.client, workflow_id, run_id)
+    execution = await lookup.describe_visible(state.client, caller, workflow_id, run_id)
     if execution is None:
         return None
     result, failure = await lookup.outcome(state.client, execution)
@@ -354,23 +366,29 @@ async def get_event(
     caller: CallerDep,
     event_id: Annotated[str, Path(min_length=1, max_length=256, pattern=visibility.PATTERN)],
 ) -> EventView:
-    """Everything known about one event; another tenant's event is a 404."""
-    handlings = state.index.handlings(event_id)
-    primary = state.index.primary(event_id)
+    """Everything known about one event; another tenant's event is a 404.
+
+    Only the caller's tenant's records of the id are read (ids are not unique across
+    tenants), and a workflow of another tenant that a record names (one written before
+    the bridge checked targets' tenants) is left out, as are its published events.
+    """
+    handlings = state.index.handlings(event_id, caller.may_see)
+    primary = primary_of(handlings)
     produced = state.produced.get(event_id)
+    if produced is not None and not caller.may_see(produced.tenant_id):
+        produced = None
     workflow_id = primary.workflow_id if primary else None
     run_id = primary.run_id if primary else None
     tenant = primary.tenant_id if primary else produced.tenant_id if produced else None
     read: Location | None = _read_location(primary)
     event_type = primary.event_type if primary else produced.type if produced else None
     key = primary.key if primary else produced.key if produced else None
-    execution = None
+    execution: WorkflowExecution | None = None
     if primary is None:
         # Not in the index: a bridge that records no provenance, an evicted id, or an event
         # still on its way. Visibility knows the workflow an event started.
-        if produced is not None and not caller.may_see(produced.tenant_id):
-            raise _not_found(event_id)
-        execution = await lookup.find_by_event(state.client, event_id)
+        owner = caller.tenant if caller.authenticated else None
+        execution = await lookup.find_by_event(state.client, event_id, owner)
         if execution is None and produced is None:
             raise _not_found(event_id)
     if primary is None and execution is not None:
@@ -383,9 +401,14 @@ async def get_event(
             read = Location(topic=memo["topic"], partition=memo["partition"], offset=memo["offset"])
     if not caller.may_see(tenant):
         raise _not_found(event_id)
+    runs = {(h.workflow_id, h.run_id) for h in handlings if h.workflow_id}
+    foreign = await _foreign_runs(state, caller, runs)
+    if (workflow_id, run_id) in foreign:
+        workflow_id = run_id = None
     if execution is None and workflow_id is not None:
         execution = await lookup.describe(state.client, workflow_id, run_id)
     process = lookup.summary(execution) if execution is not None else None
+    published = state.index.published(workflow_id, caller.may_see) if workflow_id else []
     return EventView(
         event_id=event_id,
         type=event_type,
@@ -401,9 +424,24 @@ async def get_event(
         workflow_id=workflow_id,
         run_id=run_id,
         process=process,
-        published=published_events(state.index.published(workflow_id) if workflow_id else []),
-        handlings=[_handling(h) for h in handlings],
+        published=published_events(published),
+        handlings=[_handling(h, (h.workflow_id, h.run_id) in foreign) for h in handlings],
     )
+
+
+async def _foreign_runs(
+    state: ApiState, caller: Caller, runs: set[tuple[str, str | None]]
+) -> set[tuple[str, str | None]]:
+    """The (workflow id, run id) pairs among ``runs`` that belong to a tenant the caller
+    may not see. At most ``MAX_HANDLINGS`` pairs: one describe each, none with auth off."""
+    if not caller.authenticated:
+        return set()
+    foreign = set()
+    for workflow_id, run_id in runs:
+        execution = await lookup.describe(state.client, workflow_id, run_id)
+        if execution is not None and not lookup.visible_to(caller, execution):
+            foreign.add((workflow_id, run_id))
+    return foreign
 
 
 def _not_found(event_id: str) -> Problem:
@@ -424,15 +462,16 @@ def _event_status(primary: EventProvenance | None, process: Any) -> EventStatus:
     return _status_of_outcome(primary.outcome)
 
 
-def _handling(item: EventProvenance) -> Handling:
+def _handling(item: EventProvenance, foreign: bool = False) -> Handling:
+    """One record of an event; ``foreign``: its workflow is another tenant's, left out."""
     return Handling(
         read=Location(topic=item.topic, partition=item.partition, offset=item.offset),
         via=item.via,
         route=item.route,
         action=item.action,
         outcome=item.outcome,
-        workflow_id=item.workflow_id,
-        run_id=item.run_id,
+        workflow_id=None if foreign else item.workflow_id,
+        run_id=None if foreign else item.run_id,
         detail=item.detail,
         at=item.at,
     )

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -31,6 +31,22 @@ MAX_HANDLINGS = 20
 """Records kept per event id (redeliveries and replays add more)."""
 PARTITIONS = 3
 """Partitions of the provenance topic when the API is the first to need it."""
+
+
+Visible = Callable[[str | None], bool]
+"""Whether records of a tenant may be shown (``Caller.may_see``)."""
+
+
+def _everyone(tenant: str | None) -> bool:
+    return True
+
+
+def primary_of(handlings: list[EventProvenance]) -> EventProvenance | None:
+    """Among an event's records, the one that tells its effect: the first not a repeat."""
+    for item in handlings:
+        if item.outcome not in ("duplicate", "dry_run"):
+            return item
+    return handlings[0] if handlings else None
 
 
 class ProvenanceIndex:
@@ -81,31 +97,31 @@ class ProvenanceIndex:
         if all(ce_id != item.ce_id for ce_id, _ in items):
             items.append((item.ce_id, value))
 
-    def handlings(self, event_id: str) -> list[EventProvenance]:
-        """Every record of what happened to ``event_id``, oldest first."""
+    def handlings(self, event_id: str, visible: Visible = _everyone) -> list[EventProvenance]:
+        """Every record of what happened to ``event_id``, oldest first.
+
+        Event ids are not unique across tenants (a Kafka producer chooses them):
+        ``visible`` keeps the records of the tenants a caller may see.
+        """
         out = []
         for value in self._events.get(event_id, ()):
             item = parse(value)
-            if isinstance(item, EventProvenance):
+            if isinstance(item, EventProvenance) and visible(item.tenant_id):
                 out.append(item)
         return out
 
-    def primary(self, event_id: str) -> EventProvenance | None:
+    def primary(self, event_id: str, visible: Visible = _everyone) -> EventProvenance | None:
         """The record that tells the event's effect: the first one that was not a repeat."""
-        handlings = self.handlings(event_id)
-        if not handlings:
-            return None
-        for item in handlings:
-            if item.outcome not in ("duplicate", "dry_run"):
-                return item
-        return handlings[0]
+        return primary_of(self.handlings(event_id, visible))
 
-    def published(self, workflow_id: str) -> list[PublishedProvenance]:
-        """Events ``workflow_id`` published, in the order they were recorded."""
+    def published(
+        self, workflow_id: str, visible: Visible = _everyone
+    ) -> list[PublishedProvenance]:
+        """Events ``workflow_id`` published (those of tenants ``visible`` allows), in order."""
         out = []
         for _, value in self._published.get(workflow_id, ()):
             item = parse(value)
-            if isinstance(item, PublishedProvenance):
+            if isinstance(item, PublishedProvenance) and visible(item.tenant_id):
                 out.append(item)
         return out
 

@@ -32,6 +32,7 @@ from temporalio.exceptions import ApplicationError, TemporalError
 from temporalio.service import RPCError, RPCStatusCode
 
 from bridge import attributes, visibility
+from bridge.api.auth import Caller
 from bridge.api.models import Failure, ProcessStatus, ProcessSummary
 from bridge.api.problems import Problem
 from bridge.workflow import PROGRESS_QUERY
@@ -102,7 +103,7 @@ def tenant_of(execution: WorkflowExecution) -> str | None:
 
 def process_url(workflow_id: str) -> str:
     """``/processes/<workflow id>`` with the id escaped for a path."""
-    return "/processes/" + url_quote(workflow_id, safe="")
+    return "/processes/" + url_quote(workflow_id, safe=":")
 
 
 def summary(execution: WorkflowExecution) -> ProcessSummary:
@@ -214,10 +215,38 @@ def visibility_query(
     return " AND ".join(clauses)
 
 
-async def find_by_event(client: Client, event_id: str) -> WorkflowExecution | None:
-    """The workflow an event started, through visibility (``KtbEventId``)."""
-    page, _ = await list_page(client, visibility_query(event_id=event_id), 1, None)
+async def find_by_event(
+    client: Client, event_id: str, tenant: str | None = None
+) -> WorkflowExecution | None:
+    """The workflow an event started, through visibility (``KtbEventId``), of ``tenant`` if set."""
+    query = visibility_query(event_id=event_id, tenant=tenant)
+    page, _ = await list_page(client, query, 1, None)
     return page[0] if page else None
+
+
+async def describe_visible(
+    client: Client, caller: Caller, workflow_id: str, run_id: str | None = None
+) -> WorkflowExecutionDescription | None:
+    """The run of ``workflow_id`` if it exists and belongs to a tenant ``caller`` may see.
+
+    Another tenant's process is ``None``, exactly as a missing one (a 404 to the caller),
+    and the refusal is logged.
+    """
+    execution = await describe(client, workflow_id, run_id)
+    if execution is None or visible_to(caller, execution):
+        return execution
+    return None
+
+
+def visible_to(caller: Caller, execution: WorkflowExecution) -> bool:
+    """Whether ``caller`` may see ``execution``; a refusal is logged (who asked, for what)."""
+    if caller.may_see(tenant_of(execution)):
+        return True
+    log.warning(
+        "tenant %s was refused workflow %s of another tenant", caller.tenant, execution.id,
+        extra={"tenant_id": caller.tenant, "workflow_id": execution.id},
+    )  # fmt: skip
+    return False
 
 
 async def list_page(

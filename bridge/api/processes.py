@@ -30,10 +30,14 @@ WorkflowId = Annotated[
 
 async def visible_execution(state: ApiState, caller: Caller, workflow_id: str) -> WorkflowExecution:
     """The latest run of ``workflow_id``, or 404 if there is none the caller may see."""
-    execution = await lookup.describe(state.client, workflow_id)
-    if execution is None or not caller.may_see(lookup.tenant_of(execution)):
-        raise Problem(404, "not-found", f"no process {workflow_id!r}")
+    execution = await lookup.describe_visible(state.client, caller, workflow_id)
+    if execution is None:
+        raise _not_found(workflow_id)
     return execution
+
+
+def _not_found(workflow_id: str) -> Problem:
+    return Problem(404, "not-found", f"no process {workflow_id!r}")
 
 
 @router.get(
@@ -46,7 +50,7 @@ async def get_process(state: State, caller: CallerDep, workflow_id: WorkflowId) 
     """The latest run of a workflow; another tenant's is a 404."""
     execution = await visible_execution(state, caller, workflow_id)
     result, failure = await lookup.outcome(state.client, execution)
-    published = published_events(state.index.published(workflow_id))
+    published = published_events(state.index.published(workflow_id, caller.may_see))
     memo = await lookup.call(execution.memo())
     trigger = memo.get("ktb")
     return ProcessView(
@@ -105,7 +109,8 @@ async def list_processes(
         200: {
             "description": "`event: state` messages (data: a ProcessState), the last one "
             "once the process has closed; `event: error` if Temporal stops answering for "
-            "longer than `KTB_API_STREAM_OUTAGE_S`",
+            "longer than `KTB_API_STREAM_OUTAGE_S`, or (status 404) when the id's latest run "
+            "is gone or is not the caller's tenant's",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
         **problems.responses(401, 404, 422, 503),
@@ -117,7 +122,7 @@ async def stream_process(
     """Follow a process: its state now and on every change of status or progress."""
     first = await visible_execution(state, caller, workflow_id)
     return StreamingResponse(
-        _states(state, first),
+        _states(state, caller, first),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -158,7 +163,9 @@ def sse(event: str, data: Any, event_id: int) -> bytes:
     return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
-async def _states(state: ApiState, first: WorkflowExecution) -> AsyncIterator[bytes]:
+async def _states(
+    state: ApiState, caller: Caller, first: WorkflowExecution
+) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     interval = state.settings.api_stream_interval_s
     last: ProcessState | None = None
@@ -169,8 +176,12 @@ async def _states(state: ApiState, first: WorkflowExecution) -> AsyncIterator[by
     while True:
         try:
             if execution is None:
+                # Every poll describes the latest run afresh: a new run of the id may
+                # belong to another tenant, and then the stream ends like a missing one.
                 execution = await lookup.describe(state.client, first.id)
-                if execution is None:
+                if execution is None or not lookup.visible_to(caller, execution):
+                    sent += 1
+                    yield sse("error", {"status": 404, "detail": _not_found(first.id).detail}, sent)
                     return
             current = await process_state(state, execution, last)
         except Problem as problem:

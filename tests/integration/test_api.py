@@ -133,7 +133,7 @@ async def test_produce_stream_signal_wait_and_provenance(
     )
     s = api_settings(settings, uid, tmp_path, config)
     order_id = f"o-{uid}"
-    workflow_id = f"api-{uid}-{order_id}"
+    workflow_id = f"a-{uid}:api-{uid}-{order_id}"  # scoped by the tenant of KEY_A
     async with (
         api_stack(s, config, catalog, client, task_queue) as url,
         httpx.AsyncClient(base_url=url, headers=bearer(KEY_A), timeout=30) as http,
@@ -236,7 +236,7 @@ async def test_produce_stream_signal_wait_and_provenance(
 
         # Orders and payments are different topics: pay once the process exists.
         async def started() -> bool:
-            response = await http.get(f"/processes/api-{uid}-{short_id}")
+            response = await http.get(f"/processes/a-{uid}:api-{uid}-{short_id}")
             return response.status_code == 200
 
         await eventually(started)
@@ -258,7 +258,7 @@ async def test_produce_stream_signal_wait_and_provenance(
         }
 
         async def compensated() -> dict[str, Any]:
-            process = (await http.get(f"/processes/api-{uid}-{short_id}")).json()
+            process = (await http.get(f"/processes/a-{uid}:api-{uid}-{short_id}")).json()
             assert process["compensations"], process
             return process
 
@@ -277,7 +277,7 @@ async def test_produce_stream_signal_wait_and_provenance(
         assert short_view["published"] == [refund]
 
         # Listing: the tenant's processes, filtered by status and type, one per page.
-        failed_id = f"api-{uid}-{short_id}"
+        failed_id = f"a-{uid}:api-{uid}-{short_id}"
 
         async def listed(**params: Any) -> list[str]:
             page = (await http.get("/processes", params=params)).json()
@@ -341,7 +341,7 @@ async def test_wait_duplicates_dead_letters_and_tenants(
     )
     s = api_settings(settings, uid, tmp_path, config)
     order_id = f"o-{uid}"
-    workflow_id = f"quick-{uid}-{order_id}"
+    workflow_id = f"a-{uid}:quick-{uid}-{order_id}"
     event = structured(f"e1-{uid}", "com.example.order.placed", order_data(order_id), order_id)
     async with (
         api_stack(s, config, catalog, client, task_queue) as url,
@@ -421,7 +421,7 @@ async def test_events_without_provenance_are_found_through_visibility(
     services, topics, settings, catalog, client, uid, tmp_path
 ):
     task_queue = f"api-{uid}"
-    workflow_id = f"vis-{uid}-o-{uid}"
+    workflow_id = f"a-{uid}:vis-{uid}-o-{uid}"
     config = routes_config(
         [
             {

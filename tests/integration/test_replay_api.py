@@ -100,7 +100,7 @@ async def test_replays_and_dead_letters_over_http_per_tenant(
         # Only tenant A's events: three orders a route would start, one dead letter.
         assert (report["read"], report["would_act"], report["dead_lettered"]) == (4, 3, 1)
         assert report["started"] == 0 and view["dry_run"] is True
-        assert not await exists(client, f"{prefix}a0-replay-{view['generation']}")
+        assert not await exists(client, f"{tenant_a}:{prefix}a0-replay-{view['generation']}")
 
         other = await http.get(f"/replays/{dry_id}", headers=bearer(KEY_B))
         assert other.status_code == 404
@@ -115,7 +115,8 @@ async def test_replays_and_dead_letters_over_http_per_tenant(
         assert (report["read"], report["dead_lettered"]) == (4, 1)
         assert report["started"] + report["duplicates"] == 3 and report["started"] > 0
         assert view["done"] == view["total"] == 5
-        assert await exists(client, f"{prefix}a2") and not await exists(client, f"{prefix}b0")
+        assert await exists(client, f"{tenant_a}:{prefix}a2")
+        assert not await exists(client, f"{tenant_b}:{prefix}b0")
 
         bad = await http.post(
             "/replays", json={"topic": orders, "from": "9", "to": "3"}, headers=bearer(KEY_A)
