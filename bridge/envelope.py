@@ -217,7 +217,7 @@ def decode_record(
         data=data,
         time=time,
         subject=attrs.get("subject"),
-        tenant_id=check_tenant(attrs.get(TENANT)),
+        tenant_id=check_tenant(attrs.get(TENANT) or None),
         correlation_id=attrs.get(CORRELATION),
         causation_id=attrs.get(CAUSATION),
         traceparent=trace.get(TRACEPARENT),
@@ -251,7 +251,7 @@ def encode_event(
     extensions: Mapping[str, str] | None = None,
 ) -> KafkaRecord:
     """Validate ``data`` against the type's schema and build the binary-mode record."""
-    check_tenant(tenant_id)
+    check_tenant(tenant_id or None)
     if content_type == AVRO:
         body = catalog.encode(type, data)
     elif content_type == JSON:

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bridge.envelope import valid_tenant
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -145,6 +147,11 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "api_keys maps 'sha256:<64 hex digits>' to a tenant id "
                     "(`ktb api-key` prints one); raw keys are never configured"
+                )
+            if not valid_tenant(tenant):
+                raise ValueError(
+                    f"api_keys: tenant {tenant[:80]!r} is not a tenant id: 1-64 letters, "
+                    "digits, '.', '_' or '-', starting with a letter or digit"
                 )
         return value
 

@@ -349,3 +349,9 @@ def test_api_key_command_prints_a_key_and_its_hash():
     assert entry == {hash_key(key): "acme"}
     assert KeyRing(entry).tenant_of(key) == "acme"
     assert Settings(api_keys=entry).api_keys == entry
+
+
+@pytest.mark.parametrize("tenant", ["a:b", "a b", "", "x" * 65])
+def test_api_keys_map_to_well_formed_tenants(tenant: str) -> None:
+    with pytest.raises(ValueError, match="tenant"):
+        Settings(api_keys={hash_key("k"): tenant})

@@ -7,8 +7,8 @@ from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.v1.event import CloudEvent
 
 from bridge.codec import SchemaCatalog
-from bridge.envelope import decode_record, encode_event
-from bridge.errors import DecodeError, SchemaMismatchError
+from bridge.envelope import ce_attribute, ce_attributes, decode_record, encode_event, valid_tenant
+from bridge.errors import DecodeError, SchemaMismatchError, TenantError
 from tests.support import order_data
 
 PLACED = "com.example.order.placed"
@@ -88,3 +88,40 @@ def test_data_that_does_not_fit_is_rejected(catalog: SchemaCatalog) -> None:
     headers.append(("content-type", b"application/json"))
     with pytest.raises(SchemaMismatchError):
         decode_record(catalog, value=b'{"order_id": "o"}', headers=headers)
+
+
+def test_header_values_are_read_as_they_are(catalog: SchemaCatalog) -> None:
+    """The Kafka binding has no percent-encoding: ``evt%2D1`` is not ``evt-1`` anywhere."""
+    record = encode_event(catalog, type=PLACED, data=order_data("o"), id="evt%2D1", source="s")
+    assert dict(record.headers)["ce_id"] == b"evt%2D1"
+    event = decode_record(catalog, value=record.value, headers=record.headers)
+    assert event.id == "evt%2D1"
+    assert ce_attribute(record.headers, "id") == "evt%2D1"
+
+
+def test_one_parser_for_names_and_repeats() -> None:
+    headers = [("CE_TenantId", b"acme"), ("ce_tenantid", b"globex"), ("Content-Type", b"x/y")]
+    assert ce_attributes(headers) == {"tenantid": "globex", "datacontenttype": "x/y"}
+    assert ce_attribute(headers, "tenantid") == "globex"
+    assert ce_attribute(headers, "datacontenttype") == "x/y"
+    assert ce_attribute(headers, "id") is None
+
+
+@pytest.mark.parametrize("tenant", ["", "a:b", "a/b", "-a", "a b", "ä", "x" * 65, "a\x00"])
+def test_malformed_tenants_are_refused_both_ways(catalog: SchemaCatalog, tenant: str) -> None:
+    good = encode_event(catalog, type=PLACED, data=order_data("o"), id="e", source="s")
+    headers = [*good.headers, ("ce_tenantid", tenant.encode())]
+    if tenant == "":
+        # An empty header is no tenant at all.
+        assert decode_record(catalog, value=good.value, headers=headers).tenant_id is None
+        return
+    with pytest.raises(TenantError):
+        decode_record(catalog, value=good.value, headers=headers)
+    with pytest.raises(TenantError):
+        encode_event(catalog, type=PLACED, data=order_data("o"), id="e", source="s",
+                     tenant_id=tenant)  # fmt: skip
+
+
+@pytest.mark.parametrize("tenant", ["acme", "a", "Globex-2.eu_west", "1" * 64])
+def test_well_formed_tenants(tenant: str) -> None:
+    assert valid_tenant(tenant)
