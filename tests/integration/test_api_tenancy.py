@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from temporalio.client import Client
@@ -221,3 +222,32 @@ async def test_a_stream_ends_when_the_ids_latest_run_is_another_tenants(
     assert messages[0][0] == "state" and messages[0][1]["run_id"] != taken.result_run_id
     assert messages[-1] == ("error", {"status": 404, "detail": f"no process {workflow_id!r}"})
     assert all(m.get("run_id") != taken.result_run_id for _, m in messages)
+
+
+async def test_the_api_and_the_bridge_read_one_id(topics, settings, catalog, client, uid, tmp_path):
+    """``e%2D1`` is its own id on every path, never ``e-1`` (the Kafka binding does not
+    percent-encode): both are produced, handled and looked up apart."""
+    config = routes_config(order_routes(topics, uid, scoped=True))
+    s = api_settings(settings, uid, tmp_path, config)
+    async with (
+        api_stack(s, config, catalog, client, f"api-{uid}") as url,
+        httpx.AsyncClient(base_url=url, headers=bearer(KEY_A), timeout=30) as a,
+    ):
+        escaped, plain = f"e%2D1-{uid}", f"e-1-{uid}"
+        for event_id, order_id in ((escaped, f"x-{uid}"), (plain, f"y-{uid}")):
+            event = structured(event_id, PLACED, order_data(order_id), order_id)
+            answer = await a.post("/events", content=event, headers=CE_JSON)
+            assert answer.status_code == 202, answer.text
+            assert answer.json()["duplicate"] is False, event_id
+
+        async def handled(event_id: str, order_id: str) -> None:
+            async def check() -> bool:
+                view = (await a.get(f"/events/{quote(event_id, safe='')}")).json()
+                assert view.get("outcome") == "started", view
+                assert view["workflow_id"] == f"a-{uid}:at-{uid}-{order_id}"
+                return True
+
+            await eventually(check, timeout=60)
+
+        await handled(escaped, f"x-{uid}")
+        await handled(plain, f"y-{uid}")

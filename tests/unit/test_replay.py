@@ -85,6 +85,9 @@ def test_plan_selects_by_half_open_time_range_and_tenant() -> None:
     assert not tenant.selects(Record(headers=[("ce_tenantid", b"other")]))
     assert not tenant.selects(Record())
     assert tenant.total == 2
+    # The bridge's own reading of the header: any case, the last one wins.
+    assert tenant.selects(Record(headers=[("CE_TenantId", b"acme")]))
+    assert not tenant.selects(Record(headers=[("ce_tenantid", b"acme"), ("CE_TENANTID", b"x")]))
 
 
 def test_report_counts_each_outcome_once_per_record() -> None:
