@@ -2,6 +2,11 @@
 
 ``ce_id`` is derived from the workflow id, run id, activity id and a per-call
 name, so a retried activity republishes the same id and consumers dedupe on it.
+Kafka failing for a while (no leader, timeouts, a broker down) is retried with
+that same id for as long as it takes; an event Kafka will never take (larger
+than the producer or topic allows, a topic the client may not write, an invalid
+topic: ``bridge.kafka.is_permanent``) fails the activity at once, non-retryably,
+naming the topic, the record's size and Kafka's error.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from aiokafka.errors import KafkaError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from bridge import kafka
 from bridge.codec import AVRO, SchemaCatalog
-from bridge.envelope import encode_event
+from bridge.envelope import KafkaRecord, encode_event
 from bridge.errors import BridgeError, SchemaMismatchError
 from bridge.metrics import Metrics
 from bridge.provenance import ProvenanceWriter
@@ -63,6 +69,39 @@ class Published:
 def event_id_for(workflow_id: str, run_id: str, activity_id: str, name: str) -> str:
     """The deterministic ``ce_id`` of an event published by an activity call."""
     return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{workflow_id}/{run_id}/{activity_id}/{name}"))
+
+
+def rejected(
+    req: PublishRequest, ce_id: str, record: KafkaRecord, exc: KafkaError
+) -> ApplicationError:
+    """The non-retryable failure for an event Kafka will never take (``kafka.is_permanent``).
+
+    Names the event, the topic and Kafka's error; for a record over the size
+    limit (the producer's ``max_request_size`` or the topic's ``max.message.bytes``)
+    also its size, so the workflow's failure says what to change.
+    """
+    size = record_size(record)
+    what = f"{req.type} event {ce_id} to {req.topic}"
+    if kafka.is_too_large(exc):
+        message = (
+            f"cannot publish {what}: the record is {size} bytes, more than Kafka accepts "
+            f"({type(exc).__name__}: {exc})"
+        )
+    else:
+        message = f"cannot publish {what}: {type(exc).__name__}: {exc}"
+    details = {
+        "topic": req.topic,
+        "ce_id": ce_id,
+        "size_bytes": size,
+        "kafka_error": type(exc).__name__,
+    }
+    return ApplicationError(message, details, type=type(exc).__name__, non_retryable=True)
+
+
+def record_size(record: KafkaRecord) -> int:
+    """Bytes of a record's key, value and headers (what counts against Kafka's limits)."""
+    headers = sum(len(name.encode()) + len(value) for name, value in record.headers)
+    return len(record.key or b"") + len(record.value) + headers
 
 
 class Publisher:
@@ -116,6 +155,8 @@ class Publisher:
                 req.topic, value=record.value, key=record.key, headers=record.headers
             )
         except KafkaError as exc:
+            if kafka.is_permanent(exc):
+                raise rejected(req, ce_id, record, exc) from exc
             # Retried with the same ce_id until Kafka takes it (the workflow's policy).
             raise ApplicationError(
                 f"publishing to {req.topic} failed: {exc}", type=type(exc).__name__

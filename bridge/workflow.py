@@ -18,7 +18,9 @@ with workflow.unsafe.imports_passed_through():
 PROGRESS_QUERY = "ktb_progress"
 SEEN_LIMIT = 10_000
 PUBLISH_TIMEOUT = timedelta(seconds=10)
-# Publishing is retried until Kafka takes the event: the same ce_id every time.
+# Transient Kafka failures are retried until Kafka takes the event, with the same
+# ce_id every time; an event Kafka never will take fails the activity non-retryably
+# (bridge.egress), so no attempt cap is needed here.
 PUBLISH_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10))
 
 
