@@ -21,6 +21,21 @@ result; ``failed`` ``step`` and ``reason``; ``compensated`` ``step``,
 ``reason`` and ``compensated_steps``; the per-step compensation event ``step``
 and ``detail`` (the compensation activity's result). Their schemas must have
 these fields.
+
+Publishing is retried for as long as Kafka fails transiently; an event Kafka will
+never take (too large, a topic the worker may not write) fails its activity at
+once (``bridge.egress``), and the saga still ends with an outcome:
+
+- a step that publishes fails like any failing step: the saga unwinds;
+- a compensation event that cannot be published does not stop the unwinding: the
+  step was undone, so it counts as compensated, and the outcome's ``reason`` (and
+  ``unpublished_compensations`` in the result) names the missing events;
+- a ``completed`` outcome that cannot be published (the body's result makes it too
+  large, say) turns into a ``failed`` outcome with ``step`` ``publish_outcome``
+  and the reason; nothing is undone, as for a late cancellation, since every
+  step is done;
+- a final outcome that cannot be published either fails the workflow with a
+  non-retryable ``OutcomeNotPublished`` error, after the compensations ran.
 """
 
 from __future__ import annotations
@@ -51,6 +66,8 @@ T = TypeVar("T")
 COMPLETED = "completed"
 FAILED = "failed"
 COMPENSATED = "compensated"
+PUBLISH_OUTCOME = "publish_outcome"
+"""The ``step`` of a ``failed`` outcome published because ``completed`` could not be."""
 
 # Compensations must eventually happen: retried until they succeed, unless the
 # error says retrying cannot help.
@@ -93,6 +110,8 @@ class SagaOutcome:
     reason: str | None = None
     compensated: list[str] = field(default_factory=list)
     failed_compensations: list[str] = field(default_factory=list)
+    unpublished_compensations: list[str] = field(default_factory=list)
+    """Steps undone whose compensation event Kafka would not take."""
 
     def as_dict(self) -> dict[str, Any]:
         """A plain value to return from the workflow."""
@@ -101,6 +120,7 @@ class SagaOutcome:
             **self.data,
             "outcome_event_id": self.event_id,
             "failed_compensations": list(self.failed_compensations),
+            "unpublished_compensations": list(self.unpublished_compensations),
         }
 
 
@@ -216,7 +236,22 @@ class Saga:
     async def _complete(self, result: dict[str, Any]) -> SagaOutcome:
         self._closing = True
         data = {**self.data, **result}
-        published = await self._publish(self.events.completed, data, "outcome")
+        try:
+            published = await self._publish(self.events.completed, data, "outcome")
+        except ActivityError as exc:
+            # Kafka will never take it (publishing retries transient errors forever).
+            # Every step is done, so nothing is undone: the process is reported failed.
+            reason = (
+                "every step completed, but the completed outcome could not be published: "
+                + describe_failure(exc)
+            )
+            workflow.logger.error("saga outcome not published: %s", reason)
+            failed = {**self.data, "step": PUBLISH_OUTCOME, "reason": reason}
+            published = await self._publish_outcome(FAILED, self.events.failed, failed)
+            self._progress(
+                FAILED, failed_step=PUBLISH_OUTCOME, reason=reason, outcome_event_id=published
+            )
+            return SagaOutcome(FAILED, failed, published, PUBLISH_OUTCOME, reason)
         self._progress(COMPLETED, outcome_event_id=published)
         return SagaOutcome(COMPLETED, data, published)
 
@@ -226,6 +261,7 @@ class Saga:
         await self._settle_pending()
         compensated: list[str] = []
         failures: list[str] = []
+        unpublished: list[str] = []
         for name, compensation in reversed(self._done):
             self._progress("compensating", compensating=name, reason=reason)
             try:
@@ -244,19 +280,30 @@ class Saga:
                 workflow.logger.warning("compensation of %s failed: %s", name, detail)
                 continue
             detail = result if isinstance(result, str) and result else f"{name} compensated"
-            await self._publish(
-                self.events.step_compensated,
-                {**self.data, "step": name, "detail": detail},
-                name,
-                kind=COMPENSATION,
-                topic=self.events.compensation_topic,
-            )
+            try:
+                await self._publish(
+                    self.events.step_compensated,
+                    {**self.data, "step": name, "detail": detail},
+                    name,
+                    kind=COMPENSATION,
+                    topic=self.events.compensation_topic,
+                )
+            except ActivityError as exc:
+                # The step is undone all the same; the outcome names the missing event.
+                unpublished.append(name)
+                workflow.logger.error(
+                    "compensation event of %s not published: %s", name, describe_failure(exc)
+                )
+                detail = f"{detail} (compensation event not published)"
             compensated.append(name)
             if self.owner is not None:
                 self.owner.ktb_compensation_done(name, detail)
         if failures:
-            status = FAILED
             reason = f"{reason}; compensation failed for {', '.join(failures)}"
+        if unpublished:
+            reason = f"{reason}; compensation event not published for {', '.join(unpublished)}"
+        if failures:
+            status = FAILED
             data = {**self.data, "step": step, "reason": reason}
             event_type = self.events.failed
         elif compensated:
@@ -267,9 +314,24 @@ class Saga:
             status = FAILED
             data = {**self.data, "step": step, "reason": reason}
             event_type = self.events.failed
-        published = await self._publish(event_type, data, "outcome")
+        published = await self._publish_outcome(status, event_type, data)
         self._progress(status, failed_step=step, reason=reason, outcome_event_id=published)
-        return SagaOutcome(status, data, published, step, reason, compensated, failures)
+        return SagaOutcome(
+            status, data, published, step, reason, compensated, failures, unpublished
+        )
+
+    async def _publish_outcome(self, status: str, type: str, data: dict[str, Any]) -> str:
+        """Publish the final outcome; if Kafka will never take it, fail the workflow saying so."""
+        try:
+            return await self._publish(type, data, "outcome")
+        except ActivityError as exc:
+            self._progress("outcome_not_published", status=status, reason=data.get("reason"))
+            raise ApplicationError(
+                f"the saga ended {status}, but its outcome could not be published: "
+                + describe_failure(exc),
+                type="OutcomeNotPublished",
+                non_retryable=True,
+            ) from exc
 
     async def _settle_pending(self) -> None:
         """Let steps still running finish; register compensations for those that succeeded."""

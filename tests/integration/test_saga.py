@@ -169,9 +169,13 @@ async def rig(
     topics: dict[str, str],
     uid: str,
     stubs: Stubs,
+    **producer_options: Any,
 ) -> AsyncIterator[Rig]:
-    """A worker hosting ``OrderFulfillment``, the real publisher and ``stubs``."""
-    producer = kafka.producer(settings)
+    """A worker hosting ``OrderFulfillment``, the real publisher and ``stubs``.
+
+    ``producer_options`` go to the publisher's producer (``max_request_size``, say).
+    """
+    producer = kafka.producer(settings, **producer_options)
     await producer.start()
     task_queue = f"saga-{uid}"
     try:

@@ -59,6 +59,7 @@ def test_outcome_as_workflow_result() -> None:
         "compensated_steps": ["a"],
         "outcome_event_id": "ce-1",
         "failed_compensations": [],
+        "unpublished_compensations": [],
     }
 
 
