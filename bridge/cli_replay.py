@@ -309,33 +309,46 @@ def dlq_list(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per letter")] = False,
 ) -> None:
     """List dead letters: offset, error type and message, original coordinates, redrives."""
-    from bridge.redrive import dead_letters
+    from bridge.redrive import DeadLetter, iter_letters
 
     settings = _settings()
-    letters = _run(dead_letters(settings, topic, error_type=error_type))
-    if as_json:
-        for letter in letters:
-            typer.echo(json.dumps(letter.summary()))
-        return
-    if not letters:
-        typer.echo(f"{topic}: no dead letters" + (f" of type {error_type}" if error_type else ""))
-        return
-    typer.echo(f"{'LETTER':>8}  {'ERROR TYPE':16}  {'ORIGINAL':28}  {'REDRIVES':8}  MESSAGE")
-    for letter in letters:
-        s = letter.summary()
-        where = f"{s['original_topic']}[{s['original_partition']}]@{s['original_offset']}"
-        redriven = s["redriven"]
-        count = str(s["redrive_count"]) + (" ->" if redriven else "")
-        message = (s["error_message"] or "").replace("\n", " ")
-        if redriven:
-            message = (
-                f"[redriven to {redriven['topic']}[{redriven['partition']}]@{redriven['offset']}]"
-                f" {message}"
+
+    def show_page(letters: list[DeadLetter], first: bool) -> None:
+        if first and not as_json:
+            typer.echo(
+                f"{'LETTER':>8}  {'ERROR TYPE':16}  {'ORIGINAL':28}  {'REDRIVES':8}  MESSAGE"
             )
-        if s["copy_of"]:
-            message = f"[copy of {s['copy_of']}] {message}"
-        error = s["error_type"] or "-"
-        typer.echo(f"{letter.ref!s:>8}  {error:16}  {where:28}  {count:8}  {message[:120]}")
+        for letter in letters:
+            s = letter.summary()
+            if as_json:
+                typer.echo(json.dumps(s))
+                continue
+            where = f"{s['original_topic']}[{s['original_partition']}]@{s['original_offset']}"
+            redriven = s["redriven"]
+            count = str(s["redrive_count"]) + (" ->" if redriven else "")
+            message = (s["error_message"] or "").replace("\n", " ")
+            if not letter.holds_record:
+                message = f"[{s['original_error_type']}: {s['original_error_message']}] {message}"
+            if redriven:
+                message = (
+                    f"[redriven to {redriven['topic']}[{redriven['partition']}]"
+                    f"@{redriven['offset']}] {message}"
+                )
+            if s["copy_of"]:
+                message = f"[copy of {s['copy_of']}] {message}"
+            error = s["error_type"] or "-"
+            typer.echo(f"{letter.ref!s:>8}  {error:16}  {where:28}  {count:8}  {message[:120]}")
+
+    async def list_all() -> int:
+        # A page at a time: the memory of a listing does not grow with the topic.
+        listed = 0
+        async for letters in iter_letters(settings, topic, error_type=error_type):
+            show_page(letters, listed == 0)
+            listed += len(letters)
+        return listed
+
+    if not _run(list_all()) and not as_json:
+        typer.echo(f"{topic}: no dead letters" + (f" of type {error_type}" if error_type else ""))
 
 
 @dlq_app.command("show")
@@ -343,15 +356,21 @@ def dlq_show(
     topic: Annotated[str, typer.Argument(help="Dead-letter topic, e.g. orders.dlq")],
     offset: Annotated[str, typer.Argument(help="OFFSET or PARTITION:OFFSET")],
 ) -> None:
-    """Print one dead letter as JSON: error, original coordinates, headers, decoded data."""
+    """Print one dead letter as JSON: error, original coordinates, headers, decoded data.
+
+    A too_large_to_copy letter holds no record: the record is read from its original
+    topic at the letter's coordinates (original_record says whether it is still there).
+    """
     from bridge.codec import SchemaCatalog
-    from bridge.redrive import dead_letters
+    from bridge.redrive import show
 
     settings = _settings()
     refs = _refs([offset])
-    letters = _run(dead_letters(settings, topic, refs=refs))
+    if len(refs) != 1:
+        _fail("give one letter: OFFSET or PARTITION:OFFSET")
+    (ref,) = refs
     catalog = SchemaCatalog.from_dir(settings.schemas_dir)
-    typer.echo(json.dumps(letters[0].detail(catalog), indent=2, default=str))
+    typer.echo(json.dumps(_run(show(settings, topic, ref, catalog)), indent=2, default=str))
 
 
 @dlq_app.command("redrive")

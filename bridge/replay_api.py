@@ -22,7 +22,14 @@ from bridge.api import lookup, problems
 from bridge.api.problems import Problem
 from bridge.api.state import CallerDep, State
 from bridge.errors import BridgeError, ConfigError, InvalidRequestError
-from bridge.redrive import LetterRef, dead_letters, redrive
+from bridge.redrive import (
+    MAX_PAGE_LIMIT,
+    PAGE_LIMIT,
+    Cursor,
+    LetterRef,
+    letter_page,
+    redrive,
+)
 from bridge.replay import ReplayMode, ReplayRequest, resolve_plan
 from bridge.replay_workflow import ID_PREFIX, replay_status, start_replay
 
@@ -32,6 +39,7 @@ T = TypeVar("T")
 TOPIC = r"^[A-Za-z0-9._-]{1,249}$"
 ROUTE = r"^[A-Za-z0-9_.-]{1,200}$"
 LETTER = r"^[0-9]{1,19}(:[0-9]{1,19})?$"
+CURSOR = r"^[A-Za-z0-9_-]{1,32768}$"
 ReplayId = Annotated[str, Path(pattern=f"^{ID_PREFIX}[0-9a-f]{{12}}$", description="Replay id")]
 
 
@@ -153,13 +161,36 @@ class DeadLetterView(BaseModel):
         description="`PARTITION:OFFSET` of an earlier letter of the same original record "
         "(dead-lettered again after a redelivery); redrive skips copies",
     )
+    record_in_letter: bool = Field(
+        True,
+        description="False for `too_large_to_copy` letters: the record was too large to "
+        "copy and stays in its original topic (at the original coordinates, until "
+        "retention), where `ktb dlq show` and redrive read it",
+    )
+    original_error_type: str | None = Field(
+        None, description="`too_large_to_copy` letters: the error the record failed with"
+    )
+    original_error_message: str | None = Field(
+        None, description="`too_large_to_copy` letters: that error's message"
+    )
+    original_size: int | None = Field(
+        None, description="`too_large_to_copy` letters: bytes of the record's key, value, headers"
+    )
 
 
 class DeadLetterPage(BaseModel):
-    """The letters of one dead-letter topic."""
+    """One page of the letters of a dead-letter topic, in partition/offset order."""
 
     topic: str
-    letters: list[DeadLetterView]
+    letters: list[DeadLetterView] = Field(
+        description="At most `limit` letters; fewer (even none) when the filters matched "
+        "little of the records read for this page: go on while `next_cursor` is set"
+    )
+    next_cursor: str | None = Field(
+        description="Opaque cursor of the next page (the next offset of every partition): "
+        "pass it as `cursor` with the same topic. `null` once every partition was read "
+        "to its end as of this request"
+    )
 
 
 class RedriveBody(BaseModel):
@@ -289,18 +320,37 @@ async def get_dlq(
     error_type: Annotated[
         str | None, Query(max_length=200, description="Only letters of this error type")
     ] = None,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_PAGE_LIMIT, description="Letters per page at most")
+    ] = PAGE_LIMIT,
+    cursor: Annotated[
+        str | None,
+        Query(pattern=CURSOR, description="`next_cursor` of the previous page; none: the start"),
+    ] = None,
 ) -> DeadLetterPage:
-    """Offset, error type and message, original coordinates and redrives of each letter."""
-    letters = await _guard(
-        dead_letters(
+    """A page of letters: offset, error type and message, original coordinates, redrives.
+
+    A page reads at most 10 records per `limit` (at least 1,000) of the topic, so it may
+    hold fewer letters than `limit` and still have a `next_cursor`.
+    """
+    try:
+        start = Cursor.decode(cursor, topic) if cursor is not None else None
+    except InvalidRequestError as exc:
+        raise Problem(422, "invalid-request", exc.message) from exc
+    page = await _guard(
+        letter_page(
             state.settings,
             topic,
+            cursor=start,
+            limit=limit,
             error_type=error_type,
             tenant=caller.tenant if caller.authenticated else None,
         )
     )
     return DeadLetterPage(
-        topic=topic, letters=[DeadLetterView.model_validate(x.summary()) for x in letters]
+        topic=topic,
+        letters=[DeadLetterView.model_validate(x.summary()) for x in page.letters],
+        next_cursor=page.next_cursor.encode() if page.next_cursor else None,
     )
 
 

@@ -154,7 +154,8 @@ async def test_a_letter_that_fails_again_comes_back_counted_until_the_maximum(
         assert headers[dlq.REDRIVE_COUNT] == str(n).encode()
         assert headers["ce_id"] == b"poison-1"
         assert not set(headers) & dlq.ERROR_HEADERS
-    assert second.headers[-1] == (dlq.REDRIVE_COUNT, b"1")
+    assert (dlq.REDRIVE_COUNT, b"1") in second.headers
+    assert (dlq.REDRIVE_OF, f"{dlq_topic}:{first.ref}".encode()) in second.headers
 
 
 async def test_a_record_dead_lettered_twice_is_listed_as_a_copy_and_redriven_once(
