@@ -1,0 +1,76 @@
+"""Helpers of the dead-letter tests: letters written directly, topics read as the bridge does."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiokafka.admin import NewTopic
+
+from bridge import dlq, kafka
+from bridge.admin import stop_consumer
+from bridge.settings import Settings
+from tests.support import partitions
+
+
+async def create_topic(
+    settings: Settings, name: str, count: int = 1, configs: dict[str, str] | None = None
+) -> None:
+    """A topic with topic configs (``ensure_topics`` takes none)."""
+    admin = kafka.admin(settings)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, count, 1, topic_configs=configs or {})])
+    finally:
+        await admin.close()
+
+
+def letter_headers(
+    headers: list[tuple[str, bytes]], topic: str, partition: int, offset: int
+) -> list[tuple[str, bytes]]:
+    """A record's headers plus the headers the bridge adds when it dead-letters it."""
+    return [
+        *headers,
+        (dlq.ERROR_TYPE, b"unmatched"),
+        (dlq.ERROR_MESSAGE, b"no route"),
+        (dlq.ORIGINAL_TOPIC, topic.encode()),
+        (dlq.ORIGINAL_PARTITION, str(partition).encode()),
+        (dlq.ORIGINAL_OFFSET, str(offset).encode()),
+        (dlq.FAILED_AT, b"2026-11-26T00:00:00+00:00"),
+    ]
+
+
+async def read_to_end(
+    settings: Settings, topic: str, isolation_level: str = "read_committed"
+) -> list[Any]:
+    """Every record of ``topic`` up to its end as of now, as the bridge reads it by default."""
+    consumer = kafka.consumer(
+        settings, isolation_level=isolation_level, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        tps = await partitions(consumer, topic)
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + 60
+        for tp in tps:
+            while await consumer.position(tp) < ends[tp]:
+                assert time.monotonic() < deadline, f"{tp} not read to {ends[tp]} in 60s"
+                batch = await consumer.getmany(tp, timeout_ms=500)
+                out.extend(r for r in batch.get(tp, []) if r.offset < ends[tp])
+        return out
+    finally:
+        await stop_consumer(consumer)
+
+
+def last_offsets(records: list[Any]) -> dict[int, int]:
+    """Per partition, one past the last record: where a consumer's commit ends up.
+
+    After a transactional write a partition's end offset is one further (the commit
+    marker, which consumers never see).
+    """
+    out: dict[int, int] = {}
+    for record in records:
+        out[record.partition] = max(out.get(record.partition, 0), record.offset + 1)
+    return out
