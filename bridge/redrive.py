@@ -708,7 +708,7 @@ async def iter_letters(
     *,
     error_type: str | None = None,
     tenant: str | None = None,
-    limit: int = PAGE_LIMIT,
+    limit: int = MAX_PAGE_LIMIT,
     keep_values: bool = False,
 ) -> AsyncIterator[list[DeadLetter]]:
     """Every letter (filtered), a page at a time, each with its latest redrive if any."""
