@@ -156,7 +156,7 @@ class Cursor:
             raise InvalidRequestError(
                 f"the cursor belongs to a listing of {owner!r}, not {topic!r}"
             )
-        if any(p < 0 or o < 0 for p, o in positions.items()):
+        if any(not (0 <= p < 2**31 and 0 <= o < 2**63) for p, o in positions.items()):
             raise InvalidRequestError("the cursor is not one this listing returned")
         return cls(topic, positions)
 

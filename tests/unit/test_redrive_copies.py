@@ -71,7 +71,8 @@ def test_a_cursor_is_opaque_and_belongs_to_its_topic() -> None:
     text = cursor.encode()
     assert "orders" not in text and text.replace("-", "").replace("_", "").isalnum()
     assert Cursor.decode(text, "orders.dlq") == cursor
-    for bad in ("", "!!", "bm90LWpzb24", Cursor("orders.dlq", {0: -1}).encode()):
+    too_far = Cursor("orders.dlq", {0: 2**63}).encode()
+    for bad in ("", "!!", "bm90LWpzb24", Cursor("orders.dlq", {0: -1}).encode(), too_far):
         with pytest.raises(InvalidRequestError):
             Cursor.decode(bad, "orders.dlq")
     with pytest.raises(InvalidRequestError, match="belongs to"):
