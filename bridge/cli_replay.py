@@ -316,7 +316,7 @@ def dlq_list(
     def show_page(letters: list[DeadLetter], first: bool) -> None:
         if first and not as_json:
             typer.echo(
-                f"{'LETTER':>8}  {'ERROR TYPE':16}  {'ORIGINAL':28}  {'REDRIVES':8}  MESSAGE"
+                f"{'LETTER':>8}  {'ERROR TYPE':17}  {'ORIGINAL':28}  {'REDRIVES':8}  MESSAGE"
             )
         for letter in letters:
             s = letter.summary()
@@ -337,7 +337,7 @@ def dlq_list(
             if s["copy_of"]:
                 message = f"[copy of {s['copy_of']}] {message}"
             error = s["error_type"] or "-"
-            typer.echo(f"{letter.ref!s:>8}  {error:16}  {where:28}  {count:8}  {message[:120]}")
+            typer.echo(f"{letter.ref!s:>8}  {error:17}  {where:28}  {count:8}  {message[:120]}")
 
     async def list_all() -> int:
         # A page at a time: the memory of a listing does not grow with the topic.
