@@ -124,7 +124,7 @@ class Ingress:
         if self.dead_letters is None:
             return Result(Outcome.DEAD_LETTERED, detail=f"{exc.error_type}: {exc.message}")
         letter = await self.dead_letters.publish(record, exc)
-        self.metrics.dead_letters.labels(record.topic, exc.error_type).inc()
+        self.metrics.dead_letters.labels(record.topic, letter.error_type).inc()
         self.metrics.events_routed.labels("", "", Outcome.DEAD_LETTERED.value).inc()
         log.warning(
             "dead-lettered: %s", exc.message,
