@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import timedelta
 
 from aiokafka.errors import KafkaError
@@ -16,6 +17,7 @@ from bridge.api.models import Alive, Ready
 from bridge.api.state import State
 
 router = APIRouter(tags=["operations"])
+log = logging.getLogger("ktb.api")
 CHECK_TIMEOUT_S = 3.0
 
 
@@ -31,7 +33,9 @@ async def _kafka(state: State) -> str:
             state.producer.client.fetch_all_metadata(), CHECK_TIMEOUT_S
         )
     except (KafkaError, TimeoutError) as exc:
-        return f"unreachable: {exc or type(exc).__name__}"
+        # Unauthenticated: the client's text (addresses, broker ids) goes to the log only.
+        log.warning("readiness: Kafka unreachable: %s", exc or type(exc).__name__)
+        return "unreachable"
     return "ok" if metadata.brokers() else "no brokers"
 
 
@@ -41,7 +45,8 @@ async def _temporal(state: State) -> str:
             timeout=timedelta(seconds=CHECK_TIMEOUT_S)
         )
     except RPCError as exc:
-        return f"unreachable: {exc.message}"
+        log.warning("readiness: Temporal unreachable: %s", exc.message)
+        return "unreachable"
     return "ok" if healthy else "not serving"
 
 
