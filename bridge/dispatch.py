@@ -11,6 +11,7 @@ consumer retries; anything that rejects the action itself raises
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -171,14 +172,17 @@ class Dispatcher:
     """Carries out actions; one per process, shared by live, replay and HTTP paths.
 
     Every workflow an action reaches is checked against the event's tenant before
-    anything changes: signals, cancels and terminates describe their target first and
-    act on that run only; starting actions check the run they would signal, update or
-    find as a duplicate. A workflow of another tenant is a ``TenantMismatchError``.
+    anything changes: signals, cancels and terminates act on one run only, which they
+    describe first (or which was checked for the same tenant before, ``runs``);
+    starting actions check the run they would signal, update or find as a duplicate.
+    A workflow of another tenant is a ``TenantMismatchError``.
     """
 
     def __init__(self, client: Client, rpc_timeout: timedelta = timedelta(seconds=10)) -> None:
         self.client = client
         self.rpc_timeout = rpc_timeout
+        self.runs = CheckedRuns()
+        """Running runs already checked against a tenant (signals and closes are pinned)."""
 
     async def execute(self, action: Action, event: Event) -> Result:
         """Perform ``action``; return what happened or raise a bridge error."""
@@ -327,31 +331,20 @@ class Dispatcher:
 
     # --- signals, cancels, terminates --------------------------------------------------
 
-    async def _signal(self, action: Action, event: Event) -> Result:
-        for _ in range(SIGNAL_ATTEMPTS):
-            target = await self._target(action, event)
-            if target is None:
-                raise ActionRejectedError(
-                    f"no workflow {action.workflow_id} to signal", event_id=action.event_id
-                )
-            if target.status is not WorkflowExecutionStatus.RUNNING:
-                return await self._closed(action, target)
-            handle = self.client.get_workflow_handle(action.workflow_id, run_id=target.run_id)
-            try:
-                await handle.signal(
-                    action.signal or "", *action.message, rpc_timeout=self.rpc_timeout
-                )
-            except RPCError as exc:
-                if exc.status is not RPCStatusCode.NOT_FOUND or _namespace_missing(exc):
-                    raise
-                continue  # the run closed or continued as new since: look again
-            return self._result(Outcome.SIGNALLED, action, target.run_id)
-        raise TransientError(
-            f"workflow {action.workflow_id} kept changing runs while being signalled",
-            event_id=action.event_id,
-        )
+    async def _pinned_run(
+        self, action: Action, event: Event, *, fresh: bool
+    ) -> tuple[str, None] | tuple[None, WorkflowExecutionDescription]:
+        """The running run a signal, cancel or terminate acts on, checked against the event's
+        tenant: ``(run id, None)``; or ``(None, the latest run)`` when that run is closed.
 
-    async def _close(self, action: Action, event: Event, *, cancel: bool) -> Result:
+        Unless ``fresh``, a run already checked for this tenant comes from ``runs``: a
+        run's tenant never changes and the action is pinned to it, so a run that has
+        closed since answers NOT_FOUND and is looked up afresh.
+        """
+        if not fresh:
+            known = self.runs.get(action.workflow_id)
+            if known is not None and known[1] == event.tenant_id:
+                return known[0], None
         target = await self._target(action, event)
         if target is None:
             raise ActionRejectedError(
@@ -359,20 +352,52 @@ class Dispatcher:
                 event_id=action.event_id,
             )
         if target.status is not WorkflowExecutionStatus.RUNNING:
-            # Already closed: the effect the event asks for is already there.
-            return self._duplicate(action, target.run_id, "already closed")
-        handle = self.client.get_workflow_handle(action.workflow_id, run_id=target.run_id)
-        try:
-            if cancel:
-                await handle.cancel(rpc_timeout=self.rpc_timeout)
-            else:
-                await handle.terminate(reason=action.reason, rpc_timeout=self.rpc_timeout)
-        except RPCError as exc:
-            if exc.status is RPCStatusCode.NOT_FOUND and not _namespace_missing(exc):
-                return self._duplicate(action, target.run_id, "already closed")
-            raise
-        outcome = Outcome.CANCELLED if cancel else Outcome.TERMINATED
-        return self._result(outcome, action, target.run_id)
+            self.runs.forget(action.workflow_id)
+            return None, target
+        self.runs.put(action.workflow_id, target.run_id, event.tenant_id)
+        return target.run_id, None
+
+    async def _signal(self, action: Action, event: Event) -> Result:
+        for attempt in range(SIGNAL_ATTEMPTS):
+            run_id, closed = await self._pinned_run(action, event, fresh=attempt > 0)
+            if closed is not None:
+                return await self._closed(action, closed)
+            handle = self.client.get_workflow_handle(action.workflow_id, run_id=run_id)
+            try:
+                await handle.signal(
+                    action.signal or "", *action.message, rpc_timeout=self.rpc_timeout
+                )
+            except RPCError as exc:
+                if exc.status is not RPCStatusCode.NOT_FOUND or _namespace_missing(exc):
+                    raise
+                self.runs.forget(action.workflow_id)
+                continue  # the run closed or continued as new since: look again
+            return self._result(Outcome.SIGNALLED, action, run_id)
+        raise TransientError(
+            f"workflow {action.workflow_id} kept changing runs while being signalled",
+            event_id=action.event_id,
+        )
+
+    async def _close(self, action: Action, event: Event, *, cancel: bool) -> Result:
+        for fresh in (False, True):
+            run_id, closed = await self._pinned_run(action, event, fresh=fresh)
+            if closed is not None:
+                # Already closed: the effect the event asks for is already there.
+                return self._duplicate(action, closed.run_id, "already closed")
+            handle = self.client.get_workflow_handle(action.workflow_id, run_id=run_id)
+            try:
+                if cancel:
+                    await handle.cancel(rpc_timeout=self.rpc_timeout)
+                else:
+                    await handle.terminate(reason=action.reason, rpc_timeout=self.rpc_timeout)
+            except RPCError as exc:
+                if exc.status is not RPCStatusCode.NOT_FOUND or _namespace_missing(exc):
+                    raise
+                self.runs.forget(action.workflow_id)
+                continue  # closed since it was checked: look again
+            outcome = Outcome.CANCELLED if cancel else Outcome.TERMINATED
+            return self._result(outcome, action, run_id)
+        return self._duplicate(action, None, "already closed")
 
     # --- closed workflows ----------------------------------------------------------------
 
@@ -450,6 +475,31 @@ class Dispatcher:
 
 GRPC_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """gRPC's default limit on one message, which Temporal's frontend keeps."""
+
+
+class CheckedRuns:
+    """Workflow id -> (run id, tenant) of runs seen running, the newest ``limit`` kept."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self._runs: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
+
+    def get(self, workflow_id: str) -> tuple[str, str | None] | None:
+        """The run last seen running under ``workflow_id`` and its tenant."""
+        return self._runs.get(workflow_id)
+
+    def put(self, workflow_id: str, run_id: str, tenant: str | None) -> None:
+        """Remember a running run and its tenant."""
+        self._runs[workflow_id] = (run_id, tenant)
+        self._runs.move_to_end(workflow_id)
+        if len(self._runs) > self.limit:
+            self._runs.popitem(last=False)
+
+    def forget(self, workflow_id: str) -> None:
+        """Drop a run that has closed."""
+        self._runs.pop(workflow_id, None)
+
+
 SIGNAL_ATTEMPTS = 5
 """Runs a signal follows when the workflow continues as new under it."""
 MAX_RUNS_SEARCHED = 20

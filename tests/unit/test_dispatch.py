@@ -7,7 +7,7 @@ from google.rpc.status_pb2 import Status
 from temporalio.api.errordetails.v1 import NamespaceNotFoundFailure, NotFoundFailure
 from temporalio.service import RPCError, RPCStatusCode
 
-from bridge.dispatch import classify
+from bridge.dispatch import CheckedRuns, classify
 from bridge.errors import ActionRejectedError, TransientError
 from bridge.routes import Action, ActionKind
 
@@ -41,3 +41,15 @@ def test_invalid_argument_is_permanent_and_names_the_workflow() -> None:
     err = classify(rpc_error(RPCStatusCode.INVALID_ARGUMENT), ACTION)
     assert isinstance(err, ActionRejectedError)
     assert "wf-1" in str(err) and err.event_id == "e-1"
+
+
+def test_checked_runs_keep_the_newest_and_forget_closed_ones() -> None:
+    runs = CheckedRuns(limit=2)
+    runs.put("a", "r1", "acme")
+    runs.put("b", "r2", None)
+    runs.put("a", "r3", "acme")
+    runs.put("c", "r4", "globex")
+    assert runs.get("b") is None  # the oldest entry went
+    assert runs.get("a") == ("r3", "acme") and runs.get("c") == ("r4", "globex")
+    runs.forget("a")
+    assert runs.get("a") is None
