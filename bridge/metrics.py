@@ -50,6 +50,11 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge("ktb_in_flight", "Records fetched and not yet done", registry=r)
+        self.rebalances = Counter(
+            "ktb_rebalances",
+            "Partition assignments this bridge received from its consumer group (one a rebalance)",
+            registry=r,
+        )
         self.dead_letters = Counter(
             "ktb_dead_letters",
             "Records sent to a dead-letter topic",
