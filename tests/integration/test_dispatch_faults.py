@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from typing import Any
 
 from temporalio.client import Client
 
@@ -20,7 +19,9 @@ from tests.support import (
     Services,
     eventually,
     order_data,
+    payment,
     received,
+    recorder_routes,
     routes_config,
     running_bridge,
     running_worker,
@@ -31,29 +32,6 @@ from tests.workflows import Recorder
 
 PLACED = "com.example.order.placed"
 CONFIRMED = "com.example.payment.confirmed"
-
-
-def recorder_routes(topic: str, uid: str) -> list[dict[str, Any]]:
-    """Start a Recorder; ``note``/``finish`` signals and ``add`` updates by payment id prefix."""
-    common = {"topic": topic, "workflow_id": f"df-{uid}-{{data.order_id}}"}
-    starting = {**common, "workflow": "KtbTestRecorder", "task_queue": f"df-{uid}"}
-
-    def by_prefix(name: str, prefix: str, **extra: Any) -> dict[str, Any]:
-        return {
-            "name": f"{name}-{uid}", "type": CONFIRMED,
-            "when": f"data.payment_id.startsWith('{prefix}')", **extra,
-        }  # fmt: skip
-
-    return [
-        {"name": f"start-{uid}", "type": PLACED, "action": "start", **starting},
-        by_prefix("note", "note", action="signal", signal="note", **common),
-        by_prefix("finish", "finish", action="signal", signal="finish", **common),
-        by_prefix("add", "add", action="update_with_start", update="add", **starting),
-    ]
-
-
-def payment(order_id: str, payment_id: str, amount: int = 1) -> dict[str, Any]:
-    return {"order_id": order_id, "payment_id": payment_id, "amount_cents": amount}
 
 
 async def dead_letters(services: Services, topic: str, count: int, timeout: float = 60) -> list:
@@ -82,7 +60,7 @@ async def test_signals_to_a_closed_workflow_live_and_in_replay(
 ) -> None:
     topic = f"closed-{uid}"
     await ensure_topics(settings, {topic: 1, f"{topic}.dlq": 1})
-    config = routes_config(recorder_routes(topic, uid))
+    config = routes_config(recorder_routes(topic, f"df-{uid}"))
     await services.produce(topic, PLACED, order_data("o-1"), key="o-1")
     noted = await services.produce(topic, CONFIRMED, payment("o-1", "note-1", 5), key="o-1")
     finished = await services.produce(topic, CONFIRMED, payment("o-1", "finish", 0), key="o-1")
@@ -121,7 +99,7 @@ async def test_rejected_update_is_a_dead_letter_with_the_workflows_reason(
 ) -> None:
     topic = f"rejected-{uid}"
     await ensure_topics(settings, {topic: 1, f"{topic}.dlq": 1})
-    config = routes_config(recorder_routes(topic, uid))
+    config = routes_config(recorder_routes(topic, f"df-{uid}"))
     handle = client.get_workflow_handle(f"df-{uid}-o-1")
     await services.produce(topic, CONFIRMED, payment("o-1", "add-1", 3), key="o-1")
     bad = await services.produce(topic, CONFIRMED, payment("o-1", "add-2", -4), key="o-1")
@@ -144,7 +122,7 @@ async def test_update_with_no_worker_waits_instead_of_dead_lettering(
 ) -> None:
     topic = f"noworker-{uid}"
     await ensure_topics(settings, {topic: 1, f"{topic}.dlq": 1})
-    config = routes_config(recorder_routes(topic, uid))
+    config = routes_config(recorder_routes(topic, f"df-{uid}"))
     handle = client.get_workflow_handle(f"df-{uid}-o-1")
     metrics = Metrics()
     fast = settings.model_copy(update={"retry_max_s": 0.5, "temporal_rpc_timeout_s": 2.0})
@@ -180,7 +158,7 @@ async def test_unresponsive_temporal_during_update_with_start_pauses_without_dea
     client = await connect_temporal(settings)
     services = Services(settings, catalog, client)
     await services.start()
-    config = routes_config(recorder_routes(topic, uid))
+    config = routes_config(recorder_routes(topic, f"df-{uid}"))
     temporal = private_stack.temporal
     assert temporal is not None and temporal.service is not None
     metrics = Metrics()

@@ -24,7 +24,9 @@ from bridge.settings import Settings
 from tests.support import (
     eventually,
     order_data,
+    payment,
     received,
+    recorder_routes,
     routes_config,
     running_bridge,
     running_worker,
@@ -33,36 +35,8 @@ from tests.support import (
 from tests.workflows import Recorder
 
 PLACED = "com.example.order.placed"
-CANCELLED = "com.example.order.cancelled"
 CONFIRMED = "com.example.payment.confirmed"
 ACME, GLOBEX = "acme", "globex"
-
-
-def routes(topic: str, uid: str, scoped: bool) -> list[dict[str, Any]]:
-    """Every action kind on one topic: the payment id's prefix picks the route."""
-    common = {"topic": topic, "workflow_id": f"tn-{uid}-{{data.order_id}}",
-              "tenant_scoped_ids": scoped}  # fmt: skip
-    starting = {**common, "workflow": "KtbTestRecorder", "task_queue": f"tn-{uid}"}
-
-    def by_prefix(name: str, prefix: str, **extra: Any) -> dict[str, Any]:
-        return {
-            "name": f"{name}-{uid}", "type": CONFIRMED,
-            "when": f"data.payment_id.startsWith('{prefix}')", **extra,
-        }  # fmt: skip
-
-    return [
-        {"name": f"start-{uid}", "type": PLACED, "action": "start", **starting},
-        by_prefix("note", "note", action="signal", signal="note", **common),
-        by_prefix("finish", "finish", action="signal", signal="finish", **common),
-        by_prefix("sws", "sws", action="signal_with_start", signal="note", **starting),
-        by_prefix("add", "add", action="update_with_start", update="add", **starting),
-        by_prefix("cancel", "cancel", action="cancel", **common),
-        by_prefix("stop", "stop", action="terminate", **common),
-    ]
-
-
-def payment(order_id: str, payment_id: str, amount: int = 1) -> dict[str, Any]:
-    return {"order_id": order_id, "payment_id": payment_id, "amount_cents": amount}
 
 
 async def history_length(client: Client, workflow_id: str) -> int:
@@ -82,7 +56,7 @@ async def test_the_same_business_key_of_two_tenants_names_two_workflows(
 ) -> None:
     topic = f"tenants-{uid}"
     await ensure_topics(settings, {topic: 1, f"{topic}.dlq": 1})
-    config = routes_config(routes(topic, uid, scoped=True))
+    config = routes_config(recorder_routes(topic, f"tn-{uid}"))
     order = order_data("o-1")
     async with (
         running_worker(settings, catalog, client, f"tn-{uid}", [Recorder]),
@@ -112,7 +86,7 @@ async def test_no_action_of_one_tenant_reaches_another_tenants_workflow(
     topic = f"tenants-{uid}"
     await ensure_topics(settings, {topic: 1, f"{topic}.dlq": 1})
     # Unscoped ids: acme's events name globex's workflow exactly.
-    config = routes_config(routes(topic, uid, scoped=False))
+    config = routes_config(recorder_routes(topic, f"tn-{uid}", tenant_scoped_ids=False))
     victim = client.get_workflow_handle(f"tn-{uid}-o-1")
     async with running_worker(settings, catalog, client, f"tn-{uid}", [Recorder]):
         async with running_bridge(settings, catalog, client, config):
@@ -162,7 +136,7 @@ async def test_an_idempotent_replay_does_not_report_another_tenants_workflow(
 ) -> None:
     topic = f"tenants-{uid}"
     await ensure_topics(settings, {topic: 1, f"{topic}.dlq": 1})
-    config = routes_config(routes(topic, uid, scoped=False)[:1])
+    config = routes_config(recorder_routes(topic, f"tn-{uid}", tenant_scoped_ids=False)[:1])
     await client.start_workflow(
         "KtbTestRecorder", order_data("o-1"), id=f"tn-{uid}-o-1", task_queue=f"tn-{uid}",
         search_attributes=TypedSearchAttributes([SearchAttributePair(TENANT_ID, GLOBEX)]),
