@@ -78,6 +78,17 @@ class PartitionState:
         """Mark a record acted on or dead-lettered."""
         self.pending[offset] = True
 
+    def passed(self, position: int) -> None:
+        """The consumer's position, read while every record taken is done.
+
+        Offsets below it that were never delivered (a transaction's commit marker,
+        records of an aborted transaction) count as done, so an idle partition
+        commits up to its end offset rather than one short of it.
+        """
+        if position > self.fetched_to and all(self.pending.values()):
+            self.pending[position - 1] = True
+            self.fetched_to = position
+
     def commit_point(self) -> int | None:
         """The offset to commit, if the done prefix is past the last confirmed commit.
 
@@ -218,10 +229,21 @@ class BridgeConsumer:
                     self._enqueue(tp, state, record)
             self.metrics.in_flight.set(self.buffered)
             if time.monotonic() >= next_commit:
+                await self._note_positions(consumer)
                 # Never waited for here: fetching goes on while a commit is in flight.
                 self._begin_commit()
                 self._update_lag(consumer)
                 next_commit = time.monotonic() + self.settings.commit_interval_s
+
+    async def _note_positions(self, consumer: AIOKafkaConsumer) -> None:
+        """Tell idle partitions where the consumer stands (past transaction markers)."""
+        for tp, state in list(self.partitions.items()):
+            if state.closing or not all(state.pending.values()):
+                continue
+            try:
+                state.passed(await consumer.position(tp))
+            except (IllegalStateError, KafkaError):
+                continue  # revoked meanwhile, or no position yet: the next tick tries
 
     def _apply_room(self, consumer: AIOKafkaConsumer) -> None:
         """Pause every partition while the buffer is full; resume the healthy ones after."""

@@ -579,3 +579,34 @@ async def test_a_kafka_pause_under_a_slow_temporal_settles(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_an_idle_partition_commits_past_a_transactions_commit_marker(
+    services, settings: Settings, catalog: SchemaCatalog, client: Client, uid: str
+) -> None:
+    """Records written in a Kafka transaction (a redrive, a user's exactly-once producer)
+    end with a commit marker: the partition's end offset is one past the last record,
+    and an idle bridge commits up to it, so its lag reads 0."""
+    topic = f"txn-{uid}"
+    await ensure_topics(settings, {topic: 1, f"{topic}.dlq": 1})
+    producer = kafka.producer(settings, transactional_id=f"txn-test-{uid}")
+    await producer.start()
+    try:
+        async with producer.transaction():
+            for n in range(3):
+                record = encode_event(catalog, type=PLACED, data=order_data(f"t{n}"),
+                                      id=f"t{n}-{uid}", source="tests", key=f"t{n}")  # fmt: skip
+                await producer.send(topic, record.value, key=record.key, headers=record.headers)
+    finally:
+        await producer.stop()
+    ends = await services.end_offsets(topic)
+    assert ends == {0: 4}  # three records and the marker
+    async with bridge(settings, catalog, client, routes_config([start_route(topic, uid)])) as (
+        consumer,
+        _,
+    ):
+
+        async def at_end() -> bool:
+            return consumer.processed == 3 and await services.committed(topic) == ends
+
+        await eventually(at_end, timeout=60)

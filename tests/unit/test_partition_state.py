@@ -63,6 +63,22 @@ def test_the_committed_offset_never_decreases() -> None:
     assert state.commit_point() is None  # 5 is behind what is committed
 
 
+def test_offsets_passed_without_records_count_as_done_once_everything_taken_is() -> None:
+    state = PartitionState()
+    for offset in (3, 4):
+        state.take(offset)
+    state.passed(6)  # record 4 is not done yet: the marker at 5 waits
+    state.done(3)
+    assert state.commit_point() == 4
+    state.done(4)
+    state.passed(6)  # a transaction's commit marker at 5
+    assert state.commit_point() == 6
+    state.passed(6)
+    state.passed(5)  # never backwards
+    assert state.commit_point() == 6
+    assert not state.take(5) and state.take(6)
+
+
 def test_a_record_taken_again_is_ignored() -> None:
     state = PartitionState()
     assert state.take(10) and state.take(11)
