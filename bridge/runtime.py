@@ -107,13 +107,21 @@ async def _accepts_tcp(address: str, timeout: float = 2.0) -> bool:
 
 @contextlib.asynccontextmanager
 async def started_producer(settings: Settings, **options: Any) -> AsyncIterator[AIOKafkaProducer]:
-    """A started producer, stopped (and flushed) on exit."""
+    """A started producer, stopped (and flushed) on exit.
+
+    The flush is bounded by ``commit_timeout_s``: with Kafka gone at shutdown, what is
+    still unsent (provenance records; dead letters are awaited before their commit)
+    is given up rather than holding the process past its shutdown budget.
+    """
     producer = kafka.producer(settings, **options)
     await kafka.start(producer, settings)
     try:
         yield producer
     finally:
-        await producer.stop()
+        try:
+            await asyncio.wait_for(producer.stop(), settings.commit_timeout_s)
+        except TimeoutError:
+            log.warning("a producer did not flush within %.0fs; stopped", settings.commit_timeout_s)
 
 
 def stop_on_signals(callback: Callable[[], None]) -> None:
