@@ -62,15 +62,3 @@ async def read_to_end(
         return out
     finally:
         await stop_consumer(consumer)
-
-
-def last_offsets(records: list[Any]) -> dict[int, int]:
-    """Per partition, one past the last record: where a consumer's commit ends up.
-
-    After a transactional write a partition's end offset is one further (the commit
-    marker, which consumers never see).
-    """
-    out: dict[int, int] = {}
-    for record in records:
-        out[record.partition] = max(out.get(record.partition, 0), record.offset + 1)
-    return out

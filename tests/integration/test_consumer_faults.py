@@ -599,8 +599,13 @@ async def test_an_idle_partition_commits_past_a_transactions_commit_marker(
                 await producer.send(topic, record.value, key=record.key, headers=record.headers)
     finally:
         await producer.stop()
-    ends = await services.end_offsets(topic)
-    assert ends == {0: 4}  # three records and the marker
+
+    async def marked() -> dict[int, int]:
+        # The coordinator writes the marker after the commit returns.
+        ends = await services.end_offsets(topic)
+        return ends if ends == {0: 4} else {}  # three records and the marker
+
+    ends = await eventually(marked)
     async with bridge(settings, catalog, client, routes_config([start_route(topic, uid)])) as (
         consumer,
         _,

@@ -116,9 +116,10 @@ async def test_a_record_too_large_to_copy_is_dead_lettered_by_its_coordinates(
         assert not set(got) & dlq.LETTER_HEADERS
 
     # Failing again, the republished record comes back as a letter with its count. (The
-    # partition's end offset is now one past its last record: the transaction's commit
-    # marker, which a consumer never sees; the bridge commits up to its last record.)
-    last = {0: republished[-1].offset + 1}
+    # partition's end offset is now one past its last record, the transaction's commit
+    # marker, and the bridge commits up to it.)
+    last = await services.end_offsets(orders)
+    assert last == {0: republished[-1].offset + 2}
     async with running_bridge(settings, catalog, client, config):
 
         async def again_committed() -> bool:
