@@ -13,15 +13,14 @@ and redrive read it from there.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from bridge import kafka
+from bridge.envelope import RecordLike
 from bridge.errors import BridgeError, TransientError
 
 log = logging.getLogger("ktb.dlq")
@@ -53,18 +52,6 @@ KEPT_HEADERS = frozenset(
 )
 """Original headers (lower-cased names) a ``too_large_to_copy`` letter keeps: enough
 for listings, tenant filtering and ``dlq show`` to name the event."""
-
-
-class RecordLike(Protocol):
-    """The parts of a Kafka consumer record the bridge reads."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
 
 
 def dlq_topic(topic: str) -> str:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings import kafka as ce_kafka
@@ -30,6 +30,19 @@ TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
 
 Headers = Sequence[tuple[str, bytes]]
+
+
+class RecordLike(Protocol):
+    """The parts of a Kafka consumer record the bridge reads: what every stage takes."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
 
 TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 """What a tenant id may look like: it prefixes workflow ids and appears in visibility queries."""

@@ -113,6 +113,12 @@ class PayloadTooLargeError(PermanentError):
     error_type = "payload_too_large"
 
 
+class InternalError(PermanentError):
+    """An unexpected exception kept failing for one record; it is dead-lettered."""
+
+    error_type = "internal_error"
+
+
 class TransientError(BridgeError):
     """Temporal or Kafka is unavailable for now: retry, never dead-letter."""
 

@@ -14,8 +14,8 @@ from opentelemetry.trace import Tracer
 from bridge import tracing
 from bridge.codec import SchemaCatalog
 from bridge.dispatch import Dispatcher, Outcome, Result
-from bridge.dlq import DeadLetterPublisher, RecordLike
-from bridge.envelope import Event, decode_record
+from bridge.dlq import DeadLetterPublisher
+from bridge.envelope import Event, RecordLike, decode_record
 from bridge.errors import PermanentError, UnmatchedEventError
 from bridge.metrics import Metrics
 from bridge.provenance import ProvenanceWriter

@@ -20,8 +20,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from bridge.dispatch import Result
-from bridge.dlq import RecordLike
-from bridge.envelope import TENANT, Event, ce_attribute
+from bridge.envelope import TENANT, Event, RecordLike, ce_attribute
 
 TOPIC = "ktb.provenance"
 log = logging.getLogger("ktb.provenance")

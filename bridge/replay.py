@@ -25,10 +25,8 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-import random
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -46,9 +44,10 @@ from bridge.admin import stop_consumer
 from bridge.attributes import TENANT_ID
 from bridge.codec import SchemaCatalog
 from bridge.dispatch import Dispatcher, Outcome, Result, check_tenant_id
-from bridge.dlq import DeadLetterPublisher, RecordLike
-from bridge.envelope import TENANT, Event, ce_attribute
-from bridge.errors import BridgeError, InvalidRequestError, TransientError
+from bridge.dlq import DeadLetterPublisher
+from bridge.engine import CANCEL_GRACE_S, Engine, PartitionState
+from bridge.envelope import TENANT, Event, RecordLike, ce_attribute
+from bridge.errors import BridgeError, InvalidRequestError
 from bridge.ingress import Ingress
 from bridge.metrics import Metrics
 from bridge.provenance import ProvenanceWriter
@@ -424,9 +423,9 @@ def progress_line(done: int, total: int, elapsed: float, width: int = 30) -> str
 
 
 class _Partition:
-    """Read and done state of one range."""
+    """Where the replay of one range stands."""
 
-    __slots__ = ("end", "pending", "position", "read_done", "tp")
+    __slots__ = ("end", "position", "read_done", "tp")
 
     def __init__(self, tp: TopicPartition, position: int, end: int) -> None:
         self.tp = tp
@@ -434,13 +433,13 @@ class _Partition:
         """Every offset below this is done and counted."""
         self.end = end
         self.read_done = position >= end
-        self.pending: dict[int, Result | bool | None] = {}
-        """Offsets handed out and not yet behind ``position``: ``False`` while in flight,
-        the ``Result`` once done, ``None`` for a record outside the time range."""
 
 
 class ReplayRunner:
-    """Reads a plan's ranges and sends every record through ``ingress``, per key in order."""
+    """Reads a plan's ranges and sends every record through ``ingress`` on the live
+    per-key engine (``bridge.engine``): per key in order, retried and dead-lettered
+    exactly as live consumption does. Nothing is committed; the position of each range
+    is its done prefix, and the report counts each record once as it passes it."""
 
     def __init__(
         self,
@@ -472,12 +471,16 @@ class ReplayRunner:
             _Partition(TopicPartition(plan.request.topic, r.partition), max(pos, r.start), r.end)
             for r, pos in zip(plan.ranges, positions, strict=True)
         ]
-        self._keys: dict[tuple[int, bytes], deque[RecordLike]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(self.in_flight)
-        self._buffered = 0
-        self._room = asyncio.Event()
-        self._failure: BaseException | None = None
+        self._by_tp = {part.tp: part for part in self.parts}
+        self.engine = Engine(
+            ingress,
+            max_in_flight=self.in_flight,
+            retry_initial_s=settings.retry_initial_s,
+            retry_max_s=settings.retry_max_s,
+            on_done=self._on_done,
+        )
+        for part in self.parts:
+            self.engine.assign(part.tp)
         self._next_progress = 0.0
         self.rate = plan.request.rate_limit or settings.replay_rate_limit
         self._paced = 0
@@ -506,10 +509,14 @@ class ReplayRunner:
                 for p in todo:
                     consumer.seek(p.tp, p.position)
                 await self._read(consumer, todo)
-                await self._finish()
+                while not await self.engine.idle(self.progress_every_s):
+                    self._progress()
             finally:
-                await self._cancel()
+                # Nothing is left after a full read; after a failure, stop at once.
+                await self.engine.drain([p.tp for p in self.parts], CANCEL_GRACE_S)
                 await stop_consumer(consumer)
+        for part in self.parts:
+            self._advance(part)
         self._progress(force=True)
         return self.report
 
@@ -517,12 +524,8 @@ class ReplayRunner:
         reading = {p.tp: p for p in todo}
         self._pace_start = time.monotonic()
         while reading:
-            self._raise_failure()
-            while self._buffered >= self.max_buffered:
-                self._room.clear()
-                await self._room.wait()
-                self._raise_failure()
-            room = self.max_buffered - self._buffered
+            await self.engine.wait_for_room(self.max_buffered)
+            room = self.max_buffered - self.engine.buffered
             try:
                 batch = await consumer.getmany(timeout_ms=200, max_records=min(room, self.chunk))
             except OffsetOutOfRangeError as exc:
@@ -538,11 +541,12 @@ class ReplayRunner:
                         break
                     if self.rate:
                         await self._pace()
-                    if self.dry_run:
-                        # A dry-run ingress never waits: no task per record.
-                        await self._handle_now(part, record)
+                    if not self.plan.selects(record):
+                        self.engine.pass_over(tp, record.offset)
+                    elif self.dry_run:
+                        await self._handle_now(tp, record)
                     else:
-                        self._take(part, record)
+                        self.engine.submit(tp, record)
             for tp, part in list(reading.items()):
                 if await consumer.position(tp) >= part.end:
                     part.read_done = True
@@ -558,116 +562,26 @@ class ReplayRunner:
         if delay > 0.002:
             await asyncio.sleep(delay)
 
-    def _take(self, part: _Partition, record: RecordLike) -> None:
-        if not self.plan.selects(record):
-            part.pending[record.offset] = None
-            self._advance(part)
-            return
-        part.pending[record.offset] = False
-        self._buffered += 1
-        if record.key is None:
-            self._spawn(part, None, deque([record]))
-            return
-        key = (part.tp.partition, record.key)
-        queue = self._keys.get(key)
-        if queue is not None:
-            queue.append(record)
-            return
-        queue = deque([record])
-        self._keys[key] = queue
-        self._spawn(part, key, queue)
+    async def _handle_now(self, tp: TopicPartition, record: RecordLike) -> None:
+        """A dry run's record: its ingress never waits nor fails, so it is handled in the
+        read loop, in offset order, without a task of its own."""
+        state = self.engine.partitions[tp]
+        if state.take(record.offset):
+            state.done(record.offset, await self.ingress.handle(record))
+            self._on_done(tp, state)
 
-    async def _handle_now(self, part: _Partition, record: RecordLike) -> None:
-        if not self.plan.selects(record):
-            part.position = record.offset + 1
-            return
-        self.report.add(await self.ingress.handle(record))
-        part.position = record.offset + 1
-        self._progress()
-
-    def _spawn(
-        self, part: _Partition, key: tuple[int, bytes] | None, queue: deque[RecordLike]
-    ) -> None:
-        task = asyncio.create_task(self._drain_key(part, key, queue))
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None and self._failure is None:
-            self._failure = task.exception()
-            self._room.set()
-
-    def _raise_failure(self) -> None:
-        if self._failure is not None:
-            raise self._failure
-
-    async def _drain_key(
-        self, part: _Partition, key: tuple[int, bytes] | None, queue: deque[RecordLike]
-    ) -> None:
-        try:
-            while queue:
-                record = queue[0]
-                result = await self._process(record)
-                part.pending[record.offset] = result
-                self._advance(part)
-                queue.popleft()
-                self._buffered -= 1
-                if self._buffered < self.max_buffered:
-                    self._room.set()
-        finally:
-            if key is not None and self._keys.get(key) is queue:
-                del self._keys[key]
-
-    async def _process(self, record: RecordLike) -> Result:
-        delay = self.settings.retry_initial_s
-        while True:
-            try:
-                async with self._slots:
-                    return await self.ingress.handle(record)
-            except TransientError as exc:
-                log.warning(
-                    "retrying %s[%d]@%d in %.1fs: %s",
-                    record.topic, record.partition, record.offset, delay, exc.message,
-                )  # fmt: skip
-            await asyncio.sleep(delay * (0.5 + random.random() / 2))
-            delay = min(delay * 2, self.settings.retry_max_s)
+    def _on_done(self, tp: TopicPartition, state: PartitionState) -> None:
+        self._advance(self._by_tp[tp])
 
     def _advance(self, part: _Partition) -> None:
         """Move ``position`` over the done prefix, counting each record as it passes."""
-        pending = part.pending
-        while pending:
-            offset = next(iter(pending))
-            result = pending[offset]
-            if result is False:
-                break
-            del pending[offset]
-            if isinstance(result, Result):
-                self.report.add(result)
-            part.position = offset + 1
-        if not pending and part.read_done:
+        state = self.engine.partitions[part.tp]
+        for result in state.advance():
+            self.report.add(result)
+        part.position = max(part.position, state.done_to)
+        if not state.pending and part.read_done:
             part.position = max(part.position, part.end)
         self._progress()
-
-    async def _finish(self) -> None:
-        while self._tasks:
-            self._raise_failure()
-            await asyncio.wait(
-                set(self._tasks),
-                timeout=self.progress_every_s,
-                return_when=asyncio.FIRST_EXCEPTION,
-            )
-            self._progress()
-        self._raise_failure()
-        for part in self.parts:
-            self._advance(part)
-
-    async def _cancel(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
 
     def _progress(self, force: bool = False) -> None:
         if self.on_progress is None:

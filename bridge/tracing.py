@@ -29,7 +29,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from temporalio.contrib.opentelemetry import TracingInterceptor
 
 from bridge.dispatch import Outcome, Result
-from bridge.dlq import RecordLike
+from bridge.envelope import RecordLike
 from bridge.settings import Settings
 
 TRACEPARENT = "traceparent"
