@@ -22,8 +22,8 @@ from bridge.admin import ensure_topics
 from bridge.codec import SchemaCatalog
 from bridge.consumer import BridgeConsumer
 from bridge.dispatch import Dispatcher
-from bridge.dlq import DeadLetter, DeadLetterPublisher, RecordLike
-from bridge.envelope import encode_event
+from bridge.dlq import DeadLetter, DeadLetterPublisher
+from bridge.envelope import RecordLike, encode_event
 from bridge.errors import BridgeError, TransientError
 from bridge.ingress import Ingress
 from bridge.metrics import Metrics
