@@ -25,13 +25,13 @@ from typing import Any
 import httpx
 
 from bridge import kafka
-from bridge.admin import ensure_topics
 from bridge.api import hash_key
 from bridge.api.index import IndexFollower, ProvenanceIndex
+from bridge.dev.stack import free_port
 from bridge.dispatch import Outcome, Result
+from bridge.kafka import ensure_topics
 from bridge.provenance import ProvenanceWriter
 from bridge.settings import Settings
-from bridge.stack import free_port
 
 KEY = "bench-key"
 

@@ -25,8 +25,8 @@ from temporalio.worker import Worker
 
 with workflow.unsafe.imports_passed_through():
     from bench.common import percentile
-    from bridge.runtime import connect_temporal
     from bridge.settings import Settings
+    from bridge.temporal.client import connect_temporal
 
 STEPS = ("bare-a", "bare-b", "bare-c")
 

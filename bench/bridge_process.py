@@ -19,8 +19,8 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.dev.stack import free_port
 from bridge.settings import REPO_ROOT, Settings
-from bridge.stack import free_port
 
 MIB = 1024 * 1024
 

@@ -24,9 +24,9 @@ from aiokafka.structs import ConsumerRecord
 from temporalio.client import Client
 
 from bridge import kafka
-from bridge.admin import ensure_topics
 from bridge.codec import SchemaCatalog
 from bridge.envelope import KafkaRecord, encode_event
+from bridge.kafka import ensure_topics
 from bridge.settings import Settings
 
 PLACED = "com.example.order.placed"

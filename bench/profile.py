@@ -34,7 +34,7 @@ from bench.common import (
 )
 from bench.run import services
 from bridge.codec import SchemaCatalog
-from bridge.runtime import connect_temporal
+from bridge.temporal.client import connect_temporal
 
 # (stage, substring of a frame); the first rule any frame of a stack matches wins.
 STAGES = (

@@ -41,10 +41,10 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from bridge import kafka
-from bridge.admin import ensure_topics
 from bridge.codec import SchemaCatalog
 from bridge.envelope import encode_event
-from bridge.replay import (
+from bridge.kafka import ensure_topics
+from bridge.replay.runner import (
     ReplayPlan,
     ReplayReport,
     ReplayRequest,
@@ -52,8 +52,8 @@ from bridge.replay import (
     replay_ingress,
     resolve_plan,
 )
-from bridge.runtime import connect_temporal
 from bridge.settings import Settings
+from bridge.temporal.client import connect_temporal
 
 NAME = "replay"
 PLACED = "com.example.order.placed"

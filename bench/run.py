@@ -33,9 +33,9 @@ from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 
 from bench.common import BenchContext, ScenarioResult
 from bridge.codec import SchemaCatalog
-from bridge.runtime import connect_temporal
+from bridge.dev.stack import KAFKA_VERSION, LocalStack, ensure_search_attributes, free_port
 from bridge.settings import REPO_ROOT, Settings
-from bridge.stack import KAFKA_VERSION, LocalStack, ensure_search_attributes, free_port
+from bridge.temporal.client import connect_temporal
 
 RESULTS = REPO_ROOT / "bench" / "results" / "latest.json"
 Runner = Callable[[BenchContext], Awaitable[ScenarioResult]]

@@ -38,12 +38,12 @@ import yaml
 
 from bench.common import percentile
 from bridge import kafka
-from bridge.admin import ensure_topics, stop_consumer
 from bridge.codec import SchemaCatalog
+from bridge.dev.stack import LocalStack, free_port
 from bridge.envelope import encode_event
-from bridge.runtime import connect_temporal
+from bridge.kafka import ensure_topics, stop_consumer
 from bridge.settings import REPO_ROOT, Settings
-from bridge.stack import LocalStack, free_port
+from bridge.temporal.client import connect_temporal
 
 PLACED = "com.example.order.placed"
 COMPLETED = "com.example.order.completed"

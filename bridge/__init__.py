@@ -5,11 +5,11 @@ The public surface is small; everything else is an implementation module.
 
 from bridge.codec import SchemaCatalog
 from bridge.dispatch import Dispatcher, Outcome, Result
-from bridge.egress import Publisher, PublishRequest
 from bridge.envelope import Event, decode_record, encode_event
 from bridge.errors import BridgeError, PermanentError, TransientError
 from bridge.ingress import Ingress
 from bridge.routes import Action, ActionKind, Router, RoutesConfig
+from bridge.sdk.egress import Publisher, PublishRequest
 from bridge.settings import Settings
 
 __all__ = [

@@ -33,7 +33,7 @@ from aiokafka.structs import OffsetAndMetadata
 from bridge import kafka
 from bridge.engine import Engine, PartitionState
 from bridge.ingress import Ingress
-from bridge.metrics import Metrics
+from bridge.observability.metrics import Metrics
 from bridge.settings import Settings
 
 log = logging.getLogger("ktb.consumer")

@@ -42,7 +42,6 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from bridge import attributes
 from bridge.envelope import Event
 from bridge.errors import (
     ActionRejectedError,
@@ -53,6 +52,7 @@ from bridge.errors import (
     WorkflowClosedError,
 )
 from bridge.routes import Action, ActionKind
+from bridge.temporal import attributes
 
 
 class Outcome(StrEnum):

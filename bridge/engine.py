@@ -34,7 +34,7 @@ from bridge.dispatch import Result
 from bridge.envelope import RecordLike
 from bridge.errors import BridgeError, InternalError, TransientError
 from bridge.ingress import Ingress
-from bridge.metrics import Metrics
+from bridge.observability.metrics import Metrics
 
 log = logging.getLogger("ktb.engine")
 

@@ -11,13 +11,13 @@ import time
 
 from opentelemetry.trace import Tracer
 
-from bridge import tracing
 from bridge.codec import SchemaCatalog
 from bridge.dispatch import Dispatcher, Outcome, Result
-from bridge.dlq import DeadLetterPublisher
+from bridge.dlq.publisher import DeadLetterPublisher
 from bridge.envelope import Event, RecordLike, decode_record
 from bridge.errors import PermanentError, UnmatchedEventError
-from bridge.metrics import Metrics
+from bridge.observability import tracing
+from bridge.observability.metrics import Metrics
 from bridge.provenance import ProvenanceWriter
 from bridge.routes import Action, Router
 

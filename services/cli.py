@@ -6,7 +6,7 @@ import asyncio
 import importlib
 import sys
 
-from bridge import logs
+from bridge.observability import logs
 from bridge.settings import Settings
 
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bridge.faults import DatabaseError
+from bridge.sdk.faults import DatabaseError
 
 T = TypeVar("T")
 

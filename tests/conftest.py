@@ -19,10 +19,10 @@ import pytest
 import pytest_asyncio
 from temporalio.client import Client
 
-from bridge.admin import ensure_topics
 from bridge.codec import SchemaCatalog
+from bridge.dev.stack import LocalStack, ensure_search_attributes, free_port
+from bridge.kafka import ensure_topics
 from bridge.settings import REPO_ROOT, Settings
-from bridge.stack import LocalStack, ensure_search_attributes, free_port
 from tests.support import Services
 
 

@@ -22,20 +22,20 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from bridge import kafka
-from bridge.admin import stop_consumer
+from bridge.cli.tail import render
 from bridge.codec import SchemaCatalog
 from bridge.consumer import BridgeConsumer
 from bridge.dispatch import Dispatcher
-from bridge.dlq import DeadLetterPublisher
-from bridge.egress import Publisher
+from bridge.dlq.publisher import DeadLetterPublisher
 from bridge.envelope import Event, decode_record, encode_event
 from bridge.ingress import Ingress
-from bridge.metrics import Metrics
+from bridge.kafka import stop_consumer
+from bridge.observability.metrics import Metrics
+from bridge.observability.telemetry import Telemetry
 from bridge.provenance import ProvenanceWriter
 from bridge.routes import Router, RoutesConfig
+from bridge.sdk.egress import Publisher
 from bridge.settings import REPO_ROOT, Settings
-from bridge.tail import render
-from bridge.telemetry import Telemetry
 
 T = TypeVar("T")
 
@@ -385,7 +385,7 @@ async def running_api(
     import uvicorn
 
     from bridge.api import create_app
-    from bridge.stack import free_port
+    from bridge.dev.stack import free_port
 
     port = free_port()
     app = create_app(settings, metrics=metrics, telemetry=telemetry)

@@ -7,7 +7,7 @@ from typing import Any
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from bridge.workflow import BridgeWorkflow
+    from bridge.sdk.workflow import BridgeWorkflow
 
 
 @workflow.defn(name="KtbTestNoop")

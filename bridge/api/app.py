@@ -16,13 +16,13 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bridge import replay_api
 from bridge.api import events, health, problems, processes
+from bridge.api import replays as replay_api
 from bridge.api.models import StructuredEvent
 from bridge.api.state import open_state
-from bridge.metrics import Metrics
+from bridge.observability.metrics import Metrics
+from bridge.observability.telemetry import Telemetry
 from bridge.settings import Settings
-from bridge.telemetry import Telemetry
 
 ROUTERS: list[APIRouter] = [health.router, events.router, processes.router, replay_api.router]
 """The API's areas, in OpenAPI order; replay and DLQ routers belong here too."""

@@ -18,7 +18,6 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 from temporalio.client import WorkflowExecution
 
-from bridge import visibility
 from bridge.api import lookup, problems
 from bridge.api.auth import Caller
 from bridge.api.inbound import JSON, STRUCTURED, extensions, parse_request
@@ -40,6 +39,7 @@ from bridge.codec import AVRO
 from bridge.envelope import decode_record, encode_event
 from bridge.errors import PermanentError, RouteError
 from bridge.provenance import EventProvenance, PublishedProvenance
+from bridge.temporal import visibility
 
 router = APIRouter(tags=["events"])
 log = logging.getLogger("ktb.api")

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from bridge import kafka
-from bridge.admin import ensure_topics, stop_consumer
+from bridge.kafka import ensure_topics, stop_consumer
 from bridge.provenance import EventProvenance, PublishedProvenance, parse
 from bridge.settings import Settings
 

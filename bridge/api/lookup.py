@@ -31,11 +31,11 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError, TemporalError
 from temporalio.service import RPCError, RPCStatusCode
 
-from bridge import attributes, visibility
 from bridge.api.auth import Caller
 from bridge.api.models import Failure, ProcessStatus, ProcessSummary
 from bridge.api.problems import Problem
-from bridge.workflow import PROGRESS_QUERY
+from bridge.sdk.workflow import PROGRESS_QUERY
+from bridge.temporal import attributes, visibility
 
 T = TypeVar("T")
 

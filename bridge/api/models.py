@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bridge import visibility
+from bridge.temporal import visibility
 
 
 class ProcessStatus(StrEnum):

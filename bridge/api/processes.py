@@ -11,13 +11,13 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
 from temporalio.client import WorkflowExecution, WorkflowExecutionStatus
 
-from bridge import visibility
 from bridge.api import lookup, problems
 from bridge.api.auth import Caller
 from bridge.api.events import published_events
 from bridge.api.models import ProcessPage, ProcessState, ProcessStatus, ProcessView
 from bridge.api.problems import Problem
 from bridge.api.state import ApiState, CallerDep, State
+from bridge.temporal import visibility
 
 router = APIRouter(tags=["processes"])
 

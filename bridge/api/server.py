@@ -5,9 +5,9 @@ from __future__ import annotations
 import uvicorn
 
 from bridge.api.app import create_app
-from bridge.metrics import Metrics
+from bridge.observability.metrics import Metrics
+from bridge.observability.telemetry import open_telemetry
 from bridge.settings import Settings
-from bridge.telemetry import open_telemetry
 
 
 def serve(settings: Settings, metrics: Metrics | None = None) -> None:

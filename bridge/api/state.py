@@ -23,11 +23,11 @@ from bridge.api.auth import Caller, KeyRing
 from bridge.api.index import IndexFollower, ProvenanceIndex
 from bridge.codec import SchemaCatalog
 from bridge.errors import ConfigError
-from bridge.metrics import Metrics
+from bridge.observability.metrics import Metrics
+from bridge.observability.telemetry import Telemetry
 from bridge.routes import Router, RoutesConfig
-from bridge.runtime import connect_temporal
 from bridge.settings import Settings
-from bridge.telemetry import Telemetry
+from bridge.temporal.client import connect_temporal
 
 log = logging.getLogger("ktb.api")
 

@@ -13,10 +13,10 @@ from aiokafka.errors import CommitFailedError
 from aiokafka.structs import ConsumerRecord
 
 from bridge import kafka
-from bridge.admin import stop_consumer
 from bridge.codec import SchemaCatalog
 from bridge.envelope import Event, decode_record
 from bridge.errors import PermanentError
+from bridge.kafka import stop_consumer
 from bridge.settings import Settings
 from services.store import Store, now
 

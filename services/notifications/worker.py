@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from bridge.codec import SchemaCatalog
-from bridge.runtime import stop_on_signals
+from bridge.observability.telemetry import open_telemetry
 from bridge.settings import Settings
-from bridge.telemetry import open_telemetry
+from bridge.wiring import stop_on_signals
 from services.config import ServicesConfig
 from services.notifications.consumer import SCHEMA, Notifications, consume
 from services.store import Store

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from bridge.faults import FaultInterceptor
-from bridge.metrics import Metrics
-from bridge.runtime import run_worker
+from bridge.observability.metrics import Metrics
+from bridge.sdk.faults import FaultInterceptor
 from bridge.settings import Settings
+from bridge.wiring import run_worker
 from services.config import ServicesConfig
 from services.orders.activities import SCHEMA, Orders
 from services.orders.workflows import OrderFulfillment

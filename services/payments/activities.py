@@ -7,7 +7,7 @@ from typing import Any
 
 from temporalio import activity
 
-from bridge.faults import (
+from bridge.sdk.faults import (
     AuthorizationError,
     CircuitBreaker,
     Fault,

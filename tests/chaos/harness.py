@@ -31,12 +31,12 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
 from bridge import kafka
-from bridge.admin import ensure_topics, stop_consumer
 from bridge.codec import SchemaCatalog
-from bridge.dlq import ERROR_HEADERS, ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TOPIC
+from bridge.dev.stack import LocalStack, Service, free_port
+from bridge.dlq.publisher import ERROR_HEADERS, ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TOPIC
 from bridge.envelope import decode_record, encode_event
+from bridge.kafka import ensure_topics, stop_consumer
 from bridge.settings import REPO_ROOT, Settings
-from bridge.stack import LocalStack, Service, free_port
 
 PLACED = "com.example.order.placed"
 CONFIRMED = "com.example.payment.confirmed"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from bridge import logs
-from bridge.runtime import run_worker
+from bridge.observability import logs
 from bridge.settings import Settings
+from bridge.wiring import run_worker
 from tests.chaos.harness import SEQ_QUEUE
 from tests.workflows import Recorder
 

@@ -8,7 +8,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from bridge.workflow import BridgeWorkflow, publish
+    from bridge.sdk.workflow import BridgeWorkflow, publish
 
 
 @workflow.defn(name="KtbApiTestOrder")

@@ -9,8 +9,8 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from bridge.faults import retry_policy
-    from bridge.workflow import publish
+    from bridge.sdk.faults import retry_policy
+    from bridge.sdk.workflow import publish
 
 FAIL_ACTIVITY = "ktb_test.fail_with"
 

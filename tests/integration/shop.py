@@ -22,12 +22,12 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from bridge import kafka
-from bridge.admin import stop_consumer
 from bridge.codec import SchemaCatalog
-from bridge.egress import Publisher
 from bridge.envelope import Event, decode_record
-from bridge.faults import FaultInterceptor
+from bridge.kafka import stop_consumer
 from bridge.routes import RoutesConfig
+from bridge.sdk.egress import Publisher
+from bridge.sdk.faults import FaultInterceptor
 from bridge.settings import REPO_ROOT, Settings
 from services.config import ServicesConfig
 from services.inventory.activities import SCHEMA as INVENTORY_SCHEMA

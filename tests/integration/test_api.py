@@ -11,9 +11,9 @@ from typing import Any
 
 import httpx
 
-from bridge.admin import ensure_topics
 from bridge.api.auth import hash_key
 from bridge.codec import SchemaCatalog
+from bridge.kafka import ensure_topics
 from bridge.routes import RoutesConfig
 from bridge.settings import Settings
 from tests.integration.api_workflows import PaidOrder, QuickOrder

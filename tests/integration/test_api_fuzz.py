@@ -38,10 +38,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from bridge import visibility
 from bridge.api.auth import hash_key
+from bridge.dev.stack import free_port
 from bridge.settings import REPO_ROOT, Settings
-from bridge.stack import free_port
+from bridge.temporal import visibility
 from tests.support import eventually
 
 KEY = "fuzz-key"

@@ -9,8 +9,8 @@ import re
 
 import httpx
 
-from bridge.admin import ensure_topics
 from bridge.api.auth import hash_key
+from bridge.kafka import ensure_topics
 from bridge.settings import REPO_ROOT
 from tests.integration.api_workflows import QuickOrder
 from tests.support import (

@@ -20,7 +20,7 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
 )
 
-from bridge.attributes import TENANT_ID
+from bridge.temporal.attributes import TENANT_ID
 from tests.integration.test_api import (
     CE_JSON,
     KEY_A,

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bridge.admin import ensure_topics
+from bridge.kafka import ensure_topics
 from bridge.settings import REPO_ROOT
 from tests.support import order_data
 

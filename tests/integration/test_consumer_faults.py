@@ -18,18 +18,18 @@ from aiokafka import TopicPartition
 from temporalio.client import Client, WorkflowUpdateRPCTimeoutOrCancelledError
 
 from bridge import kafka
-from bridge.admin import ensure_topics
 from bridge.codec import SchemaCatalog
 from bridge.consumer import BridgeConsumer
+from bridge.dev.stack import LocalStack
 from bridge.dispatch import Dispatcher
-from bridge.dlq import DeadLetter, DeadLetterPublisher
+from bridge.dlq.publisher import DeadLetter, DeadLetterPublisher
 from bridge.envelope import RecordLike, encode_event
 from bridge.errors import BridgeError, TransientError
 from bridge.ingress import Ingress
-from bridge.metrics import Metrics
+from bridge.kafka import ensure_topics
+from bridge.observability.metrics import Metrics
 from bridge.routes import Router, RoutesConfig
 from bridge.settings import Settings
-from bridge.stack import LocalStack
 from tests.support import (
     Services,
     bridge_process,

@@ -9,12 +9,12 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from bridge.admin import ensure_topics
-from bridge.dlq import ERROR_MESSAGE, ERROR_TYPE
-from bridge.metrics import Metrics
-from bridge.replay import ReplayRequest, resolve_plan, run_replay
-from bridge.runtime import connect_temporal
+from bridge.dlq.publisher import ERROR_MESSAGE, ERROR_TYPE
+from bridge.kafka import ensure_topics
+from bridge.observability.metrics import Metrics
+from bridge.replay.runner import ReplayRequest, resolve_plan, run_replay
 from bridge.settings import Settings
+from bridge.temporal.client import connect_temporal
 from tests.support import (
     Services,
     eventually,

@@ -10,7 +10,7 @@ from typing import Any
 
 import psutil
 
-from bridge.dlq import (
+from bridge.dlq.publisher import (
     ERROR_MESSAGE,
     ERROR_TYPE,
     FAILED_AT,
@@ -18,8 +18,8 @@ from bridge.dlq import (
     ORIGINAL_PARTITION,
     ORIGINAL_TOPIC,
 )
-from bridge.runtime import connect_temporal
 from bridge.settings import Settings
+from bridge.temporal.client import connect_temporal
 from tests.support import (
     bridge_process,
     eventually,
@@ -142,7 +142,7 @@ async def test_per_key_order_with_parallel_keys(services, topics, settings, cata
 
 
 async def test_poison_record_goes_to_the_dlq(services, settings, catalog, client, uid):
-    from bridge.admin import ensure_topics
+    from bridge.kafka import ensure_topics
 
     topic = f"poison-{uid}"
     await ensure_topics(settings, {topic: 1, f"{topic}.dlq": 1})
@@ -186,7 +186,7 @@ async def _count_is(client, query: str, expected: int) -> bool:
 async def test_bad_template_field_and_unmatched_are_dead_lettered(
     services, settings, catalog, client, uid
 ):
-    from bridge.admin import ensure_topics
+    from bridge.kafka import ensure_topics
 
     topic = f"bad-{uid}"
     await ensure_topics(settings, {topic: 1, f"{topic}.dlq": 1})
@@ -273,7 +273,7 @@ async def test_two_instances_one_stopped_mid_stream(
 
 async def test_temporal_outage_pauses_without_dead_letters(private_stack, catalog, uid, tmp_path):
 
-    from bridge.admin import ensure_topics
+    from bridge.kafka import ensure_topics
     from tests.support import Services
 
     settings = Settings(
@@ -397,7 +397,7 @@ async def test_every_action_kind(services, topics, settings, catalog, client, ui
 
 async def test_rejected_actions_are_dead_lettered(services, settings, catalog, client, uid):
     """Temporal rejecting the action (unknown search attribute, missing workflow) → DLQ."""
-    from bridge.admin import ensure_topics
+    from bridge.kafka import ensure_topics
 
     topic = f"rejected-{uid}"
     await ensure_topics(settings, {topic: 1, f"{topic}.dlq": 1})

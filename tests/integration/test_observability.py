@@ -29,14 +29,14 @@ from temporalio.client import WorkflowFailureError
 from temporalio.worker import Worker
 
 from bridge.consumer import BridgeConsumer
-from bridge.faults import FaultInterceptor
-from bridge.logs import JsonFormatter
-from bridge.metrics import Metrics, WorkerMetrics
-from bridge.runtime import open_bridge, open_worker
+from bridge.dev.stack import free_port
+from bridge.observability.logs import JsonFormatter
+from bridge.observability.metrics import Metrics, WorkerMetrics
+from bridge.observability.telemetry import Telemetry, open_telemetry
+from bridge.observability.tracing import trace_id_of
+from bridge.sdk.faults import FaultInterceptor
 from bridge.settings import Settings
-from bridge.stack import free_port
-from bridge.telemetry import Telemetry, open_telemetry
-from bridge.tracing import trace_id_of
+from bridge.wiring import open_bridge, open_worker
 from services.config import ServicesConfig
 from services.inventory.activities import Inventory
 from services.orders.activities import Orders

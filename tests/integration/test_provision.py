@@ -10,10 +10,10 @@ from temporalio.client import Client
 from typer.testing import CliRunner
 
 from bridge import kafka
-from bridge.attributes import SEARCH_ATTRIBUTES
-from bridge.cli import app
-from bridge.provision import provision
+from bridge.cli.main import app
 from bridge.settings import Settings
+from bridge.temporal.attributes import SEARCH_ATTRIBUTES
+from bridge.wiring import provision
 
 
 def deployment(tmp_path: Path, uid: str, settings: Settings) -> Settings:

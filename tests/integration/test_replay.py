@@ -18,13 +18,13 @@ from temporalio.service import RPCError, RPCStatusCode
 from typer.testing import CliRunner
 
 from bridge import kafka
-from bridge.admin import ensure_topics
-from bridge.cli import app
+from bridge.cli.main import app
 from bridge.codec import SchemaCatalog
 from bridge.dispatch import Outcome
 from bridge.envelope import Event, encode_event
 from bridge.errors import ActionRejectedError
-from bridge.replay import (
+from bridge.kafka import ensure_topics
+from bridge.replay.runner import (
     KnownWorkflows,
     ReplayDispatcher,
     ReplayMode,

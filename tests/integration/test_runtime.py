@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from bridge.dev.stack import free_port
 from bridge.errors import ConfigError, TransientError
-from bridge.runtime import connect_temporal
-from bridge.stack import free_port
+from bridge.temporal.client import connect_temporal
 
 
 async def test_unreachable_temporal_is_retried_until_the_deadline(settings) -> None:

@@ -22,9 +22,9 @@ from temporalio.worker import Worker
 
 from bridge import kafka
 from bridge.codec import SchemaCatalog
-from bridge.egress import Publisher
 from bridge.envelope import Event
-from bridge.faults import FaultInterceptor, ValidationError
+from bridge.sdk.egress import Publisher
+from bridge.sdk.faults import FaultInterceptor, ValidationError
 from bridge.settings import Settings
 from services.inventory import RELEASE, RESERVE, ReleaseRequest, Reservation, ReserveRequest
 from services.orders import RECORD, OrderRecord

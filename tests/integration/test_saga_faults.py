@@ -10,8 +10,8 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.worker import Worker
 
-from bridge import faults
-from bridge.faults import FaultInterceptor
+from bridge.sdk import faults
+from bridge.sdk.faults import FaultInterceptor
 from tests.integration.saga_workflows import FAIL_ACTIVITY, FaultProbe, Publisher
 from tests.support import running_worker
 

@@ -19,8 +19,8 @@ from temporalio.worker import Worker
 
 from bridge import kafka
 from bridge.codec import SchemaCatalog
-from bridge.egress import PUBLISH_ACTIVITY, Published, Publisher, PublishRequest
-from bridge.faults import ValidationError
+from bridge.sdk.egress import PUBLISH_ACTIVITY, Published, Publisher, PublishRequest
+from bridge.sdk.faults import ValidationError
 from bridge.settings import Settings
 from services.inventory import RELEASE, RESERVE
 from services.payments import CHARGE, REFUND, RefundRequest

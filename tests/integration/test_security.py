@@ -20,13 +20,13 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from bridge import kafka
-from bridge.admin import ensure_topics
 from bridge.codec import SchemaCatalog
+from bridge.dev.stack import KafkaBroker, free_port
 from bridge.errors import ConfigError
-from bridge.runtime import connect_temporal
-from bridge.security import KafkaAuthError
+from bridge.kafka import ensure_topics
+from bridge.kafka.security import KafkaAuthError
 from bridge.settings import REPO_ROOT, Settings
-from bridge.stack import KafkaBroker, free_port
+from bridge.temporal.client import connect_temporal
 from tests.certs import Certs, make_certs
 from tests.conftest import StackInfo
 from tests.support import Services, eventually, order_data, routes_config, running_bridge

@@ -15,8 +15,8 @@ import pytest
 from temporalio import activity
 from temporalio.service import RPCError, RPCStatusCode
 
-from bridge.dlq import ERROR_TYPE
-from bridge.egress import OUTCOME, PUBLISH_ACTIVITY, Published, Publisher, PublishRequest
+from bridge.dlq.publisher import ERROR_TYPE
+from bridge.sdk.egress import OUTCOME, PUBLISH_ACTIVITY, Published, Publisher, PublishRequest
 from services.inventory.server import create_app as inventory_app
 from services.notifications.server import create_app as notifications_app
 from services.orders.server import create_app as orders_app

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 
+from bridge.dev.stack import free_port
 from bridge.settings import REPO_ROOT
-from bridge.stack import free_port
 from tests.support import eventually
 
 

@@ -16,11 +16,11 @@ from typing import Any
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
-from bridge.admin import ensure_topics
-from bridge.attributes import TENANT_ID
-from bridge.dlq import ERROR_MESSAGE, ERROR_TYPE
-from bridge.replay import ReplayRequest, resolve_plan, run_replay
+from bridge.dlq.publisher import ERROR_MESSAGE, ERROR_TYPE
+from bridge.kafka import ensure_topics
+from bridge.replay.runner import ReplayRequest, resolve_plan, run_replay
 from bridge.settings import Settings
+from bridge.temporal.attributes import TENANT_ID
 from tests.support import (
     eventually,
     order_data,

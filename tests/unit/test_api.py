@@ -339,7 +339,7 @@ async def test_body_limit_answers_413_for_declared_and_streamed_bodies():
 def test_api_key_command_prints_a_key_and_its_hash():
     from typer.testing import CliRunner
 
-    from bridge.cli import app
+    from bridge.cli.main import app
 
     result = CliRunner().invoke(app, ["api-key", "--tenant", "acme"])
     assert result.exit_code == 0, result.output

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from bridge.stack import new_cluster_id
+from bridge.dev.stack import new_cluster_id
 
 
 def test_an_id_with_a_leading_dash_is_drawn_again():

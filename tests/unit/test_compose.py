@@ -22,7 +22,7 @@ import pytest
 import typer.main
 import yaml
 
-from bridge.cli import app
+from bridge.cli.main import app
 from bridge.settings import REPO_ROOT, Settings
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"

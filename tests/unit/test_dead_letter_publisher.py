@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 
-from bridge import dlq
+from bridge.dlq import publisher as dlq
 from bridge.errors import DecodeError, TransientError
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.devstack import Child, DevStack, read_procfile, split_env
+from bridge.dev.devstack import Child, DevStack, read_procfile, split_env
 from bridge.errors import ConfigError
 from bridge.settings import REPO_ROOT
 

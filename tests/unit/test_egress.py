@@ -11,7 +11,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from bridge.codec import SchemaCatalog
-from bridge.egress import Publisher, PublishRequest, event_id_for
+from bridge.sdk.egress import Publisher, PublishRequest, event_id_for
 from bridge.settings import REPO_ROOT
 
 TYPE = "com.example.order.failed"

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from bridge.faults import (
+from bridge.sdk.faults import (
     AuthorizationError,
     CircuitBreaker,
     CircuitOpenError,

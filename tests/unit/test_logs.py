@@ -9,8 +9,8 @@ import sys
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from bridge import logs
-from bridge.logs import ConsoleFormatter, JsonFormatter
+from bridge.observability import logs
+from bridge.observability.logs import ConsoleFormatter, JsonFormatter
 
 
 def record(msg: str = "event started", level: int = logging.INFO, **extra: object):

@@ -19,13 +19,13 @@ from temporalio.runtime import (
     BUFFERED_METRIC_KIND_HISTOGRAM,
 )
 
-from bridge import tracing
+from bridge.dev.stack import free_port
 from bridge.dispatch import Outcome, Result
 from bridge.errors import ConfigError
-from bridge.metrics import DURATION_BUCKETS, Metrics, WorkerMetrics
+from bridge.observability import tracing
+from bridge.observability.metrics import DURATION_BUCKETS, Metrics, WorkerMetrics
+from bridge.observability.telemetry import SdkMetrics, open_telemetry, shared_runtime
 from bridge.settings import Settings
-from bridge.stack import free_port
-from bridge.telemetry import SdkMetrics, open_telemetry, shared_runtime
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.metrics import Metrics
+from bridge.observability.metrics import Metrics
 from bridge.settings import REPO_ROOT
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "dashboards" / "ktb.json"

@@ -15,7 +15,7 @@ from bridge.consumer import BridgeConsumer, PartitionState
 from bridge.dispatch import Outcome, Result
 from bridge.envelope import RecordLike
 from bridge.errors import PermanentError, TransientError
-from bridge.metrics import Metrics
+from bridge.observability.metrics import Metrics
 from bridge.settings import Settings
 
 TP = TopicPartition("orders", 0)

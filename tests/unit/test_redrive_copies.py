@@ -6,9 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from bridge import dlq
-from bridge.errors import InvalidRequestError
-from bridge.redrive import (
+from bridge.dlq import publisher as dlq
+from bridge.dlq.redrive import (
     REDRIVE_CHUNK_BYTES,
     CopyIndex,
     Cursor,
@@ -17,6 +16,7 @@ from bridge.redrive import (
     _by_bytes,
     mark_copies,
 )
+from bridge.errors import InvalidRequestError
 
 
 def letter(partition: int, offset: int, origin: tuple[str, int | None, int | None]) -> DeadLetter:

@@ -11,9 +11,9 @@ from temporalio.exceptions import (
 )
 
 from bridge.envelope import Event
-from bridge.saga import SagaOutcome, describe_failure
+from bridge.sdk.saga import SagaOutcome, describe_failure
+from bridge.sdk.workflow import EventDedupe
 from bridge.settings import Settings
-from bridge.workflow import EventDedupe
 from services.config import ServicesConfig
 from services.notifications.consumer import message_for
 

@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 from temporalio.service import TLSConfig
 
-from bridge import kafka, security
+from bridge import kafka
 from bridge.errors import ConfigError
+from bridge.kafka import security
+from bridge.kafka.security import UnsafeOptionError
 from bridge.routes import RoutesConfig
-from bridge.security import UnsafeOptionError
 from bridge.settings import Settings
+from bridge.temporal.client import temporal_connect_options, temporal_tls
 from tests.certs import Certs, make_certs
 
 
@@ -242,15 +244,15 @@ def test_tls_files_must_exist_and_match(certs: Certs, tmp_path: Path) -> None:
 
 
 def test_temporal_defaults_are_plaintext_in_the_configured_namespace() -> None:
-    options = security.temporal_connect_options(settings(temporal_namespace="orders-prod"))
+    options = temporal_connect_options(settings(temporal_namespace="orders-prod"))
     assert options == {"namespace": "orders-prod", "api_key": None}
 
 
 def test_temporal_api_key_leaves_tls_to_the_sdk_default() -> None:
-    options = security.temporal_connect_options(settings(temporal_api_key="k-123"))
+    options = temporal_connect_options(settings(temporal_api_key="k-123"))
     assert options["api_key"] == "k-123"
     assert "tls" not in options  # the SDK turns TLS on when an API key is given
-    forced = security.temporal_connect_options(settings(temporal_api_key="k", temporal_tls=False))
+    forced = temporal_connect_options(settings(temporal_api_key="k", temporal_tls=False))
     assert forced["tls"] is False
 
 
@@ -261,7 +263,7 @@ def test_temporal_mtls_reads_the_files(certs: Certs) -> None:
         temporal_tls_key=certs.client_key,
         temporal_tls_server_name="temporal.internal",
     )
-    tls = security.temporal_connect_options(s)["tls"]
+    tls = temporal_connect_options(s)["tls"]
     assert isinstance(tls, TLSConfig)
     assert tls.server_root_ca_cert == certs.ca.read_bytes()
     assert tls.client_cert == certs.client_cert.read_bytes()
@@ -271,12 +273,12 @@ def test_temporal_mtls_reads_the_files(certs: Certs) -> None:
 
 def test_temporal_tls_misconfigurations(certs: Certs, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="set together"):
-        security.temporal_tls(settings(temporal_tls_cert=certs.client_cert))
+        temporal_tls(settings(temporal_tls_cert=certs.client_cert))
     with pytest.raises(ConfigError, match="KTB_TEMPORAL_TLS is false"):
-        security.temporal_tls(settings(temporal_tls=False, temporal_tls_ca=certs.ca))
+        temporal_tls(settings(temporal_tls=False, temporal_tls_ca=certs.ca))
     with pytest.raises(ConfigError, match="cannot read"):
-        security.temporal_tls(settings(temporal_tls_ca=tmp_path / "missing.pem"))
-    assert security.temporal_tls(settings(temporal_tls=True)) is True
+        temporal_tls(settings(temporal_tls_ca=tmp_path / "missing.pem"))
+    assert temporal_tls(settings(temporal_tls=True)) is True
 
 
 def test_routes_cannot_name_a_namespace() -> None:

@@ -11,10 +11,10 @@ import pytest
 from pydantic import StringConstraints, TypeAdapter, ValidationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from bridge import visibility
 from bridge.api import lookup
 from bridge.api.models import StructuredEvent
 from bridge.api.problems import Problem
+from bridge.temporal import visibility
 
 CONTROL = [chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Cc"]
 SERVER_TEXT = "ListWorkflowExecutions operation failed.: SQL logic error: unrecognized token"

@@ -36,17 +36,18 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
     from bridge.errors import BridgeError
-    from bridge.metrics import Metrics
-    from bridge.replay import (
+    from bridge.observability.metrics import Metrics
+    from bridge.observability.telemetry import open_telemetry
+    from bridge.replay.runner import (
         ReplayCheckpoint,
         ReplayPlan,
         ReplayReport,
         ReplayRunner,
         replay_ingress,
     )
-    from bridge.runtime import connect_temporal, stop_on_signals
     from bridge.settings import Settings
-    from bridge.telemetry import open_telemetry
+    from bridge.temporal.client import connect_temporal
+    from bridge.wiring import stop_on_signals
 
 log = logging.getLogger("ktb.replay")
 

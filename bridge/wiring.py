@@ -7,102 +7,32 @@ import contextlib
 import gc
 import logging
 import signal
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from temporalio.client import Client
-from temporalio.client import Interceptor as ClientInterceptor
-from temporalio.runtime import Runtime
-from temporalio.service import RetryConfig
+from temporalio.service import RPCError
 from temporalio.worker import Interceptor, Worker
 
-from bridge import kafka, security
+from bridge import kafka
 from bridge.codec import SchemaCatalog
 from bridge.consumer import BridgeConsumer
 from bridge.dispatch import Dispatcher
-from bridge.dlq import DeadLetterPublisher
-from bridge.egress import Publisher
-from bridge.errors import ConfigError, TransientError
+from bridge.dlq.publisher import DeadLetterPublisher
+from bridge.errors import TransientError
 from bridge.ingress import Ingress
-from bridge.metrics import Metrics
+from bridge.kafka.topics import ProvisionReport, provision_topics, topic_plan
+from bridge.observability.metrics import Metrics
+from bridge.observability.telemetry import Telemetry, open_telemetry
 from bridge.provenance import ProvenanceWriter
-from bridge.routes import Router
+from bridge.routes import Router, RoutesConfig
+from bridge.sdk.egress import Publisher
 from bridge.settings import Settings
-from bridge.telemetry import Telemetry, open_telemetry, shared_runtime
+from bridge.temporal.attributes import register_search_attributes
+from bridge.temporal.client import connect_temporal
 
 log = logging.getLogger("ktb")
-
-
-# The bridge retries transient failures itself (pausing the partition), so each
-# call gives up quickly instead of holding a slot through a long outage.
-# How long a Temporal port may accept connections while the client still fails
-# before the failure counts as configuration rather than a server starting up.
-ANSWERING_GRACE_S = 10.0
-RPC_RETRY = RetryConfig(max_retries=4, max_interval_millis=1000, max_elapsed_time_millis=3000)
-
-
-async def connect_temporal(
-    settings: Settings,
-    runtime: Runtime | None = None,
-    interceptors: Sequence[ClientInterceptor] = (),
-) -> Client:
-    """A Temporal client for the configured address, namespace, TLS/mTLS and API key.
-
-    The namespace comes from settings only; every action of this process runs in it.
-    ``runtime`` and ``interceptors`` come from the process's ``Telemetry`` (SDK
-    metrics, tracing); by default core logs only errors and nothing is traced.
-    """
-    # A process may start while Temporal is down (a restart, a deploy in the wrong
-    # order): keep trying with backoff until the start-up deadline.
-    deadline = time.monotonic() + settings.connect_timeout_s
-    delay = settings.retry_initial_s
-    answering_since: float | None = None
-    while True:
-        try:
-            return await Client.connect(
-                settings.temporal_address,
-                **security.temporal_connect_options(settings),
-                retry_config=RPC_RETRY,
-                runtime=runtime or shared_runtime(),
-                interceptors=list(interceptors),
-            )
-        except RuntimeError as exc:
-            if await _accepts_tcp(settings.temporal_address):
-                # Something answers yet the client cannot connect: past a server's
-                # start-up, that is a TLS, credential or namespace problem, which
-                # waiting does not fix.
-                answering_since = answering_since or time.monotonic()
-                if time.monotonic() - answering_since > ANSWERING_GRACE_S:
-                    raise ConfigError(
-                        f"cannot connect to Temporal at {settings.temporal_address}: {exc}"
-                    ) from exc
-            else:
-                answering_since = None
-            if time.monotonic() + delay > deadline:
-                raise TransientError(
-                    f"Temporal at {settings.temporal_address} is unreachable: {exc}"
-                ) from exc
-            log.warning(
-                "Temporal at %s unreachable, retrying in %.1fs", settings.temporal_address, delay
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, settings.retry_max_s)
-
-
-async def _accepts_tcp(address: str, timeout: float = 2.0) -> bool:
-    """True when a TCP connection to ``host:port`` succeeds."""
-    host, _, port = address.rpartition(":")
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
-    except (OSError, TimeoutError, ValueError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
 
 
 @contextlib.asynccontextmanager
@@ -217,3 +147,22 @@ async def open_worker(
         )
         async with worker:
             yield worker
+
+
+async def provision(
+    settings: Settings, min_partitions: int | None = None, replication_factor: int = 1
+) -> ProvisionReport:
+    """Topics from the routes file (and ``min_partitions``), then the search attributes."""
+    config = RoutesConfig.load(settings.routes_file)
+    report = ProvisionReport()
+    await provision_topics(
+        settings, topic_plan(config, settings, min_partitions), replication_factor, report
+    )
+    client = await connect_temporal(settings)
+    try:
+        report.search_attributes = await register_search_attributes(client)
+    except RPCError as exc:
+        raise TransientError(
+            f"registering search attributes in namespace {client.namespace}: {exc.message}"
+        ) from exc
+    return report

@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bridge.attributes import SEARCH_ATTRIBUTES
 from bridge.errors import ConfigError
+from bridge.temporal.attributes import SEARCH_ATTRIBUTES
 
 KAFKA_VERSION = "4.1.1"
 LOG4J_VERSION = "2.25.3"
@@ -442,7 +442,7 @@ async def ensure_search_attributes(address: str, namespace: str = "default") -> 
     """Register the bridge's custom search attributes on a server started elsewhere."""
     from temporalio.client import Client
 
-    from bridge.provision import register_search_attributes
+    from bridge.temporal.attributes import register_search_attributes
 
     await register_search_attributes(await Client.connect(address, namespace=namespace))
 

@@ -57,9 +57,9 @@ from temporalio.exceptions import (
 from temporalio.exceptions import TimeoutError as TemporalTimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from bridge.egress import COMPENSATION, OUTCOME
-    from bridge.faults import NEVER_RETRIED
-    from bridge.workflow import BridgeWorkflow, publish
+    from bridge.sdk.egress import COMPENSATION, OUTCOME
+    from bridge.sdk.faults import NEVER_RETRIED
+    from bridge.sdk.workflow import BridgeWorkflow, publish
 
 T = TypeVar("T")
 

@@ -40,9 +40,9 @@ from temporalio.runtime import (
 )
 
 from bridge.errors import ConfigError
-from bridge.metrics import Metrics, WorkerMetrics
+from bridge.observability.metrics import Metrics, WorkerMetrics
+from bridge.observability.tracing import Tracing, setup_tracing
 from bridge.settings import Settings
-from bridge.tracing import Tracing, setup_tracing
 
 log = logging.getLogger("ktb.telemetry")
 

@@ -39,20 +39,21 @@ from temporalio.client import Client
 from temporalio.converter import PayloadConverter
 from temporalio.service import RPCError, RPCStatusCode
 
-from bridge import kafka, visibility
-from bridge.admin import stop_consumer
-from bridge.attributes import TENANT_ID
+from bridge import kafka
 from bridge.codec import SchemaCatalog
 from bridge.dispatch import Dispatcher, Outcome, Result, check_tenant_id
-from bridge.dlq import DeadLetterPublisher
+from bridge.dlq.publisher import DeadLetterPublisher
 from bridge.engine import CANCEL_GRACE_S, Engine, PartitionState
 from bridge.envelope import TENANT, Event, RecordLike, ce_attribute
 from bridge.errors import BridgeError, InvalidRequestError
 from bridge.ingress import Ingress
-from bridge.metrics import Metrics
+from bridge.kafka import stop_consumer
+from bridge.observability.metrics import Metrics
 from bridge.provenance import ProvenanceWriter
 from bridge.routes import Action, ActionKind, Router
 from bridge.settings import Settings
+from bridge.temporal import visibility
+from bridge.temporal.attributes import TENANT_ID
 
 log = logging.getLogger("ktb.replay")
 

@@ -1,38 +1,23 @@
-"""One-shot set-up of a deployment: Kafka topics and Temporal search attributes.
+"""Topics: created with their partition counts, grown to more, never shrunk (Kafka cannot).
 
-``ktb provision`` runs it (the compose stack's ``provision`` service). Partition
-counts come from configuration: the routes file's ``topics:`` section and route
-topics, raised to ``--partitions`` when given. Existing topics are grown to the
-planned count, never shrunk (Kafka cannot), so raising the count and running it
-again is how partitions are scaled out. Safe to run any number of times.
+``ktb provision`` plans them from the routes file; ``ktb dev``, the tests and the chaos
+harness create the ones they need. One code path does both.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import (
-    AddSearchAttributesRequest,
-    ListSearchAttributesRequest,
-)
-from temporalio.client import Client
-from temporalio.service import RPCError
 
 from bridge import kafka
-from bridge.attributes import SEARCH_ATTRIBUTES
 from bridge.errors import ConfigError, TransientError
 from bridge.routes import RoutesConfig
 from bridge.settings import Settings
-
-log = logging.getLogger("ktb")
 
 
 @dataclass
@@ -67,9 +52,14 @@ VISIBLE_TIMEOUT_S = 30.0
 
 
 async def provision_topics(
-    settings: Settings, plan: Mapping[str, int], replication_factor: int, report: ProvisionReport
+    settings: Settings,
+    plan: Mapping[str, int],
+    replication_factor: int,
+    report: ProvisionReport,
+    *,
+    grow: bool = True,
 ) -> None:
-    """Create missing topics and grow existing ones to the planned partition counts."""
+    """Create missing topics and (``grow``) grow existing ones to the planned counts."""
     admin = kafka.admin(settings)
     await admin.start()
     try:
@@ -92,20 +82,20 @@ async def provision_topics(
                 if code not in (0, TopicAlreadyExistsError.errno):
                     raise ConfigError(f"creating topic {name} failed with Kafka error code {code}")
                 report.created[name] = plan[name]
-        grow = {n: c for n, c in plan.items() if n in current and current[n] < c}
-        if grow:
+        growing = {n: c for n, c in plan.items() if grow and n in current and current[n] < c}
+        if growing:
             result = await admin.create_partitions(
-                {n: NewPartitions(total_count=c) for n, c in grow.items()}
+                {n: NewPartitions(total_count=c) for n, c in growing.items()}
             )
             for name, code, *_ in result.topic_errors:
                 if code != 0:
                     raise ConfigError(
-                        f"growing topic {name} to {grow[name]} partitions failed "
+                        f"growing topic {name} to {growing[name]} partitions failed "
                         f"with Kafka error code {code}"
                     )
-            report.grown.update({n: (current[n], c) for n, c in grow.items()})
-        report.unchanged += [n for n in plan if n in current and n not in grow]
-        await _until_visible(admin, {n: plan[n] for n in [*report.created, *grow]})
+            report.grown.update({n: (current[n], c) for n, c in growing.items()})
+        report.unchanged += [n for n in plan if n in current and n not in growing]
+        await _until_visible(admin, {n: plan[n] for n in [*report.created, *growing]})
     except KafkaError as exc:
         raise TransientError(f"provisioning topics at {settings.kafka_bootstrap}: {exc}") from exc
     finally:
@@ -136,44 +126,9 @@ async def _until_visible(
         await asyncio.sleep(0.1)
 
 
-async def register_search_attributes(client: Client) -> list[str]:
-    """Register the bridge's custom search attributes in the client's namespace; return new ones."""
-    namespace = client.namespace
-    listed = await client.operator_service.list_search_attributes(
-        ListSearchAttributesRequest(namespace=namespace)
-    )
-    missing = {
-        name: IndexedValueType.Value("INDEXED_VALUE_TYPE_" + _snake(kind).upper())
-        for name, kind in SEARCH_ATTRIBUTES.items()
-        if name not in listed.custom_attributes
-    }
-    if missing:
-        await client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(namespace=namespace, search_attributes=missing)
-        )
-    return sorted(missing)
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)([A-Z])", r"_\1", name)
-
-
-async def provision(
-    settings: Settings, min_partitions: int | None = None, replication_factor: int = 1
-) -> ProvisionReport:
-    """Topics from the routes file (and ``min_partitions``), then the search attributes."""
-    from bridge.runtime import connect_temporal
-
-    config = RoutesConfig.load(settings.routes_file)
+async def ensure_topics(settings: Settings, topics: Mapping[str, int]) -> list[str]:
+    """Create the missing topics with the given partition counts (replication 1, as on
+    the local stack); return the created ones. Existing topics are left as they are."""
     report = ProvisionReport()
-    await provision_topics(
-        settings, topic_plan(config, settings, min_partitions), replication_factor, report
-    )
-    client = await connect_temporal(settings)
-    try:
-        report.search_attributes = await register_search_attributes(client)
-    except RPCError as exc:
-        raise TransientError(
-            f"registering search attributes in namespace {client.namespace}: {exc.message}"
-        ) from exc
-    return report
+    await provision_topics(settings, topics, 1, report, grow=False)
+    return list(report.created)

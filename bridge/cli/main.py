@@ -12,8 +12,9 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from bridge import cli_replay, logs
+from bridge.cli import replay as cli_replay
 from bridge.errors import BridgeError, ConfigError
+from bridge.observability import logs
 from bridge.settings import Settings
 
 app = typer.Typer(
@@ -59,7 +60,7 @@ def dev(
     no_processes: Annotated[bool, typer.Option(help="Start Kafka and Temporal only")] = False,
 ) -> None:
     """Run the whole local stack in the foreground; Ctrl-C stops everything."""
-    from bridge.devstack import DevStack
+    from bridge.dev.devstack import DevStack
 
     logs.setup(settings_with().log_level, console=True)
     stack = DevStack(
@@ -84,7 +85,7 @@ def bridge(
     max_in_flight: Annotated[int | None, typer.Option(help="Concurrent actions")] = None,
 ) -> None:
     """Run one bridge instance (several instances in one group share partitions)."""
-    from bridge.runtime import run_bridge
+    from bridge.wiring import run_bridge
 
     settings = settings_with(routes_file=routes, group_id=group_id, max_in_flight=max_in_flight)
     logs.setup(settings.log_level, console=settings.log_format == "console")
@@ -149,7 +150,7 @@ def provision(
     ] = 1,
 ) -> None:
     """Create or grow the deployment's topics and register search attributes (idempotent)."""
-    from bridge.provision import provision as run_provision
+    from bridge.wiring import provision as run_provision
 
     settings = settings_with()
     logs.setup(settings.log_level, console=settings.log_format == "console")
@@ -184,7 +185,7 @@ def produce(
     """Encode one event with its type's schema and produce it; prints the event id."""
     from bridge.codec import AVRO, JSON, SchemaCatalog
     from bridge.envelope import encode_event
-    from bridge.runtime import started_producer
+    from bridge.wiring import started_producer
 
     settings = settings_with()
     try:
@@ -233,7 +234,7 @@ def tail(
     ] = None,
 ) -> None:
     """Print records as JSON lines: topic, partition, offset, key, headers, data|error."""
-    from bridge.tail import tail_topic
+    from bridge.cli.tail import tail_topic
 
     settings = settings_with()
     try:

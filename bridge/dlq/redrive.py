@@ -52,12 +52,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 from aiokafka.structs import ConsumerRecord
 
-from bridge import dlq, kafka
-from bridge.admin import ensure_topics, stop_consumer
+from bridge import kafka
 from bridge.codec import SchemaCatalog
+from bridge.dlq import publisher as dlq
 from bridge.envelope import TENANT, ce_attribute, decode_data, headers_dict
 from bridge.errors import BridgeError, InvalidRequestError, TransientError
-from bridge.replay import topic_partitions
+from bridge.kafka import ensure_topics, stop_consumer
+from bridge.replay.runner import topic_partitions
 from bridge.settings import Settings
 
 log = logging.getLogger("ktb.redrive")

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.admin import ensure_topics
+from bridge.dev.stack import LocalStack
 from bridge.errors import ConfigError
+from bridge.kafka import ensure_topics
 from bridge.routes import RoutesConfig
 from bridge.settings import Settings
-from bridge.stack import LocalStack
 
 STOP_TIMEOUT = 20.0
 

@@ -24,9 +24,9 @@ from bridge import kafka
 from bridge.codec import AVRO, SchemaCatalog
 from bridge.envelope import KafkaRecord, encode_event
 from bridge.errors import BridgeError, SchemaMismatchError
-from bridge.metrics import Metrics
+from bridge.observability.metrics import Metrics
+from bridge.observability.tracing import outgoing_traceparent
 from bridge.provenance import ProvenanceWriter
-from bridge.tracing import outgoing_traceparent
 
 PUBLISH_ACTIVITY = "ktb.publish"
 OUTCOME = "outcome"

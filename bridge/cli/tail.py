@@ -10,10 +10,10 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from bridge import kafka
-from bridge.admin import stop_consumer
 from bridge.codec import SchemaCatalog
 from bridge.envelope import decode_data, headers_dict
 from bridge.errors import BridgeError, ConfigError
+from bridge.kafka import stop_consumer
 from bridge.settings import Settings
 
 

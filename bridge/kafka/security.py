@@ -9,9 +9,6 @@ providers, OAuth endpoint URLs, key or trust stores outside the configured
 locations, the class of CVE-2023-25194 and CVE-2025-27817) are refused with a
 ``ConfigError`` that names the option.
 
-Temporal: namespace, TLS (server CA, mTLS client certificate and key) and API
-key become ``Client.connect`` arguments. The namespace is only ever read from
-settings; nothing in an event can choose it.
 """
 
 from __future__ import annotations
@@ -28,7 +25,6 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 from aiokafka.helpers import create_ssl_context
-from temporalio.service import TLSConfig
 
 from bridge.errors import ConfigError
 from bridge.settings import Settings
@@ -304,54 +300,3 @@ async def diagnose(settings: Settings, timeout_ms: int = 5000) -> KafkaAuthError
             continue
         conn.close()
     return None
-
-
-# --- Temporal -------------------------------------------------------------------------
-
-
-def _read_bytes(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the {what} {path}: {exc}") from exc
-
-
-def temporal_tls(settings: Settings) -> TLSConfig | bool | None:
-    """TLS for the Temporal client: ``TLSConfig``, ``False`` (plaintext) or ``None`` (SDK default).
-
-    TLS is on when asked for, when a CA, client certificate or server name is set,
-    and by the SDK's own default when an API key is set.
-    """
-    cert, key = settings.temporal_tls_cert, settings.temporal_tls_key
-    if (cert is None) != (key is None):
-        raise ConfigError("KTB_TEMPORAL_TLS_CERT and KTB_TEMPORAL_TLS_KEY must be set together")
-    files_or_name = (settings.temporal_tls_ca, cert, settings.temporal_tls_server_name)
-    if settings.temporal_tls is False:
-        if any(files_or_name):
-            raise ConfigError("Temporal TLS files are set but KTB_TEMPORAL_TLS is false")
-        return False
-    if not any(files_or_name):
-        return True if settings.temporal_tls else None
-    return TLSConfig(
-        server_root_ca_cert=(
-            _read_bytes(settings.temporal_tls_ca, "Temporal server CA")
-            if settings.temporal_tls_ca
-            else None
-        ),
-        client_cert=_read_bytes(cert, "Temporal client certificate") if cert else None,
-        client_private_key=_read_bytes(key, "Temporal client key") if key else None,
-        domain=settings.temporal_tls_server_name,
-    )
-
-
-def temporal_connect_options(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments of ``Client.connect`` besides the address: namespace, TLS, API key."""
-    api_key = settings.temporal_api_key
-    options: dict[str, Any] = {
-        "namespace": settings.temporal_namespace,
-        "api_key": api_key.get_secret_value() if api_key else None,
-    }
-    tls = temporal_tls(settings)
-    if tls is not None:
-        options["tls"] = tls
-    return options

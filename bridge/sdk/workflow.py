@@ -13,7 +13,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from bridge.egress import PUBLISH_ACTIVITY, Published, PublishRequest
+    from bridge.sdk.egress import PUBLISH_ACTIVITY, Published, PublishRequest
 
 PROGRESS_QUERY = "ktb_progress"
 SEEN_LIMIT = 10_000

@@ -16,7 +16,7 @@ from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from bridge import security
+from bridge.kafka import security
 from bridge.settings import Settings
 
 log = logging.getLogger("ktb.kafka")
@@ -117,3 +117,18 @@ def consumer(settings: Settings, *topics: str, **options: Any) -> AIOKafkaConsum
 def admin(settings: Settings, **options: Any) -> AIOKafkaAdminClient:
     """An admin client."""
     return AIOKafkaAdminClient(**{**client_options(settings), **options})
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """Stop a consumer, tolerating aiokafka's group-less close quirk.
+
+    A consumer without a group cancels an internal task that may not have run
+    yet, and ``stop()`` then re-raises that task's ``CancelledError``. Only a
+    cancellation aimed at the caller's own task is propagated.
+    """
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
