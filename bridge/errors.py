@@ -130,3 +130,33 @@ class InvalidRequestError(BridgeError):
     """A replay or redrive request is wrong (range, topic, partition, selection); nothing done."""
 
     error_type = "invalid_request"
+
+
+class UnsafeOptionError(ConfigError):
+    """An extra Kafka client option is not allowed; ``option`` names it."""
+
+    error_type = "unsafe_option"
+
+    def __init__(self, option: str, reason: str) -> None:
+        super().__init__(f"Kafka client option {option!r} is not allowed: {reason}")
+        self.option = option
+
+
+class KafkaAuthError(ConfigError):
+    """Kafka refused the configured credentials or TLS identity; ``bootstrap`` says where."""
+
+    error_type = "kafka_auth"
+
+    def __init__(self, message: str, *, bootstrap: str) -> None:
+        super().__init__(message)
+        self.bootstrap = bootstrap
+
+
+class StackError(ConfigError):
+    """A local service could not be prepared or did not come up."""
+
+    error_type = "stack_error"
+
+
+class UnsafeValueError(ValueError):
+    """A value a Temporal visibility query cannot carry (``bridge.temporal.visibility``)."""

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bridge.errors import ConfigError
+from bridge.errors import StackError
 from bridge.temporal.attributes import SEARCH_ATTRIBUTES
 
 KAFKA_VERSION = "4.1.1"
@@ -56,12 +56,6 @@ logger.kafka.level = WARN
 logger.clients.name = org.apache.kafka
 logger.clients.level = WARN
 """
-
-
-class StackError(ConfigError):
-    """A local service could not be prepared or did not come up."""
-
-    error_type = "stack_error"
 
 
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.3) -> bool:

@@ -26,31 +26,11 @@ from aiokafka.errors import (
 )
 from aiokafka.helpers import create_ssl_context
 
-from bridge.errors import ConfigError
+from bridge.errors import ConfigError, KafkaAuthError, UnsafeOptionError
 from bridge.settings import Settings
 
 SASL_PROTOCOLS = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
 TLS_PROTOCOLS = frozenset({"SSL", "SASL_SSL"})
-
-
-class UnsafeOptionError(ConfigError):
-    """An extra Kafka client option is not allowed; ``option`` names it."""
-
-    error_type = "unsafe_option"
-
-    def __init__(self, option: str, reason: str) -> None:
-        super().__init__(f"Kafka client option {option!r} is not allowed: {reason}")
-        self.option = option
-
-
-class KafkaAuthError(ConfigError):
-    """Kafka refused the configured credentials or TLS identity; ``bootstrap`` says where."""
-
-    error_type = "kafka_auth"
-
-    def __init__(self, message: str, *, bootstrap: str) -> None:
-        super().__init__(message)
-        self.bootstrap = bootstrap
 
 
 # --- the extra-options allowlist -----------------------------------------------------

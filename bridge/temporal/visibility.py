@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import re
 
+from bridge.errors import UnsafeValueError
+
 MAX_CHARS = 1000
 """Longest value accepted (Temporal's own limit on workflow ids, ``limit.maxIDLength``)."""
 
@@ -24,10 +26,6 @@ _UNSAFE_CLASS = r"\x00-\x1f\x7f-\x9f'\"\\"
 PATTERN = rf"^[^{_UNSAFE_CLASS}]*$"
 """The rule of ``is_safe`` without the length bound, as a JSON-schema/OpenAPI pattern."""
 _UNSAFE = re.compile(rf"[{_UNSAFE_CLASS}]")
-
-
-class UnsafeValueError(ValueError):
-    """A value a visibility query cannot carry."""
 
 
 def is_safe(value: str) -> bool:

@@ -22,9 +22,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from bridge import kafka
 from bridge.codec import SchemaCatalog
 from bridge.dev.stack import KafkaBroker, free_port
-from bridge.errors import ConfigError
+from bridge.errors import ConfigError, KafkaAuthError
 from bridge.kafka import ensure_topics
-from bridge.kafka.security import KafkaAuthError
 from bridge.settings import REPO_ROOT, Settings
 from bridge.temporal.client import connect_temporal
 from tests.certs import Certs, make_certs

@@ -10,9 +10,8 @@ import pytest
 from temporalio.service import TLSConfig
 
 from bridge import kafka
-from bridge.errors import ConfigError
+from bridge.errors import ConfigError, UnsafeOptionError
 from bridge.kafka import security
-from bridge.kafka.security import UnsafeOptionError
 from bridge.routes import RoutesConfig
 from bridge.settings import Settings
 from bridge.temporal.client import temporal_connect_options, temporal_tls
