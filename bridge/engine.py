@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -30,6 +29,7 @@ from typing import Literal
 
 from aiokafka import TopicPartition
 
+from bridge.backoff import Backoff
 from bridge.dispatch import Result
 from bridge.envelope import RecordLike
 from bridge.errors import BridgeError, InternalError, TransientError
@@ -317,7 +317,7 @@ class Engine:
         ``MAX_UNEXPECTED_ATTEMPTS`` tries dead-letters the record. A cancellation goes
         on even when a library below turned it into an error or a result.
         """
-        delay = self.retry_initial_s
+        backoff = Backoff(self.retry_initial_s, self.retry_max_s, jitter=True)
         unexpected = 0
         letter: InternalError | None = None
         failing = False
@@ -356,12 +356,12 @@ class Engine:
                         )  # fmt: skip
                     self._failing(tp, state, +1)
                 self.metrics.transient_retries.labels(tp.topic).inc()
+                delay = backoff.next()
                 log.debug(
                     "retrying %s[%d]@%d in %.1fs: %s",
                     tp.topic, tp.partition, record.offset, delay, reason,
                 )  # fmt: skip
-                await self._backoff(state, delay * (0.5 + random.random() / 2))
-                delay = min(delay * 2, self.retry_max_s)
+                await self._backoff(state, delay)
             return None
         finally:
             if failing:

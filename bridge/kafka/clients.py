@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -16,6 +15,7 @@ from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
+from bridge.backoff import Backoff
 from bridge.kafka import security
 from bridge.settings import Settings
 
@@ -71,8 +71,9 @@ async def start(client: AIOKafkaProducer | AIOKafkaConsumer, settings: Settings)
     Refused credentials or a failed TLS handshake raise ``KafkaAuthError`` at once;
     a broker still unreachable after ``connect_timeout_s`` raises the connection error.
     """
-    deadline = time.monotonic() + settings.connect_timeout_s
-    delay = settings.retry_initial_s
+    backoff = Backoff(
+        settings.retry_initial_s, settings.retry_max_s, deadline_s=settings.connect_timeout_s
+    )
     while True:
         try:
             # A failed start fails in bootstrap, before anything else is started,
@@ -81,16 +82,16 @@ async def start(client: AIOKafkaProducer | AIOKafkaConsumer, settings: Settings)
             return
         except KafkaConnectionError as exc:
             problem = await security.diagnose(settings)
-            if problem is not None or time.monotonic() + delay > deadline:
+            if problem is not None or backoff.exhausted:
                 await client.stop()
                 if problem is not None:
                     raise problem from exc
                 raise
+            delay = backoff.next()
             log.warning(
                 "Kafka at %s unreachable, retrying in %.1fs", settings.kafka_bootstrap, delay
             )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, settings.retry_max_s)
 
 
 def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:

@@ -20,6 +20,7 @@ from temporalio.client import Interceptor as ClientInterceptor
 from temporalio.runtime import Runtime
 from temporalio.service import RetryConfig, TLSConfig
 
+from bridge.backoff import Backoff
 from bridge.errors import ConfigError, TransientError
 from bridge.observability.telemetry import shared_runtime
 from bridge.settings import Settings
@@ -48,8 +49,9 @@ async def connect_temporal(
     """
     # A process may start while Temporal is down (a restart, a deploy in the wrong
     # order): keep trying with backoff until the start-up deadline.
-    deadline = time.monotonic() + settings.connect_timeout_s
-    delay = settings.retry_initial_s
+    backoff = Backoff(
+        settings.retry_initial_s, settings.retry_max_s, deadline_s=settings.connect_timeout_s
+    )
     answering_since: float | None = None
     while True:
         try:
@@ -72,15 +74,15 @@ async def connect_temporal(
                     ) from exc
             else:
                 answering_since = None
-            if time.monotonic() + delay > deadline:
+            if backoff.exhausted:
                 raise TransientError(
                     f"Temporal at {settings.temporal_address} is unreachable: {exc}"
                 ) from exc
+            delay = backoff.next()
             log.warning(
                 "Temporal at %s unreachable, retrying in %.1fs", settings.temporal_address, delay
             )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, settings.retry_max_s)
 
 
 async def _accepts_tcp(address: str, timeout: float = 2.0) -> bool:
