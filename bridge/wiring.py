@@ -16,11 +16,14 @@ from temporalio.service import RPCError
 from temporalio.worker import Interceptor, Worker
 
 from bridge import kafka
+from bridge.api.auth import KeyRing
+from bridge.api.index import IndexFollower, ProvenanceIndex
+from bridge.api.state import ApiState, topic_map
 from bridge.codec import SchemaCatalog
 from bridge.consumer import BridgeConsumer
 from bridge.dispatch import Dispatcher
 from bridge.dlq.publisher import DeadLetterPublisher
-from bridge.errors import TransientError
+from bridge.errors import ConfigError, TransientError
 from bridge.ingress import Ingress
 from bridge.kafka.topics import ProvisionReport, provision_topics, topic_plan
 from bridge.observability.metrics import Metrics
@@ -166,3 +169,60 @@ async def provision(
             f"registering search attributes in namespace {client.namespace}: {exc.message}"
         ) from exc
     return report
+
+
+def _api_router(settings: Settings) -> Router | None:
+    """The bridge's routes, to tell which topic and workflow an event maps to."""
+    if not settings.routes_file.exists():
+        log.warning("no routes file at %s: only KTB_API_TOPICS maps types", settings.routes_file)
+        return None
+    try:
+        return Router.from_file(settings.routes_file)
+    except ConfigError as exc:
+        raise ConfigError(f"the API cannot use the routes file: {exc.message}") from exc
+
+
+@contextlib.asynccontextmanager
+async def open_api_state(
+    settings: Settings, metrics: Metrics, telemetry: Telemetry | None = None
+) -> AsyncIterator[ApiState]:
+    """The API's composition root: every client it needs, closed on exit.
+
+    With the process's ``telemetry`` the Temporal client records the SDK's
+    metrics into the served registry and is traced when tracing is on.
+    """
+    catalog = SchemaCatalog.from_dir(settings.schemas_dir)
+    router = _api_router(settings)
+    # The API plans events with the bridge's own decoding and routing (unmatched rule
+    # included) to answer which workflow an event goes to; it acts on nothing.
+    ingress = Ingress(catalog, router, None, None, metrics) if router is not None else None
+    keys = KeyRing(settings.api_keys, enabled=settings.api_auth)
+    if not settings.api_auth:
+        log.warning("API authentication is OFF (KTB_API_AUTH=off): every caller sees every tenant")
+    elif not settings.api_keys:
+        log.warning("API authentication is on and no keys are configured: every call gets 401")
+    if telemetry is not None:
+        client = await connect_temporal(settings, telemetry.runtime, telemetry.client_interceptors)
+    else:
+        client = await connect_temporal(settings)
+    producer = kafka.producer(settings)
+    await kafka.start(producer, settings)
+    index = ProvenanceIndex(settings.api_index_max_events)
+    follower = IndexFollower(settings, index)
+    try:
+        await follower.start()
+        yield ApiState(
+            settings=settings,
+            catalog=catalog,
+            metrics=metrics,
+            keys=keys,
+            producer=producer,
+            client=client,
+            index=index,
+            follower=follower,
+            ingress=ingress,
+            topics=topic_map(settings, router.config if router else None),
+        )
+    finally:
+        await follower.stop()
+        await producer.stop()

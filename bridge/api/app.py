@@ -19,7 +19,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bridge.api import events, health, problems, processes
 from bridge.api import replays as replay_api
 from bridge.api.models import StructuredEvent
-from bridge.api.state import open_state
 from bridge.observability.metrics import Metrics
 from bridge.observability.telemetry import Telemetry
 from bridge.settings import Settings
@@ -54,7 +53,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_state(settings, metrics, telemetry) as state:
+        from bridge.wiring import open_api_state
+
+        async with open_api_state(settings, metrics, telemetry) as state:
             app.state.ktb = state
             yield
 

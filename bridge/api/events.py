@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -36,8 +38,8 @@ from bridge.api.models import (
 from bridge.api.problems import Problem
 from bridge.api.state import ApiState, CallerDep, ProducedEvent, State
 from bridge.codec import AVRO
-from bridge.envelope import decode_record, encode_event
-from bridge.errors import PermanentError, RouteError
+from bridge.envelope import KafkaRecord, encode_event
+from bridge.errors import PermanentError
 from bridge.provenance import EventProvenance, PublishedProvenance
 from bridge.temporal import visibility
 
@@ -249,7 +251,7 @@ async def produce(
         tenant,
         inbound.partitionkey,
         topic,
-        predict_workflow(state, record.value, record.headers, record.key, topic),
+        predict_workflow(state, record, topic),
         meta.partition,
         meta.offset,
     )
@@ -257,22 +259,33 @@ async def produce(
     return produced, False
 
 
-def predict_workflow(
-    state: ApiState,
-    value: bytes,
-    headers: list[tuple[str, bytes]],
-    key: bytes | None,
-    topic: str,
-) -> str | None:
-    """The workflow the bridge's routes map this record to (``None``: no route matches)."""
-    if state.router is None:
+def predict_workflow(state: ApiState, record: KafkaRecord, topic: str) -> str | None:
+    """The workflow the bridge's routes map this record to (``None``: none, or no routes).
+
+    The bridge's own ``Ingress.plan`` decides: the same decoding, routing and
+    unmatched rule as the bridge, acting on nothing.
+    """
+    if state.ingress is None:
         return None
-    event = decode_record(state.catalog, value=value, headers=headers, key=key, topic=topic)
+    planned = Produced(topic=topic, key=record.key, value=record.value, headers=record.headers)
     try:
-        action = state.router.route(event)
-    except RouteError:
+        _, action = state.ingress.plan(planned)
+    except PermanentError:
         return None
     return action.workflow_id if action else None
+
+
+@dataclass
+class Produced:
+    """A record this API produced, as the bridge will read it (for ``Ingress.plan``)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+    partition: int = 0
+    offset: int = 0
+    timestamp: int = 0
 
 
 async def settle(

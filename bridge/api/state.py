@@ -6,10 +6,8 @@ runs at import time.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -18,16 +16,13 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.client import Client
 
-from bridge import kafka
 from bridge.api.auth import Caller, KeyRing
 from bridge.api.index import IndexFollower, ProvenanceIndex
 from bridge.codec import SchemaCatalog
-from bridge.errors import ConfigError
+from bridge.ingress import Ingress
 from bridge.observability.metrics import Metrics
-from bridge.observability.telemetry import Telemetry
 from bridge.routes import Router, RoutesConfig
 from bridge.settings import Settings
-from bridge.temporal.client import connect_temporal
 
 log = logging.getLogger("ktb.api")
 
@@ -84,9 +79,15 @@ class ApiState:
     client: Client
     index: ProvenanceIndex
     follower: IndexFollower
-    router: Router | None
+    ingress: Ingress | None
+    """Decodes and routes events as the bridge does (no dispatcher: it plans only)."""
     topics: dict[str, str]
     produced: ProducedEvents = field(default_factory=ProducedEvents)
+
+    @property
+    def router(self) -> Router | None:
+        """The bridge's routes, when the API has a routes file."""
+        return self.ingress.router if self.ingress is not None else None
 
     def topic_for(self, event_type: str) -> str | None:
         """The topic ``POST /events`` produces ``event_type`` to."""
@@ -101,60 +102,6 @@ def topic_map(settings: Settings, config: RoutesConfig | None) -> dict[str, str]
             out.setdefault(route.type, route.topic)
     out.update(settings.api_topics)
     return out
-
-
-def load_router(settings: Settings) -> Router | None:
-    """The bridge's routes, to tell which topic and workflow an event maps to."""
-    if not settings.routes_file.exists():
-        log.warning("no routes file at %s: only KTB_API_TOPICS maps types", settings.routes_file)
-        return None
-    try:
-        return Router.from_file(settings.routes_file)
-    except ConfigError as exc:
-        raise ConfigError(f"the API cannot use the routes file: {exc.message}") from exc
-
-
-@contextlib.asynccontextmanager
-async def open_state(
-    settings: Settings, metrics: Metrics, telemetry: Telemetry | None = None
-) -> AsyncIterator[ApiState]:
-    """Build every client the API needs and close them on exit.
-
-    With the process's ``telemetry`` the Temporal client records the SDK's
-    metrics into the served registry and is traced when tracing is on.
-    """
-    catalog = SchemaCatalog.from_dir(settings.schemas_dir)
-    router = load_router(settings)
-    keys = KeyRing(settings.api_keys, enabled=settings.api_auth)
-    if not settings.api_auth:
-        log.warning("API authentication is OFF (KTB_API_AUTH=off): every caller sees every tenant")
-    elif not settings.api_keys:
-        log.warning("API authentication is on and no keys are configured: every call gets 401")
-    if telemetry is not None:
-        client = await connect_temporal(settings, telemetry.runtime, telemetry.client_interceptors)
-    else:
-        client = await connect_temporal(settings)
-    producer = kafka.producer(settings)
-    await kafka.start(producer, settings)
-    index = ProvenanceIndex(settings.api_index_max_events)
-    follower = IndexFollower(settings, index)
-    try:
-        await follower.start()
-        yield ApiState(
-            settings=settings,
-            catalog=catalog,
-            metrics=metrics,
-            keys=keys,
-            producer=producer,
-            client=client,
-            index=index,
-            follower=follower,
-            router=router,
-            topics=topic_map(settings, router.config if router else None),
-        )
-    finally:
-        await follower.stop()
-        await producer.stop()
 
 
 def get_state(request: Request) -> ApiState:
