@@ -47,7 +47,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from bridge.settings import Settings
     from bridge.temporal.client import connect_temporal
-    from bridge.wiring import stop_on_signals
 
 log = logging.getLogger("ktb.replay")
 
@@ -319,6 +318,9 @@ def _root_message(exc: BaseException) -> str:
 
 async def run_replay_worker(settings: Settings, metrics: Metrics | None = None) -> None:
     """Poll the replay task queue until SIGTERM/SIGINT (``/metrics`` on ``KTB_METRICS_PORT``)."""
+    # Here, not at the top: wiring imports the API, whose replay router imports this module.
+    from bridge.wiring import stop_on_signals
+
     with open_telemetry(settings, "replay-worker", metrics) as telemetry:
         client = await connect_temporal(settings, telemetry.runtime, telemetry.client_interceptors)
         activities = ReplayActivities(settings, client, telemetry.metrics)
