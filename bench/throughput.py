@@ -37,9 +37,9 @@ from bench.common import (
     start_times,
     write_routes,
 )
-from bridge.dispatch import event_memo, search_attributes
 from bridge.ingress import Ingress
 from bridge.routes import Router, RoutesConfig
+from bridge.temporal.requests import event_memo, search_attributes
 
 NAME = "throughput"
 TARGET = 0.9

@@ -18,8 +18,6 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
-from temporalio.api.errordetails.v1 import NamespaceNotFoundFailure, ResourceExhaustedFailure
-from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
@@ -28,31 +26,40 @@ from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowHandle,
     WorkflowUpdateFailedError,
-    WorkflowUpdateHandle,
     WorkflowUpdateRPCTimeoutOrCancelledError,
     WorkflowUpdateStage,
 )
 from temporalio.common import (
-    SearchAttributeKey,
-    SearchAttributePair,
-    TypedSearchAttributes,
     WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from bridge.envelope import Event
 from bridge.errors import (
     ActionRejectedError,
     PayloadTooLargeError,
-    TenantMismatchError,
     TransientError,
     UpdateRejectedError,
     WorkflowClosedError,
 )
 from bridge.routes import Action, ActionKind
 from bridge.temporal import attributes
+from bridge.temporal.history import received
+from bridge.temporal.requests import (
+    CONFLICT_POLICIES,
+    GRPC_MAX_MESSAGE_BYTES,
+    REUSE_POLICIES,
+    classify,
+    event_memo,
+    failure_message,
+    namespace_missing,
+    payload_bytes,
+    search_attributes,
+    throttled,
+    update_rejected,
+)
+from bridge.tenancy import check_owner
 
 
 class Outcome(StrEnum):
@@ -79,93 +86,6 @@ class Result:
     workflow_id: str | None = None
     run_id: str | None = None
     detail: str | None = None
-
-
-TRANSIENT_CODES = frozenset(
-    {
-        RPCStatusCode.UNAVAILABLE,
-        RPCStatusCode.DEADLINE_EXCEEDED,
-        RPCStatusCode.RESOURCE_EXHAUSTED,
-        RPCStatusCode.ABORTED,
-        RPCStatusCode.CANCELLED,
-        RPCStatusCode.INTERNAL,
-        RPCStatusCode.UNKNOWN,
-        # Credentials or permissions are a deployment problem, not the record's:
-        # pause and retry rather than dead-letter every event.
-        RPCStatusCode.UNAUTHENTICATED,
-        RPCStatusCode.PERMISSION_DENIED,
-    }
-)
-
-_REUSE = {
-    "reject_duplicate": WorkflowIDReusePolicy.REJECT_DUPLICATE,
-    "allow_duplicate_failed_only": WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
-    "allow_duplicate": WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-}
-_CONFLICT = {
-    "use_existing": WorkflowIDConflictPolicy.USE_EXISTING,
-    "fail": WorkflowIDConflictPolicy.FAIL,
-}
-
-
-def event_memo(event: Event, route: str) -> dict[str, Any]:
-    """Where the triggering event came from; workflows and the API read it back."""
-    return {
-        "event_id": event.id,
-        "event_type": event.type,
-        "tenant_id": event.tenant_id,
-        "traceparent": event.traceparent,
-        "topic": event.topic,
-        "partition": event.partition,
-        "offset": event.offset,
-        "key": event.key,
-        "route": route,
-    }
-
-
-def search_attributes(event: Event, action: Action) -> TypedSearchAttributes:
-    """The bridge's search attributes plus the route's own (as keywords)."""
-    pairs: list[SearchAttributePair[Any]] = [
-        SearchAttributePair(attributes.EVENT_ID, event.id),
-        SearchAttributePair(attributes.EVENT_TYPE, event.type),
-        SearchAttributePair(attributes.ROUTE, action.route),
-    ]
-    if event.tenant_id:
-        pairs.append(SearchAttributePair(attributes.TENANT_ID, event.tenant_id))
-    if event.key:
-        pairs.append(SearchAttributePair(attributes.BUSINESS_KEY, event.key))
-    pairs += [
-        SearchAttributePair(SearchAttributeKey.for_keyword(k), v)
-        for k, v in action.search_attributes.items()
-    ]
-    return TypedSearchAttributes(pairs)
-
-
-def classify(exc: RPCError, action: Action) -> Exception:
-    """Map a Temporal RPC error onto the bridge's transient/permanent split."""
-    if exc.status in TRANSIENT_CODES or _namespace_missing(exc):
-        return TransientError(
-            f"Temporal unavailable for {action.kind.value} {action.workflow_id}: {exc.message}",
-            event_id=action.event_id,
-        )
-    return ActionRejectedError(
-        f"Temporal rejected {action.kind.value} of {action.workflow_id} "
-        f"({exc.status.name if exc.status else 'error'}): {exc.message}",
-        event_id=action.event_id,
-    )
-
-
-def _namespace_missing(exc: RPCError) -> bool:
-    """NOT_FOUND for the namespace, not the workflow.
-
-    The namespace comes from configuration, so its absence is the deployment's
-    problem (or a server still starting, or a namespace cache refresh): pause and
-    retry, never dead-letter the event.
-    """
-    if exc.status is not RPCStatusCode.NOT_FOUND:
-        return False
-    details = exc.grpc_status.details
-    return bool(details) and details[0].Is(NamespaceNotFoundFailure.DESCRIPTOR)
 
 
 class Dispatcher:
@@ -223,7 +143,7 @@ class Dispatcher:
                 rpc_timeout=self.rpc_timeout
             )
         except RPCError as exc:
-            if exc.status is RPCStatusCode.NOT_FOUND and not _namespace_missing(exc):
+            if exc.status is RPCStatusCode.NOT_FOUND and not namespace_missing(exc):
                 return None
             raise
 
@@ -242,7 +162,7 @@ class Dispatcher:
         return {
             "id": action.workflow_id,
             "task_queue": action.task_queue or "",
-            "id_reuse_policy": _REUSE[action.id_reuse_policy],
+            "id_reuse_policy": REUSE_POLICIES[action.id_reuse_policy],
             "search_attributes": search_attributes(event, action),
             "memo": {"ktb": event_memo(event, action.route), **action.memo},
         }
@@ -256,7 +176,7 @@ class Dispatcher:
             handle: WorkflowHandle[Any, Any] = await self.client.start_workflow(
                 action.workflow_type or "",
                 args=list(action.args),
-                id_conflict_policy=_CONFLICT[action.id_conflict_policy],
+                id_conflict_policy=CONFLICT_POLICIES[action.id_conflict_policy],
                 rpc_timeout=self.rpc_timeout,
                 **kwargs,
             )
@@ -324,7 +244,7 @@ class Dispatcher:
             except WorkflowUpdateFailedError as exc:
                 raise UpdateRejectedError(
                     f"update {action.update} of {action.workflow_id} rejected: "
-                    f"{_failure_message(exc)}",
+                    f"{failure_message(exc)}",
                     event_id=action.event_id,
                 ) from exc
         return self._result(Outcome.UPDATED, action, handle.result_run_id, update.id)
@@ -368,7 +288,7 @@ class Dispatcher:
                     action.signal or "", *action.message, rpc_timeout=self.rpc_timeout
                 )
             except RPCError as exc:
-                if exc.status is not RPCStatusCode.NOT_FOUND or _namespace_missing(exc):
+                if exc.status is not RPCStatusCode.NOT_FOUND or namespace_missing(exc):
                     raise
                 self.runs.forget(action.workflow_id)
                 continue  # the run closed or continued as new since: look again
@@ -391,7 +311,7 @@ class Dispatcher:
                 else:
                     await handle.terminate(reason=action.reason, rpc_timeout=self.rpc_timeout)
             except RPCError as exc:
-                if exc.status is not RPCStatusCode.NOT_FOUND or _namespace_missing(exc):
+                if exc.status is not RPCStatusCode.NOT_FOUND or namespace_missing(exc):
                     raise
                 self.runs.forget(action.workflow_id)
                 continue  # closed since it was checked: look again
@@ -404,7 +324,7 @@ class Dispatcher:
     async def _closed(self, action: Action, target: WorkflowExecutionDescription) -> Result:
         """A signal or update for a closed workflow: a duplicate if the workflow had
         received this event, else ``WorkflowClosedError``."""
-        if await self._received(action, target):
+        if await received(self.client, action, target, self.rpc_timeout):
             return self._duplicate(action, target.run_id, "already received")
         status = target.status.name.lower() if target.status else "closed"
         raise WorkflowClosedError(
@@ -412,50 +332,13 @@ class Dispatcher:
             event_id=action.event_id,
         )
 
-    async def _received(self, action: Action, target: WorkflowExecutionDescription) -> bool:
-        """Whether a run of the workflow (this one, or one it continued from) received the
-        event: its signal carrying the event id, or its update with the event id as id."""
-        run_id: str | None = target.run_id
-        for _ in range(MAX_RUNS_SEARCHED):
-            if not run_id:
-                return False
-            handle = self.client.get_workflow_handle(action.workflow_id, run_id=run_id)
-            previous: str | None = None
-            async for item in handle.fetch_history_events(rpc_timeout=self.rpc_timeout):
-                if item.HasField("workflow_execution_started_event_attributes"):
-                    previous = (
-                        item.workflow_execution_started_event_attributes.continued_execution_run_id
-                    )
-                elif await self._carries_event(item, action):
-                    return True
-            run_id = previous
-        return False
-
-    async def _carries_event(self, item: HistoryEvent, action: Action) -> bool:
-        if action.kind is ActionKind.UPDATE_WITH_START:
-            if item.HasField("workflow_execution_update_accepted_event_attributes"):
-                accepted = item.workflow_execution_update_accepted_event_attributes
-                return accepted.accepted_request.meta.update_id == action.event_id
-            return False
-        if not item.HasField("workflow_execution_signaled_event_attributes"):
-            return False
-        signalled = item.workflow_execution_signaled_event_attributes
-        if signalled.signal_name != action.signal or not signalled.input.payloads:
-            return False
-        try:
-            values = await self.client.data_converter.decode(list(signalled.input.payloads[:1]))
-        except Exception:  # a payload we cannot read is not this event's
-            return False
-        first = values[0] if values else None
-        return isinstance(first, dict) and first.get("event_id") == action.event_id
-
     # --- errors ------------------------------------------------------------------------
 
     async def _classify(self, exc: RPCError, action: Action) -> Exception:
-        if exc.status is RPCStatusCode.RESOURCE_EXHAUSTED and not _throttled(exc):
+        if exc.status is RPCStatusCode.RESOURCE_EXHAUSTED and not throttled(exc):
             # Not Temporal's own limits (those say why): gRPC refuses messages over its
             # size limit with the same code. Such a request fails the same way every time.
-            size = await self._payload_bytes(action)
+            size = await payload_bytes(self.client, action)
             if size > GRPC_MAX_MESSAGE_BYTES:
                 return PayloadTooLargeError(
                     f"{action.kind.value} of {action.workflow_id} carries {size:,} bytes of "
@@ -463,18 +346,6 @@ class Dispatcher:
                     event_id=action.event_id,
                 )
         return classify(exc, action)
-
-    async def _payload_bytes(self, action: Action) -> int:
-        """Bytes of the arguments and message the action sends, as the client encodes them."""
-        values = [*action.args, *action.message, *action.memo.values()]
-        if not values:
-            return 0
-        payloads = await self.client.data_converter.encode(values)
-        return sum(p.ByteSize() for p in payloads)
-
-
-GRPC_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-"""gRPC's default limit on one message, which Temporal's frontend keeps."""
 
 
 class CheckedRuns:
@@ -502,8 +373,6 @@ class CheckedRuns:
 
 SIGNAL_ATTEMPTS = 5
 """Runs a signal follows when the workflow continues as new under it."""
-MAX_RUNS_SEARCHED = 20
-"""Runs of a continue-as-new chain searched for an event a closed workflow received."""
 
 
 def check_tenant(target: WorkflowExecution, action: Action, event: Event) -> None:
@@ -512,39 +381,8 @@ def check_tenant(target: WorkflowExecution, action: Action, event: Event) -> Non
 
 
 def check_tenant_id(owner: str | None, action: Action, event: Event) -> None:
-    """``TenantMismatchError`` unless ``owner`` (a workflow's tenant) is the event's tenant.
-
-    A workflow without ``KtbTenantId`` belongs to no tenant: only events without a
-    tenant reach it. The message does not say whose the workflow is.
-    """
-    if owner != event.tenant_id:
-        raise TenantMismatchError(
-            f"workflow {action.workflow_id} does not belong to the event's tenant "
-            f"({event.tenant_id or 'none'}); nothing was done",
-            event_id=action.event_id,
-        )
-
-
-def update_rejected(update: WorkflowUpdateHandle[Any]) -> bool:
-    """Whether a started update came back already completed with a failure (rejected).
-
-    The SDK keeps the outcome it received with the start; reading it makes no call.
-    """
-    outcome = getattr(update, "_known_outcome", None)
-    return outcome is not None and outcome.HasField("failure")
-
-
-def _failure_message(exc: WorkflowUpdateFailedError) -> str:
-    cause = exc.cause
-    if isinstance(cause, ApplicationError):
-        return cause.message
-    return str(cause) or type(cause).__name__
-
-
-def _throttled(exc: RPCError) -> bool:
-    """RESOURCE_EXHAUSTED from Temporal's limits carries a ``ResourceExhaustedFailure``."""
-    details = exc.grpc_status.details
-    return any(d.Is(ResourceExhaustedFailure.DESCRIPTOR) for d in details)
+    """``TenantMismatchError`` unless ``owner`` (a workflow's tenant) is the event's tenant."""
+    check_owner(owner, event.tenant_id, workflow_id=action.workflow_id, event_id=action.event_id)
 
 
 def _reraise_cancellation(exc: BaseException) -> None:

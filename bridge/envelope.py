@@ -9,7 +9,6 @@ data is encoded by the schema catalog before it reaches the SDK.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,7 +20,8 @@ from cloudevents.core.exceptions import BaseCloudEventException
 from cloudevents.core.v1.event import CloudEvent
 
 from bridge.codec import AVRO, JSON, SchemaCatalog
-from bridge.errors import DecodeError, SchemaMismatchError, TenantError
+from bridge.errors import DecodeError, SchemaMismatchError
+from bridge.tenancy import checked_tenant
 
 TENANT = "tenantid"
 CORRELATION = "correlationid"
@@ -42,26 +42,6 @@ class RecordLike(Protocol):
     key: bytes | None
     value: bytes | None
     headers: Sequence[tuple[str, bytes]]
-
-
-TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-"""What a tenant id may look like: it prefixes workflow ids and appears in visibility queries."""
-_TENANT = re.compile(TENANT_PATTERN)
-
-
-def valid_tenant(tenant: str) -> bool:
-    """Whether ``tenant`` is a well-formed tenant id (``TENANT_PATTERN``)."""
-    return _TENANT.fullmatch(tenant) is not None
-
-
-def check_tenant(tenant: str | None) -> str | None:
-    """``tenant`` unchanged, or ``TenantError`` when it is not a well-formed tenant id."""
-    if tenant is not None and not valid_tenant(tenant):
-        raise TenantError(
-            f"tenant id {tenant[:80]!r} is not 1-64 letters, digits, '.', '_' or '-' "
-            "starting with a letter or digit"
-        )
-    return tenant
 
 
 def ce_attributes(headers: Headers) -> dict[str, str]:
@@ -230,7 +210,7 @@ def decode_record(
         data=data,
         time=time,
         subject=attrs.get("subject"),
-        tenant_id=check_tenant(attrs.get(TENANT) or None),
+        tenant_id=checked_tenant(attrs.get(TENANT) or None),
         correlation_id=attrs.get(CORRELATION),
         causation_id=attrs.get(CAUSATION),
         traceparent=trace.get(TRACEPARENT),
@@ -264,7 +244,7 @@ def encode_event(
     extensions: Mapping[str, str] | None = None,
 ) -> KafkaRecord:
     """Validate ``data`` against the type's schema and build the binary-mode record."""
-    check_tenant(tenant_id or None)
+    checked_tenant(tenant_id or None)
     if content_type == AVRO:
         body = catalog.encode(type, data)
     elif content_type == JSON:

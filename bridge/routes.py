@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from bridge.codec import SchemaCatalog
 from bridge.envelope import Event
 from bridge.errors import ConfigError, RouteError
+from bridge.tenancy import scoped_workflow_id
 
 
 class ActionKind(StrEnum):
@@ -250,19 +251,6 @@ class Action:
     search_attributes: Mapping[str, str] = field(default_factory=dict)
     memo: Mapping[str, Any] = field(default_factory=dict)
     reason: str = ""
-
-
-TENANT_SEPARATOR = ":"
-"""Between the tenant and the routed id in a tenant-scoped workflow id (``acme:order-1``)."""
-
-
-def scoped_workflow_id(tenant: str | None, workflow_id: str) -> str:
-    """``workflow_id`` in the namespace of ``tenant``: two tenants' ids never collide.
-
-    Tenant ids cannot contain the separator (``bridge.envelope.TENANT_PATTERN``), so the
-    part before the first ``:`` always names the tenant.
-    """
-    return f"{tenant}{TENANT_SEPARATOR}{workflow_id}" if tenant else workflow_id
 
 
 def bridge_signal(event: Event, payload: Any) -> dict[str, Any]:

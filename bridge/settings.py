@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bridge.envelope import valid_tenant
+from bridge.tenancy import valid_tenant
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

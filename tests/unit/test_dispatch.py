@@ -7,9 +7,10 @@ from google.rpc.status_pb2 import Status
 from temporalio.api.errordetails.v1 import NamespaceNotFoundFailure, NotFoundFailure
 from temporalio.service import RPCError, RPCStatusCode
 
-from bridge.dispatch import CheckedRuns, classify
+from bridge.dispatch import CheckedRuns
 from bridge.errors import ActionRejectedError, TransientError
 from bridge.routes import Action, ActionKind
+from bridge.temporal.requests import classify
 
 ACTION = Action(kind=ActionKind.SIGNAL, route="r", workflow_id="wf-1", event_id="e-1")
 

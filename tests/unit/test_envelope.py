@@ -7,8 +7,9 @@ from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.v1.event import CloudEvent
 
 from bridge.codec import SchemaCatalog
-from bridge.envelope import ce_attribute, ce_attributes, decode_record, encode_event, valid_tenant
+from bridge.envelope import ce_attribute, ce_attributes, decode_record, encode_event
 from bridge.errors import DecodeError, SchemaMismatchError, TenantError
+from bridge.tenancy import valid_tenant
 from tests.support import order_data
 
 PLACED = "com.example.order.placed"
