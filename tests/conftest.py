@@ -1,18 +1,12 @@
-"""Session fixtures: real Kafka and real Temporal.
+"""Fixtures: real Kafka and Temporal for the integration tests, the schemas for all.
 
-Order of preference: ``KTB_KAFKA_BOOTSTRAP``/``KTB_TEMPORAL_ADDRESS`` if set; else
-testcontainers when a Docker engine answers; else the local launcher (Kafka from
-Maven Central jars on the system Java, the ``temporal`` dev server) on free ports
-with a temporary data directory.
+The machinery behind them lives in ``tests.support`` (``stack`` picks the services).
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,79 +14,17 @@ import pytest_asyncio
 from temporalio.client import Client
 
 from bridge.codec import SchemaCatalog
-from bridge.dev.stack import LocalStack, ensure_search_attributes, free_port
+from bridge.dev.stack import LocalStack
 from bridge.kafka import ensure_topics
 from bridge.settings import REPO_ROOT, Settings
-from tests.support import Services
-
-
-@dataclass
-class StackInfo:
-    """Where the test services are, and the launcher if this session started them."""
-
-    kafka_bootstrap: str
-    temporal_address: str
-    local: LocalStack | None = None
-
-
-def _docker_answers() -> bool:
-    try:
-        import docker
-
-        docker.from_env(timeout=2).ping()
-        return True
-    except Exception:  # any failure means: no usable engine
-        return False
-
-
-def _containers() -> tuple[StackInfo, list[object]]:
-    from testcontainers.core.container import DockerContainer
-    from testcontainers.core.waiting_utils import wait_for_logs
-    from testcontainers.kafka import KafkaContainer
-
-    kafka = KafkaContainer("apache/kafka:4.1.1").with_kraft()
-    kafka.start()
-    temporal = (
-        DockerContainer("temporalio/temporal:latest")
-        .with_command("server start-dev --ip 0.0.0.0 --headless")
-        .with_exposed_ports(7233)
-    )
-    temporal.start()
-    wait_for_logs(temporal, "Temporal Server", timeout=60)
-    address = f"{temporal.get_container_host_ip()}:{temporal.get_exposed_port(7233)}"
-    return StackInfo(kafka.get_bootstrap_server(), address), [kafka, temporal]
+from tests.support import Services, StackInfo, local_stack, session_stack
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
-    """Real Kafka and Temporal for the whole session."""
-    kafka_env = os.environ.get("KTB_KAFKA_BOOTSTRAP")
-    temporal_env = os.environ.get("KTB_TEMPORAL_ADDRESS")
-    if kafka_env and temporal_env:
-        asyncio.run(ensure_search_attributes(temporal_env))
-        yield StackInfo(kafka_env, temporal_env)
-        return
-    if os.environ.get("KTB_TEST_DOCKER", "auto") != "off" and _docker_answers():
-        info, containers = _containers()
-        asyncio.run(ensure_search_attributes(info.temporal_address))
-        try:
-            yield info
-        finally:
-            for c in containers:
-                c.stop()  # type: ignore[attr-defined]
-        return
-    local = LocalStack(
-        tmp_path_factory.mktemp("stack"),
-        kafka_port=free_port(),
-        kafka_controller_port=free_port(),
-        temporal_port=free_port(),
-        headless=True,
-    )
-    asyncio.run(local.start())
-    try:
-        yield StackInfo(local.kafka_bootstrap, local.temporal_address, local)
-    finally:
-        local.stop()
+    """Real Kafka and Temporal for the whole session (see ``tests.support.stack``)."""
+    with session_stack(lambda: tmp_path_factory.mktemp("stack")) as info:
+        yield info
 
 
 @pytest.fixture(scope="session")
@@ -166,15 +98,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture
 def private_stack(tmp_path: Path) -> Iterator[LocalStack]:
     """A Kafka + Temporal pair of this test's own, for tests that stop or kill them."""
-    local = LocalStack(
-        tmp_path / "stack",
-        kafka_port=free_port(),
-        kafka_controller_port=free_port(),
-        temporal_port=free_port(),
-        headless=True,
-    )
-    asyncio.run(local.start())
-    try:
+    with local_stack(tmp_path / "stack") as local:
         yield local
-    finally:
-        local.stop()

@@ -1,0 +1,47 @@
+"""What the tests share, apart from the test files; every name is importable from here.
+
+- ``waiting``: ``eventually`` and ``until``, waiting on a condition with a deadline.
+- ``events``: valid payloads of the repository's event types.
+- ``routes``: routes configs from plain dicts, the recorder routes, routes files.
+- ``kafka``: topics and partitions of a real broker; ``Services`` produces and reads back.
+- ``temporal``: waiting on workflows the bridge starts, reading what a recorder noted.
+- ``running``: a bridge, a worker or the HTTP API running for a test.
+- ``stack``: real Kafka and Temporal for a session or for one test.
+- ``certs``: throw-away TLS material.
+
+The workflows the tests run stay in ``tests/workflows.py``: Temporal's sandbox imports
+a workflow's module with its package, and this package imports the whole bridge.
+"""
+
+from tests.support.certs import Certs, make_certs
+from tests.support.events import order_data, payment
+from tests.support.kafka import Services, partitions, topic_exists
+from tests.support.routes import recorder_routes, routes_config, write_routes
+from tests.support.running import bridge_process, running_api, running_bridge, running_worker
+from tests.support.stack import StackInfo, docker_answers, local_stack, session_stack
+from tests.support.temporal import received, workflow_result
+from tests.support.waiting import eventually
+
+__all__ = [
+    "Certs",
+    "Services",
+    "StackInfo",
+    "bridge_process",
+    "docker_answers",
+    "eventually",
+    "local_stack",
+    "make_certs",
+    "order_data",
+    "partitions",
+    "payment",
+    "received",
+    "recorder_routes",
+    "routes_config",
+    "running_api",
+    "running_bridge",
+    "running_worker",
+    "session_stack",
+    "topic_exists",
+    "workflow_result",
+    "write_routes",
+]

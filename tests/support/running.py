@@ -1,0 +1,148 @@
+"""The bridge, a worker and the HTTP API running for a test: in this process, or the
+bridge as an OS process of its own (for kill -9 tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from bridge import kafka
+from bridge.codec import SchemaCatalog
+from bridge.consumer import BridgeConsumer
+from bridge.dispatch import Dispatcher
+from bridge.dlq.publisher import DeadLetterPublisher
+from bridge.ingress import Ingress
+from bridge.observability.metrics import Metrics
+from bridge.observability.telemetry import Telemetry
+from bridge.provenance import ProvenanceWriter
+from bridge.routes import Router, RoutesConfig
+from bridge.sdk.egress import Publisher
+from bridge.settings import REPO_ROOT, Settings
+from tests.support.waiting import eventually
+
+
+@contextlib.asynccontextmanager
+async def running_bridge(
+    settings: Settings,
+    catalog: SchemaCatalog,
+    client: Client,
+    config: RoutesConfig,
+    metrics: Metrics | None = None,
+    provenance: bool = False,
+) -> AsyncIterator[BridgeConsumer]:
+    """An in-process bridge instance; ``provenance`` records to ``settings.provenance_topic``."""
+    producer = kafka.producer(settings)
+    await producer.start()
+    router = Router(config)
+    ingress = Ingress(
+        catalog,
+        router,
+        Dispatcher(client, timedelta(seconds=settings.temporal_rpc_timeout_s)),
+        DeadLetterPublisher(producer),
+        metrics or Metrics(),
+        provenance=ProvenanceWriter(producer, settings.provenance_topic) if provenance else None,
+    )
+    consumer = BridgeConsumer(settings, ingress, router.topics)
+    task = asyncio.create_task(consumer.run())
+    try:
+        yield consumer
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(task, 60)
+        await producer.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    settings: Settings,
+    catalog: SchemaCatalog,
+    client: Client,
+    task_queue: str,
+    workflows: Sequence[type],
+    activities: Sequence[Callable[..., Any]] = (),
+    metrics: Metrics | None = None,
+    provenance: bool = False,
+) -> AsyncIterator[Worker]:
+    """An in-process worker with the publishing activity registered."""
+    producer = kafka.producer(settings)
+    await producer.start()
+    publisher = Publisher(
+        producer,
+        catalog,
+        "tests",
+        metrics or Metrics(),
+        ProvenanceWriter(producer, settings.provenance_topic) if provenance else None,
+    )
+    worker = Worker(
+        client,
+        task_queue=task_queue,
+        workflows=list(workflows),
+        activities=[publisher.publish, *activities],
+    )
+    try:
+        async with worker:
+            yield worker
+    finally:
+        await producer.stop()
+
+
+def bridge_process(settings: Settings, routes_file: Path, log: Path) -> subprocess.Popen[bytes]:
+    """``ktb bridge`` as a separate OS process (for kill -9 tests)."""
+    env = dict(os.environ)
+    env.update(
+        KTB_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
+        KTB_TEMPORAL_ADDRESS=settings.temporal_address,
+        KTB_GROUP_ID=settings.group_id,
+        KTB_ROUTES_FILE=str(routes_file),
+        KTB_SCHEMAS_DIR=str(REPO_ROOT / "schemas"),
+        KTB_COMMIT_INTERVAL_S="0.2",
+        KTB_RETRY_MAX_S="1",
+    )
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "bridge", "bridge"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+@contextlib.asynccontextmanager
+async def running_api(
+    settings: Settings, metrics: Metrics | None = None, telemetry: Telemetry | None = None
+) -> AsyncIterator[str]:
+    """The HTTP API served by uvicorn in this event loop on a free port; yields its base URL."""
+    import uvicorn
+
+    from bridge.api import create_app
+    from bridge.dev.stack import free_port
+
+    port = free_port()
+    app = create_app(settings, metrics=metrics, telemetry=telemetry)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+
+    async def started() -> bool:
+        if task.done():
+            task.result()
+            raise RuntimeError("the API did not start (see the log)")
+        return server.started
+
+    await eventually(started, 60, 0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)

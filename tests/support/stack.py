@@ -1,0 +1,97 @@
+"""Real Kafka and Temporal for tests.
+
+Order of preference: ``KTB_KAFKA_BOOTSTRAP``/``KTB_TEMPORAL_ADDRESS`` if set; else
+testcontainers when a Docker engine answers; else the local launcher (Kafka from
+Maven Central jars on the system Java, the ``temporal`` dev server) on free ports
+with a temporary data directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bridge.dev.stack import LocalStack, ensure_search_attributes, free_port
+
+
+@dataclass
+class StackInfo:
+    """Where the test services are, and the launcher if this session started them."""
+
+    kafka_bootstrap: str
+    temporal_address: str
+    local: LocalStack | None = None
+
+
+def docker_answers() -> bool:
+    """Whether a Docker engine answers (testcontainers can run the services)."""
+    try:
+        import docker
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:  # any failure means: no usable engine
+        return False
+
+
+def _containers(stop_later: contextlib.ExitStack) -> StackInfo:
+    """Kafka and Temporal containers; ``stop_later`` stops each one that started."""
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.waiting_utils import wait_for_logs
+    from testcontainers.kafka import KafkaContainer
+
+    kafka = KafkaContainer("apache/kafka:4.1.1").with_kraft()
+    kafka.start()
+    stop_later.callback(kafka.stop)
+    temporal = (
+        DockerContainer("temporalio/temporal:latest")
+        .with_command("server start-dev --ip 0.0.0.0 --headless")
+        .with_exposed_ports(7233)
+    )
+    temporal.start()
+    stop_later.callback(temporal.stop)
+    wait_for_logs(temporal, "Temporal Server", timeout=60)
+    address = f"{temporal.get_container_host_ip()}:{temporal.get_exposed_port(7233)}"
+    return StackInfo(kafka.get_bootstrap_server(), address)
+
+
+@contextlib.contextmanager
+def local_stack(directory: Path) -> Iterator[LocalStack]:
+    """Kafka and Temporal started by the local launcher on free ports under ``directory``;
+    stopped afterwards, also when starting them failed halfway."""
+    local = LocalStack(
+        directory,
+        kafka_port=free_port(),
+        kafka_controller_port=free_port(),
+        temporal_port=free_port(),
+        headless=True,
+    )
+    try:
+        asyncio.run(local.start())
+        yield local
+    finally:
+        local.stop()
+
+
+@contextlib.contextmanager
+def session_stack(directory: Callable[[], Path]) -> Iterator[StackInfo]:
+    """The services for a test session, by the order of preference above; the local
+    launcher keeps its data under ``directory()``."""
+    kafka_env = os.environ.get("KTB_KAFKA_BOOTSTRAP")
+    temporal_env = os.environ.get("KTB_TEMPORAL_ADDRESS")
+    if kafka_env and temporal_env:
+        asyncio.run(ensure_search_attributes(temporal_env))
+        yield StackInfo(kafka_env, temporal_env)
+        return
+    if os.environ.get("KTB_TEST_DOCKER", "auto") != "off" and docker_answers():
+        with contextlib.ExitStack() as containers:
+            info = _containers(containers)
+            asyncio.run(ensure_search_attributes(info.temporal_address))
+            yield info
+        return
+    with local_stack(directory()) as local:
+        yield StackInfo(local.kafka_bootstrap, local.temporal_address, local)
