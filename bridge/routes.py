@@ -7,8 +7,6 @@ turns a matching ``Event`` into a plain ``Action`` value.
 
 from __future__ import annotations
 
-import re
-import string
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -22,6 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from bridge.codec import SchemaCatalog
 from bridge.envelope import Event
 from bridge.errors import ConfigError, RouteError
+from bridge.templates import (
+    ROOT_NAMES,
+    Template,
+    condition_paths,
+    lookup,
+    reads_plan,
+    select,
+)
 from bridge.tenancy import scoped_workflow_id
 
 
@@ -151,82 +157,7 @@ def _describe(raw: Any, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-# --- Compiled pieces -------------------------------------------------------------
-
-ROOT_NAMES = frozenset({"data", "id", "type", "source", "subject", "tenant", "key", "topic"})
-
-
-def _lookup(context: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-    value: Any = context
-    for part in path:
-        # Decoded events are plain dicts: test for them first, the ABC check is slower.
-        if (type(value) is dict or isinstance(value, Mapping)) and part in value:
-            value = value[part]
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
-        else:
-            raise KeyError(".".join(path))
-    return value
-
-
-@dataclass(frozen=True)
-class Template:
-    """A ``"order-{data.order_id}"`` string template, parsed once."""
-
-    source: str
-    parts: tuple[tuple[str, tuple[str, ...] | None], ...]
-
-    @classmethod
-    def parse(cls, text: str) -> Template:
-        """Split the template into literals and dotted field paths."""
-        parts: list[tuple[str, tuple[str, ...] | None]] = []
-        try:
-            for literal, name, spec, conv in string.Formatter().parse(text):
-                if literal:
-                    parts.append((literal, None))
-                if name is not None:
-                    if not name or spec or conv:
-                        raise ConfigError(f"template {text!r}: use plain {{field.path}} only")
-                    parts.append(("", tuple(name.split("."))))
-        except ValueError as exc:
-            raise ConfigError(f"template {text!r}: {exc}") from exc
-        return cls(text, tuple(parts))
-
-    def paths(self) -> list[tuple[str, ...]]:
-        """Field paths the template reads."""
-        return [p for _, p in self.parts if p is not None]
-
-    def render(self, context: Mapping[str, Any]) -> str:
-        """Fill the template; ``KeyError`` names a missing field path."""
-        out = []
-        for literal, path in self.parts:
-            if path is None:
-                out.append(literal)
-            else:
-                value = _lookup(context, path)
-                if value is None or value == "":
-                    raise KeyError(".".join(path))
-                out.append(str(value))
-        return "".join(out)
-
-
-_STRING_LITERAL = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
-_DOTTED = re.compile(r"(?<![\w.])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)")
-
-
-def condition_paths(expression: str) -> list[tuple[str, ...]]:
-    """Dotted field paths a CEL expression reads from the event (for ``routes check``)."""
-    stripped = _STRING_LITERAL.sub("''", expression)
-    found = []
-    for match in _DOTTED.finditer(stripped):
-        parts = tuple(match.group(1).split("."))
-        if parts[0] in ROOT_NAMES:
-            # ``data.items.size()`` is a method call on ``data.items``.
-            end = match.end()
-            if stripped[end : end + 1] == "(" and len(parts) > 1:
-                parts = parts[:-1]
-            found.append(parts)
-    return found
+# --- Compiled routes -------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -316,7 +247,7 @@ class CompiledRoute:
         spec = self.spec
         try:
             workflow_id = self.workflow_id.render(context)
-            args = tuple(_lookup(context, p) for p in self.arg_paths)
+            args = tuple(lookup(context, p) for p in self.arg_paths)
             extra_sa = {k: t.render(context) for k, t in self.search_attributes.items()}
             memo = {k: t.render(context) for k, t in self.memo.items()}
             reason = self.reason.render(context)
@@ -361,7 +292,7 @@ class Router:
         for route in self.routes:
             self._index.setdefault((route.spec.topic, route.spec.type), []).append(route)
         self._reads = {
-            key: _reads_plan(p for route in candidates for p in route.condition_reads)
+            key: reads_plan(p for route in candidates for p in route.condition_reads)
             for key, candidates in self._index.items()
         }
 
@@ -406,7 +337,7 @@ class Router:
                 # Converting values to CEL dominates the cost of a condition, so the
                 # candidates share one context holding only the fields they read.
                 try:
-                    conditions = cel.Context(variables=_select(context, self._reads[key]))
+                    conditions = cel.Context(variables=select(context, self._reads[key]))
                 except (KeyError, ValueError, TypeError, RuntimeError) as exc:
                     raise RouteError(f"route {route.name!r}: condition failed: {exc}") from exc
             if route.matches(conditions if conditions is not None else context):
@@ -420,38 +351,6 @@ class Router:
             return None
         route, context = found
         return route.build(event, context, id_suffix)
-
-
-ReadsPlan = dict[str, "ReadsPlan | None"]
-"""Which fields conditions read: a nested map of names; ``None`` means the whole value."""
-
-
-def _reads_plan(paths: Iterable[tuple[str, ...]]) -> ReadsPlan:
-    """Merge field paths into a plan; a path read whole covers every longer one under it."""
-    plan: ReadsPlan = {}
-    for path in sorted(set(paths), key=len):
-        node = plan
-        for depth, part in enumerate(path):
-            if part in node and node[part] is None:
-                break
-            if depth == len(path) - 1:
-                node[part] = None
-                break
-            child = node.setdefault(part, {})
-            assert child is not None
-            node = child
-    return plan
-
-
-def _select(value: Any, plan: ReadsPlan | None) -> Any:
-    """The parts of ``value`` a plan names; anything that is not a mapping is kept whole.
-
-    A field the event lacks stays absent, so a condition reading it fails (or
-    ``has()`` is false) exactly as it would on the full event.
-    """
-    if plan is None or not isinstance(value, Mapping):
-        return value
-    return {name: _select(value[name], sub) for name, sub in plan.items() if name in value}
 
 
 # --- ktb routes check ---------------------------------------------------------------

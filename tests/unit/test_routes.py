@@ -9,7 +9,8 @@ import pytest
 from bridge.codec import SchemaCatalog
 from bridge.envelope import Event
 from bridge.errors import ConfigError, RouteError
-from bridge.routes import ActionKind, Router, RoutesConfig, Template, check_routes, condition_paths
+from bridge.routes import ActionKind, Router, RoutesConfig, check_routes
+from bridge.templates import Template, condition_paths
 from tests.support import order_data
 
 PLACED = "com.example.order.placed"
