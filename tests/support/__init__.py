@@ -1,6 +1,6 @@
 """What the tests share, apart from the test files; every name is importable from here.
 
-- ``waiting``: ``eventually`` and ``until``, waiting on a condition with a deadline.
+- ``waiting``: ``eventually`` and ``until``: wait on a condition with a deadline.
 - ``events``: valid payloads of the repository's event types.
 - ``routes``: routes configs from plain dicts, the recorder routes, routes files.
 - ``kafka``: topics and partitions of a real broker; ``Services`` produces and reads back.
@@ -20,7 +20,7 @@ from tests.support.routes import recorder_routes, routes_config, write_routes
 from tests.support.running import bridge_process, running_api, running_bridge, running_worker
 from tests.support.stack import StackInfo, docker_answers, local_stack, session_stack
 from tests.support.temporal import received, workflow_result
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, until
 
 __all__ = [
     "Certs",
@@ -42,6 +42,7 @@ __all__ = [
     "running_worker",
     "session_stack",
     "topic_exists",
+    "until",
     "workflow_result",
     "write_routes",
 ]
