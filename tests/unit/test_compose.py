@@ -30,6 +30,10 @@ DEPLOY = REPO_ROOT / "deploy"
 INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
 SERVICES = ("orders", "inventory", "payments", "shipping", "notifications")
 KTB_IMAGE = "${BRIDGE_IMAGE:-ktb:local}"
+KTB_COMMANDS = {"provision", "bridge", "api"}
+"""Services of the project's image that run a ``ktb`` command."""
+SERVICE_MODULES = {f"{name}-{mode}" for name in SERVICES for mode in ("worker", "server")}
+"""Services of the project's image that run ``python -m services.<name> <mode>``."""
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +79,12 @@ def interpolate(value: str) -> str:
 
 
 def ktb_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The services that run the project's own image."""
-    return {n: s for n, s in compose["services"].items() if s.get("image") == KTB_IMAGE}
+    """The services that run the project's own image; every one expected must be there,
+    so a check over them cannot pass by checking nothing (the image renamed, a typo)."""
+    found = {n: s for n, s in compose["services"].items() if s.get("image") == KTB_IMAGE}
+    missing = sorted((KTB_COMMANDS | SERVICE_MODULES) - set(found))
+    assert not missing, f"services not running the image {KTB_IMAGE!r}: {missing}"
+    return found
 
 
 def ktb_names_in(text: str) -> Iterator[str]:
@@ -138,6 +146,16 @@ def test_the_stack_has_every_part(compose: dict[str, Any]) -> None:
         assert services[name]["image"].startswith("apache/kafka:")
 
 
+def test_the_project_image_runs_the_bridge_the_api_and_every_service(
+    compose: dict[str, Any],
+) -> None:
+    assert set(ktb_services(compose)) == KTB_COMMANDS | SERVICE_MODULES
+    renamed = json.loads(json.dumps(compose))
+    renamed["services"]["bridge"]["image"] = "ktb:renamed"
+    with pytest.raises(AssertionError, match=r"\['bridge'\]"):
+        ktb_services(renamed)
+
+
 def test_one_broker_by_default_three_with_the_cluster_profile(compose: dict[str, Any]) -> None:
     services = compose["services"]
     brokers = {n: s for n, s in services.items() if s["image"].startswith("apache/kafka:")}
@@ -159,10 +177,12 @@ def test_one_broker_by_default_three_with_the_cluster_profile(compose: dict[str,
 def test_every_ktb_command_exists_in_the_cli(compose: dict[str, Any]) -> None:
     commands: dict[str, click.Command] = typer.main.get_command(app).commands  # type: ignore[attr-defined]
     missing = []
+    checked = set()
     for name, service in ktb_services(compose).items():
         command = [interpolate(str(part)) for part in service["command"]]
         if command[0] != "ktb":
             continue
+        checked.add(name)
         sub = commands.get(command[1])
         if sub is None:
             missing.append(f"{name}: ktb {command[1]}")
@@ -170,20 +190,24 @@ def test_every_ktb_command_exists_in_the_cli(compose: dict[str, Any]) -> None:
         # Parsing the arguments checks option names and types without running anything.
         sub.make_context(command[1], command[2:])
     assert missing == [], f"compose services whose ktb command does not exist: {missing}"
+    assert checked == KTB_COMMANDS
 
 
 def test_every_service_module_exists(compose: dict[str, Any]) -> None:
     missing = []
+    checked = set()
     for name, service in ktb_services(compose).items():
         command = service["command"]
         if command[0] == "ktb":
             continue
+        checked.add(name)
         assert command[:2] == ["python", "-m"], f"{name}: {command}"
         module, mode = command[2], command[3]
         assert mode in ("worker", "server"), f"{name}: {command}"
         if importlib.util.find_spec(f"{module}.{mode}") is None:
             missing.append(f"{name}: {module}.{mode}")
     assert missing == [], f"compose services whose module does not exist: {missing}"
+    assert checked == SERVICE_MODULES
 
 
 def test_every_ktb_variable_is_a_known_setting() -> None:
@@ -206,6 +230,7 @@ def test_every_ktb_variable_is_a_known_setting() -> None:
 
 
 def test_container_settings_parse(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed = set()
     for name, service in ktb_services(compose).items():
         with monkeypatch.context() as env:
             for key, value in service.get("environment", {}).items():
@@ -218,6 +243,8 @@ def test_container_settings_parse(compose: dict[str, Any], monkeypatch: pytest.M
         # Prometheus scrapes from another container: /metrics must not be loopback-only.
         assert settings.metrics_host == "0.0.0.0", name
         assert settings.metrics_port == 9464, name
+        parsed.add(name)
+    assert parsed == KTB_COMMANDS | SERVICE_MODULES
 
 
 def test_example_security_settings_parse(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -280,13 +307,17 @@ def test_secrets_have_no_defaults(compose: dict[str, Any]) -> None:
 
 def test_mounts_exist_and_volumes_are_declared(compose: dict[str, Any]) -> None:
     declared = set(compose["volumes"])
+    binds, volumes = set(), set()
     for name, service in compose["services"].items():
         for mount in service.get("volumes", []):
             source = mount.split(":")[0]
             if source.startswith("."):
                 assert (REPO_ROOT / source).exists(), f"{name} mounts missing {source}"
+                binds.add(source)
             else:
                 assert source in declared, f"{name} uses undeclared volume {source}"
+                volumes.add(source)
+    assert "./deploy/grafana/dashboards" in binds and "postgres" in volumes
 
 
 def test_host_ports_do_not_collide(compose: dict[str, Any]) -> None:
