@@ -1,34 +1,139 @@
 """ktb: a declarative, idempotent bridge from Kafka domain events to Temporal workflows.
 
-The public surface is small; everything else is an implementation module.
+This is the public surface, grouped by role; everything else is an implementation
+module. ``services/`` (the example domain) imports only from here.
+
+- the pipeline: a Kafka record (``RecordLike``) becomes an ``Event``, a ``Router``
+  match an ``Action``, the ``Dispatcher``'s ``Result`` an ``Outcome``; ``Ingress``
+  runs them in order;
+- errors: the transient/permanent split every stage follows;
+- the workflow SDK (``bridge.sdk``): ``BridgeWorkflow``, ``publish``, ``Saga``, the
+  fault taxonomy of activities, the publishing activity;
+- running a process: ``run_worker`` / ``open_worker``, telemetry, logging and the
+  Kafka clients (``kafka.consumer(settings, ...)``), all built from ``Settings``.
+
+Workflow code imports this package inside ``workflow.unsafe.imports_passed_through()``,
+so importing it must stay cheap and free of side effects: the composition roots
+(``bridge.wiring``, which reach the consumer, the HTTP API and replay) load on
+first use of ``run_worker``, ``open_worker`` or ``stop_on_signals``, never on
+``import bridge``.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from bridge import kafka
 from bridge.codec import SchemaCatalog
 from bridge.dispatch import Dispatcher, Outcome, Result
-from bridge.envelope import Event, decode_record, encode_event
-from bridge.errors import BridgeError, PermanentError, TransientError
+from bridge.envelope import Event, KafkaRecord, RecordLike, decode_record, encode_event
+from bridge.errors import BridgeError, ConfigError, PermanentError, TransientError
 from bridge.ingress import Ingress
+from bridge.observability.logs import setup as setup_logging
+from bridge.observability.metrics import Metrics
+from bridge.observability.telemetry import Telemetry, open_telemetry
 from bridge.routes import Action, ActionKind, Router, RoutesConfig
-from bridge.sdk.egress import Publisher, PublishRequest
+from bridge.sdk import (
+    AuthorizationError,
+    BridgeWorkflow,
+    CircuitBreaker,
+    CircuitOpenError,
+    Compensation,
+    DatabaseError,
+    EventDedupe,
+    ExternalServiceError,
+    Fault,
+    FaultInterceptor,
+    NetworkError,
+    Published,
+    Publisher,
+    PublishRequest,
+    Retry,
+    Saga,
+    SagaEvents,
+    SagaOutcome,
+    ValidationError,
+    publish,
+    retry_policy,
+    trigger,
+)
 from bridge.settings import Settings
 
-__all__ = [
-    "Action",
-    "ActionKind",
-    "BridgeError",
-    "Dispatcher",
+if TYPE_CHECKING:
+    from bridge.wiring import open_worker, run_worker, stop_on_signals
+
+# Grouped by role, sorted within each group (the groups read better than one sorted list).
+__all__ = [  # noqa: RUF022
+    # the pipeline, in data-flow order
+    "RecordLike",
     "Event",
-    "Ingress",
-    "Outcome",
-    "PermanentError",
-    "PublishRequest",
-    "Publisher",
-    "Result",
-    "Router",
-    "RoutesConfig",
+    "KafkaRecord",
     "SchemaCatalog",
-    "Settings",
-    "TransientError",
     "decode_record",
     "encode_event",
+    "Action",
+    "ActionKind",
+    "Router",
+    "RoutesConfig",
+    "Dispatcher",
+    "Outcome",
+    "Result",
+    "Ingress",
+    "Settings",
+    # errors
+    "BridgeError",
+    "ConfigError",
+    "PermanentError",
+    "TransientError",
+    # the workflow SDK: workflows driven by the bridge
+    "BridgeWorkflow",
+    "EventDedupe",
+    "publish",
+    "trigger",
+    # the workflow SDK: sagas
+    "Compensation",
+    "Saga",
+    "SagaEvents",
+    "SagaOutcome",
+    # the workflow SDK: the fault taxonomy of activities
+    "AuthorizationError",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "DatabaseError",
+    "ExternalServiceError",
+    "Fault",
+    "FaultInterceptor",
+    "NetworkError",
+    "Retry",
+    "ValidationError",
+    "retry_policy",
+    # the workflow SDK: the publishing activity
+    "PublishRequest",
+    "Published",
+    "Publisher",
+    # running a process
+    "open_worker",
+    "run_worker",
+    "stop_on_signals",
+    "Metrics",
+    "Telemetry",
+    "open_telemetry",
+    "setup_logging",
+    "kafka",
 ]
+
+_WIRING = frozenset({"open_worker", "run_worker", "stop_on_signals"})
+
+
+def __getattr__(name: str) -> Any:
+    """Load the composition roots on first use (see the module docstring)."""
+    if name in _WIRING:
+        value = getattr(importlib.import_module("bridge.wiring"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'bridge' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
