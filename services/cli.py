@@ -6,8 +6,7 @@ import asyncio
 import importlib
 import sys
 
-from bridge.observability import logs
-from bridge.settings import Settings
+from bridge import Settings, setup_logging
 
 
 def service_main(name: str, argv: list[str] | None = None) -> None:
@@ -22,5 +21,5 @@ def service_main(name: str, argv: list[str] | None = None) -> None:
     except ModuleNotFoundError:
         sys.exit(f"services.{name} has no {mode} mode")
     settings = Settings()
-    logs.setup(settings.log_level, console=settings.log_format == "console")
+    setup_logging(settings.log_level, console=settings.log_format == "console")
     asyncio.run(module.main(settings))

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bridge.settings import Settings
+from bridge import Settings
 
 Service = Literal["orders", "inventory", "payments", "shipping", "notifications"]
 PORT_OFFSETS: dict[str, int] = {

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import uvicorn
 from fastapi import FastAPI, HTTPException
 
-from bridge.wiring import stop_on_signals
+from bridge import stop_on_signals
 
 log = logging.getLogger("services.http")
 

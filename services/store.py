@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bridge.sdk.faults import DatabaseError
+from bridge import DatabaseError
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ import sqlite3
 
 from temporalio import activity
 
-from bridge.sdk.faults import ValidationError
+from bridge import ValidationError
 from services.inventory import RELEASE, RESERVE, ReleaseRequest, Reservation, ReserveRequest
 from services.store import Store, as_json, now
 

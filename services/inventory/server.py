@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
-from bridge.settings import Settings
+from bridge import Settings
 from services import http
 from services.config import ServicesConfig
 from services.inventory.activities import SCHEMA

@@ -12,12 +12,7 @@ from typing import Any
 from aiokafka.errors import CommitFailedError
 from aiokafka.structs import ConsumerRecord
 
-from bridge import kafka
-from bridge.codec import SchemaCatalog
-from bridge.envelope import Event, decode_record
-from bridge.errors import PermanentError
-from bridge.kafka import stop_consumer
-from bridge.settings import Settings
+from bridge import Event, PermanentError, SchemaCatalog, Settings, decode_record, kafka
 from services.store import Store, now
 
 log = logging.getLogger("services.notifications")
@@ -149,4 +144,4 @@ async def consume(
                 # A rebalance took the partitions: the next owner re-reads, ce_id dedupes.
                 log.warning("commit failed after a rebalance: %s", exc)
     finally:
-        await stop_consumer(consumer)
+        await kafka.stop_consumer(consumer)

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bridge.codec import SchemaCatalog
-from bridge.observability.telemetry import open_telemetry
-from bridge.settings import Settings
-from bridge.wiring import stop_on_signals
+from bridge import SchemaCatalog, Settings, open_telemetry, stop_on_signals
 from services.config import ServicesConfig
 from services.notifications.consumer import SCHEMA, Notifications, consume
 from services.store import Store

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from bridge.settings import Settings
+from bridge import Settings
 from services import http
 from services.config import ServicesConfig
 from services.orders.activities import SCHEMA

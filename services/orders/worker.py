@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from bridge.observability.metrics import Metrics
-from bridge.sdk.faults import FaultInterceptor
-from bridge.settings import Settings
-from bridge.wiring import run_worker
+from bridge import FaultInterceptor, Metrics, Settings, run_worker
 from services.config import ServicesConfig
 from services.orders.activities import SCHEMA, Orders
 from services.orders.workflows import OrderFulfillment

@@ -19,9 +19,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from bridge.sdk.faults import retry_policy
-    from bridge.sdk.saga import Compensation, Saga, SagaEvents
-    from bridge.sdk.workflow import BridgeWorkflow
+    from bridge import BridgeWorkflow, Compensation, Saga, SagaEvents, retry_policy
     from services import orders
     from services.inventory import (
         RELEASE,

@@ -7,7 +7,7 @@ from typing import Any
 
 from temporalio import activity
 
-from bridge.sdk.faults import (
+from bridge import (
     AuthorizationError,
     CircuitBreaker,
     Fault,

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from bridge.observability.metrics import Metrics
-from bridge.sdk.faults import CircuitBreaker, FaultInterceptor
-from bridge.settings import Settings
-from bridge.wiring import run_worker
+from bridge import CircuitBreaker, FaultInterceptor, Metrics, Settings, run_worker
 from services.config import ServicesConfig
 from services.payments.activities import SCHEMA, CardGateway, Payments
 from services.store import Store

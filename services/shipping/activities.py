@@ -6,7 +6,7 @@ import sqlite3
 
 from temporalio import activity
 
-from bridge.sdk.faults import ValidationError
+from bridge import ValidationError
 from services.shipping import CREATE_SHIPMENT, Shipment, ShipmentRequest
 from services.store import Store, now
 

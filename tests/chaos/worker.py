@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from bridge.observability import logs
-from bridge.settings import Settings
-from bridge.wiring import run_worker
+from bridge import Settings, run_worker, setup_logging
 from tests.chaos.harness import SEQ_QUEUE
 from tests.workflows import Recorder
 
@@ -17,7 +15,7 @@ def main() -> None:
     if sys.argv[1:] != ["worker"]:
         sys.exit("usage: python -m tests.chaos.worker worker")
     settings = Settings()
-    logs.setup(settings.log_level)
+    setup_logging(settings.log_level)
     asyncio.run(run_worker(settings, SEQ_QUEUE, [Recorder]))
 
 

@@ -1,13 +1,19 @@
-"""The public surface of ``bridge``: pinned, resolvable and light to import."""
+"""The public surface of ``bridge``: pinned, resolvable, light to import, used by the examples."""
 
 from __future__ import annotations
 
+import ast
 import inspect
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import bridge
 import bridge.sdk
+from bridge.settings import REPO_ROOT
+
+SERVICES = REPO_ROOT / "services"
 
 PUBLIC = [
     # the pipeline, in data-flow order
@@ -100,3 +106,27 @@ def test_importing_bridge_leaves_the_composition_roots_unloaded() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
     )
     assert done.stdout.strip() == ""
+
+
+def _imports(path: Path) -> Iterator[tuple[int, str, list[str]]]:
+    """(line, module, names) of every import in ``path``; ``names`` empty for ``import x``."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name, []
+        elif isinstance(node, ast.ImportFrom):
+            yield node.lineno, node.module or "", [alias.name for alias in node.names]
+
+
+def test_services_import_only_the_public_surface() -> None:
+    sources = sorted(SERVICES.rglob("*.py"))
+    assert sources, f"no sources under {SERVICES}"
+    wrong = []
+    for path in sources:
+        where = path.relative_to(REPO_ROOT)
+        for line, module, names in _imports(path):
+            if module.startswith("bridge."):
+                wrong.append(f"{where}:{line}: {module}")
+            elif module == "bridge":
+                wrong += [f"{where}:{line}: bridge.{n}" for n in names if n not in bridge.__all__]
+    assert wrong == [], "services/ must import bridge's public surface only:\n" + "\n".join(wrong)
