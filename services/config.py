@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from bridge import Settings
 
 Service = Literal["orders", "inventory", "payments", "shipping", "notifications"]
+WorkerService = Literal["orders", "inventory", "payments", "shipping"]
+"""The services whose worker is a Temporal worker (notifications consumes Kafka instead)."""
 PORT_OFFSETS: dict[str, int] = {
     "orders": 1,
     "inventory": 2,
@@ -59,6 +61,11 @@ class ServicesConfig(BaseSettings):
             return explicit
         base = self.port_base if self.port_base is not None else settings.api_port
         return base + PORT_OFFSETS[service]
+
+    def task_queue(self, service: WorkerService) -> str:
+        """The Temporal task queue of ``service``'s worker."""
+        queue: str = getattr(self, f"{service}_queue")
+        return queue
 
     @staticmethod
     def database(service: Service, settings: Settings) -> Path:

@@ -10,8 +10,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from bridge import Settings
-from services import http
-from services.config import ServicesConfig
+from services import common
 from services.inventory.activities import SCHEMA
 from services.store import Store
 
@@ -28,7 +27,7 @@ def _reservation(row: dict[str, Any]) -> dict[str, Any]:
 
 def create_app(store: Store) -> FastAPI:
     """The inventory HTTP API over ``store``."""
-    app = http.app("inventory")
+    app = common.app("inventory")
 
     @app.get("/stock")
     async def list_stock() -> list[dict[str, Any]]:
@@ -40,7 +39,7 @@ def create_app(store: Store) -> FastAPI:
         """One SKU's available quantity."""
         row = await store.row("SELECT sku, available FROM stock WHERE sku = ?", sku)
         if row is None:
-            raise http.not_found(f"sku {sku}")
+            raise common.not_found(f"sku {sku}")
         return row
 
     @app.put("/stock/{sku}")
@@ -72,7 +71,7 @@ def create_app(store: Store) -> FastAPI:
         """The reservation of one order."""
         row = await store.row("SELECT * FROM reservations WHERE order_id = ?", order_id)
         if row is None:
-            raise http.not_found(f"reservation of order {order_id}")
+            raise common.not_found(f"reservation of order {order_id}")
         return _reservation(row)
 
     return app
@@ -80,9 +79,4 @@ def create_app(store: Store) -> FastAPI:
 
 async def main(settings: Settings) -> None:
     """Serve until SIGTERM."""
-    config = ServicesConfig()
-    store = Store(config.database("inventory", settings), SCHEMA)
-    try:
-        await http.serve(create_app(store), config.host, config.port("inventory", settings))
-    finally:
-        store.close()
+    await common.run_service_server(settings, "inventory", SCHEMA, create_app)

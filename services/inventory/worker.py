@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-from bridge import FaultInterceptor, Metrics, Settings, run_worker
+from collections.abc import Callable
+from typing import Any
+
+from bridge import Settings
+from services.common import run_service_worker
 from services.config import ServicesConfig
 from services.inventory.activities import SCHEMA, Inventory
 from services.store import Store
 
 
+def activities(config: ServicesConfig, store: Store) -> list[Callable[..., Any]]:
+    """The ``inventory.*`` activities over the inventory database."""
+    inventory = Inventory(store, config.default_stock)
+    return [inventory.reserve, inventory.release]
+
+
 async def main(settings: Settings) -> None:
     """Run until SIGTERM."""
-    config = ServicesConfig()
-    store = Store(config.database("inventory", settings), SCHEMA)
-    inventory = Inventory(store, config.default_stock)
-    metrics = Metrics()
-    try:
-        await run_worker(
-            settings,
-            config.inventory_queue,
-            [],
-            [inventory.reserve, inventory.release],
-            metrics,
-            interceptors=[FaultInterceptor(config.retry_scale)],
-        )
-    finally:
-        store.close()
+    await run_service_worker(settings, "inventory", SCHEMA, activities)

@@ -1,18 +1,19 @@
-"""Consume outcome and compensation events; record one notification per ``ce_id``."""
+"""What the notifications service makes of an event: one notification per ``ce_id``.
+
+The worker feeds it the outcome and compensation topics through
+``services.common.consume_events``, which decodes each record with the library's
+decoder; a record read again (a retried publication, a rebalance) counts as one
+more delivery of the same notification.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
 
-from aiokafka.errors import CommitFailedError
-from aiokafka.structs import ConsumerRecord
-
-from bridge import Event, PermanentError, SchemaCatalog, Settings, decode_record, kafka
+from bridge import Event
 from services.store import Store, now
 
 log = logging.getLogger("services.notifications")
@@ -56,46 +57,27 @@ def message_for(event: Event) -> str:
 class Notifications:
     """Records notifications in the service's database, deduped by ``ce_id``."""
 
-    def __init__(self, store: Store, catalog: SchemaCatalog) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.catalog = catalog
 
-    async def record(self, records: Sequence[ConsumerRecord[Any, Any]]) -> int:
-        """Record a batch; return how many notifications are new."""
-        rows = []
-        for r in records:
-            try:
-                event = decode_record(
-                    self.catalog,
-                    value=r.value,
-                    headers=r.headers,
-                    key=r.key,
-                    topic=r.topic,
-                    partition=r.partition,
-                    offset=r.offset,
-                )
-            except PermanentError as exc:
-                log.warning(
-                    "skipping a record that is not an event: %s",
-                    exc.message,
-                    extra={"topic": r.topic, "partition": r.partition, "offset": r.offset},
-                )
-                continue
-            rows.append(
-                (
-                    event.id,
-                    event.type,
-                    event.data.get("order_id") or event.key,
-                    message_for(event),
-                    event.correlation_id,
-                    event.causation_id,
-                    r.topic,
-                    r.partition,
-                    r.offset,
-                    json.dumps(event.data, default=str),
-                    now(),
-                )
+    async def record(self, events: Sequence[Event]) -> int:
+        """Record a batch of events read from Kafka; return how many notifications are new."""
+        rows = [
+            (
+                event.id,
+                event.type,
+                event.data.get("order_id") or event.key,
+                message_for(event),
+                event.correlation_id,
+                event.causation_id,
+                event.topic,
+                event.partition,
+                event.offset,
+                json.dumps(event.data, default=str),
+                now(),
             )
+            for event in events
+        ]
 
         def tx(conn: sqlite3.Connection) -> int:
             new = 0
@@ -115,33 +97,7 @@ class Notifications:
                     )
             return new
 
-        return await self.store.run(tx) if rows else 0
-
-
-async def consume(
-    settings: Settings,
-    notifications: Notifications,
-    topics: Sequence[str],
-    group_id: str,
-    stop: asyncio.Event,
-) -> None:
-    """Consume ``topics`` as ``group_id`` until ``stop`` is set; commit after recording."""
-    consumer = kafka.consumer(settings, *topics, group_id=group_id, auto_offset_reset="earliest")
-    await kafka.start(consumer, settings)
-    log.info("notifications consuming %s as group %s", ", ".join(topics), group_id)
-    try:
-        while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=200)
-            records = [r for rs in batch.values() for r in rs]
-            if not records:
-                continue
-            new = await notifications.record(records)
-            if new:
-                log.info("recorded %d notification(s)", new)
-            try:
-                await consumer.commit()
-            except CommitFailedError as exc:
-                # A rebalance took the partitions: the next owner re-reads, ce_id dedupes.
-                log.warning("commit failed after a rebalance: %s", exc)
-    finally:
-        await kafka.stop_consumer(consumer)
+        new = await self.store.run(tx) if rows else 0
+        if new:
+            log.info("recorded %d notification(s)", new)
+        return new

@@ -8,8 +8,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from bridge import Settings
-from services import http
-from services.config import ServicesConfig
+from services import common
 from services.notifications.consumer import SCHEMA
 from services.store import Store
 
@@ -20,7 +19,7 @@ def _notification(row: dict[str, Any]) -> dict[str, Any]:
 
 def create_app(store: Store) -> FastAPI:
     """The notifications HTTP API over ``store``."""
-    app = http.app("notifications")
+    app = common.app("notifications")
 
     @app.get("/notifications")
     async def list_notifications(
@@ -43,7 +42,7 @@ def create_app(store: Store) -> FastAPI:
         """One notification by its event id, with how often the event was delivered."""
         row = await store.row("SELECT * FROM notifications WHERE ce_id = ?", ce_id)
         if row is None:
-            raise http.not_found(f"notification {ce_id}")
+            raise common.not_found(f"notification {ce_id}")
         return _notification(row)
 
     return app
@@ -51,9 +50,4 @@ def create_app(store: Store) -> FastAPI:
 
 async def main(settings: Settings) -> None:
     """Serve until SIGTERM."""
-    config = ServicesConfig()
-    store = Store(config.database("notifications", settings), SCHEMA)
-    try:
-        await http.serve(create_app(store), config.host, config.port("notifications", settings))
-    finally:
-        store.close()
+    await common.run_service_server(settings, "notifications", SCHEMA, create_app)

@@ -1,5 +1,5 @@
-"""``python -m services.orders worker``."""
+"""``python -m services.orders server|worker``."""
 
-from services.cli import service_main
+from services.common import service_main
 
 service_main("orders")

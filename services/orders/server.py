@@ -7,15 +7,14 @@ from typing import Any
 from fastapi import FastAPI
 
 from bridge import Settings
-from services import http
-from services.config import ServicesConfig
+from services import common
 from services.orders.activities import SCHEMA
 from services.store import Store
 
 
 def create_app(store: Store) -> FastAPI:
     """The orders HTTP API over ``store``."""
-    app = http.app("orders")
+    app = common.app("orders")
 
     @app.get("/orders")
     async def list_orders(status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
@@ -32,7 +31,7 @@ def create_app(store: Store) -> FastAPI:
         """One order: status, totals, the workflow that runs it."""
         row = await store.row("SELECT * FROM orders WHERE order_id = ?", order_id)
         if row is None:
-            raise http.not_found(f"order {order_id}")
+            raise common.not_found(f"order {order_id}")
         return row
 
     return app
@@ -40,9 +39,4 @@ def create_app(store: Store) -> FastAPI:
 
 async def main(settings: Settings) -> None:
     """Serve until SIGTERM."""
-    config = ServicesConfig()
-    store = Store(config.database("orders", settings), SCHEMA)
-    try:
-        await http.serve(create_app(store), config.host, config.port("orders", settings))
-    finally:
-        store.close()
+    await common.run_service_server(settings, "orders", SCHEMA, create_app)

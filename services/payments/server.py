@@ -7,15 +7,14 @@ from typing import Any
 from fastapi import FastAPI
 
 from bridge import Settings
-from services import http
-from services.config import ServicesConfig
+from services import common
 from services.payments.activities import SCHEMA
 from services.store import Store
 
 
 def create_app(store: Store) -> FastAPI:
     """The payments HTTP API over ``store``."""
-    app = http.app("payments")
+    app = common.app("payments")
 
     @app.get("/payments")
     async def list_payments(status: str | None = None) -> list[dict[str, Any]]:
@@ -35,7 +34,7 @@ def create_app(store: Store) -> FastAPI:
             order_id,
         )
         if row is None and not attempts:
-            raise http.not_found(f"payment of order {order_id}")
+            raise common.not_found(f"payment of order {order_id}")
         return {"order_id": order_id, "payment": row, "attempts": attempts}
 
     return app
@@ -43,9 +42,4 @@ def create_app(store: Store) -> FastAPI:
 
 async def main(settings: Settings) -> None:
     """Serve until SIGTERM."""
-    config = ServicesConfig()
-    store = Store(config.database("payments", settings), SCHEMA)
-    try:
-        await http.serve(create_app(store), config.host, config.port("payments", settings))
-    finally:
-        store.close()
+    await common.run_service_server(settings, "payments", SCHEMA, create_app)

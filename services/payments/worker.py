@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
-from bridge import CircuitBreaker, FaultInterceptor, Metrics, Settings, run_worker
+from bridge import CircuitBreaker, Settings
+from services.common import run_service_worker
 from services.config import ServicesConfig
 from services.payments.activities import SCHEMA, CardGateway, Payments
 from services.store import Store
@@ -20,20 +23,12 @@ def build(config: ServicesConfig, store: Store) -> Payments:
     return Payments(store, CardGateway(), breaker)
 
 
+def activities(config: ServicesConfig, store: Store) -> list[Callable[..., Any]]:
+    """The ``payments.*`` activities over the payments database."""
+    payments = build(config, store)
+    return [payments.charge, payments.confirm, payments.refund]
+
+
 async def main(settings: Settings) -> None:
     """Run until SIGTERM."""
-    config = ServicesConfig()
-    store = Store(config.database("payments", settings), SCHEMA)
-    payments = build(config, store)
-    metrics = Metrics()
-    try:
-        await run_worker(
-            settings,
-            config.payments_queue,
-            [],
-            [payments.charge, payments.confirm, payments.refund],
-            metrics,
-            interceptors=[FaultInterceptor(config.retry_scale)],
-        )
-    finally:
-        store.close()
+    await run_service_worker(settings, "payments", SCHEMA, activities)

@@ -1,5 +1,5 @@
 """``python -m services.shipping server|worker``."""
 
-from services.cli import service_main
+from services.common import service_main
 
 service_main("shipping")

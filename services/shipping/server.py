@@ -7,15 +7,14 @@ from typing import Any
 from fastapi import FastAPI
 
 from bridge import Settings
-from services import http
-from services.config import ServicesConfig
+from services import common
 from services.shipping.activities import SCHEMA
 from services.store import Store
 
 
 def create_app(store: Store) -> FastAPI:
     """The shipping HTTP API over ``store``."""
-    app = http.app("shipping")
+    app = common.app("shipping")
 
     @app.get("/shipments")
     async def list_shipments() -> list[dict[str, Any]]:
@@ -27,7 +26,7 @@ def create_app(store: Store) -> FastAPI:
         """The shipment of one order."""
         row = await store.row("SELECT * FROM shipments WHERE order_id = ?", order_id)
         if row is None:
-            raise http.not_found(f"shipment of order {order_id}")
+            raise common.not_found(f"shipment of order {order_id}")
         return row
 
     return app
@@ -35,9 +34,4 @@ def create_app(store: Store) -> FastAPI:
 
 async def main(settings: Settings) -> None:
     """Serve until SIGTERM."""
-    config = ServicesConfig()
-    store = Store(config.database("shipping", settings), SCHEMA)
-    try:
-        await http.serve(create_app(store), config.host, config.port("shipping", settings))
-    finally:
-        store.close()
+    await common.run_service_server(settings, "shipping", SCHEMA, create_app)

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-from bridge import FaultInterceptor, Metrics, Settings, run_worker
+from collections.abc import Callable
+from typing import Any
+
+from bridge import Settings
+from services.common import run_service_worker
 from services.config import ServicesConfig
 from services.shipping.activities import SCHEMA, Shipping
 from services.store import Store
 
 
+def activities(config: ServicesConfig, store: Store) -> list[Callable[..., Any]]:
+    """The ``shipping.*`` activities over the shipping database."""
+    return [Shipping(store).create_shipment]
+
+
 async def main(settings: Settings) -> None:
     """Run until SIGTERM."""
-    config = ServicesConfig()
-    store = Store(config.database("shipping", settings), SCHEMA)
-    shipping = Shipping(store)
-    metrics = Metrics()
-    try:
-        await run_worker(
-            settings,
-            config.shipping_queue,
-            [],
-            [shipping.create_shipment],
-            metrics,
-            interceptors=[FaultInterceptor(config.retry_scale)],
-        )
-    finally:
-        store.close()
+    await run_service_worker(settings, "shipping", SCHEMA, activities)

@@ -29,18 +29,19 @@ from bridge.routes import RoutesConfig
 from bridge.sdk.egress import Publisher
 from bridge.sdk.faults import FaultInterceptor
 from bridge.settings import REPO_ROOT, Settings
+from services.common import consume_events
 from services.config import ServicesConfig
+from services.inventory import worker as inventory_service
 from services.inventory.activities import SCHEMA as INVENTORY_SCHEMA
-from services.inventory.activities import Inventory
 from services.notifications.consumer import SCHEMA as NOTIFICATIONS_SCHEMA
-from services.notifications.consumer import Notifications, consume
+from services.notifications.consumer import Notifications
+from services.orders import worker as orders_service
 from services.orders.activities import SCHEMA as ORDERS_SCHEMA
-from services.orders.activities import Orders
 from services.orders.workflows import OrderFulfillment
+from services.payments import worker as payments_service
 from services.payments.activities import SCHEMA as PAYMENTS_SCHEMA
-from services.payments.worker import build as build_payments
+from services.shipping import worker as shipping_service
 from services.shipping.activities import SCHEMA as SHIPPING_SCHEMA
-from services.shipping.activities import Shipping
 from services.store import Store
 from tests.support import eventually, partitions, running_bridge
 
@@ -103,16 +104,11 @@ def open_stores(settings: Settings) -> dict[str, Store]:
 
 def all_activities(config: ServicesConfig, stores: dict[str, Store]) -> list[Callable[..., Any]]:
     """Every service activity, for one worker that hosts them all."""
-    inventory = Inventory(stores["inventory"], config.default_stock)
-    payments = build_payments(config, stores["payments"])
     return [
-        Orders(stores["orders"]).record,
-        inventory.reserve,
-        inventory.release,
-        payments.charge,
-        payments.confirm,
-        payments.refund,
-        Shipping(stores["shipping"]).create_shipment,
+        *orders_service.activities(config, stores["orders"]),
+        *inventory_service.activities(config, stores["inventory"]),
+        *payments_service.activities(config, stores["payments"]),
+        *shipping_service.activities(config, stores["shipping"]),
     ]
 
 
@@ -204,26 +200,23 @@ async def activity_workers(
 ) -> AsyncIterator[None]:
     """In-process workers of the services (the orders worker unless ``orders=False``)."""
     interceptors = [FaultInterceptor(scale=config.retry_scale)]
-    payments = build_payments(config, stores["payments"])
-    inventory = Inventory(stores["inventory"], config.default_stock)
-    shipping = Shipping(stores["shipping"])
     workers = [
         Worker(
             client,
             task_queue=config.inventory_queue,
-            activities=[inventory.reserve, inventory.release],
+            activities=inventory_service.activities(config, stores["inventory"]),
             interceptors=interceptors,
         ),
         Worker(
             client,
             task_queue=config.payments_queue,
-            activities=[payments.charge, payments.confirm, payments.refund],
+            activities=payments_service.activities(config, stores["payments"]),
             interceptors=interceptors,
         ),
         Worker(
             client,
             task_queue=config.shipping_queue,
-            activities=[shipping.create_shipment],
+            activities=shipping_service.activities(config, stores["shipping"]),
             interceptors=interceptors,
         ),
     ]
@@ -234,7 +227,7 @@ async def activity_workers(
                 client,
                 task_queue=config.orders_queue,
                 workflows=[OrderFulfillment],
-                activities=[publish_activity, Orders(stores["orders"]).record],
+                activities=[publish_activity, *orders_service.activities(config, stores["orders"])],
                 interceptors=interceptors,
             )
         )
@@ -265,11 +258,12 @@ async def running_shop(
     tasks = [
         asyncio.create_task(collector.run()),
         asyncio.create_task(
-            consume(
+            consume_events(
                 settings,
-                Notifications(stores["notifications"], catalog),
+                catalog,
                 [config.outcome_topic, config.compensation_topic],
                 config.notifications_group,
+                Notifications(stores["notifications"]).record,
                 stop,
             )
         ),

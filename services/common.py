@@ -1,0 +1,234 @@
+"""What every example service shares, so that each service keeps only its domain.
+
+- ``service_main``: the entry point, ``python -m services.<name> server|worker``;
+- ``run_service_worker``: the Temporal worker body (the service's activities, and
+  workflows, on its task queue, with the fault taxonomy mapped onto retries);
+- ``run_service_consumer``: the Kafka consumer body of a downstream service, over
+  ``consume_events``, a loop that decodes every record with the library's decoder;
+- ``run_service_server``: the HTTP server body (the service's read model over its
+  own database, on its port), with ``app`` and ``not_found`` for its routes.
+
+Everything comes from ``bridge``'s public surface, as it would for any user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any
+
+import uvicorn
+from aiokafka.errors import CommitFailedError
+from fastapi import FastAPI, HTTPException
+
+from bridge import (
+    Event,
+    FaultInterceptor,
+    PermanentError,
+    RecordLike,
+    SchemaCatalog,
+    Settings,
+    decode_record,
+    kafka,
+    open_telemetry,
+    run_worker,
+    setup_logging,
+    stop_on_signals,
+)
+from services.config import Service, ServicesConfig, WorkerService
+from services.store import Store
+
+log = logging.getLogger("services")
+
+Activities = Callable[[ServicesConfig, Store], Sequence[Callable[..., Any]]]
+"""Builds a service's activities over its configuration and its own database."""
+EventHandler = Callable[[Sequence[Event]], Awaitable[object]]
+"""Takes one batch of decoded events; must be idempotent (records are read at least once)."""
+
+
+# --- the entry point --------------------------------------------------------------
+
+
+def service_main(name: Service, argv: list[str] | None = None) -> None:
+    """Run ``services.<name>.worker|server.main(settings)`` as the command line asks."""
+    args = sys.argv[1:] if argv is None else argv
+    modes = ("worker", "server")
+    if len(args) != 1 or args[0] not in modes:
+        sys.exit(f"usage: python -m services.{name} {{{'|'.join(modes)}}}")
+    mode = args[0]
+    try:
+        module = importlib.import_module(f"services.{name}.{mode}")
+    except ModuleNotFoundError:
+        sys.exit(f"services.{name} has no {mode} mode")
+    settings = Settings()
+    setup_logging(settings.log_level, console=settings.log_format == "console")
+    asyncio.run(module.main(settings))
+
+
+@contextlib.contextmanager
+def open_store(service: Service, schema: str, settings: Settings) -> Iterator[Store]:
+    """The service's own database with ``schema`` applied, closed on exit."""
+    store = Store(ServicesConfig.database(service, settings), schema)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+# --- workers ----------------------------------------------------------------------
+
+
+async def run_service_worker(
+    settings: Settings,
+    service: WorkerService,
+    schema: str,
+    activities: Activities,
+    workflows: Sequence[type] = (),
+) -> None:
+    """Host ``service``'s activities (and ``workflows``) on its task queue until SIGTERM.
+
+    ``FaultInterceptor`` gives each fault of the taxonomy its retry schedule
+    (``KTB_SERVICES_RETRY_SCALE`` shrinks it); ``run_worker`` registers the
+    publishing activity next to the service's own.
+    """
+    config = ServicesConfig()
+    with open_store(service, schema, settings) as store:
+        await run_worker(
+            settings,
+            config.task_queue(service),
+            workflows,
+            activities(config, store),
+            interceptors=[FaultInterceptor(config.retry_scale)],
+        )
+
+
+async def run_service_consumer(
+    settings: Settings,
+    service: Service,
+    schema: str,
+    topics: Sequence[str],
+    group_id: str,
+    handler: Callable[[Store], EventHandler],
+) -> None:
+    """Consume ``topics`` as ``group_id`` into the service's database until SIGTERM."""
+    catalog = SchemaCatalog.from_dir(settings.schemas_dir)
+    stop = asyncio.Event()
+    stop_on_signals(stop.set)
+    # No Temporal here; /metrics (KTB_METRICS_PORT) still shows the process is alive.
+    with open_store(service, schema, settings) as store, open_telemetry(settings, service):
+        await consume_events(settings, catalog, topics, group_id, handler(store), stop)
+
+
+async def consume_events(
+    settings: Settings,
+    catalog: SchemaCatalog,
+    topics: Sequence[str],
+    group_id: str,
+    handle: EventHandler,
+    stop: asyncio.Event,
+) -> None:
+    """Consume ``topics`` as ``group_id`` until ``stop`` is set, at least once.
+
+    Each record is decoded by ``decode_record``, the one decoder the bridge uses; a
+    record that is not an event is logged and skipped. A batch's events go to
+    ``handle``, then the batch is committed: after a crash or a rebalance records
+    are read again, so ``handle`` dedupes (on ``Event.id``, the ``ce_id``).
+    """
+    consumer = kafka.consumer(settings, *topics, group_id=group_id, auto_offset_reset="earliest")
+    await kafka.start(consumer, settings)
+    log.info("consuming %s as group %s", ", ".join(topics), group_id)
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=200)
+            records = [r for rs in batch.values() for r in rs]
+            if not records:
+                continue
+            events = [e for r in records if (e := _decode(catalog, r)) is not None]
+            if events:
+                await handle(events)
+            try:
+                await consumer.commit()
+            except CommitFailedError as exc:
+                # A rebalance took the partitions: the next owner re-reads, handle dedupes.
+                log.warning("commit failed after a rebalance: %s", exc)
+    finally:
+        await kafka.stop_consumer(consumer)
+
+
+def _decode(catalog: SchemaCatalog, record: RecordLike) -> Event | None:
+    try:
+        return decode_record(
+            catalog,
+            value=record.value,
+            headers=record.headers,
+            key=record.key,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            timestamp_ms=record.timestamp,
+        )
+    except PermanentError as exc:
+        log.warning(
+            "skipping a record that is not an event: %s",
+            exc.message,
+            extra={"topic": record.topic, "partition": record.partition, "offset": record.offset},
+        )
+        return None
+
+
+# --- HTTP servers -----------------------------------------------------------------
+
+
+async def run_service_server(
+    settings: Settings, service: Service, schema: str, create_app: Callable[[Store], FastAPI]
+) -> None:
+    """Serve ``create_app(store)`` over the service's database on its port until SIGTERM."""
+    config = ServicesConfig()
+    with open_store(service, schema, settings) as store:
+        await serve(create_app(store), config.host, config.port(service, settings))
+
+
+def app(title: str) -> FastAPI:
+    """A FastAPI app with ``GET /healthz``."""
+    application = FastAPI(title=title)
+
+    @application.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness."""
+        return {"status": "ok"}
+
+    return application
+
+
+def not_found(what: str) -> HTTPException:
+    """A 404 naming what was looked for."""
+    return HTTPException(status_code=404, detail=f"{what} not found")
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that exits normally after a graceful stop on SIGINT/SIGTERM.
+
+    uvicorn re-raises the signal once it has shut down, so the process would end
+    "killed by SIGTERM"; a process supervisor should see a clean exit instead.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        stop_on_signals(self._stop)
+        yield
+
+    def _stop(self) -> None:
+        self.should_exit = True
+
+
+async def serve(application: FastAPI, host: str, port: int) -> None:
+    """Serve until SIGINT/SIGTERM, then finish open requests and return."""
+    config = uvicorn.Config(
+        application, host=host, port=port, log_config=None, access_log=False, lifespan="off"
+    )
+    log.info("%s listening on http://%s:%d", application.title, host, port)
+    await _Server(config).serve()
