@@ -10,10 +10,8 @@ RUN python -m venv /opt/ktb
 # Dependencies first, pinned by constraints.txt, so code changes reuse this layer.
 COPY pyproject.toml constraints.txt README.md ./
 COPY bridge/__init__.py bridge/py.typed ./bridge/
-COPY services/__init__.py ./services/
 RUN /opt/ktb/bin/pip install -c constraints.txt .
 COPY bridge ./bridge
-COPY services ./services
 RUN /opt/ktb/bin/pip install --no-deps --force-reinstall -c constraints.txt .
 
 FROM python:${PYTHON_VERSION}-slim
@@ -26,6 +24,9 @@ COPY --from=build /opt/ktb /opt/ktb
 WORKDIR /app
 COPY schemas ./schemas
 COPY routes.yaml ./
+# The example services are not part of the distribution: `python -m services.<name>`
+# finds them here, in the working directory.
+COPY services ./services
 ENV PATH=/opt/ktb/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
