@@ -12,6 +12,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from bridge.cli import dlq as cli_dlq
 from bridge.cli import replay as cli_replay
 from bridge.errors import BridgeError, ConfigError
 from bridge.observability import logs
@@ -102,6 +103,10 @@ def worker(
     """Run a worker module, e.g. ``ktb worker services.orders.worker``."""
     settings = settings_with()
     logs.setup(settings.log_level, console=settings.log_format == "console")
+    # Like ``python -m``: modules of the project in the working directory are found
+    # (the example services are not installed with the package).
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
     try:
         target = importlib.import_module(module)
     except ModuleNotFoundError as exc:
@@ -285,6 +290,7 @@ def routes_check(
 
 
 cli_replay.register(app)
+cli_dlq.register(app)
 
 
 def main() -> None:
