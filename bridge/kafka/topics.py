@@ -1,5 +1,7 @@
 """Topics: created with their partition counts, grown to more, never shrunk (Kafka cannot).
 
+``topic_partitions`` reads the partitions of an existing topic without creating it.
+
 ``ktb provision`` plans them from the routes file; ``ktb dev``, the tests and the chaos
 harness create the ones they need. One code path does both.
 """
@@ -15,9 +17,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from bridge import kafka
-from bridge.errors import ConfigError, TransientError
+from bridge.errors import ConfigError, InvalidRequestError, TransientError
 from bridge.routes import RoutesConfig
 from bridge.settings import Settings
+
+REDRIVES_TOPIC = "ktb.redrives"
+"""Where DLQ redrives mark the letters they republished (``bridge.dlq.marks``)."""
 
 
 @dataclass
@@ -35,8 +40,8 @@ def topic_plan(
 ) -> dict[str, int]:
     """Every topic of the deployment and its partition count.
 
-    Dead-letter topics keep their configured count: their order does not matter
-    and redrive reads them whole.
+    Dead-letter topics and ``ktb.redrives`` keep their configured count: their
+    order does not matter and redrive reads them whole.
     """
     plan = config.topic_partitions()
     plan.setdefault(settings.provenance_topic, 3)
@@ -45,6 +50,7 @@ def topic_plan(
             name: count if name.endswith(".dlq") else max(count, min_partitions)
             for name, count in plan.items()
         }
+    plan.setdefault(REDRIVES_TOPIC, 1)
     return plan
 
 
@@ -124,6 +130,24 @@ async def _until_visible(
                 + ", ".join(f"{n} ({seen.get(n, 0)} of {c})" for n, c in lagging.items())
             )
         await asyncio.sleep(0.1)
+
+
+async def topic_partitions(settings: Settings, topic: str) -> list[int]:
+    """The partitions of an existing topic; ``InvalidRequestError`` if there is no such topic."""
+    admin = kafka.admin(settings)
+    try:
+        await admin.start()
+        # Every topic, not this one by name: naming an unknown topic makes a broker
+        # with auto.create.topics.enable create it.
+        described = await admin.describe_topics()
+    except KafkaError as exc:
+        raise TransientError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+    finally:
+        await admin.close()
+    for entry in described:
+        if entry["topic"] == topic and entry["error_code"] == 0 and entry["partitions"]:
+            return sorted(p["partition"] for p in entry["partitions"])
+    raise InvalidRequestError(f"topic {topic!r} does not exist", topic=topic)
 
 
 async def ensure_topics(settings: Settings, topics: Mapping[str, int]) -> list[str]:
