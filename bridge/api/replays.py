@@ -21,14 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bridge.api import lookup, problems
 from bridge.api.problems import Problem
 from bridge.api.state import CallerDep, State
-from bridge.dlq.redrive import (
-    MAX_PAGE_LIMIT,
-    PAGE_LIMIT,
-    Cursor,
-    LetterRef,
-    letter_page,
-    redrive,
-)
+from bridge.dlq import MAX_PAGE_LIMIT, PAGE_LIMIT, Cursor, LetterRef, letter_page, redrive
 from bridge.errors import BridgeError, ConfigError, InvalidRequestError
 from bridge.replay.runner import ReplayMode, ReplayRequest, resolve_plan
 from bridge.replay.workflow import ID_PREFIX, replay_status, start_replay

@@ -289,7 +289,7 @@ def replay_worker() -> None:
 
 
 def _refs(offsets: list[str] | None) -> list[Any]:
-    from bridge.dlq.redrive import LetterRef
+    from bridge.dlq import LetterRef
 
     out = []
     for item in offsets or []:
@@ -309,11 +309,11 @@ def dlq_list(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per letter")] = False,
 ) -> None:
     """List dead letters: offset, error type and message, original coordinates, redrives."""
-    from bridge.dlq.redrive import DeadLetter, iter_letters
+    from bridge.dlq import Letter, iter_letters
 
     settings = _settings()
 
-    def show_page(letters: list[DeadLetter], first: bool) -> None:
+    def show_page(letters: list[Letter], first: bool) -> None:
         if first and not as_json:
             typer.echo(
                 f"{'LETTER':>8}  {'ERROR TYPE':17}  {'ORIGINAL':28}  {'REDRIVES':8}  MESSAGE"
@@ -362,7 +362,7 @@ def dlq_show(
     topic at the letter's coordinates (original_record says whether it is still there).
     """
     from bridge.codec import SchemaCatalog
-    from bridge.dlq.redrive import show
+    from bridge.dlq import show
 
     settings = _settings()
     refs = _refs([offset])
@@ -390,7 +390,7 @@ def dlq_redrive(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
 ) -> None:
     """Republish dead letters to their original topics with ktb_redrive_count incremented."""
-    from bridge.dlq.redrive import redrive
+    from bridge.dlq import redrive
 
     settings = _settings()
     refs = _refs(offsets)

@@ -77,8 +77,8 @@ def record_size(record: RecordLike) -> int:
 
 
 @dataclass(frozen=True)
-class DeadLetter:
-    """Where a dead letter went."""
+class WrittenLetter:
+    """Where the publisher wrote a dead letter."""
 
     topic: str
     partition: int
@@ -93,7 +93,7 @@ class DeadLetterPublisher:
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self.producer = producer
 
-    async def publish(self, record: RecordLike, error: BridgeError) -> DeadLetter:
+    async def publish(self, record: RecordLike, error: BridgeError) -> WrittenLetter:
         """Send ``record`` to its DLQ; raise ``TransientError`` if Kafka does not take it.
 
         A record too large to copy is written as a ``too_large_to_copy`` letter; any
@@ -162,6 +162,6 @@ class DeadLetterPublisher:
         key: bytes | None,
         headers: list[tuple[str, bytes]],
         error_type: str,
-    ) -> DeadLetter:
+    ) -> WrittenLetter:
         meta = await self.producer.send_and_wait(topic, value=value, key=key, headers=headers)
-        return DeadLetter(topic, meta.partition, meta.offset, error_type)
+        return WrittenLetter(topic, meta.partition, meta.offset, error_type)

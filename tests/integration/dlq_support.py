@@ -7,8 +7,7 @@ from typing import Any
 
 from aiokafka.admin import NewTopic
 
-from bridge import kafka
-from bridge.dlq import publisher as dlq
+from bridge import dlq, kafka
 from bridge.kafka import stop_consumer
 from bridge.settings import Settings
 from tests.support import partitions

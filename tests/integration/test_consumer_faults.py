@@ -22,7 +22,7 @@ from bridge.codec import SchemaCatalog
 from bridge.consumer import BridgeConsumer
 from bridge.dev.stack import LocalStack
 from bridge.dispatch import Dispatcher
-from bridge.dlq.publisher import DeadLetter, DeadLetterPublisher
+from bridge.dlq import DeadLetterPublisher, WrittenLetter
 from bridge.envelope import RecordLike, encode_event
 from bridge.errors import BridgeError, TransientError
 from bridge.ingress import Ingress
@@ -133,7 +133,7 @@ class FlakyDeadLetters(DeadLetterPublisher):
         super().__init__(producer)
         self.failures = 0
 
-    async def publish(self, record: RecordLike, error: BridgeError) -> DeadLetter:
+    async def publish(self, record: RecordLike, error: BridgeError) -> WrittenLetter:
         if self.failures < 3:
             self.failures += 1
             raise TransientError("could not publish to the DLQ (injected)")

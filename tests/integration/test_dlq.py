@@ -10,10 +10,9 @@ from typing import Any
 
 from typer.testing import CliRunner
 
-from bridge import kafka
+from bridge import dlq, kafka
 from bridge.cli.main import app
-from bridge.dlq import publisher as dlq
-from bridge.dlq.redrive import LetterRef, dead_letters, redrive
+from bridge.dlq import LetterRef, dead_letters, redrive
 from bridge.kafka import ensure_topics
 from bridge.settings import Settings
 from tests.integration.test_replay import PLACED, exists, produce_orders

@@ -6,11 +6,10 @@ from typing import Any
 
 import httpx
 
-from bridge import kafka
+from bridge import dlq, kafka
 from bridge.api.auth import hash_key
 from bridge.codec import SchemaCatalog
-from bridge.dlq import publisher as dlq
-from bridge.dlq.redrive import dead_letters, redrive
+from bridge.dlq import dead_letters, redrive
 from bridge.envelope import encode_event
 from bridge.settings import Settings
 from tests.integration.dlq_support import create_topic, letter_headers

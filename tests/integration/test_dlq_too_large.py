@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import os
 
-from bridge import kafka
-from bridge.dlq import publisher as dlq
-from bridge.dlq.redrive import dead_letters, redrive
+from bridge import dlq, kafka
+from bridge.dlq import dead_letters, redrive
 from bridge.envelope import encode_event
 from tests.integration.dlq_support import create_topic, read_to_end
 from tests.integration.test_dlq import ktb, start_route

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from bridge.dlq import publisher as dlq
-from bridge.dlq.redrive import REDRIVES_TOPIC, RedriveReport, dead_letters, redrive
+from bridge import dlq
+from bridge.dlq import REDRIVES_TOPIC, RedriveReport, dead_letters, redrive
 from bridge.envelope import encode_event
 from bridge.settings import Settings
 from tests.integration.dlq_support import letter_headers, read_to_end

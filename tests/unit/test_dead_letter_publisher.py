@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 
-from bridge.dlq import publisher as dlq
+from bridge import dlq
 from bridge.errors import DecodeError, TransientError
 
 
@@ -61,7 +61,9 @@ class Producer:
         return Meta(0, len(self.sent) - 1)
 
 
-def publish(producer: Producer, record: Record, error: Exception | None = None) -> dlq.DeadLetter:
+def publish(
+    producer: Producer, record: Record, error: Exception | None = None
+) -> dlq.WrittenLetter:
     publisher = dlq.DeadLetterPublisher(producer)  # type: ignore[arg-type]
     return asyncio.run(publisher.publish(record, error or DecodeError("bad data " + "é" * 3000)))
 

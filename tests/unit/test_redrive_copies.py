@@ -6,22 +6,15 @@ from dataclasses import replace
 
 import pytest
 
-from bridge.dlq import publisher as dlq
-from bridge.dlq.redrive import (
-    REDRIVE_CHUNK_BYTES,
-    CopyIndex,
-    Cursor,
-    DeadLetter,
-    LetterRef,
-    _by_bytes,
-    mark_copies,
-)
+from bridge import dlq
+from bridge.dlq import REDRIVE_CHUNK_BYTES, CopyIndex, Cursor, Letter, LetterRef, mark_copies
+from bridge.dlq.redriving import _by_bytes
 from bridge.errors import InvalidRequestError
 
 
-def letter(partition: int, offset: int, origin: tuple[str, int | None, int | None]) -> DeadLetter:
+def letter(partition: int, offset: int, origin: tuple[str, int | None, int | None]) -> Letter:
     topic, original_partition, original_offset = origin
-    return DeadLetter(
+    return Letter(
         dlq_topic="orders.dlq", partition=partition, offset=offset, timestamp_ms=0, key=None,
         value=b"x", headers=[], error_type="decode_error", error_message="bad",
         original_topic=topic, original_partition=original_partition,

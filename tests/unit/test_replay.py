@@ -15,9 +15,9 @@ from temporalio.api.workflowservice.v1 import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from bridge import dlq
 from bridge.dispatch import Outcome, Result
-from bridge.dlq import publisher as dlq
-from bridge.dlq.redrive import LetterRef, letter_of
+from bridge.dlq import LetterRef, letter_of
 from bridge.errors import InvalidRequestError
 from bridge.replay.runner import (
     Bound,
