@@ -44,7 +44,7 @@ from bridge import kafka
 from bridge.codec import SchemaCatalog
 from bridge.envelope import encode_event
 from bridge.kafka import ensure_topics
-from bridge.replay.runner import (
+from bridge.replay import (
     ReplayPlan,
     ReplayReport,
     ReplayRequest,

@@ -23,8 +23,14 @@ from bridge.api.problems import Problem
 from bridge.api.state import CallerDep, State
 from bridge.dlq import MAX_PAGE_LIMIT, PAGE_LIMIT, Cursor, LetterRef, letter_page, redrive
 from bridge.errors import BridgeError, ConfigError, InvalidRequestError
-from bridge.replay.runner import ReplayMode, ReplayRequest, resolve_plan
-from bridge.replay.workflow import ID_PREFIX, replay_status, start_replay
+from bridge.replay import (
+    ID_PREFIX,
+    ReplayMode,
+    ReplayRequest,
+    replay_status,
+    resolve_plan,
+    start_replay,
+)
 
 router = APIRouter(tags=["replays and dead letters"])
 

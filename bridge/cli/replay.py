@@ -22,8 +22,8 @@ from bridge.errors import BridgeError, ConfigError, InvalidRequestError
 from bridge.observability import logs
 from bridge.settings import Settings
 
-if TYPE_CHECKING:  # the replay modules load lazily, per command
-    from bridge.replay.runner import ReplayCheckpoint, ReplayPlan, ReplayReport
+if TYPE_CHECKING:  # the replay package loads lazily, per command
+    from bridge.replay import ReplayCheckpoint, ReplayPlan, ReplayReport
 
 dlq_app = typer.Typer(help="Inspect and redrive dead-letter topics.", no_args_is_help=True)
 
@@ -102,7 +102,7 @@ class ProgressBar:
 
     def update(self, checkpoint: ReplayCheckpoint) -> None:
         """Redraw for a checkpoint."""
-        from bridge.replay.runner import progress_line
+        from bridge.replay import progress_line
 
         line = progress_line(checkpoint.done, self.total, time.monotonic() - self.started)
         self.stream.write("\r" + line)
@@ -178,7 +178,7 @@ def replay(
     Ranges are [--from, --to) per partition. Offsets, ISO-8601 times (UTC when no
     offset is given) and 'earliest'/'now' may be mixed.
     """
-    from bridge.replay.runner import ReplayMode, ReplayRequest, resolve_plan
+    from bridge.replay import ReplayMode, ReplayRequest, resolve_plan
 
     settings = _settings(routes_file=routes, replay_concurrency=concurrency)
     _quiet_ingress(settings)
@@ -231,7 +231,7 @@ def replay(
 
 async def _check(settings: Settings, request: Any, resolve: Any) -> ReplayPlan:
     """Resolve the range and check the route names before anything is acted on."""
-    from bridge.replay.runner import replay_router
+    from bridge.replay import replay_router
 
     plan: ReplayPlan = await resolve(settings, request)
     replay_router(settings, request.routes)
@@ -239,7 +239,7 @@ async def _check(settings: Settings, request: Any, resolve: Any) -> ReplayPlan:
 
 
 async def _foreground(settings: Settings, plan: ReplayPlan, bar: ProgressBar | None) -> Any:
-    from bridge.replay.runner import run_replay
+    from bridge.replay import run_replay
     from bridge.temporal.client import connect_temporal
 
     client = None if plan.request.dry_run else await connect_temporal(settings)
@@ -249,7 +249,7 @@ async def _foreground(settings: Settings, plan: ReplayPlan, bar: ProgressBar | N
 
 
 async def _start_background(settings: Settings, plan: ReplayPlan) -> str:
-    from bridge.replay.workflow import start_replay
+    from bridge.replay import start_replay
     from bridge.temporal.client import connect_temporal
 
     return await start_replay(await connect_temporal(settings), settings, plan)
@@ -259,7 +259,7 @@ def replay_status(
     replay_id: Annotated[str, typer.Argument(help="Id printed by `ktb replay --background`")],
 ) -> None:
     """Print a background replay's state, progress and report as JSON."""
-    from bridge.replay.workflow import replay_status as status_of
+    from bridge.replay import replay_status as status_of
     from bridge.temporal.client import connect_temporal
 
     settings = _settings()
@@ -276,7 +276,7 @@ def replay_status(
 
 def replay_worker() -> None:
     """Run the worker of replay workflows (task queue KTB_REPLAY_TASK_QUEUE, ktb-replay)."""
-    from bridge.replay.workflow import run_replay_worker
+    from bridge.replay import run_replay_worker
 
     settings = _settings()
     logs.setup(settings.log_level, console=settings.log_format == "console")

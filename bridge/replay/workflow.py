@@ -38,13 +38,9 @@ with workflow.unsafe.imports_passed_through():
     from bridge.errors import BridgeError
     from bridge.observability.metrics import Metrics
     from bridge.observability.telemetry import open_telemetry
-    from bridge.replay.runner import (
-        ReplayCheckpoint,
-        ReplayPlan,
-        ReplayReport,
-        ReplayRunner,
-        replay_ingress,
-    )
+    from bridge.replay.plan import ReplayPlan
+    from bridge.replay.report import ReplayCheckpoint, ReplayReport
+    from bridge.replay.runner import ReplayRunner, replay_ingress
     from bridge.settings import Settings
     from bridge.temporal.client import connect_temporal
 

@@ -12,7 +12,7 @@ from temporalio.client import Client
 from bridge.dlq.publisher import ERROR_MESSAGE, ERROR_TYPE
 from bridge.kafka import ensure_topics
 from bridge.observability.metrics import Metrics
-from bridge.replay.runner import ReplayRequest, resolve_plan, run_replay
+from bridge.replay import ReplayRequest, resolve_plan, run_replay
 from bridge.settings import Settings
 from bridge.temporal.client import connect_temporal
 from tests.support import (

@@ -24,7 +24,7 @@ from bridge.dispatch import Outcome
 from bridge.envelope import Event, encode_event
 from bridge.errors import ActionRejectedError
 from bridge.kafka import ensure_topics
-from bridge.replay.runner import (
+from bridge.replay import (
     KnownWorkflows,
     ReplayDispatcher,
     ReplayMode,

@@ -11,7 +11,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from bridge.api.auth import hash_key
-from bridge.replay.workflow import REPLAY_RUNNER, ReplayActivities, ReplayWorkflow
+from bridge.replay import REPLAY_RUNNER, ReplayActivities, ReplayWorkflow
 from bridge.settings import Settings
 from tests.integration.test_replay import PLACED, exists, start_route
 from tests.support import (

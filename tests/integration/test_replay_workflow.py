@@ -12,7 +12,7 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from bridge.replay.workflow import last_heartbeat, replay_status
+from bridge.replay import last_heartbeat, replay_status
 from bridge.settings import REPO_ROOT, Settings
 from tests.integration.test_replay import count, produce_orders, start_route
 from tests.support import eventually, routes_config, write_routes

@@ -18,7 +18,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
 from bridge.dlq.publisher import ERROR_MESSAGE, ERROR_TYPE
 from bridge.kafka import ensure_topics
-from bridge.replay.runner import ReplayRequest, resolve_plan, run_replay
+from bridge.replay import ReplayRequest, resolve_plan, run_replay
 from bridge.settings import Settings
 from bridge.temporal.attributes import TENANT_ID
 from tests.support import (

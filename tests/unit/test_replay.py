@@ -19,7 +19,7 @@ from bridge import dlq
 from bridge.dispatch import Outcome, Result
 from bridge.dlq import LetterRef, letter_of
 from bridge.errors import InvalidRequestError
-from bridge.replay.runner import (
+from bridge.replay import (
     Bound,
     Known,
     KnownWorkflows,
