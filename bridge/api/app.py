@@ -16,15 +16,20 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bridge.api import events, health, problems, processes
-from bridge.api import replays as replay_api
+from bridge.api import dlq, events, health, problems, processes, replays
 from bridge.api.models import StructuredEvent
 from bridge.observability.metrics import Metrics
 from bridge.observability.telemetry import Telemetry
 from bridge.settings import Settings
 
-ROUTERS: list[APIRouter] = [health.router, events.router, processes.router, replay_api.router]
-"""The API's areas, in OpenAPI order; replay and DLQ routers belong here too."""
+ROUTERS: list[APIRouter] = [
+    health.router,
+    events.router,
+    processes.router,
+    replays.router,
+    dlq.router,
+]
+"""The API's areas, in OpenAPI order."""
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 DESCRIPTION = """\

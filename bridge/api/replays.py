@@ -1,10 +1,9 @@
-"""``POST /replays``, ``GET /replays/{id}``, ``GET /dlq`` and ``POST /dlq/redrive``.
+"""``POST /replays`` and ``GET /replays/{id}``.
 
 A replay is long-running, so ``POST /replays`` checks the range (a bad one is a
 422 and nothing happens) and starts a replay workflow; ``GET /replays/{id}``
-reads its progress and report. With authentication on, a caller replays,
-lists and redrives only its own tenant's events (``ce_tenantid``), and sees
-only its own replays.
+reads its progress and report. With authentication on, a caller replays only
+its own tenant's events (``ce_tenantid``) and sees only its own replays.
 """
 
 from __future__ import annotations
@@ -14,14 +13,13 @@ from dataclasses import asdict
 from typing import Annotated, TypeVar
 
 from aiokafka.errors import KafkaError
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from bridge.api import lookup, problems
 from bridge.api.problems import Problem
 from bridge.api.state import CallerDep, State
-from bridge.dlq import MAX_PAGE_LIMIT, PAGE_LIMIT, Cursor, LetterRef, letter_page, redrive
 from bridge.errors import BridgeError, ConfigError, InvalidRequestError
 from bridge.replay import (
     ID_PREFIX,
@@ -37,8 +35,6 @@ router = APIRouter(tags=["replays and dead letters"])
 T = TypeVar("T")
 TOPIC = r"^[A-Za-z0-9._-]{1,249}$"
 ROUTE = r"^[A-Za-z0-9_.-]{1,200}$"
-LETTER = r"^[0-9]{1,19}(:[0-9]{1,19})?$"
-CURSOR = r"^[A-Za-z0-9_-]{1,32768}$"
 ReplayId = Annotated[str, Path(pattern=f"^{ID_PREFIX}[0-9a-f]{{12}}$", description="Replay id")]
 
 
@@ -126,111 +122,8 @@ class ReplayView(BaseModel):
     error: str | None = None
 
 
-class RedrivenView(BaseModel):
-    """Where a redriven letter went."""
-
-    dlq_topic: str
-    dlq_partition: int
-    dlq_offset: int
-    topic: str
-    partition: int
-    offset: int
-    redrive_count: int
-    at: str
-
-
-class DeadLetterView(BaseModel):
-    """One dead letter."""
-
-    partition: int
-    offset: int
-    error_type: str | None
-    error_message: str | None
-    original_topic: str
-    original_partition: int | None
-    original_offset: int | None
-    failed_at: str | None
-    redrive_count: int
-    event_id: str | None
-    event_type: str | None
-    key: str | None
-    redriven: RedrivenView | None = Field(description="The latest redrive of this letter")
-    copy_of: str | None = Field(
-        None,
-        description="`PARTITION:OFFSET` of an earlier letter of the same original record "
-        "(dead-lettered again after a redelivery); redrive skips copies",
-    )
-    record_in_letter: bool = Field(
-        True,
-        description="False for `too_large_to_copy` letters: the record was too large to "
-        "copy and stays in its original topic (at the original coordinates, until "
-        "retention), where `ktb dlq show` and redrive read it",
-    )
-    original_error_type: str | None = Field(
-        None, description="`too_large_to_copy` letters: the error the record failed with"
-    )
-    original_error_message: str | None = Field(
-        None, description="`too_large_to_copy` letters: that error's message"
-    )
-    original_size: int | None = Field(
-        None, description="`too_large_to_copy` letters: bytes of the record's key, value, headers"
-    )
-
-
-class DeadLetterPage(BaseModel):
-    """One page of the letters of a dead-letter topic, in partition/offset order."""
-
-    topic: str
-    letters: list[DeadLetterView] = Field(
-        description="At most `limit` letters; fewer (even none) when the filters matched "
-        "little of the records read for this page: go on while `next_cursor` is set"
-    )
-    next_cursor: str | None = Field(
-        description="Opaque cursor of the next page (the next offset of every partition): "
-        "pass it as `cursor` with the same topic. `null` once every partition was read "
-        "to its end as of this request"
-    )
-
-
-class RedriveBody(BaseModel):
-    """Which dead letters to republish."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    topic: str = Field(pattern=TOPIC, description="Dead-letter topic, e.g. `orders.dlq`")
-    error_type: str | None = Field(None, max_length=200, description="Only this error type")
-    offsets: list[Annotated[str, Field(pattern=LETTER)]] = Field(
-        default_factory=list, max_length=1000, description="`OFFSET` or `PARTITION:OFFSET`"
-    )
-    max_redrives: int | None = Field(
-        None, ge=1, le=1000, description="Refuse letters redriven this often"
-    )
-    again: bool = Field(False, description="Also republish letters an earlier redrive sent")
-
-
-class RefusedView(BaseModel):
-    """A letter redrive refused."""
-
-    letter: str
-    redrive_count: int
-    reason: str
-
-
-class RedriveResult(BaseModel):
-    """What a redrive did."""
-
-    dlq_topic: str
-    selected: int
-    redriven: list[RedrivenView]
-    refused: list[RefusedView]
-    already_redriven: list[str]
-    copies: list[str] = Field(
-        default_factory=list, description="Letters skipped as copies of an earlier letter"
-    )
-
-
-async def _guard(awaitable: Awaitable[T]) -> T:
-    """Bad input is a 422; Kafka or Temporal failing is a 503."""
+async def guard(awaitable: Awaitable[T]) -> T:
+    """Bad input is a 422; Kafka or Temporal failing is a 503 (replay and DLQ routes)."""
     try:
         return await lookup.call(awaitable)
     except (InvalidRequestError, ConfigError) as exc:
@@ -266,8 +159,8 @@ async def post_replay(state: State, caller: CallerDep, body: ReplayBody) -> JSON
             state.router.only(request.routes)
         except ConfigError as exc:
             raise Problem(422, "invalid-request", exc.message) from exc
-    plan = await _guard(resolve_plan(state.settings, request))
-    replay_id = await _guard(start_replay(state.client, state.settings, plan))
+    plan = await guard(resolve_plan(state.settings, request))
+    replay_id = await guard(start_replay(state.client, state.settings, plan))
     accepted = ReplayAccepted(
         replay_id=replay_id,
         status_url=f"/replays/{replay_id}",
@@ -286,9 +179,7 @@ async def post_replay(state: State, caller: CallerDep, body: ReplayBody) -> JSON
 )
 async def get_replay(state: State, caller: CallerDep, replay_id: ReplayId) -> ReplayView:
     """Progress while running, the final report once completed; another tenant's is a 404."""
-    status = await _guard(
-        replay_status(state.client, replay_id, state.settings.api_query_timeout_s)
-    )
+    status = await guard(replay_status(state.client, replay_id, state.settings.api_query_timeout_s))
     if status is None or not caller.may_see(status.tenant):
         raise Problem(404, "not-found", f"no replay {replay_id!r}")
     report = ReportView.model_validate(asdict(status.report)) if status.report else None
@@ -304,72 +195,3 @@ async def get_replay(state: State, caller: CallerDep, replay_id: ReplayId) -> Re
         report=report,
         error=status.error,
     )
-
-
-@router.get(
-    "/dlq",
-    summary="List the dead letters of a dead-letter topic",
-    response_model=DeadLetterPage,
-    responses=problems.responses(400, 401, 422, 503),
-)
-async def get_dlq(
-    state: State,
-    caller: CallerDep,
-    topic: Annotated[str, Query(pattern=TOPIC, description="Dead-letter topic, e.g. orders.dlq")],
-    error_type: Annotated[
-        str | None, Query(max_length=200, description="Only letters of this error type")
-    ] = None,
-    limit: Annotated[
-        int, Query(ge=1, le=MAX_PAGE_LIMIT, description="Letters per page at most")
-    ] = PAGE_LIMIT,
-    cursor: Annotated[
-        str | None,
-        Query(pattern=CURSOR, description="`next_cursor` of the previous page; none: the start"),
-    ] = None,
-) -> DeadLetterPage:
-    """A page of letters: offset, error type and message, original coordinates, redrives.
-
-    A page reads at most 10 records per `limit` (at least 1,000) of the topic, so it may
-    hold fewer letters than `limit` and still have a `next_cursor`.
-    """
-    try:
-        start = Cursor.decode(cursor, topic) if cursor is not None else None
-    except InvalidRequestError as exc:
-        raise Problem(422, "invalid-request", exc.message) from exc
-    page = await _guard(
-        letter_page(
-            state.settings,
-            topic,
-            cursor=start,
-            limit=limit,
-            error_type=error_type,
-            tenant=caller.tenant if caller.authenticated else None,
-        )
-    )
-    return DeadLetterPage(
-        topic=topic,
-        letters=[DeadLetterView.model_validate(x.summary()) for x in page.letters],
-        next_cursor=page.next_cursor.encode() if page.next_cursor else None,
-    )
-
-
-@router.post(
-    "/dlq/redrive",
-    summary="Republish dead letters to their original topics",
-    response_model=RedriveResult,
-    responses=problems.responses(400, 401, 413, 422, 503),
-)
-async def post_redrive(state: State, caller: CallerDep, body: RedriveBody) -> RedriveResult:
-    """Redrive the selected letters (all by default); refused ones are listed with the reason."""
-    report = await _guard(
-        redrive(
-            state.settings,
-            body.topic,
-            error_type=body.error_type,
-            refs=[LetterRef.parse(x) for x in body.offsets],
-            max_redrives=body.max_redrives,
-            again=body.again,
-            tenant=caller.tenant if caller.authenticated else None,
-        )
-    )
-    return RedriveResult.model_validate(report.as_dict())
