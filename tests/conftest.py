@@ -1,4 +1,5 @@
-"""Fixtures: real Kafka and Temporal for the integration tests, the schemas for all.
+"""Fixtures: real Kafka and Temporal for the integration tests, Kafka in memory for the
+unit tests of the pipeline, the schemas for all.
 
 The machinery behind them lives in ``tests.support`` (``stack`` picks the services).
 """
@@ -18,6 +19,7 @@ from bridge.dev.stack import LocalStack
 from bridge.kafka import ensure_topics
 from bridge.settings import REPO_ROOT, Settings
 from tests.support import Services, StackInfo, local_stack, session_stack
+from tests.support.memory import MemoryKafka
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +39,12 @@ def catalog() -> SchemaCatalog:
 async def client(stack: StackInfo) -> Client:
     """A Temporal client for the session."""
     return await Client.connect(stack.temporal_address)
+
+
+@pytest.fixture
+def memory_kafka(monkeypatch: pytest.MonkeyPatch) -> MemoryKafka:
+    """Kafka in memory, behind ``bridge.kafka.consumer`` and ``start`` for this test."""
+    return MemoryKafka().install(monkeypatch)
 
 
 @pytest.fixture

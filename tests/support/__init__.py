@@ -8,6 +8,8 @@
 - ``running``: a bridge, a worker or the HTTP API running for a test.
 - ``stack``: real Kafka and Temporal for a session or for one test.
 - ``certs``: throw-away TLS material.
+- ``memory``: the pipeline without Kafka or Temporal: topics in memory, a recording
+  dispatcher, the live bridge and a replay over them.
 
 The workflows the tests run stay in ``tests/workflows.py``: Temporal's sandbox imports
 a workflow's module with its package, and this package imports the whole bridge.
@@ -16,6 +18,17 @@ a workflow's module with its package, and this package imports the whole bridge.
 from tests.support.certs import Certs, make_certs
 from tests.support.events import order_data, payment
 from tests.support.kafka import Services, partitions, topic_exists
+from tests.support.memory import (
+    FakeIngress,
+    MemoryKafka,
+    MemoryRecord,
+    RecordingDispatcher,
+    consuming,
+    memory_ingress,
+    memory_settings,
+    replay_runner,
+    replaying,
+)
 from tests.support.routes import recorder_routes, routes_config, write_routes
 from tests.support.running import bridge_process, running_api, running_bridge, running_worker
 from tests.support.stack import StackInfo, docker_answers, local_stack, session_stack
@@ -24,18 +37,27 @@ from tests.support.waiting import eventually, until
 
 __all__ = [
     "Certs",
+    "FakeIngress",
+    "MemoryKafka",
+    "MemoryRecord",
+    "RecordingDispatcher",
     "Services",
     "StackInfo",
     "bridge_process",
+    "consuming",
     "docker_answers",
     "eventually",
     "local_stack",
     "make_certs",
+    "memory_ingress",
+    "memory_settings",
     "order_data",
     "partitions",
     "payment",
     "received",
     "recorder_routes",
+    "replay_runner",
+    "replaying",
     "routes_config",
     "running_api",
     "running_bridge",
