@@ -96,7 +96,8 @@ async def topics(settings: Settings, uid: str) -> dict[str, str]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests under ``integration/`` and ``chaos/`` use the real services."""
+    """Tests under ``integration/`` use the session's real services: mark them
+    ``integration``. The chaos tests start services of their own and mark themselves."""
     for item in items:
         parts = Path(str(item.fspath)).parts
         if "integration" in parts:
