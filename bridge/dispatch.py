@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from temporalio.client import (
     Client,
@@ -86,6 +86,23 @@ class Result:
     workflow_id: str | None = None
     run_id: str | None = None
     detail: str | None = None
+
+
+class Executor(Protocol):
+    """What an ``Ingress`` hands each routed action to: a ``Dispatcher``, ``DryRun``, or
+    a wrapper around one (replay's fresh ids)."""
+
+    async def execute(self, action: Action, event: Event) -> Result:
+        """Carry out (or describe) ``action`` for ``event``."""
+        ...
+
+
+class DryRun:
+    """Acts on nothing: each action answers ``dry_run`` with the workflow it would reach."""
+
+    async def execute(self, action: Action, event: Event) -> Result:
+        """The result ``action`` would have, without touching Temporal."""
+        return Result(Outcome.DRY_RUN, action.route, action.kind.value, action.workflow_id)
 
 
 class Dispatcher:
@@ -377,12 +394,12 @@ SIGNAL_ATTEMPTS = 5
 
 def check_tenant(target: WorkflowExecution, action: Action, event: Event) -> None:
     """``TenantMismatchError`` unless the workflow's ``KtbTenantId`` is the event's tenant."""
-    check_tenant_id(target.typed_search_attributes.get(attributes.TENANT_ID), action, event)
-
-
-def check_tenant_id(owner: str | None, action: Action, event: Event) -> None:
-    """``TenantMismatchError`` unless ``owner`` (a workflow's tenant) is the event's tenant."""
-    check_owner(owner, event.tenant_id, workflow_id=action.workflow_id, event_id=action.event_id)
+    check_owner(
+        target.typed_search_attributes.get(attributes.TENANT_ID),
+        event.tenant_id,
+        workflow_id=action.workflow_id,
+        event_id=action.event_id,
+    )
 
 
 def _reraise_cancellation(exc: BaseException) -> None:

@@ -12,7 +12,7 @@ import time
 from opentelemetry.trace import Tracer
 
 from bridge.codec import SchemaCatalog
-from bridge.dispatch import Dispatcher, Outcome, Result
+from bridge.dispatch import DryRun, Executor, Outcome, Result
 from bridge.dlq.publisher import DeadLetterPublisher
 from bridge.envelope import Event, RecordLike, decode_record
 from bridge.errors import PermanentError, UnmatchedEventError
@@ -38,6 +38,10 @@ def decode(catalog: SchemaCatalog, record: RecordLike) -> Event:
     )
 
 
+NOT_ACTED = (Outcome.DUPLICATE, Outcome.DRY_RUN)
+"""Outcomes that changed nothing in Temporal: no event-to-action latency to observe."""
+
+
 class Ingress:
     """Decode, route and act on records; permanent failures go to the DLQ."""
 
@@ -45,26 +49,25 @@ class Ingress:
         self,
         catalog: SchemaCatalog,
         router: Router,
-        dispatcher: Dispatcher | None,
+        dispatcher: Executor | None,
         dead_letters: DeadLetterPublisher | None,
         metrics: Metrics | None = None,
-        id_suffix: str = "",
         provenance: ProvenanceWriter | None = None,
         tracer: Tracer | None = None,
     ) -> None:
         self.catalog = catalog
         self.router = router
-        self.dispatcher = dispatcher
+        self.dispatcher: Executor = dispatcher if dispatcher is not None else DryRun()
+        """Carries out routed actions; without one (dry runs), ``DryRun`` describes them."""
         self.dead_letters = dead_letters
         self.metrics = metrics or Metrics()
-        self.id_suffix = id_suffix
         self.provenance = provenance
         self.tracer = tracer
         """Set when tracing is on: each record gets a span, the parent of the Temporal calls."""
 
     def route(self, event: Event) -> Action | None:
         """The action for ``event``; ``None`` to skip it. Raises ``PermanentError``."""
-        action = self.router.route(event, self.id_suffix)
+        action = self.router.route(event)
         if action is None and self.router.dead_letter_unmatched:
             raise UnmatchedEventError(
                 f"no route for type {event.type!r} on topic {event.topic!r}", event_id=event.id
@@ -92,13 +95,9 @@ class Ingress:
             action = self.route(event)
             if action is None:
                 result = Result(Outcome.SKIPPED, detail="no route matched")
-            elif self.dispatcher is None:
-                result = Result(
-                    Outcome.DRY_RUN, action.route, action.kind.value, action.workflow_id
-                )
             else:
                 result = await self.dispatcher.execute(action, event)
-                if record.timestamp and result.outcome is not Outcome.DUPLICATE:
+                if record.timestamp and result.outcome not in NOT_ACTED:
                     self.metrics.event_to_action.observe(
                         max(0.0, time.time() - record.timestamp / 1000)
                     )

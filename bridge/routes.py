@@ -242,7 +242,7 @@ class CompiledRoute:
             raise RouteError(f"route {self.name!r}: condition returned {result!r}, not a bool")
         return result
 
-    def build(self, event: Event, context: Mapping[str, Any], id_suffix: str = "") -> Action:
+    def build(self, event: Event, context: Mapping[str, Any]) -> Action:
         """Build the action for an event that matched this route."""
         spec = self.spec
         try:
@@ -257,7 +257,6 @@ class CompiledRoute:
             ) from exc
         if spec.tenant_scoped_ids:
             workflow_id = scoped_workflow_id(event.tenant_id, workflow_id)
-        workflow_id += id_suffix
         kind = spec.action
         message: tuple[Any, ...] = ()
         if kind in (ActionKind.SIGNAL, ActionKind.SIGNAL_WITH_START, ActionKind.UPDATE_WITH_START):
@@ -344,13 +343,13 @@ class Router:
                 return route, context
         return None
 
-    def route(self, event: Event, id_suffix: str = "") -> Action | None:
+    def route(self, event: Event) -> Action | None:
         """Match and build in one step; ``None`` when no route matches."""
         found = self.match(event)
         if found is None:
             return None
         route, context = found
-        return route.build(event, context, id_suffix)
+        return route.build(event, context)
 
 
 # --- ktb routes check ---------------------------------------------------------------

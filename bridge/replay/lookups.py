@@ -1,14 +1,16 @@
-"""Idempotent replays of processed ranges: starts answered from batched visibility lookups.
+"""How a replay acts: starts answered from batched visibility lookups, and fresh ids.
 
 A range the bridge already processed starts nothing in an idempotent replay: each
 start would answer "duplicate". ``ReplayDispatcher`` gives that answer from
 ``KnownWorkflows``, one visibility query per batch of workflow ids, instead of a
 start per record, and bounds the Temporal actions a replay runs at once.
+``FreshIds`` gives a fresh replay's actions workflow ids of their own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 from dataclasses import dataclass
@@ -19,11 +21,12 @@ from temporalio.client import Client
 from temporalio.converter import PayloadConverter
 from temporalio.service import RPCError, RPCStatusCode
 
-from bridge.dispatch import Dispatcher, Outcome, Result, check_tenant_id
+from bridge.dispatch import Dispatcher, Executor, Outcome, Result
 from bridge.envelope import Event
 from bridge.routes import Action, ActionKind
 from bridge.temporal import visibility
 from bridge.temporal.attributes import TENANT_ID
+from bridge.tenancy import check_owner
 
 log = logging.getLogger("ktb.replay")
 
@@ -186,7 +189,29 @@ class ReplayDispatcher(Dispatcher):
         ):
             known = await self.known.lookup(action.workflow_id)
             if known is not None:
-                check_tenant_id(known.tenant, action, event)
+                check_owner(
+                    known.tenant,
+                    event.tenant_id,
+                    workflow_id=action.workflow_id,
+                    event_id=action.event_id,
+                )
                 return self._result(Outcome.DUPLICATE, action, known.run_id, "already exists")
         async with self._actions:
             return await super().execute(action, event)
+
+
+class FreshIds:
+    """A fresh replay's executor: every action reaches the workflow id its route builds
+    plus the replay's suffix (``-replay-<generation>``), so the processes run again
+    beside the ones the bridge started, which nothing touches. Dry runs show the
+    suffixed ids too (``inner`` is then ``DryRun``).
+    """
+
+    def __init__(self, inner: Executor, suffix: str) -> None:
+        self.inner = inner
+        self.suffix = suffix
+
+    async def execute(self, action: Action, event: Event) -> Result:
+        """Carry out ``action`` on the replay's own workflow id."""
+        renamed = dataclasses.replace(action, workflow_id=action.workflow_id + self.suffix)
+        return await self.inner.execute(renamed, event)

@@ -8,7 +8,8 @@ routing, dispatch, retries and dead-lettering are the live code.
 - ``idempotent`` (default): live workflow ids; an already-processed range starts nothing
   (``ReplayDispatcher``, ``bridge.replay.lookups``).
 - ``fresh``: workflow ids get a ``-replay-<generation>`` suffix, so processes run again.
-- dry run: an ``Ingress`` without a dispatcher or DLQ publisher; nothing is acted on.
+- dry run: an ``Ingress`` with ``DryRun`` for a dispatcher and no DLQ publisher;
+  nothing is acted on.
 
 Records with the same key are acted on in offset order, other keys concurrently.
 Progress is a per-partition position below which every record is done, and the
@@ -30,6 +31,7 @@ from temporalio.client import Client
 
 from bridge import kafka
 from bridge.codec import SchemaCatalog
+from bridge.dispatch import DryRun, Executor
 from bridge.dlq.publisher import DeadLetterPublisher
 from bridge.engine import CANCEL_GRACE_S, Engine, PartitionState
 from bridge.envelope import RecordLike
@@ -38,7 +40,7 @@ from bridge.ingress import Ingress
 from bridge.kafka import stop_consumer
 from bridge.observability.metrics import Metrics
 from bridge.provenance import ProvenanceWriter
-from bridge.replay.lookups import ReplayDispatcher
+from bridge.replay.lookups import FreshIds, ReplayDispatcher
 from bridge.replay.plan import ReplayError, ReplayMode, ReplayPlan, ReplayRequest
 from bridge.replay.report import ReplayCheckpoint, ReplayReport
 from bridge.routes import Router
@@ -84,7 +86,7 @@ class ReplayRunner:
         self.settings = settings
         self.ingress = ingress
         self.plan = plan
-        self.dry_run = ingress.dispatcher is None
+        self.dry_run = plan.request.dry_run
         # Records wait in flight for lookups and for the dispatcher's action slots.
         self.in_flight = in_flight or settings.replay_concurrency * IN_FLIGHT_PER_ACTION
         self.chunk = chunk or settings.replay_chunk
@@ -234,6 +236,11 @@ def replay_router(settings: Settings, routes: Sequence[str]) -> Router:
         raise InvalidRequestError(exc.message) from exc
 
 
+def fresh_ids(executor: Executor, request: ReplayRequest) -> Executor:
+    """``executor`` as the replay acts through it: on suffixed ids in fresh mode."""
+    return FreshIds(executor, request.id_suffix) if request.id_suffix else executor
+
+
 @contextlib.asynccontextmanager
 async def replay_ingress(
     settings: Settings,
@@ -248,7 +255,7 @@ async def replay_ingress(
     catalog = SchemaCatalog.from_dir(settings.schemas_dir)
     router = replay_router(settings, request.routes)
     if request.dry_run:
-        yield Ingress(catalog, router, None, None, metrics, request.id_suffix)
+        yield Ingress(catalog, router, fresh_ids(DryRun(), request), None, metrics)
         return
     if client is None:
         raise ReplayError("a replay that acts needs a Temporal client")
@@ -267,10 +274,9 @@ async def replay_ingress(
         yield Ingress(
             catalog,
             router,
-            dispatcher,
+            fresh_ids(dispatcher, request),
             DeadLetterPublisher(producer),
             metrics,
-            request.id_suffix,
             ProvenanceWriter(producer, settings.provenance_topic, via="replay"),
         )
     finally:

@@ -35,7 +35,7 @@ from temporalio.client import Client
 
 from bridge.codec import SchemaCatalog
 from bridge.consumer import BridgeConsumer
-from bridge.dispatch import Dispatcher, Outcome, Result
+from bridge.dispatch import Dispatcher, Executor, Outcome, Result
 from bridge.dlq.publisher import DeadLetterPublisher, dlq_topic
 from bridge.envelope import Event, RecordLike, encode_event
 from bridge.errors import PermanentError
@@ -424,7 +424,7 @@ class FakeIngress:
 def memory_ingress(
     catalog: SchemaCatalog,
     config: RoutesConfig,
-    dispatcher: Dispatcher | None,
+    dispatcher: Executor | None,
     kafka: MemoryKafka,
     metrics: Metrics | None = None,
 ) -> Ingress:
@@ -476,22 +476,27 @@ def replay_runner(
     ingress: Ingress,
     topic: str,
     on_progress: ProgressCallback | None = None,
+    request: ReplayRequest | None = None,
 ) -> ReplayRunner:
     """A replay of every record ``topic`` holds now, not started; ``kafka`` must be
-    installed."""
+    installed. ``request`` sets the mode and dry run (default: an idempotent replay)."""
     kafka.check_installed()
     plan = ReplayPlan(
-        ReplayRequest(topic=topic, start="earliest"),
+        request or ReplayRequest(topic=topic, start="earliest"),
         [PartitionRange(p, 0, end) for p, end in kafka.end_offsets(topic).items()],
     )
     return ReplayRunner(settings, ingress, plan, on_progress=on_progress, progress_every_s=0.01)
 
 
 async def replaying(
-    kafka: MemoryKafka, settings: Settings, ingress: Ingress, topic: str
+    kafka: MemoryKafka,
+    settings: Settings,
+    ingress: Ingress,
+    topic: str,
+    request: ReplayRequest | None = None,
 ) -> ReplayRunner:
     """Replay every record of ``topic`` (``ReplayRunner.run``) over ``kafka``; return the
     runner once it has finished. ``kafka`` must be installed."""
-    runner = replay_runner(kafka, settings, ingress, topic)
+    runner = replay_runner(kafka, settings, ingress, topic, request=request)
     await runner.run()
     return runner

@@ -17,11 +17,13 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 
 from bridge.codec import SchemaCatalog
+from bridge.dispatch import DryRun
 from bridge.engine import MAX_UNEXPECTED_ATTEMPTS
 from bridge.envelope import Event
 from bridge.errors import ActionRejectedError, TransientError
 from bridge.ingress import Ingress
-from bridge.replay.runner import IN_FLIGHT_PER_ACTION
+from bridge.replay import ReplayMode, ReplayRequest
+from bridge.replay.runner import IN_FLIGHT_PER_ACTION, fresh_ids
 from bridge.routes import Action, Router
 from bridge.settings import Settings
 from tests.support import order_data, payment, routes_config, until
@@ -397,8 +399,38 @@ async def test_a_dry_run_replay_acts_on_nothing_and_writes_no_letter(
         pay(kafka, catalog, key, 1)
     valid = place(kafka, catalog, "o-3")
     kafka.append(TOPIC, valid.partition, valid.key, b"\x00", valid.headers)
-    ingress = Ingress(catalog, Router(ROUTES), None, None)  # a dry run's: acts on nothing
-    runner = await replaying(kafka, settings(), ingress, TOPIC)
+    request = ReplayRequest(TOPIC, "earliest", dry_run=True)
+    ingress = Ingress(catalog, Router(ROUTES), fresh_ids(DryRun(), request), None)
+    runner = await replaying(kafka, settings(), ingress, TOPIC, request)
     assert runner.report.read == 6
     assert runner.report.would_act == 5 and runner.report.dead_lettered == 1
+    examples = runner.report.examples
+    assert examples.keys() == {"start-order", "payment-confirmed"}
+    assert set(examples.values()) <= {"order-o-1", "order-o-2", "order-o-3"}
     assert kafka.letters(TOPIC) == []
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+async def test_a_fresh_replay_acts_on_ids_of_its_own(
+    kafka: MemoryKafka, catalog: SchemaCatalog, dry_run: bool
+) -> None:
+    """The suffix is the replay's (``FreshIds``): routes build the live ids, the replay's
+    executor renames every action, acting or dry."""
+    for key in ("o-1", "o-2"):
+        place(kafka, catalog, key, partition=0)
+        pay(kafka, catalog, key, 1, partition=0)
+    request = ReplayRequest(
+        TOPIC, "earliest", mode=ReplayMode.FRESH, dry_run=dry_run, generation="g1"
+    )
+    recorder = RecordingDispatcher()
+    executor = fresh_ids(DryRun() if dry_run else recorder, request)
+    ingress = memory_ingress(catalog, ROUTES, executor, kafka)
+    runner = await replaying(kafka, settings(), ingress, TOPIC, request)
+    assert runner.report.matched == 4
+    assert runner.report.examples == {
+        "start-order": "order-o-1-replay-g1",
+        "payment-confirmed": "order-o-1-replay-g1",
+    }
+    acted = sorted(call.action.workflow_id for call in recorder.acted)
+    expected = [] if dry_run else ["order-o-1-replay-g1"] * 2 + ["order-o-2-replay-g1"] * 2
+    assert acted == expected

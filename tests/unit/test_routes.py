@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 
 from bridge.codec import SchemaCatalog
+from bridge.dispatch import DryRun
 from bridge.envelope import Event
 from bridge.errors import ConfigError, RouteError
+from bridge.replay.lookups import FreshIds
 from bridge.routes import ActionKind, Router, RoutesConfig, check_routes
 from bridge.templates import Template, condition_paths
 from tests.support import order_data
@@ -59,9 +61,11 @@ def test_a_route_can_opt_out_of_tenant_scoped_ids() -> None:
     assert action is not None and action.workflow_id == "order-o-1"
 
 
-def test_replay_suffix_follows_the_tenant_scope() -> None:
-    action = Router(config(START)).route(event(), id_suffix="-replay-g1")
-    assert action is not None and action.workflow_id == "acme:order-o-1-replay-g1"
+async def test_a_fresh_replay_suffix_follows_the_tenant_scope() -> None:
+    action = Router(config(START)).route(event())
+    assert action is not None
+    result = await FreshIds(DryRun(), "-replay-g1").execute(action, event())
+    assert result.workflow_id == "acme:order-o-1-replay-g1"
 
 
 def test_condition_picks_the_first_matching_route() -> None:
