@@ -16,7 +16,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bridge.api import dlq, events, health, problems, processes, replays
+from bridge.api import dlq, event_view, events, health, problems, processes, replays
 from bridge.api.models import StructuredEvent
 from bridge.observability.metrics import Metrics
 from bridge.observability.telemetry import Telemetry
@@ -25,6 +25,7 @@ from bridge.settings import Settings
 ROUTERS: list[APIRouter] = [
     health.router,
     events.router,
+    event_view.router,
     processes.router,
     replays.router,
     dlq.router,

@@ -13,7 +13,7 @@ from temporalio.client import WorkflowExecution, WorkflowExecutionStatus
 
 from bridge.api import lookup, problems
 from bridge.api.auth import Caller
-from bridge.api.events import published_events
+from bridge.api.event_view import published_events
 from bridge.api.models import ProcessPage, ProcessState, ProcessStatus, ProcessView
 from bridge.api.problems import Problem
 from bridge.api.state import ApiState, CallerDep, State

@@ -1,0 +1,179 @@
+"""``GET /events/{event_id}``: an event's provenance, as the caller's tenant may see it.
+
+Where the event was produced and read, what the bridge (or a replay, or a redrive)
+did with it, the process it reached and the events that process published: from
+the provenance topic (``bridge.api.index``), the API's own produce records and
+Temporal.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path
+from temporalio.client import WorkflowExecution
+
+from bridge.api import lookup, problems
+from bridge.api.auth import Caller
+from bridge.api.index import primary_of
+from bridge.api.models import EventStatus, EventView, Handling, Location, PublishedEvent
+from bridge.api.problems import Problem
+from bridge.api.state import ApiState, CallerDep, ProducedEvent, State
+from bridge.provenance import EventProvenance, PublishedProvenance
+from bridge.temporal import visibility
+
+router = APIRouter(tags=["events"])
+
+
+@router.get(
+    "/events/{event_id}",
+    summary="Provenance of an event: where it was read, what the bridge did, the process",
+    response_model=EventView,
+    responses=problems.responses(401, 404, 422, 503),
+)
+async def get_event(
+    state: State,
+    caller: CallerDep,
+    event_id: Annotated[str, Path(min_length=1, max_length=256, pattern=visibility.PATTERN)],
+) -> EventView:
+    """Everything known about one event; another tenant's event is a 404.
+
+    Only the caller's tenant's records of the id are read (ids are not unique across
+    tenants), and a workflow of another tenant that a record names (one written before
+    the bridge checked targets' tenants) is left out, as are its published events.
+    """
+    handlings = state.index.handlings(event_id, caller.may_see)
+    primary = primary_of(handlings)
+    produced = state.produced.get(event_id)
+    if produced is not None and not caller.may_see(produced.tenant_id):
+        produced = None
+    workflow_id = primary.workflow_id if primary else None
+    run_id = primary.run_id if primary else None
+    tenant = primary.tenant_id if primary else produced.tenant_id if produced else None
+    read: Location | None = _read_location(primary)
+    event_type = primary.event_type if primary else produced.type if produced else None
+    key = primary.key if primary else produced.key if produced else None
+    execution: WorkflowExecution | None = None
+    if primary is None:
+        # Not in the index: a bridge that records no provenance, an evicted id, or an event
+        # still on its way. Visibility knows the workflow an event started.
+        owner = caller.tenant if caller.authenticated else None
+        execution = await lookup.find_by_event(state.client, event_id, owner)
+        if execution is None and produced is None:
+            raise _not_found(event_id)
+    if primary is None and execution is not None:
+        if produced is None:
+            tenant = lookup.tenant_of(execution)
+        workflow_id, run_id = execution.id, execution.run_id
+        memo = (await lookup.call(execution.memo())).get("ktb") or {}
+        event_type, key = memo.get("event_type"), memo.get("key")
+        if memo.get("topic") is not None:
+            read = Location(topic=memo["topic"], partition=memo["partition"], offset=memo["offset"])
+    if not caller.may_see(tenant):
+        raise _not_found(event_id)
+    runs = {(h.workflow_id, h.run_id) for h in handlings if h.workflow_id}
+    foreign = await _foreign_runs(state, caller, runs)
+    if (workflow_id, run_id) in foreign:
+        workflow_id = run_id = None
+    if execution is None and workflow_id is not None:
+        execution = await lookup.describe(state.client, workflow_id, run_id)
+    process = lookup.summary(execution) if execution is not None else None
+    published = state.index.published(workflow_id, caller.may_see) if workflow_id else []
+    return EventView(
+        event_id=event_id,
+        type=event_type,
+        tenant_id=tenant,
+        key=key,
+        status=_event_status(primary, process),
+        produced=location(produced) if produced else None,
+        read=read,
+        route=primary.route if primary else None,
+        action=primary.action if primary else None,
+        outcome=primary.outcome if primary else None,
+        detail=primary.detail if primary else None,
+        workflow_id=workflow_id,
+        run_id=run_id,
+        process=process,
+        published=published_events(published),
+        handlings=[_handling(h, (h.workflow_id, h.run_id) in foreign) for h in handlings],
+    )
+
+
+async def _foreign_runs(
+    state: ApiState, caller: Caller, runs: set[tuple[str, str | None]]
+) -> set[tuple[str, str | None]]:
+    """The (workflow id, run id) pairs among ``runs`` that belong to a tenant the caller
+    may not see. At most ``MAX_HANDLINGS`` pairs: one describe each, none with auth off."""
+    if not caller.authenticated:
+        return set()
+    foreign = set()
+    for workflow_id, run_id in runs:
+        execution = await lookup.describe(state.client, workflow_id, run_id)
+        if execution is not None and not lookup.visible_to(caller, execution):
+            foreign.add((workflow_id, run_id))
+    return foreign
+
+
+def _not_found(event_id: str) -> Problem:
+    return Problem(404, "not-found", f"no event {event_id!r}")
+
+
+def _read_location(item: EventProvenance | None) -> Location | None:
+    if item is None:
+        return None
+    return Location(topic=item.topic, partition=item.partition, offset=item.offset)
+
+
+def _event_status(primary: EventProvenance | None, process: Any) -> EventStatus:
+    if process is not None and process.status is not None:
+        return EventStatus(process.status.value)
+    if primary is None:
+        return EventStatus.PENDING
+    return status_of_outcome(primary.outcome)
+
+
+def _handling(item: EventProvenance, foreign: bool = False) -> Handling:
+    """One record of an event; ``foreign``: its workflow is another tenant's, left out."""
+    return Handling(
+        read=Location(topic=item.topic, partition=item.partition, offset=item.offset),
+        via=item.via,
+        route=item.route,
+        action=item.action,
+        outcome=item.outcome,
+        workflow_id=None if foreign else item.workflow_id,
+        run_id=None if foreign else item.run_id,
+        detail=item.detail,
+        at=item.at,
+    )
+
+
+def published_events(items: list[PublishedProvenance]) -> list[PublishedEvent]:
+    """Provenance records of published events as the API shows them."""
+    return [
+        PublishedEvent(
+            ce_id=p.ce_id,
+            type=p.type,
+            kind=p.published_kind,
+            topic=p.topic,
+            partition=p.partition,
+            offset=p.offset,
+            at=p.at,
+        )
+        for p in items
+    ]
+
+
+def location(produced: ProducedEvent) -> Location | None:
+    """Where the API produced an event; ``None`` until Kafka acknowledged it."""
+    if produced.partition is None or produced.offset is None:
+        return None
+    return Location(topic=produced.topic, partition=produced.partition, offset=produced.offset)
+
+
+def status_of_outcome(outcome: str) -> EventStatus:
+    """An event's status from the bridge's outcome when no process tells more."""
+    if outcome == EventStatus.SKIPPED.value:
+        return EventStatus.SKIPPED
+    if outcome == EventStatus.DEAD_LETTERED.value:
+        return EventStatus.DEAD_LETTERED
+    return EventStatus.UNKNOWN
