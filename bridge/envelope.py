@@ -125,6 +125,12 @@ class KafkaRecord:
     headers: list[tuple[str, bytes]]
 
 
+def record_size(record: KafkaRecord | RecordLike) -> int:
+    """Bytes of a record's key, value and headers (what counts against Kafka's limits)."""
+    headers = sum(len(name.encode()) + len(value) for name, value in record.headers)
+    return len(record.key or b"") + len(record.value or b"") + headers
+
+
 class _EncodedData:
     """A cloudevents ``Format`` for data that is already encoded (Avro or JSON bytes)."""
 

@@ -356,7 +356,7 @@ class Router:
 
 
 @dataclass(frozen=True)
-class Problem:
+class RouteProblem:
     """One thing wrong with a route, for ``ktb routes check``."""
 
     route: str
@@ -378,17 +378,19 @@ def _check_path(catalog_fields: frozenset[str], path: Sequence[str]) -> str | No
     return None
 
 
-def check_routes(config: RoutesConfig, catalog: SchemaCatalog) -> list[Problem]:
+def check_routes(config: RoutesConfig, catalog: SchemaCatalog) -> list[RouteProblem]:
     """Every template, condition and argument field checked against the schemas."""
-    problems: list[Problem] = []
+    problems: list[RouteProblem] = []
     for spec in config.routes:
         try:
             compiled = CompiledRoute(spec)
         except ConfigError as exc:
-            problems.append(Problem(spec.name, "(route)", exc.message))
+            problems.append(RouteProblem(spec.name, "(route)", exc.message))
             continue
         if spec.type not in catalog:
-            problems.append(Problem(spec.name, "type", f"no schema for event type {spec.type!r}"))
+            problems.append(
+                RouteProblem(spec.name, "type", f"no schema for event type {spec.type!r}")
+            )
             continue
         fields = catalog.get(spec.type).fields
         checks: list[tuple[str, Sequence[str]]] = [
@@ -405,10 +407,10 @@ def check_routes(config: RoutesConfig, catalog: SchemaCatalog) -> list[Problem]:
         for field_name, path in checks:
             if path[0] not in ROOT_NAMES:
                 problems.append(
-                    Problem(spec.name, field_name, f"{'.'.join(path)!r} is not an event field")
+                    RouteProblem(spec.name, field_name, f"{'.'.join(path)!r} is not an event field")
                 )
                 continue
             message = _check_path(fields, path)
             if message:
-                problems.append(Problem(spec.name, field_name, message))
+                problems.append(RouteProblem(spec.name, field_name, message))
     return problems

@@ -8,15 +8,15 @@ import json
 import sys
 import uuid
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated
 
 import typer
 
 from bridge.cli import dlq as cli_dlq
 from bridge.cli import replay as cli_replay
+from bridge.cli.common import fail, load_settings
 from bridge.errors import BridgeError, ConfigError
 from bridge.observability import logs
-from bridge.settings import Settings
 
 app = typer.Typer(
     name="ktb",
@@ -27,20 +27,6 @@ app = typer.Typer(
 )
 routes_app = typer.Typer(help="Inspect and check routes files.", no_args_is_help=True)
 app.add_typer(routes_app, name="routes")
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """Print ``message`` to stderr and exit with ``code``."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def settings_with(**overrides: Any) -> Settings:
-    """Settings from the environment, with the non-``None`` CLI overrides applied."""
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValueError as exc:
-        fail(f"invalid settings: {exc}")
 
 
 # --- running -----------------------------------------------------------------------
@@ -63,7 +49,7 @@ def dev(
     """Run the whole local stack in the foreground; Ctrl-C stops everything."""
     from bridge.dev.devstack import DevStack
 
-    logs.setup(settings_with().log_level, console=True)
+    logs.setup(load_settings().log_level, console=True)
     stack = DevStack(
         data_dir=data_dir.resolve(),
         kafka_port=kafka_port,
@@ -88,7 +74,7 @@ def bridge(
     """Run one bridge instance (several instances in one group share partitions)."""
     from bridge.wiring import run_bridge
 
-    settings = settings_with(routes_file=routes, group_id=group_id, max_in_flight=max_in_flight)
+    settings = load_settings(routes_file=routes, group_id=group_id, max_in_flight=max_in_flight)
     logs.setup(settings.log_level, console=settings.log_format == "console")
     try:
         asyncio.run(run_bridge(settings))
@@ -101,7 +87,7 @@ def worker(
     module: Annotated[str, typer.Argument(help="Module with `async def main(settings)`")],
 ) -> None:
     """Run a worker module, e.g. ``ktb worker services.orders.worker``."""
-    settings = settings_with()
+    settings = load_settings()
     logs.setup(settings.log_level, console=settings.log_format == "console")
     # Like ``python -m``: modules of the project in the working directory are found
     # (the example services are not installed with the package).
@@ -124,7 +110,7 @@ def api(
     """Serve the HTTP API (produce events, provenance, processes, streams)."""
     from bridge.api.server import serve
 
-    settings = settings_with(api_port=port, api_host=host)
+    settings = load_settings(api_port=port, api_host=host)
     logs.setup(settings.log_level, console=settings.log_format == "console")
     try:
         serve(settings)
@@ -157,7 +143,7 @@ def provision(
     """Create or grow the deployment's topics and register search attributes (idempotent)."""
     from bridge.wiring import provision as run_provision
 
-    settings = settings_with()
+    settings = load_settings()
     logs.setup(settings.log_level, console=settings.log_format == "console")
     try:
         report = asyncio.run(run_provision(settings, partitions, replication_factor))
@@ -192,7 +178,7 @@ def produce(
     from bridge.envelope import encode_event
     from bridge.wiring import started_producer
 
-    settings = settings_with()
+    settings = load_settings()
     try:
         parsed = json.loads(data)
     except ValueError as exc:
@@ -241,7 +227,7 @@ def tail(
     """Print records as JSON lines: topic, partition, offset, key, headers, data|error."""
     from bridge.cli.tail import tail_topic
 
-    settings = settings_with()
+    settings = load_settings()
     try:
         count = asyncio.run(
             tail_topic(
@@ -273,7 +259,7 @@ def routes_check(
     from bridge.codec import SchemaCatalog
     from bridge.routes import RoutesConfig, check_routes
 
-    settings = settings_with()
+    settings = load_settings()
     file = path or settings.routes_file
     try:
         config = RoutesConfig.load(file)

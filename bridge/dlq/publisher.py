@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from bridge import kafka
-from bridge.envelope import RecordLike
+from bridge.envelope import RecordLike, record_size
 from bridge.errors import BridgeError, TransientError
 
 log = logging.getLogger("ktb.dlq")
@@ -65,15 +65,6 @@ def bounded(text: str, limit: int = MAX_MESSAGE_BYTES) -> bytes:
     if len(raw) <= limit:
         return raw
     return raw[:limit].decode("utf-8", "ignore").encode("utf-8")
-
-
-def record_size(record: RecordLike) -> int:
-    """Bytes of the record's key, value and headers."""
-    return (
-        len(record.key or b"")
-        + len(record.value or b"")
-        + sum(len(k.encode()) + len(v) for k, v in record.headers)
-    )
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from temporalio.exceptions import ApplicationError
 
 from bridge import kafka
 from bridge.codec import AVRO, SchemaCatalog
-from bridge.envelope import KafkaRecord, encode_event
+from bridge.envelope import KafkaRecord, encode_event, record_size
 from bridge.errors import BridgeError, SchemaMismatchError
 from bridge.observability.metrics import Metrics
 from bridge.observability.tracing import outgoing_traceparent
@@ -96,12 +96,6 @@ def rejected(
         "kafka_error": type(exc).__name__,
     }
     return ApplicationError(message, details, type=type(exc).__name__, non_retryable=True)
-
-
-def record_size(record: KafkaRecord) -> int:
-    """Bytes of a record's key, value and headers (what counts against Kafka's limits)."""
-    headers = sum(len(name.encode()) + len(value) for name, value in record.headers)
-    return len(record.key or b"") + len(record.value) + headers
 
 
 class Publisher:
