@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 from bridge import kafka
 from bridge.codec import SchemaCatalog
 from bridge.dispatch import Dispatcher, Outcome, Result
-from bridge.envelope import Event, KafkaRecord, RecordLike, decode_record, encode_event
+from bridge.envelope import (
+    Event,
+    KafkaRecord,
+    RecordLike,
+    decode_consumed,
+    decode_record,
+    encode_event,
+)
 from bridge.errors import BridgeError, ConfigError, PermanentError, TransientError
 from bridge.ingress import Ingress
 from bridge.observability.logs import setup as setup_logging
@@ -71,6 +78,7 @@ __all__ = [  # noqa: RUF022
     "KafkaRecord",
     "SchemaCatalog",
     "decode_record",
+    "decode_consumed",
     "encode_event",
     "Action",
     "ActionKind",

@@ -231,6 +231,21 @@ def decode_record(
     )
 
 
+def decode_consumed(catalog: SchemaCatalog, record: RecordLike) -> Event:
+    """Decode a consumed Kafka record into an event with its coordinates (``decode_record``
+    over the record's parts)."""
+    return decode_record(
+        catalog,
+        value=record.value,
+        headers=record.headers,
+        key=record.key,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        timestamp_ms=record.timestamp,
+    )
+
+
 def encode_event(
     catalog: SchemaCatalog,
     *,

@@ -14,7 +14,7 @@ from opentelemetry.trace import Tracer
 from bridge.codec import SchemaCatalog
 from bridge.dispatch import DryRun, Executor, Outcome, Result
 from bridge.dlq.publisher import DeadLetterPublisher
-from bridge.envelope import Event, RecordLike, decode_record
+from bridge.envelope import Event, RecordLike, decode_consumed
 from bridge.errors import PermanentError, UnmatchedEventError
 from bridge.observability import tracing
 from bridge.observability.metrics import Metrics
@@ -22,20 +22,6 @@ from bridge.provenance import ProvenanceWriter
 from bridge.routes import Action, Router
 
 log = logging.getLogger("ktb.ingress")
-
-
-def decode(catalog: SchemaCatalog, record: RecordLike) -> Event:
-    """Decode a Kafka record into an event with its coordinates."""
-    return decode_record(
-        catalog,
-        value=record.value,
-        headers=record.headers,
-        key=record.key,
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        timestamp_ms=record.timestamp,
-    )
 
 
 NOT_ACTED = (Outcome.DUPLICATE, Outcome.DRY_RUN)
@@ -76,7 +62,7 @@ class Ingress:
 
     def plan(self, record: RecordLike) -> tuple[Event, Action | None]:
         """Decode and route without acting (dry runs); raises ``PermanentError``."""
-        event = decode(self.catalog, record)
+        event = decode_consumed(self.catalog, record)
         return event, self.route(event)
 
     async def handle(self, record: RecordLike) -> Result:
@@ -91,7 +77,7 @@ class Ingress:
     async def _handle(self, record: RecordLike) -> Result:
         event: Event | None = None
         try:
-            event = decode(self.catalog, record)
+            event = decode_consumed(self.catalog, record)
             action = self.route(event)
             if action is None:
                 result = Result(Outcome.SKIPPED, detail="no route matched")

@@ -32,7 +32,7 @@ from bridge import (
     RecordLike,
     SchemaCatalog,
     Settings,
-    decode_record,
+    decode_consumed,
     kafka,
     open_telemetry,
     run_worker,
@@ -161,16 +161,7 @@ async def consume_events(
 
 def _decode(catalog: SchemaCatalog, record: RecordLike) -> Event | None:
     try:
-        return decode_record(
-            catalog,
-            value=record.value,
-            headers=record.headers,
-            key=record.key,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            timestamp_ms=record.timestamp,
-        )
+        return decode_consumed(catalog, record)
     except PermanentError as exc:
         log.warning(
             "skipping a record that is not an event: %s",

@@ -23,7 +23,7 @@ from temporalio.worker import Worker
 
 from bridge import kafka
 from bridge.codec import SchemaCatalog
-from bridge.envelope import Event, decode_record
+from bridge.envelope import Event, decode_consumed
 from bridge.kafka import stop_consumer
 from bridge.routes import RoutesConfig
 from bridge.sdk.egress import Publisher
@@ -133,15 +133,7 @@ class Collector:
                 batch = await consumer.getmany(timeout_ms=100)
                 for records in batch.values():
                     for r in records:
-                        event = decode_record(
-                            self.catalog,
-                            value=r.value,
-                            headers=r.headers,
-                            key=r.key,
-                            topic=r.topic,
-                            partition=r.partition,
-                            offset=r.offset,
-                        )
+                        event = decode_consumed(self.catalog, r)
                         self.events.setdefault(r.topic, []).append(event)
         finally:
             await stop_consumer(consumer)

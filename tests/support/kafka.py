@@ -15,7 +15,7 @@ from temporalio.client import Client
 from bridge import kafka
 from bridge.cli.tail import render
 from bridge.codec import SchemaCatalog
-from bridge.envelope import Event, decode_record, encode_event
+from bridge.envelope import Event, decode_consumed, encode_event
 from bridge.kafka import stop_consumer
 from bridge.settings import Settings
 
@@ -121,15 +121,7 @@ class Services:
 
     def decode(self, record: ConsumerRecord) -> Event:
         """Decode a record read back from Kafka."""
-        return decode_record(
-            self.catalog,
-            value=record.value,
-            headers=record.headers,
-            key=record.key,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-        )
+        return decode_consumed(self.catalog, record)
 
     def render(self, record: ConsumerRecord) -> dict[str, Any]:
         """A record as ``ktb tail`` prints it."""

@@ -22,6 +22,7 @@ PUBLIC = [
     "KafkaRecord",
     "SchemaCatalog",
     "decode_record",
+    "decode_consumed",
     "encode_event",
     "Action",
     "ActionKind",
