@@ -126,6 +126,12 @@ class TransientError(BridgeError):
     transient = True
 
 
+class ReplayError(BridgeError):
+    """A replay could not run to the end."""
+
+    error_type = "replay_error"
+
+
 class InvalidRequestError(BridgeError):
     """A replay or redrive request is wrong (range, topic, partition, selection); nothing done."""
 

@@ -9,11 +9,11 @@ counts each record once (``report``). A replay runs in the foreground
 (``workflow``).
 """
 
+from bridge.errors import ReplayError
 from bridge.replay.lookups import Known, KnownWorkflows, ReplayDispatcher
 from bridge.replay.plan import (
     Bound,
     PartitionRange,
-    ReplayError,
     ReplayMode,
     ReplayPlan,
     ReplayRequest,

@@ -19,19 +19,13 @@ from aiokafka.errors import KafkaError
 
 from bridge import kafka
 from bridge.envelope import TENANT, RecordLike, ce_attribute
-from bridge.errors import BridgeError, InvalidRequestError
+from bridge.errors import InvalidRequestError, ReplayError
 from bridge.kafka import stop_consumer
 from bridge.kafka.topics import topic_partitions
 from bridge.settings import Settings
 
 NOW = "now"
 EARLIEST = "earliest"
-
-
-class ReplayError(BridgeError):
-    """A replay could not run to the end."""
-
-    error_type = "replay_error"
 
 
 class ReplayMode(StrEnum):

@@ -35,13 +35,13 @@ from bridge.dispatch import DryRun, Executor
 from bridge.dlq.publisher import DeadLetterPublisher
 from bridge.engine import CANCEL_GRACE_S, Engine, PartitionState
 from bridge.envelope import RecordLike
-from bridge.errors import BridgeError, InvalidRequestError
+from bridge.errors import BridgeError, InvalidRequestError, ReplayError
 from bridge.ingress import Ingress
 from bridge.kafka import stop_consumer
 from bridge.observability.metrics import Metrics
 from bridge.provenance import ProvenanceWriter
 from bridge.replay.lookups import FreshIds, ReplayDispatcher
-from bridge.replay.plan import ReplayError, ReplayMode, ReplayPlan, ReplayRequest
+from bridge.replay.plan import ReplayMode, ReplayPlan, ReplayRequest
 from bridge.replay.report import ReplayCheckpoint, ReplayReport
 from bridge.routes import Router
 from bridge.settings import Settings
