@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,7 +17,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 class Settings(BaseSettings):
     """Configuration shared by the bridge, the API, workers and the CLI."""
 
-    model_config = SettingsConfigDict(env_prefix="KTB_", extra="ignore")
+    # Errors name the setting, never echo its value: values may carry secrets.
+    model_config = SettingsConfigDict(env_prefix="KTB_", extra="ignore", hide_input_in_errors=True)
 
     kafka_bootstrap: str = "localhost:9092"
     temporal_address: str = "localhost:7233"
@@ -183,6 +185,93 @@ class Settings(BaseSettings):
     temporal_tls_key: Path | None = Field(None, description="PEM client private key (mTLS)")
     temporal_tls_server_name: str | None = Field(None, description="TLS server name override")
     temporal_api_key: SecretStr | None = None
+
+    # Schema Registry (Confluent-compatible REST API), for records in its wire format.
+    # Credentials are secrets: never logged, never in the URL.
+    schema_registry_url: str | None = Field(
+        None,
+        description="Confluent-compatible base URL, e.g. "
+        "http://127.0.0.1:8085/apis/ccompat/v7 (Apicurio); unset: no registry",
+    )
+    schema_registry_username: str | None = Field(None, description="Basic-auth user")
+    schema_registry_password: SecretStr | None = Field(None, description="Basic-auth password")
+    schema_registry_token: SecretStr | None = Field(None, description="Bearer token")
+    schema_registry_ca_file: str | None = Field(None, description="PEM CA bundle of the registry")
+    schema_registry_cert_file: str | None = Field(None, description="PEM client certificate (mTLS)")
+    schema_registry_key_file: str | None = Field(None, description="PEM client private key (mTLS)")
+    schema_registry_insecure: bool = Field(
+        False,
+        description="Allow credentials over plain http (a trusted network only, like "
+        "Kafka's SASL_PLAINTEXT)",
+    )
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _registry_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        url = urlsplit(value)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(
+                f"schema_registry_url must be an http:// or https:// URL with a host "
+                f"(scheme {url.scheme[:20]!r})"
+            )
+        if url.username is not None or url.password is not None:
+            raise ValueError(
+                "schema_registry_url must not carry credentials; set "
+                "KTB_SCHEMA_REGISTRY_USERNAME and KTB_SCHEMA_REGISTRY_PASSWORD "
+                "(or KTB_SCHEMA_REGISTRY_TOKEN) instead"
+            )
+        if url.query or url.fragment:
+            raise ValueError("schema_registry_url must have no query or fragment")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _registry_security(self) -> Settings:
+        user = self.schema_registry_username
+        password = self.schema_registry_password
+        basic = user is not None or password is not None
+        token = self.schema_registry_token is not None
+        tls = [
+            name
+            for name in ("ca_file", "cert_file", "key_file")
+            if getattr(self, f"schema_registry_{name}") is not None
+        ]
+        if self.schema_registry_url is None:
+            if basic or token or tls:
+                raise ValueError(
+                    "Schema Registry credentials or TLS files are set but "
+                    "KTB_SCHEMA_REGISTRY_URL is not"
+                )
+            return self
+        if basic and (not user or password is None or not password.get_secret_value()):
+            raise ValueError(
+                "Schema Registry basic auth needs both KTB_SCHEMA_REGISTRY_USERNAME and "
+                "KTB_SCHEMA_REGISTRY_PASSWORD"
+            )
+        if basic and token:
+            raise ValueError(
+                "set either Schema Registry basic auth (KTB_SCHEMA_REGISTRY_USERNAME/_PASSWORD) "
+                "or a bearer token (KTB_SCHEMA_REGISTRY_TOKEN), not both"
+            )
+        if (self.schema_registry_key_file is None) != (self.schema_registry_cert_file is None):
+            raise ValueError(
+                "Schema Registry mTLS needs both KTB_SCHEMA_REGISTRY_CERT_FILE and "
+                "KTB_SCHEMA_REGISTRY_KEY_FILE"
+            )
+        plain = urlsplit(self.schema_registry_url).scheme == "http"
+        if plain and tls:
+            raise ValueError(
+                "Schema Registry TLS files are set but KTB_SCHEMA_REGISTRY_URL is http://; "
+                "use https://"
+            )
+        if plain and (basic or token) and not self.schema_registry_insecure:
+            raise ValueError(
+                "Schema Registry credentials would cross the network in the clear: use an "
+                "https:// KTB_SCHEMA_REGISTRY_URL (or KTB_SCHEMA_REGISTRY_INSECURE=true on "
+                "a trusted network)"
+            )
+        return self
 
     # Replays (`ktb replay`, POST /replays) and dead-letter redrive (`ktb dlq`).
     replay_task_queue: str = Field("ktb-replay", description="Task queue of replay workflows")
