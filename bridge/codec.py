@@ -1,9 +1,12 @@
-"""Avro schema catalog, single-object encoding and JSON validation.
+"""Avro schema catalog, the wire formats of event data, schema resolution.
 
 Every ``.avsc`` under the schemas directory is one event type; the Avro full
 name is the CloudEvents type (``com.example.order.placed``). Data on the wire is
 Avro single-object encoding (``C3 01`` + CRC-64-AVRO fingerprint, little endian +
-body) or JSON validated against the same schema.
+body), JSON validated against the same schema, or Schema Registry framing (``00``
++ a 4-byte big-endian schema id + Avro or JSON) whose writer schema the registry
+holds (``WriterSchema``). ``Resolver`` reads Avro written with one schema as the
+schema a route expects (Avro schema resolution), deciding once per pair.
 """
 
 from __future__ import annotations
@@ -15,15 +18,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import avro.errors
+import avro.schema
 import fastavro
+from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from fastavro.validation import validate
 
-from bridge.errors import ConfigError, DecodeError, SchemaMismatchError, UnknownSchemaError
+from bridge.errors import (
+    ConfigError,
+    DecodeError,
+    SchemaIncompatibleError,
+    SchemaMismatchError,
+    UnknownSchemaError,
+)
 
 MAGIC = b"\xc3\x01"
 AVRO = "application/avro"
 JSON = "application/json"
+REGISTRY_MAGIC = 0
+"""The first byte of Schema Registry framing; a 4-byte big-endian schema id follows."""
+REGISTRY_HEADER = 5
+AVRO_BODY_ERRORS = (EOFError, ValueError, IndexError, UnicodeDecodeError, OverflowError, KeyError)
+"""What fastavro raises on bytes that do not decode as the schema says."""
+
+
+def registry_schema_id(value: bytes) -> int | None:
+    """The schema id of a value in Schema Registry framing; ``None`` if it is not framed so."""
+    if len(value) >= REGISTRY_HEADER and value[0] == REGISTRY_MAGIC:
+        return int.from_bytes(value[1:REGISTRY_HEADER], "big")
+    return None
 
 
 @dataclass(frozen=True)
@@ -131,7 +155,7 @@ class SchemaCatalog:
             )
         try:
             return schema, fastavro.schemaless_reader(io.BytesIO(value[10:]), schema.parsed, None)
-        except (EOFError, ValueError, IndexError, UnicodeDecodeError, OverflowError) as exc:
+        except AVRO_BODY_ERRORS as exc:
             raise DecodeError(f"Avro body does not decode as {schema.name}: {exc}") from exc
 
     def from_json(self, type_name: str, value: bytes | str) -> Any:
@@ -183,3 +207,148 @@ def _field_of(detail: str, schema_name: str) -> str:
         if head.startswith(prefix):
             return head[len(prefix) :]
     return head
+
+
+# --- Schema Registry writer schemas and resolution ---------------------------------
+
+AVRO_KIND = "AVRO"
+JSON_KIND = "JSON"
+PROTOBUF_KIND = "PROTOBUF"
+
+
+@dataclass(frozen=True, eq=False)
+class WriterSchema:
+    """A schema a producer wrote with, as the registry holds it under ``id``; parsed once.
+
+    ``kind`` is the registry's schema type (``AVRO``, ``JSON``, ``PROTOBUF``); ``name``
+    the Avro full name or the JSON Schema ``title`` (the default event type), if any.
+    """
+
+    id: int
+    kind: str
+    name: str | None
+    raw: Any
+    """The schema as JSON (a dict for Avro records and JSON Schemas)."""
+    parsed: Any = None
+    """fastavro's parsed Avro schema (``None`` for other kinds)."""
+    canonical: str | None = None
+    """Avro's parsing canonical form: equal forms read alike without resolution."""
+
+    @classmethod
+    def parse(cls, schema_id: int, kind: str | None, text: str) -> WriterSchema:
+        """Parse a registry schema (its type and its text); ``DecodeError`` if it does not."""
+        kind = (kind or AVRO_KIND).upper()
+        if kind == PROTOBUF_KIND:
+            return cls(schema_id, kind, None, text)
+        try:
+            raw = json.loads(text)
+        except ValueError as exc:
+            raise DecodeError(f"registry schema {schema_id} is not JSON: {exc}") from exc
+        if kind == JSON_KIND:
+            title = raw.get("title") if isinstance(raw, dict) else None
+            return cls(schema_id, kind, title if isinstance(title, str) else None, raw)
+        try:
+            parsed = fastavro.parse_schema(raw, _write_hint=True, _force=True)
+        except (ValueError, TypeError, fastavro.schema.SchemaParseException) as exc:
+            raise DecodeError(
+                f"registry schema {schema_id} is not a valid Avro schema: {exc}"
+            ) from exc
+        name = parsed.get("name") if isinstance(parsed, dict) else None
+        return cls(schema_id, kind, name, raw, parsed, to_parsing_canonical_form(parsed))
+
+
+class Resolver:
+    """Reads Avro written with a registry schema as the schema a route expects.
+
+    Whether a writer resolves to a reader is decided once per (writer id, reader)
+    pair with Avro's own compatibility rules and kept, so a record costs one dict
+    lookup and the body decode; identical schemas are read without resolution.
+    """
+
+    def __init__(self) -> None:
+        self._pairs: dict[tuple[int, bytes | int], Any] = {}
+        self._checker = ReaderWriterCompatibilityChecker()
+
+    def reader_for(self, writer: WriterSchema, reader: EventSchema | WriterSchema) -> Any:
+        """The reader schema to hand fastavro (``None``: read as written); raises
+        ``SchemaIncompatibleError`` naming the field when the writer does not resolve."""
+        pair = (writer.id, reader.id if isinstance(reader, WriterSchema) else reader.fingerprint)
+        found = self._pairs.get(pair)
+        if found is None:
+            found = self._decide(writer, reader)
+            self._pairs[pair] = found
+        if isinstance(found, SchemaIncompatibleError):
+            raise SchemaIncompatibleError(found.message, field=found.field)
+        return found[0]
+
+    def _decide(
+        self, writer: WriterSchema, reader: EventSchema | WriterSchema
+    ) -> tuple[Any] | SchemaIncompatibleError:
+        reader_canonical = (
+            reader.canonical
+            if isinstance(reader, WriterSchema)
+            else to_parsing_canonical_form(reader.parsed)
+        )
+        if writer.canonical == reader_canonical:
+            return (None,)
+        reader_raw = reader.raw if isinstance(reader, WriterSchema) else reader.parsed
+        try:
+            result = self._checker.get_compatibility(
+                _avro_schema(reader_raw), _avro_schema(writer.raw)
+            )
+        except (avro.errors.AvroException, ValueError, TypeError) as exc:
+            return SchemaIncompatibleError(
+                f"writer schema {writer.id} cannot be compared with {reader.name}: {exc}"
+            )
+        if result.compatibility is SchemaCompatibilityType.compatible:
+            return (reader.parsed,)
+        # The deepest location names the field; "/" is the record holding it.
+        location = max(result.locations, key=lambda loc: (loc.count("/"), loc), default="")
+        field = _field_at(reader_raw, location)
+        kinds = ", ".join(sorted({i.value.replace("_", " ") for i in result.incompatibilities}))
+        detail = "; ".join(sorted(result.messages))
+        return SchemaIncompatibleError(
+            f"writer schema {writer.id} ({writer.name}) does not resolve to {reader.name}: "
+            f"field {field!r}: {kinds} ({detail})",
+            field=field,
+        )
+
+
+def _avro_schema(raw: Any) -> avro.schema.Schema:
+    """``raw`` (fastavro's parse keeps the JSON shape, plus hints) as the avro library's."""
+    return avro.schema.parse(json.dumps(_without_hints(raw)))
+
+
+def _without_hints(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_hints(v) for k, v in value.items() if not k.startswith("__")}
+    if isinstance(value, list):
+        return [_without_hints(v) for v in value]
+    return value
+
+
+def _field_at(schema: Any, pointer: str) -> str:
+    """The dotted field path a compatibility location (``/fields/2/type/fields/0``) names."""
+    names: list[str] = []
+    node = schema
+    parts = [p for p in pointer.split("/") if p]
+    for n, part in enumerate(parts):
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+            if n > 0 and parts[n - 1] == "fields" and isinstance(node, dict):
+                names.append(str(node.get("name")))
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            break
+    return ".".join(names) or "(schema)"
+
+
+def read_avro(body: bytes, writer: Any, reader: Any, what: str) -> Any:
+    """Decode an Avro body written with ``writer`` as ``reader`` (``None``: as written)."""
+    try:
+        return fastavro.schemaless_reader(io.BytesIO(body), writer, reader)
+    except fastavro.read.SchemaResolutionError as exc:
+        raise SchemaIncompatibleError(f"{what}: {exc}") from exc
+    except AVRO_BODY_ERRORS as exc:
+        raise DecodeError(f"Avro body does not decode as {what}: {exc}") from exc

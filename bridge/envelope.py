@@ -180,38 +180,85 @@ def decode_record(
     offset: int | None = None,
     timestamp_ms: int | None = None,
 ) -> Event:
-    """Turn a Kafka record into an ``Event``; raise a ``PermanentError`` if it is not one.
+    """Turn a binary-mode CloudEvent record into an ``Event``; raise a ``PermanentError``
+    if it is not one.
 
     Reads the CloudEvents Kafka binding as ``cloudevents.core.bindings.kafka.from_binary``
     does (``ce_attributes``), without building the SDK's event object on the hot path.
-    A tenant id that is not well formed is a ``TenantError``.
+    A tenant id that is not well formed is a ``TenantError``. The bridge reads every
+    other wire format too, through ``bridge.decoding.Decoder``; this reads ktb's own.
     """
     if value is None:
         raise DecodeError("record has no value (tombstone)")
     attrs = ce_attributes(headers)
+    check_attributes(attrs, BINARY)
+    data = decode_data(catalog, attrs["type"], attrs.get("datacontenttype"), value)
+    return event_from_attributes(
+        attrs,
+        data,
+        trace=trace_headers(headers),
+        key=key,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp_ms=timestamp_ms,
+    )
+
+
+BINARY = "binary"
+STRUCTURED = "structured"
+
+
+def check_attributes(attrs: Mapping[str, str], mode: str) -> None:
+    """``DecodeError`` unless ``attrs`` hold a CloudEvent 1.0's required attributes.
+
+    ``mode`` (``BINARY``, ``STRUCTURED``) says where they were read, for the message.
+    """
+    for required in ("id", "type", "source", "specversion"):
+        if not attrs.get(required):
+            if mode == BINARY:
+                raise DecodeError(
+                    f"record is not a binary-mode CloudEvent: no ce_{required} header"
+                )
+            raise DecodeError(f"structured-mode CloudEvent has no {required!r} attribute")
+    if attrs["specversion"] != "1.0":
+        raise DecodeError(f"unsupported CloudEvents specversion {attrs['specversion']!r}")
+
+
+def trace_headers(headers: Headers) -> dict[str, str]:
+    """The W3C trace context headers of a record (``traceparent``, ``tracestate``)."""
     trace: dict[str, str] = {}
     for name, raw in headers:
         lname = name.lower()
         if lname in (TRACEPARENT, TRACESTATE):
             trace[lname] = raw.decode("utf-8", "replace")
-    for required in ("id", "type", "source", "specversion"):
-        if not attrs.get(required):
-            raise DecodeError(f"record is not a binary-mode CloudEvent: no ce_{required} header")
-    if attrs["specversion"] != "1.0":
-        raise DecodeError(f"unsupported CloudEvents specversion {attrs['specversion']!r}")
+    return trace
+
+
+def event_from_attributes(
+    attrs: Mapping[str, str],
+    data: Any,
+    *,
+    trace: Mapping[str, str],
+    key: bytes | None,
+    topic: str | None,
+    partition: int | None,
+    offset: int | None,
+    timestamp_ms: int | None,
+) -> Event:
+    """The ``Event`` of checked CloudEvents attributes (``check_attributes``) and decoded
+    data; ``DecodeError`` for a ``time`` that is not RFC 3339, ``TenantError`` for a
+    tenant id that is not well formed."""
     time: datetime | None = None
     if "time" in attrs:
         try:
             time = datetime.fromisoformat(attrs["time"])
         except ValueError as exc:
             raise DecodeError(f"ce_time is not an RFC 3339 timestamp: {attrs['time']!r}") from exc
-    type_name = attrs["type"]
-    content_type = attrs.get("datacontenttype")
-    data = decode_data(catalog, type_name, content_type, value)
     extensions = {k: v for k, v in attrs.items() if k not in _KNOWN_ATTRS}
     return Event(
         id=attrs["id"],
-        type=type_name,
+        type=attrs["type"],
         source=attrs["source"],
         data=data,
         time=time,
@@ -221,7 +268,7 @@ def decode_record(
         causation_id=attrs.get(CAUSATION),
         traceparent=trace.get(TRACEPARENT),
         tracestate=trace.get(TRACESTATE),
-        content_type=content_type,
+        content_type=attrs.get("datacontenttype"),
         key=key.decode("utf-8", "replace") if key is not None else None,
         topic=topic,
         partition=partition,

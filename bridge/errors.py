@@ -61,6 +61,27 @@ class UnknownSchemaError(DecodeError):
     error_type = "unknown_schema"
 
 
+class UnknownSchemaIdError(UnknownSchemaError):
+    """The Schema Registry has no schema with the record's schema id; ``schema_id`` names it."""
+
+    error_type = "unknown_schema_id"
+
+    def __init__(self, message: str, *, schema_id: int, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.schema_id = schema_id
+
+
+class UnsupportedFormatError(DecodeError):
+    """The record is in a wire format ktb recognises and does not read (Protobuf framing,
+    Schema Registry framing with no registry configured); ``format`` names it."""
+
+    error_type = "unsupported_format"
+
+    def __init__(self, message: str, *, format: str, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.format = format
+
+
 class SchemaMismatchError(PermanentError):
     """The data does not fit the schema of its type; ``field`` names where."""
 
@@ -69,6 +90,13 @@ class SchemaMismatchError(PermanentError):
     def __init__(self, message: str, *, field: str | None = None, **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.field = field
+
+
+class SchemaIncompatibleError(SchemaMismatchError):
+    """The writer schema cannot be resolved to the reader schema the route expects (Avro
+    schema resolution); ``field`` names the first field that does not resolve."""
+
+    error_type = "schema_incompatible"
 
 
 class RouteError(PermanentError):
@@ -124,6 +152,18 @@ class TransientError(BridgeError):
 
     error_type = "transient"
     transient = True
+
+
+class SchemaNotLoaded(TransientError):
+    """A record needs a Schema Registry schema that is not cached yet; the asynchronous
+    decode (``Decoder.decode``) loads it, the synchronous one (``decode_now``) cannot."""
+
+    error_type = "schema_not_loaded"
+
+    def __init__(self, message: str, *, schema_id: int | None = None, subject: str | None = None):
+        super().__init__(message)
+        self.schema_id = schema_id
+        self.subject = subject
 
 
 class ReplayError(BridgeError):

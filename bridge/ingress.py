@@ -1,7 +1,8 @@
 """One record through the bridge: decode → route → dispatch, or dead-letter.
 
-Live consumption, replay and the HTTP API all call ``Ingress.handle``; they
-differ only in where records come from and whether offsets are committed.
+Live consumption, replay and the HTTP API all go through one ``Ingress`` and its
+``Decoder``; they differ only in where records come from and whether offsets are
+committed.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import time
 from opentelemetry.trace import Tracer
 
 from bridge.codec import SchemaCatalog
+from bridge.decoding import Decoder
 from bridge.dispatch import DryRun, Executor, Outcome, Result
 from bridge.dlq.publisher import DeadLetterPublisher
-from bridge.envelope import Event, RecordLike, decode_consumed
+from bridge.envelope import Event, RecordLike
 from bridge.errors import PermanentError, UnmatchedEventError
 from bridge.observability import tracing
 from bridge.observability.metrics import Metrics
@@ -40,9 +42,12 @@ class Ingress:
         metrics: Metrics | None = None,
         provenance: ProvenanceWriter | None = None,
         tracer: Tracer | None = None,
+        decoder: Decoder | None = None,
     ) -> None:
         self.catalog = catalog
         self.router = router
+        self.decoder = decoder or Decoder(catalog, router.config.envelope)
+        """Records to events in every wire format; without one, no Schema Registry."""
         self.dispatcher: Executor = dispatcher if dispatcher is not None else DryRun()
         """Carries out routed actions; without one (dry runs), ``DryRun`` describes them."""
         self.dead_letters = dead_letters
@@ -61,8 +66,16 @@ class Ingress:
         return action
 
     def plan(self, record: RecordLike) -> tuple[Event, Action | None]:
-        """Decode and route without acting (dry runs); raises ``PermanentError``."""
-        event = decode_consumed(self.catalog, record)
+        """Decode and route without acting, from cached schemas only; raises
+        ``PermanentError``, and ``SchemaNotLoaded`` (transient) for a registry schema
+        not fetched yet (``predict`` fetches it)."""
+        event = self.decoder.decode_now(record)
+        return event, self.route(event)
+
+    async def predict(self, record: RecordLike) -> tuple[Event, Action | None]:
+        """Decode and route without acting, fetching registry schemas on first sight;
+        raises ``PermanentError``, or ``TransientError`` while the registry is away."""
+        event = await self.decoder.decode(record)
         return event, self.route(event)
 
     async def handle(self, record: RecordLike) -> Result:
@@ -77,7 +90,7 @@ class Ingress:
     async def _handle(self, record: RecordLike) -> Result:
         event: Event | None = None
         try:
-            event = decode_consumed(self.catalog, record)
+            event = await self.decoder.decode(record)
             action = self.route(event)
             if action is None:
                 result = Result(Outcome.SKIPPED, detail="no route matched")

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bridge.codec import SchemaCatalog
+from bridge.decoding import EnvelopeSpec
 from bridge.envelope import Event
 from bridge.errors import ConfigError, RouteError
 from bridge.templates import (
@@ -102,6 +103,10 @@ class RoutesConfig(BaseModel):
     topics: dict[str, int] = Field(
         default_factory=dict,
         description="Topics the deployment uses (egress too) and their partition counts",
+    )
+    envelope: dict[str, EnvelopeSpec] = Field(
+        default_factory=dict,
+        description="Per topic: how records without CloudEvents headers become events",
     )
 
     def topic_partitions(self, default: int = 3) -> dict[str, int]:
@@ -320,6 +325,7 @@ class Router:
             RoutesConfig(
                 routes=[r.spec for r in self.routes if r.name in wanted],
                 unmatched=self.config.unmatched,
+                envelope=self.config.envelope,
             )
         )
 

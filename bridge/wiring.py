@@ -21,6 +21,7 @@ from bridge.api.index import IndexFollower, ProvenanceIndex
 from bridge.api.state import ApiState, topic_map
 from bridge.codec import SchemaCatalog
 from bridge.consumer import BridgeConsumer
+from bridge.decoding import open_decoder
 from bridge.dispatch import Dispatcher
 from bridge.dlq.publisher import DeadLetterPublisher
 from bridge.errors import ConfigError, TransientError
@@ -89,7 +90,8 @@ async def open_bridge(settings: Settings, telemetry: Telemetry) -> AsyncIterator
     # Provenance gets a producer of its own: one record per event, batched over a
     # longer linger than dead letters need, and never queued behind them.
     recorder = started_producer(settings, linger_ms=settings.provenance_linger_ms)
-    async with started_producer(settings) as producer, recorder as provenance:
+    decoding = open_decoder(settings, catalog, router.config.envelope)
+    async with started_producer(settings) as producer, recorder as provenance, decoding as decoder:
         ingress = Ingress(
             catalog,
             router,
@@ -98,6 +100,7 @@ async def open_bridge(settings: Settings, telemetry: Telemetry) -> AsyncIterator
             telemetry.metrics,
             provenance=ProvenanceWriter(provenance, settings.provenance_topic),
             tracer=telemetry.tracer,
+            decoder=decoder,
         )
         yield BridgeConsumer(settings, ingress, router.topics, telemetry.metrics)
 
@@ -193,9 +196,30 @@ async def open_api_state(
     """
     catalog = SchemaCatalog.from_dir(settings.schemas_dir)
     router = _api_router(settings)
-    # The API plans events with the bridge's own decoding and routing (unmatched rule
-    # included) to answer which workflow an event goes to; it acts on nothing.
-    ingress = Ingress(catalog, router, None, None, metrics) if router is not None else None
+    async with open_decoder(
+        settings, catalog, router.config.envelope if router is not None else {}
+    ) as decoder:
+        # The API plans events with the bridge's own decoding and routing (unmatched
+        # rule included) to answer which workflow an event goes to; it acts on nothing.
+        ingress = (
+            Ingress(catalog, router, None, None, metrics, decoder=decoder)
+            if router is not None
+            else None
+        )
+        async with _api_state(settings, metrics, telemetry, catalog, router, ingress) as state:
+            yield state
+
+
+@contextlib.asynccontextmanager
+async def _api_state(
+    settings: Settings,
+    metrics: Metrics,
+    telemetry: Telemetry | None,
+    catalog: SchemaCatalog,
+    router: Router | None,
+    ingress: Ingress | None,
+) -> AsyncIterator[ApiState]:
+    """The API's clients around its ``ingress``, closed on exit."""
     keys = KeyRing(settings.api_keys, enabled=settings.api_auth)
     if not settings.api_auth:
         log.warning("API authentication is OFF (KTB_API_AUTH=off): every caller sees every tenant")

@@ -35,7 +35,7 @@ from bridge.api.problems import Problem
 from bridge.api.state import ApiState, CallerDep, ProducedEvent, State
 from bridge.codec import AVRO
 from bridge.envelope import KafkaRecord, encode_event
-from bridge.errors import PermanentError
+from bridge.errors import PermanentError, TransientError
 
 router = APIRouter(tags=["events"])
 log = logging.getLogger("ktb.api")
@@ -239,7 +239,7 @@ async def produce(
         tenant,
         inbound.partitionkey,
         topic,
-        predict_workflow(state, record, topic),
+        await predict_workflow(state, record, topic),
         meta.partition,
         meta.offset,
     )
@@ -247,18 +247,19 @@ async def produce(
     return produced, False
 
 
-def predict_workflow(state: ApiState, record: KafkaRecord, topic: str) -> str | None:
-    """The workflow the bridge's routes map this record to (``None``: none, or no routes).
+async def predict_workflow(state: ApiState, record: KafkaRecord, topic: str) -> str | None:
+    """The workflow the bridge's routes map this record to (``None``: none, no routes, or
+    the Schema Registry not answering).
 
-    The bridge's own ``Ingress.plan`` decides: the same decoding, routing and
+    The bridge's own ``Ingress.predict`` decides: the same decoder, routing and
     unmatched rule as the bridge, acting on nothing.
     """
     if state.ingress is None:
         return None
     planned = Produced(topic=topic, key=record.key, value=record.value, headers=record.headers)
     try:
-        _, action = state.ingress.plan(planned)
-    except PermanentError:
+        _, action = await state.ingress.predict(planned)
+    except (PermanentError, TransientError):
         return None
     return action.workflow_id if action else None
 

@@ -31,6 +31,7 @@ from temporalio.client import Client
 
 from bridge import kafka
 from bridge.codec import SchemaCatalog
+from bridge.decoding import Decoder, open_decoder
 from bridge.dispatch import DryRun, Executor
 from bridge.dlq.publisher import DeadLetterPublisher
 from bridge.engine import CANCEL_GRACE_S, Engine, PartitionState
@@ -254,8 +255,26 @@ async def replay_ingress(
     """
     catalog = SchemaCatalog.from_dir(settings.schemas_dir)
     router = replay_router(settings, request.routes)
+    async with (
+        open_decoder(settings, catalog, router.config.envelope) as decoder,
+        _replay_ingress(settings, request, catalog, router, decoder, metrics, client) as ingress,
+    ):
+        yield ingress
+
+
+@contextlib.asynccontextmanager
+async def _replay_ingress(
+    settings: Settings,
+    request: ReplayRequest,
+    catalog: SchemaCatalog,
+    router: Router,
+    decoder: Decoder,
+    metrics: Metrics | None,
+    client: Client | None,
+) -> AsyncIterator[Ingress]:
+    """``replay_ingress`` once the decoder is open."""
     if request.dry_run:
-        yield Ingress(catalog, router, fresh_ids(DryRun(), request), None, metrics)
+        yield Ingress(catalog, router, fresh_ids(DryRun(), request), None, metrics, decoder=decoder)
         return
     if client is None:
         raise ReplayError("a replay that acts needs a Temporal client")
@@ -278,6 +297,7 @@ async def replay_ingress(
             DeadLetterPublisher(producer),
             metrics,
             ProvenanceWriter(producer, settings.provenance_topic, via="replay"),
+            decoder=decoder,
         )
     finally:
         await producer.stop()

@@ -1,0 +1,397 @@
+"""Every wire format the bridge reads, through the one ``Decoder``: format detection,
+the per-topic envelope templates, Schema Registry framing with schema resolution, and
+what each kind of bad input becomes. The registry is confluent-kafka's in-memory mock
+client behind the real ``SchemaRegistry`` wrapper."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import fastavro
+import pytest
+from confluent_kafka.schema_registry import Schema
+from confluent_kafka.schema_registry._async.mock_schema_registry_client import (
+    AsyncMockSchemaRegistryClient,
+)
+from confluent_kafka.schema_registry.common._httpx_compat import httpx
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+from bridge.codec import SchemaCatalog, registry_schema_id
+from bridge.decoding import Decoder, EnvelopeSpec
+from bridge.envelope import encode_event
+from bridge.errors import (
+    ConfigError,
+    DecodeError,
+    SchemaIncompatibleError,
+    SchemaMismatchError,
+    SchemaNotLoaded,
+    TenantError,
+    TransientError,
+    UnknownSchemaIdError,
+    UnsupportedFormatError,
+)
+from bridge.registry import SchemaRegistry
+from bridge.routes import RoutesConfig
+from tests.support import MemoryRecord, order_data
+
+PLACED = "com.example.order.placed"
+TOPIC = "orders"
+
+
+def placed_schema(catalog: SchemaCatalog) -> dict[str, Any]:
+    """The local ``order.placed`` schema as JSON (what a producer on v1 registers)."""
+    return json.loads(catalog.get(PLACED).source.read_text())  # type: ignore[union-attr]
+
+
+def v2_added_field(catalog: SchemaCatalog) -> dict[str, Any]:
+    """v2: a field added with a default."""
+    schema = placed_schema(catalog)
+    schema["fields"].append({"name": "coupon", "type": ["null", "string"], "default": None})
+    return schema
+
+
+def record(
+    value: bytes | None,
+    headers: list[tuple[str, bytes]] | None = None,
+    key: bytes | None = b"o-1",
+    offset: int = 7,
+    timestamp: int = 1_767_225_600_000,
+) -> MemoryRecord:
+    return MemoryRecord(TOPIC, 1, offset, key, value, headers or [], timestamp)
+
+
+class FlakyClient(AsyncMockSchemaRegistryClient):
+    """The mock registry, failing its next ``failures`` lookups as ``failure`` says."""
+
+    def __init__(self) -> None:
+        super().__init__({"url": "mock://"})
+        self.failures: list[Exception] = []
+        self.lookups = 0
+
+    async def get_schema(self, schema_id: int, *args: Any, **kw: Any) -> Schema:
+        self.lookups += 1
+        await asyncio.sleep(0)
+        if self.failures:
+            raise self.failures.pop(0)
+        return await super().get_schema(schema_id, *args, **kw)
+
+
+@pytest.fixture
+def client() -> FlakyClient:
+    return FlakyClient()
+
+
+@pytest.fixture
+def registry(client: FlakyClient) -> SchemaRegistry:
+    return SchemaRegistry(client)
+
+
+async def register(client: FlakyClient, subject: str, schema: Any, kind: str = "AVRO") -> int:
+    text = schema if isinstance(schema, str) else json.dumps(schema)
+    return await client.register_schema(subject, Schema(text, kind))
+
+
+def framed(schema_id: int, body: bytes) -> bytes:
+    """Schema Registry framing: magic byte 0, the id big-endian, the body."""
+    return b"\x00" + schema_id.to_bytes(4, "big") + body
+
+
+def avro_body(schema: dict[str, Any], data: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), data)
+    return buf.getvalue()
+
+
+# --- format detection and the envelope of records without CloudEvents headers --------
+
+
+def test_registry_framing_is_five_bytes_from_a_zero() -> None:
+    assert registry_schema_id(b"\x00\x00\x00\x01\x02rest") == 258
+    assert registry_schema_id(b"\x00\x00\x00\x01") is None
+    assert registry_schema_id(b"\xc3\x01" + bytes(8)) is None
+    assert registry_schema_id(b'{"a": 1}') is None
+
+
+async def test_single_object_avro_without_headers_gets_the_default_envelope(
+    catalog: SchemaCatalog,
+) -> None:
+    value = catalog.encode(PLACED, order_data("o-1"))
+    event = await Decoder(catalog).decode(record(value))
+    assert (event.id, event.type, event.source) == (f"{TOPIC}-1-7", PLACED, f"kafka:{TOPIC}")
+    assert event.time == datetime(2026, 1, 1, tzinfo=UTC)
+    assert (event.key, event.tenant_id, event.data) == ("o-1", None, order_data("o-1"))
+
+
+async def test_outbox_relay_shape(catalog: SchemaCatalog) -> None:
+    """Debezium's outbox event router: payload JSON, an ``id`` header, the aggregate id as
+    key, the type in a header; the tenant from a header."""
+    spec = EnvelopeSpec(
+        id="{headers.id}",
+        type="com.example.order.{headers.eventType}",
+        source="outbox/{headers.aggregatetype}",
+        tenant="{headers.tenant}",
+        subject="{key}",
+    )
+    headers = [("id", b"4d47e190"), ("eventType", b"placed"), ("aggregatetype", b"order"),
+               ("tenant", b"acme")]  # fmt: skip
+    value = json.dumps(order_data("o-9")).encode()
+    event = await Decoder(catalog, {TOPIC: spec}).decode(record(value, headers, key=b"o-9"))
+    assert (event.id, event.type, event.source) == ("4d47e190", PLACED, "outbox/order")
+    assert (event.tenant_id, event.subject, event.key) == ("acme", "o-9", "o-9")
+    assert event.data == order_data("o-9")
+
+
+async def test_plain_json_is_checked_against_the_local_schema(catalog: SchemaCatalog) -> None:
+    decoder = Decoder(catalog, {TOPIC: EnvelopeSpec(type=PLACED)})
+    with pytest.raises(SchemaMismatchError) as caught:
+        await decoder.decode(record(b'{"order_id": "o-1"}'))
+    assert caught.value.field == "customer_id"
+
+
+async def test_plain_json_needs_a_type_from_the_envelope(catalog: SchemaCatalog) -> None:
+    with pytest.raises(DecodeError, match="name the type in the topic's envelope"):
+        await Decoder(catalog).decode(record(b' \n{"order_id": "o-1"}'))
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (b"\x01\x02\x03", "no format ktb reads"),
+        (b"[1, 2]", "no format ktb reads"),
+        (b"{not json", "not valid JSON"),
+        (None, "tombstone"),
+        (json.dumps(order_data("o")).encode(), "has no 'headers.id'"),
+    ],
+)
+async def test_bytes_that_are_no_event_are_decode_errors(
+    catalog: SchemaCatalog, value: bytes | None, error: str
+) -> None:
+    decoder = Decoder(catalog, {TOPIC: EnvelopeSpec(id="{headers.id}", type=PLACED)})
+    with pytest.raises(DecodeError, match=error):
+        await decoder.decode(record(value, [("other", b"x")]))
+
+
+async def test_a_tenant_header_that_is_no_tenant_id_is_refused(catalog: SchemaCatalog) -> None:
+    decoder = Decoder(catalog, {TOPIC: EnvelopeSpec(type=PLACED, tenant="{headers.t}")})
+    value = json.dumps(order_data("o")).encode()
+    with pytest.raises(TenantError):
+        await decoder.decode(record(value, [("t", b"a/b")]))
+
+
+async def test_envelope_time_from_a_header(catalog: SchemaCatalog) -> None:
+    value = json.dumps(order_data("o")).encode()
+    decoder = Decoder(catalog, {TOPIC: EnvelopeSpec(type=PLACED, time="{headers.at}")})
+    event = await decoder.decode(record(value, [("at", b"2026-03-04T05:06:07+00:00")]))
+    assert event.time == datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+    event = await decoder.decode(record(value, [("at", b"1767225600000")]))
+    assert event.time == datetime(2026, 1, 1, tzinfo=UTC)
+    with pytest.raises(DecodeError, match="RFC 3339"):
+        await decoder.decode(record(value, [("at", b"yesterday")]))
+
+
+@pytest.mark.parametrize(
+    ("field", "template", "message"),
+    [
+        ("tenant", "{data.customer_id}", "never from data"),
+        ("tenant", "{topic}", "never from data"),
+        ("type", "{data.kind}", "picks the schema"),
+        ("id", "{nope}", "reads 'nope'"),
+        ("reader_subject", "{key}", "reads 'key'"),
+        ("source", "{headers.a:>3}", "plain {field.path} only"),
+    ],
+)
+def test_envelope_templates_are_checked_at_load(field: str, template: str, message: str) -> None:
+    raw = {"routes": [], "envelope": {TOPIC: {field: template}}}
+    with pytest.raises(ConfigError, match=message) as caught:
+        RoutesConfig.parse(raw)
+    assert f"envelope.{TOPIC}" in caught.value.message
+
+
+def test_a_fixed_tenant_is_the_topic_trust_boundary() -> None:
+    config = RoutesConfig.parse({"routes": [], "envelope": {TOPIC: {"tenant": "acme"}}})
+    assert config.envelope[TOPIC].tenant == "acme"
+
+
+# --- CloudEvents -------------------------------------------------------------------
+
+
+async def test_binary_mode_records_use_their_own_headers(catalog: SchemaCatalog) -> None:
+    encoded = encode_event(catalog, type=PLACED, data=order_data("o-2"), id="evt-2", source="s",
+                           key="o-2", tenant_id="acme")  # fmt: skip
+    decoder = Decoder(catalog, {TOPIC: EnvelopeSpec(id="{offset}", tenant="globex")})
+    event = await decoder.decode(record(encoded.value, encoded.headers, key=encoded.key))
+    assert (event.id, event.type, event.tenant_id) == ("evt-2", PLACED, "acme")
+    with pytest.raises(DecodeError, match="no ce_id header"):
+        headers = [(k, v) for k, v in encoded.headers if k != "ce_id"]
+        await decoder.decode(record(encoded.value, headers))
+
+
+async def test_structured_mode(catalog: SchemaCatalog) -> None:
+    body = {"specversion": "1.0", "id": "evt-3", "type": PLACED, "source": "shop",
+            "time": "2026-01-02T03:04:05+00:00", "tenantid": "acme",
+            "data": order_data("o-3")}  # fmt: skip
+    headers = [("content-type", b"application/cloudevents+json; charset=utf-8")]
+    event = await Decoder(catalog).decode(record(json.dumps(body).encode(), headers))
+    assert (event.id, event.source, event.tenant_id) == ("evt-3", "shop", "acme")
+    assert event.data == order_data("o-3")
+    avro = {**body, "datacontenttype": "application/avro"}
+    del avro["data"]
+    avro["data_base64"] = base64.b64encode(catalog.encode(PLACED, order_data("o-4"))).decode()
+    event = await Decoder(catalog).decode(record(json.dumps(avro).encode(), headers))
+    assert event.data == order_data("o-4")
+    with pytest.raises(DecodeError, match="no 'id' attribute"):
+        await Decoder(catalog).decode(record(b'{"specversion": "1.0"}', headers))
+
+
+# --- Schema Registry framing ---------------------------------------------------------
+
+
+async def test_registry_avro_v1_and_v2_producers_both_read_as_the_local_schema(
+    catalog: SchemaCatalog, client: FlakyClient, registry: SchemaRegistry
+) -> None:
+    v1 = await register(client, PLACED, placed_schema(catalog))
+    v2 = await register(client, PLACED, v2_added_field(catalog))
+    assert v1 != v2
+    decoder = Decoder(catalog, registry=registry)
+    old = framed(v1, avro_body(placed_schema(catalog), order_data("o-1")))
+    new = framed(v2, avro_body(v2_added_field(catalog), {**order_data("o-2"), "coupon": "x"}))
+    first = await decoder.decode(record(old))
+    second = await decoder.decode(record(new, offset=8))
+    assert (first.type, first.id, first.content_type) == (
+        PLACED,
+        f"{TOPIC}-1-7",
+        "application/avro",
+    )
+    assert first.data == order_data("o-1")
+    assert second.data == order_data("o-2")  # read as the reader: no coupon
+    # Each id was asked for once; the next records come from the cache, synchronously.
+    for _ in range(3):
+        assert decoder.decode_now(record(new)).data == order_data("o-2")
+    assert (registry.requests, client.lookups) == (2, 2)
+
+
+async def test_a_removed_optional_field_resolves_to_its_default(
+    catalog: SchemaCatalog, client: FlakyClient, registry: SchemaRegistry
+) -> None:
+    # The reader (the subject's latest, no local schema) has an optional field the
+    # writer (an older producer) never wrote.
+    name = "com.example.order.noted"
+    writer = {"type": "record", "name": name, "fields": [{"name": "order_id", "type": "string"}]}
+    reader = {**writer, "fields": [*writer["fields"],
+              {"name": "note", "type": ["null", "string"], "default": None}]}  # fmt: skip
+    wid = await register(client, f"{TOPIC}-value", writer)
+    await register(client, f"{TOPIC}-value", reader)
+    decoder = Decoder(catalog, registry=registry)
+    with pytest.raises(SchemaNotLoaded):
+        decoder.decode_now(record(framed(wid, avro_body(writer, {"order_id": "o"}))))
+    event = await decoder.decode(record(framed(wid, avro_body(writer, {"order_id": "o"}))))
+    assert (event.type, event.data) == (name, {"order_id": "o", "note": None})
+
+
+async def test_an_unresolvable_writer_is_schema_incompatible_naming_the_field(
+    catalog: SchemaCatalog, client: FlakyClient, registry: SchemaRegistry
+) -> None:
+    broken = placed_schema(catalog)
+    broken["fields"] = [f for f in broken["fields"] if f["name"] != "currency"]
+    broken["fields"][2]["type"]["items"]["fields"][1]["type"] = "string"
+    sid = await register(client, PLACED, broken)
+    data = {k: v for k, v in order_data("o").items() if k != "currency"}
+    data["items"] = [{"sku": "s", "quantity": "1", "unit_price_cents": 5}]
+    decoder = Decoder(catalog, registry=registry)
+    for _ in range(2):  # decided once, reported every time
+        with pytest.raises(SchemaIncompatibleError) as caught:
+            await decoder.decode(record(framed(sid, avro_body(broken, data))))
+        assert caught.value.error_type == "schema_incompatible"
+        assert caught.value.field in ("currency", "items.quantity")
+        assert repr(caught.value.field) in caught.value.message
+
+
+async def test_registry_json_schema_framing(
+    catalog: SchemaCatalog, client: FlakyClient, registry: SchemaRegistry
+) -> None:
+    schema = {"title": PLACED, "type": "object", "properties": {"order_id": {"type": "string"}}}
+    sid = await register(client, PLACED, schema, "JSON")
+    decoder = Decoder(catalog, registry=registry)
+    event = await decoder.decode(record(framed(sid, json.dumps(order_data("o-5")).encode())))
+    assert (event.type, event.data, event.content_type) == (
+        PLACED, order_data("o-5"), "application/json"
+    )  # fmt: skip
+    with pytest.raises(SchemaMismatchError):
+        await decoder.decode(record(framed(sid, b'{"order_id": "o"}')))
+    # No local schema for the title: the registry's JSON Schema checks the data.
+    other = {"title": "com.example.other", "type": "object",
+             "properties": {"n": {"type": "integer"}}, "required": ["n"]}  # fmt: skip
+    oid = await register(client, "com.example.other", other, "JSON")
+    assert (await decoder.decode(record(framed(oid, b'{"n": 1}')))).data == {"n": 1}
+    with pytest.raises(SchemaMismatchError, match="'n'"):
+        await decoder.decode(record(framed(oid, b'{"n": "one"}')))
+    with pytest.raises(DecodeError, match="not valid JSON"):
+        await decoder.decode(record(framed(oid, b"\x02\x04")))
+
+
+async def test_registry_framed_data_under_cloudevents_headers(
+    catalog: SchemaCatalog, client: FlakyClient, registry: SchemaRegistry
+) -> None:
+    sid = await register(client, PLACED, v2_added_field(catalog))
+    encoded = encode_event(catalog, type=PLACED, data=order_data("o"), id="evt-6", source="s")
+    value = framed(sid, avro_body(v2_added_field(catalog), {**order_data("o-6"), "coupon": None}))
+    event = await Decoder(catalog, registry=registry).decode(record(value, encoded.headers))
+    assert (event.id, event.data) == ("evt-6", order_data("o-6"))
+
+
+async def test_bad_registry_input(
+    catalog: SchemaCatalog, client: FlakyClient, registry: SchemaRegistry
+) -> None:
+    decoder = Decoder(catalog, registry=registry)
+    with pytest.raises(UnknownSchemaIdError) as unknown:
+        await decoder.decode(record(framed(4242, b"\x02")))
+    assert (unknown.value.error_type, unknown.value.schema_id) == ("unknown_schema_id", 4242)
+    proto = await register(client, "p-value", 'syntax = "proto3"; message M { string a = 1; }',
+                           "PROTOBUF")  # fmt: skip
+    with pytest.raises(UnsupportedFormatError) as unsupported:
+        await decoder.decode(record(framed(proto, b"\x00\x0a\x01a")))
+    assert unsupported.value.error_type == "unsupported_format"
+    sid = await register(client, PLACED, placed_schema(catalog))
+    with pytest.raises(DecodeError, match="does not decode"):
+        await decoder.decode(record(framed(sid, b"\x02")))
+    with pytest.raises(UnsupportedFormatError, match="KTB_SCHEMA_REGISTRY_URL"):
+        await Decoder(catalog).decode(record(framed(sid, b"\x02")))
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        httpx.ConnectError("connection refused"),
+        httpx.ReadTimeout("timed out"),
+        SchemaRegistryError(503, 50301, "unavailable"),
+        SchemaRegistryError(401, 40101, "unauthorized"),
+    ],
+)
+async def test_a_registry_that_does_not_answer_is_transient(
+    catalog: SchemaCatalog, client: FlakyClient, registry: SchemaRegistry, failure: Exception
+) -> None:
+    sid = await register(client, PLACED, placed_schema(catalog))
+    value = framed(sid, avro_body(placed_schema(catalog), order_data("o")))
+    client.failures = [failure, failure]
+    decoder = Decoder(catalog, registry=registry)
+    for _ in range(2):
+        with pytest.raises(TransientError) as caught:
+            await decoder.decode(record(value))
+        assert not isinstance(caught.value, SchemaNotLoaded)
+    assert (await decoder.decode(record(value))).data == order_data("o")
+
+
+async def test_records_waiting_for_one_id_share_one_request(
+    catalog: SchemaCatalog, client: FlakyClient, registry: SchemaRegistry
+) -> None:
+    sid = await register(client, PLACED, placed_schema(catalog))
+    value = framed(sid, avro_body(placed_schema(catalog), order_data("o")))
+    decoder = Decoder(catalog, registry=registry)
+    events = await asyncio.gather(*(decoder.decode(record(value, offset=n)) for n in range(20)))
+    assert [e.id for e in events] == [f"{TOPIC}-1-{n}" for n in range(20)]
+    assert client.lookups == 1
