@@ -1,5 +1,5 @@
-"""Fixtures: real Kafka and Temporal for the integration tests, Kafka in memory for the
-unit tests of the pipeline, the schemas for all.
+"""Fixtures: real Kafka, Temporal and Schema Registry for the integration tests, Kafka in
+memory for the unit tests of the pipeline, the schemas for all.
 
 The machinery behind them lives in ``tests.support`` (``stack`` picks the services).
 """
@@ -24,7 +24,8 @@ from tests.support.memory import MemoryKafka
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
-    """Real Kafka and Temporal for the whole session (see ``tests.support.stack``)."""
+    """Real Kafka, Temporal and Schema Registry for the whole session (see
+    ``tests.support.stack``)."""
     with session_stack(lambda: tmp_path_factory.mktemp("stack")) as info:
         yield info
 
@@ -55,10 +56,12 @@ def uid() -> str:
 
 @pytest.fixture
 def settings(stack: StackInfo, uid: str) -> Settings:
-    """Settings pointing at the test services, with a unique consumer group."""
+    """Settings pointing at the test services (the registry too), with a unique
+    consumer group."""
     return Settings(
         kafka_bootstrap=stack.kafka_bootstrap,
         temporal_address=stack.temporal_address,
+        schema_registry_url=stack.schema_registry_url,
         group_id=f"test-{uid}",
         commit_interval_s=0.2,
         retry_initial_s=0.1,

@@ -15,6 +15,7 @@ import typer
 from bridge.cli import dlq as cli_dlq
 from bridge.cli import replay as cli_replay
 from bridge.cli.common import fail, load_settings
+from bridge.dev.registry import REGISTRY_PORT
 from bridge.errors import BridgeError, ConfigError
 from bridge.observability import logs
 
@@ -41,10 +42,16 @@ def dev(
     temporal_port: int = 7233,
     temporal_ui_port: int = 8233,
     api_port: int = 8080,
+    registry_port: Annotated[
+        int, typer.Option(help="Port of the Schema Registry (Apicurio, in memory)")
+    ] = REGISTRY_PORT,
+    no_registry: Annotated[bool, typer.Option(help="Start no Schema Registry")] = False,
     procfile: Annotated[Path, typer.Option(help="Processes to run on the stack")] = Path(
         "Procfile"
     ),
-    no_processes: Annotated[bool, typer.Option(help="Start Kafka and Temporal only")] = False,
+    no_processes: Annotated[
+        bool, typer.Option(help="Start the services (Kafka, Temporal, registry) only")
+    ] = False,
 ) -> None:
     """Run the whole local stack in the foreground; Ctrl-C stops everything."""
     from bridge.dev.devstack import DevStack
@@ -56,6 +63,7 @@ def dev(
         temporal_port=temporal_port,
         temporal_ui_port=temporal_ui_port,
         api_port=api_port,
+        registry_port=None if no_registry else registry_port,
         procfile=None if no_processes else procfile,
     )
     try:

@@ -1,4 +1,5 @@
-"""``ktb dev``: Kafka, Temporal and the Procfile's processes as one foreground tree."""
+"""``ktb dev``: Kafka, Temporal, the Schema Registry and the Procfile's processes as one
+foreground tree."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge.dev.registry import REGISTRY_PORT, registry_url
 from bridge.dev.stack import LocalStack
 from bridge.errors import ConfigError
 from bridge.kafka import ensure_topics
@@ -111,6 +113,8 @@ class DevStack:
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
     api_port: int = 8080
+    registry_port: int | None = REGISTRY_PORT
+    """The Schema Registry's port; ``None``: no registry."""
     procfile: Path | None = Path("Procfile")
     children: list[Child] = field(default_factory=list)
 
@@ -129,6 +133,8 @@ class DevStack:
             KTB_METRICS_PORT="0",
             PYTHONUNBUFFERED="1",
         )
+        if self.registry_port is not None:
+            env["KTB_SCHEMA_REGISTRY_URL"] = registry_url(self.registry_port)
         return env
 
     async def run(self) -> int:
@@ -139,8 +145,14 @@ class DevStack:
             kafka_port=self.kafka_port,
             temporal_port=self.temporal_port,
             temporal_ui_port=self.temporal_ui_port,
+            registry_port=self.registry_port,
         )
-        print(f"ktb dev: starting Kafka and Temporal (state in {self.data_dir})", flush=True)
+        what = (
+            "Kafka, Temporal and the Schema Registry"
+            if self.registry_port
+            else "Kafka and Temporal"
+        )
+        print(f"ktb dev: starting {what} (state in {self.data_dir})", flush=True)
         await stack.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -189,6 +201,9 @@ class DevStack:
             f"  temporal       localhost:{self.temporal_port}{note('temporal')}",
             f"  temporal ui    http://localhost:{self.temporal_ui_port}",
         ]
+        if self.registry_port is not None:
+            url = registry_url(self.registry_port)
+            lines.append(f"  registry       {url}{note('registry')}")
         names = {c.name for c in self.children}
         if "api" in names:
             lines.append(f"  http api       http://localhost:{self.api_port}  (auth off)")

@@ -1,7 +1,7 @@
 """Apache Kafka (KRaft, single node) for the local stack, from Maven Central jars.
 
 The jars come through jgo's pure-Python resolver and are cached under the user's
-cache directory; the broker runs on the system Java (17 or newer).
+cache directory; the broker runs on the system Java (17 or newer, ``bridge.dev.java``).
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ import asyncio
 import base64
 import contextlib
 import os
-import re
-import shutil
 import subprocess
 import time
 import uuid
@@ -19,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bridge.dev.java import java_executable
 from bridge.dev.processes import Service, quiet, tail
 from bridge.errors import StackError
 
@@ -50,32 +49,6 @@ logger.kafka.level = WARN
 logger.clients.name = org.apache.kafka
 logger.clients.level = WARN
 """
-
-
-def java_executable() -> str:
-    """The Java 17+ launcher to use (``$JAVA_HOME/bin/java`` first, then ``PATH``)."""
-    home = os.environ.get("JAVA_HOME")
-    candidate = str(Path(home) / "bin" / "java") if home else shutil.which("java")
-    if not candidate or not Path(candidate).exists():
-        raise StackError(
-            f"Java {MIN_JAVA}+ is required to run Kafka but no `java` was found "
-            "(install a JDK or set JAVA_HOME)"
-        )
-    out = subprocess.run(
-        [candidate, "-version"], capture_output=True, text=True, timeout=30, check=False
-    )
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
-    if not match:
-        raise StackError(f"could not read the Java version from `{candidate} -version`")
-    major = int(match.group(1))
-    if major == 1 and match.group(2):
-        major = int(match.group(2))
-    if major < MIN_JAVA:
-        raise StackError(
-            f"Kafka needs Java {MIN_JAVA}+ but {candidate} is Java {major} "
-            "(install a newer JDK or set JAVA_HOME)"
-        )
-    return candidate
 
 
 def kafka_classpath() -> list[Path]:
@@ -210,7 +183,7 @@ class KafkaBroker:
     def start(self) -> None:
         """Format storage on first use, then start the broker."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        java = java_executable()
+        java = java_executable(MIN_JAVA, "Kafka")
         classpath = os.pathsep.join(str(j) for j in kafka_classpath())
         conf = self._write_config()
         log4j = f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}"

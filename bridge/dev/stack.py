@@ -1,40 +1,48 @@
-"""The local stack: real Apache Kafka (KRaft) and the Temporal dev server as child processes.
+"""The local stack: real Apache Kafka (KRaft), the Temporal dev server and, when asked
+for, a Schema Registry (Apicurio) as child processes.
 
-``LocalStack`` starts both (or reuses services already answering on their ports) for
-``ktb dev``, the tests, the benchmarks and the chaos harness; the broker and the
-server live in ``bridge.dev.kafka`` and ``bridge.dev.temporal``.
+``LocalStack`` starts them (or reuses services already answering on their ports) for
+``ktb dev``, the tests, the benchmarks and the chaos harness; the broker, the server
+and the registry live in ``bridge.dev.kafka``, ``bridge.dev.temporal`` and
+``bridge.dev.registry``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bridge.dev.kafka import KAFKA_VERSION, KafkaBroker, new_cluster_id, wait_kafka
 from bridge.dev.processes import Service, free_port, port_open, tail
+from bridge.dev.registry import SchemaRegistry, registry_url, wait_registry
 from bridge.dev.temporal import TemporalServer, ensure_search_attributes, wait_temporal
 
 __all__ = [
     "KAFKA_VERSION",
     "KafkaBroker",
     "LocalStack",
+    "SchemaRegistry",
     "Service",
     "TemporalServer",
     "ensure_search_attributes",
     "free_port",
     "new_cluster_id",
     "port_open",
+    "registry_url",
     "tail",
     "wait_kafka",
+    "wait_registry",
     "wait_temporal",
 ]
 
 
 @dataclass
 class LocalStack:
-    """Kafka and Temporal for ``ktb dev`` and the tests; reuses services already running."""
+    """Kafka and Temporal, and a Schema Registry when ``registry_port`` is set, for
+    ``ktb dev`` and the tests; reuses services already running."""
 
     data_dir: Path
     kafka_port: int = 9092
@@ -43,8 +51,10 @@ class LocalStack:
     temporal_ui_port: int | None = None
     headless: bool = False
     temporal_in_memory: bool = False
+    registry_port: int | None = None
     kafka: KafkaBroker | None = None
     temporal: TemporalServer | None = None
+    registry: SchemaRegistry | None = None
     reused: list[str] = field(default_factory=list)
 
     @property
@@ -57,9 +67,14 @@ class LocalStack:
         """gRPC address of the stack's Temporal frontend."""
         return f"localhost:{self.temporal_port}"
 
+    @property
+    def schema_registry_url(self) -> str | None:
+        """The registry's Confluent-compatible API; ``None`` when the stack runs none."""
+        return None if self.registry_port is None else registry_url(self.registry_port)
+
     async def start(self, timeout: float = 120.0) -> None:
-        """Start (or reuse) both services and wait until each answers."""
-        waits = []
+        """Start (or reuse) the services and wait until each answers."""
+        waits: list[Coroutine[Any, Any, None]] = []
         if port_open(self.kafka_port):
             self.reused.append("kafka")
             waits.append(wait_kafka(self.kafka_bootstrap, timeout))
@@ -84,11 +99,29 @@ class LocalStack:
             )
             self.temporal.start()
             waits.append(self.temporal.wait_ready(timeout))
+        if self.registry_port is not None:
+            try:
+                waits.append(self._start_registry(self.registry_port, timeout))
+            except BaseException:
+                for wait in waits:
+                    wait.close()
+                self.stop()
+                raise
         try:
             await asyncio.gather(*waits)
         except BaseException:
             self.stop()
             raise
+
+    def _start_registry(self, port: int, timeout: float) -> Coroutine[Any, Any, None]:
+        """Start (or reuse) the registry; what waits until it answers."""
+        if port_open(port):
+            self.reused.append("registry")
+            return wait_registry(registry_url(port), timeout)
+        self.registry = SchemaRegistry(self.data_dir / "registry", port)
+        # The first start downloads and unpacks Apicurio (seconds); later ones do not.
+        self.registry.start()
+        return self.registry.wait_ready(timeout)
 
     async def _reuse_temporal(self, timeout: float) -> None:
         await wait_temporal(self.temporal_address, timeout)
@@ -96,9 +129,10 @@ class LocalStack:
 
     def services(self) -> Sequence[Service]:
         """The child processes this stack started (not the reused ones)."""
-        return [s.service for s in (self.kafka, self.temporal) if s and s.service]
+        started = (self.kafka, self.temporal, self.registry)
+        return [s.service for s in started if s and s.service]
 
     def stop(self) -> None:
-        """Stop the services this stack started, Temporal first."""
+        """Stop the services this stack started, the registry and Temporal first."""
         for svc in reversed(self.services()):
             svc.stop()

@@ -108,6 +108,8 @@ def bridge_process(settings: Settings, routes_file: Path, log: Path) -> subproce
         KTB_COMMIT_INTERVAL_S="0.2",
         KTB_RETRY_MAX_S="1",
     )
+    if settings.schema_registry_url is not None:
+        env["KTB_SCHEMA_REGISTRY_URL"] = settings.schema_registry_url
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "bridge", "bridge"],

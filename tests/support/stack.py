@@ -1,9 +1,10 @@
-"""Real Kafka and Temporal for tests.
+"""Real Kafka, Temporal and Schema Registry for tests.
 
-Order of preference: ``KTB_KAFKA_BOOTSTRAP``/``KTB_TEMPORAL_ADDRESS`` if set; else
+Order of preference: ``KTB_KAFKA_BOOTSTRAP``/``KTB_TEMPORAL_ADDRESS`` if set (with
+``KTB_SCHEMA_REGISTRY_URL`` if set, else a local Apicurio Registry); else
 testcontainers when a Docker engine answers; else the local launcher (Kafka from
-Maven Central jars on the system Java, the ``temporal`` dev server) on free ports
-with a temporary data directory.
+Maven Central jars on the system Java, the ``temporal`` dev server, Apicurio Registry)
+on free ports with a temporary data directory.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge.dev.stack import LocalStack, ensure_search_attributes, free_port
+from bridge.dev.stack import (
+    LocalStack,
+    SchemaRegistry,
+    ensure_search_attributes,
+    free_port,
+    wait_registry,
+)
+
+APICURIO_IMAGE = "apicurio/apicurio-registry:3.3.3"
 
 
 @dataclass
@@ -24,6 +33,8 @@ class StackInfo:
 
     kafka_bootstrap: str
     temporal_address: str
+    schema_registry_url: str
+    """The registry's Confluent-compatible API (``KTB_SCHEMA_REGISTRY_URL``)."""
     local: LocalStack | None = None
 
 
@@ -39,7 +50,7 @@ def docker_answers() -> bool:
 
 
 def _containers(stop_later: contextlib.ExitStack) -> StackInfo:
-    """Kafka and Temporal containers; ``stop_later`` stops each one that started."""
+    """Kafka, Temporal and Apicurio containers; ``stop_later`` stops each one that started."""
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.waiting_utils import wait_for_logs
     from testcontainers.kafka import KafkaContainer
@@ -56,19 +67,27 @@ def _containers(stop_later: contextlib.ExitStack) -> StackInfo:
     stop_later.callback(temporal.stop)
     wait_for_logs(temporal, "Temporal Server", timeout=60)
     address = f"{temporal.get_container_host_ip()}:{temporal.get_exposed_port(7233)}"
-    return StackInfo(kafka.get_bootstrap_server(), address)
+    registry = DockerContainer(APICURIO_IMAGE).with_exposed_ports(8080)
+    registry.start()
+    stop_later.callback(registry.stop)
+    host = registry.get_container_host_ip()
+    url = f"http://{host}:{registry.get_exposed_port(8080)}/apis/ccompat/v7"
+    asyncio.run(wait_registry(url, 120))
+    return StackInfo(kafka.get_bootstrap_server(), address, url)
 
 
 @contextlib.contextmanager
-def local_stack(directory: Path) -> Iterator[LocalStack]:
-    """Kafka and Temporal started by the local launcher on free ports under ``directory``;
-    stopped afterwards, also when starting them failed halfway."""
+def local_stack(directory: Path, registry: bool = False) -> Iterator[LocalStack]:
+    """Kafka and Temporal (and with ``registry`` a Schema Registry) started by the local
+    launcher on free ports under ``directory``; stopped afterwards, also when starting
+    them failed halfway."""
     local = LocalStack(
         directory,
         kafka_port=free_port(),
         kafka_controller_port=free_port(),
         temporal_port=free_port(),
         headless=True,
+        registry_port=free_port() if registry else None,
     )
     try:
         asyncio.run(local.start())
@@ -85,7 +104,8 @@ def session_stack(directory: Callable[[], Path]) -> Iterator[StackInfo]:
     temporal_env = os.environ.get("KTB_TEMPORAL_ADDRESS")
     if kafka_env and temporal_env:
         asyncio.run(ensure_search_attributes(temporal_env))
-        yield StackInfo(kafka_env, temporal_env)
+        with _registry(directory) as url:
+            yield StackInfo(kafka_env, temporal_env, url)
         return
     if os.environ.get("KTB_TEST_DOCKER", "auto") != "off" and docker_answers():
         with contextlib.ExitStack() as containers:
@@ -93,5 +113,26 @@ def session_stack(directory: Callable[[], Path]) -> Iterator[StackInfo]:
             asyncio.run(ensure_search_attributes(info.temporal_address))
             yield info
         return
-    with local_stack(directory()) as local:
-        yield StackInfo(local.kafka_bootstrap, local.temporal_address, local)
+    with local_stack(directory(), registry=True) as local:
+        assert local.schema_registry_url is not None
+        yield StackInfo(
+            local.kafka_bootstrap, local.temporal_address, local.schema_registry_url, local
+        )
+
+
+@contextlib.contextmanager
+def _registry(directory: Callable[[], Path]) -> Iterator[str]:
+    """``KTB_SCHEMA_REGISTRY_URL`` when set, else a local Apicurio Registry on a free port."""
+    url = os.environ.get("KTB_SCHEMA_REGISTRY_URL")
+    if url:
+        asyncio.run(wait_registry(url, 60))
+        yield url
+        return
+    registry = SchemaRegistry(directory() / "registry", free_port())
+    try:
+        registry.start()
+        asyncio.run(registry.wait_ready())
+        yield registry.url
+    finally:
+        if registry.service is not None:
+            registry.service.stop()

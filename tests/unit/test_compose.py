@@ -132,7 +132,7 @@ def test_the_stack_has_every_part(compose: dict[str, Any]) -> None:
     services = compose["services"]
     expected = {
         "kafka", "kafka-2", "kafka-3", "postgres", "temporal", "temporal-ui", "provision",
-        "bridge", "api", "prometheus", "grafana",
+        "registry-db", "registry", "bridge", "api", "prometheus", "grafana",
         *(f"{name}-{mode}" for name in SERVICES for mode in ("worker", "server")),
     }  # fmt: skip
     assert expected <= set(services)
@@ -154,6 +154,48 @@ def test_the_project_image_runs_the_bridge_the_api_and_every_service(
     renamed["services"]["bridge"]["image"] = "ktb:renamed"
     with pytest.raises(AssertionError, match=r"\['bridge'\]"):
         ktb_services(renamed)
+
+
+def test_the_schema_registry_keeps_its_state_in_postgres(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    registry = services["registry"]
+    assert interpolate(registry["image"]) == "apicurio/apicurio-registry:3.3.3"
+    env = registry["environment"]
+    # Durable: SQL storage on the compose Postgres, not the image's in-memory default.
+    assert (env["APICURIO_STORAGE_KIND"], env["APICURIO_STORAGE_SQL_KIND"]) == (
+        "sql",
+        "postgresql",
+    )
+    database = env["APICURIO_DATASOURCE_URL"].rsplit("/", 1)[1]
+    assert env["APICURIO_DATASOURCE_URL"] == f"jdbc:postgresql://postgres:5432/{database}"
+    assert (
+        env["APICURIO_DATASOURCE_USERNAME"] == services["postgres"]["environment"]["POSTGRES_USER"]
+    )
+    # Its database is created by a one-shot before it starts, and only when missing.
+    creator = services["registry-db"]
+    assert creator["restart"] == "no"
+    script = creator["command"][-1]
+    assert f"datname = '{database}'" in script and f"CREATE DATABASE {database}" in script
+    assert creator["environment"]["PGHOST"] == "postgres"
+    assert registry["depends_on"]["registry-db"]["condition"] == "service_completed_successfully"
+    # Healthy only when the Confluent-compatible API answers 200.
+    probe = " ".join(registry["healthcheck"]["test"])
+    assert "/dev/tcp/127.0.0.1/8080" in probe and "GET /apis/ccompat/v7/subjects" in probe
+    assert "' 200 '" in probe
+
+
+def test_every_ktb_container_reads_the_registry(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = compose["services"]
+    port = next(int(p.split(":")[1]) for p in services["registry"]["ports"])
+    for name, service in ktb_services(compose).items():
+        url = interpolate(service["environment"]["KTB_SCHEMA_REGISTRY_URL"])
+        assert url == f"http://registry:{port}/apis/ccompat/v7", name
+        monkeypatch.setenv("KTB_SCHEMA_REGISTRY_URL", url)
+        assert Settings().schema_registry_url == url
+        if services[name].get("restart") != "no":
+            assert services[name]["depends_on"]["registry"]["condition"] == "service_healthy"
 
 
 def test_one_broker_by_default_three_with_the_cluster_profile(compose: dict[str, Any]) -> None:

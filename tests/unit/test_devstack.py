@@ -53,3 +53,32 @@ def test_endpoints_list_metrics_urls(capsys: pytest.CaptureFixture[str], tmp_pat
     assert "bridge                 http://localhost:9101/metrics" in out
     assert "api                    http://localhost:8181/metrics" in out
     assert "orders-server          http" not in out
+
+
+def test_processes_get_the_registry_url_unless_there_is_none(tmp_path: Path):
+    env = DevStack(data_dir=tmp_path, registry_port=18181)._env()
+    assert env["KTB_SCHEMA_REGISTRY_URL"] == "http://127.0.0.1:18181/apis/ccompat/v7"
+    assert "KTB_SCHEMA_REGISTRY_URL" not in DevStack(data_dir=tmp_path, registry_port=None)._env()
+
+
+def test_the_registry_default_port_collides_with_no_other_default(tmp_path: Path):
+    dev = DevStack(data_dir=tmp_path)
+    services = {dev.api_port + offset for offset in range(1, 6)}  # services/config.py
+    metrics = {
+        port
+        for _, args in read_procfile(REPO_ROOT / "Procfile")
+        if (port := Child("p", split_env(args)[1], split_env(args)[0]).metrics_port)
+    }
+    others = {dev.kafka_port, dev.kafka_port + 1, dev.temporal_port, dev.temporal_ui_port}
+    assert dev.registry_port not in services | metrics | others | {dev.api_port}
+
+
+def test_endpoints_list_the_registry(capsys: pytest.CaptureFixture[str], tmp_path: Path):
+    class Stack:
+        reused: list[str] = ["registry"]
+
+    DevStack(data_dir=tmp_path, registry_port=18181)._print_endpoints(Stack())  # type: ignore[arg-type]
+    out = capsys.readouterr().out
+    assert "registry       http://127.0.0.1:18181/apis/ccompat/v7 (already running, reused)" in out
+    DevStack(data_dir=tmp_path, registry_port=None)._print_endpoints(Stack())  # type: ignore[arg-type]
+    assert "registry" not in capsys.readouterr().out
