@@ -290,16 +290,26 @@ def test_container_settings_parse(compose: dict[str, Any], monkeypatch: pytest.M
 
 
 def test_example_security_settings_parse(monkeypatch: pytest.MonkeyPatch) -> None:
-    lines = (DEPLOY / "ktb.env.example").read_text().splitlines()
+    # A deployment uncomments the examples of both files (addresses in .env, the rest
+    # in deploy/ktb.env).
+    lines = [
+        *(DEPLOY / "env.example").read_text().splitlines(),
+        *(DEPLOY / "ktb.env.example").read_text().splitlines(),
+    ]
     assigned = [re.match(r"^#\s*(KTB_[A-Z0-9_]+)=(.*)$", line) for line in lines]
     values = {m.group(1): m.group(2) for m in assigned if m}
     assert "KTB_KAFKA_SASL_MECHANISM" in values and "KTB_TEMPORAL_API_KEY" in values
+    assert "KTB_SCHEMA_REGISTRY_URL" in values and "KTB_SCHEMA_REGISTRY_PASSWORD" in values
     for key, value in values.items():
         monkeypatch.setenv(key, value)
     settings = Settings()
     assert settings.kafka_security_protocol == "SASL_SSL"
     assert settings.kafka_client_options == {"client.id": "ktb-eu-1"}
     assert settings.kafka_ssl_locations == [Path("/run/secrets")]
+    assert settings.schema_registry_url is not None
+    assert settings.schema_registry_url.startswith("https://")
+    assert settings.schema_registry_password is not None
+    assert settings.schema_registry_ca_file == "/run/secrets/registry-ca.pem"
 
 
 # --- start-up order -------------------------------------------------------------------
