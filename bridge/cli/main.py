@@ -35,8 +35,8 @@ app.add_typer(routes_app, name="routes")
 
 @app.command()
 def dev(
-    data_dir: Annotated[Path, typer.Option(help="Where Kafka and Temporal keep state")] = Path(
-        ".ktb"
+    data_dir: Annotated[Path, typer.Option(help="Where the stack keeps its state and logs")] = (
+        Path(".ktb")
     ),
     kafka_port: int = 9092,
     temporal_port: int = 7233,

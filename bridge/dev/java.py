@@ -84,21 +84,21 @@ def _side_by_side(roots: Iterable[Path]) -> list[str]:
 def installed_javas(roots: Sequence[Path] = JDK_ROOTS) -> list[JavaInstall]:
     """Every Java on the machine in order of preference: the default one (``JAVA_HOME``
     or ``PATH``) first, then the side-by-side JDKs newest first; each launcher once."""
-    default = default_java()
     seen: set[Path] = set()
-    default_install: list[JavaInstall] = []
-    others: list[JavaInstall] = []
-    for position, java in enumerate([*([default] if default else []), *_side_by_side(roots)]):
+
+    def install(java: str) -> JavaInstall | None:
         real = Path(java).resolve()
         if real in seen:
-            continue
+            return None
         seen.add(real)
         major = java_version(java)
-        if major is None:
-            continue
-        (default_install if position == 0 and default else others).append(JavaInstall(java, major))
-    others.sort(key=lambda install: install.major, reverse=True)
-    return default_install + others
+        return None if major is None else JavaInstall(java, major)
+
+    default = default_java()
+    first = install(default) if default else None
+    others = [found for java in _side_by_side(roots) if (found := install(java))]
+    others.sort(key=lambda found: found.major, reverse=True)
+    return ([first] if first else []) + others
 
 
 def java_executable(minimum: int, what: str) -> str:

@@ -59,6 +59,7 @@ class Service:
     args: list[str]
     log: Path
     env: dict[str, str] | None = None
+    cwd: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -71,6 +72,7 @@ class Service:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self.env,
+                cwd=self.cwd,
                 start_new_session=True,
             )
 

@@ -210,7 +210,10 @@ class SchemaRegistry:
             str(home / self.runtime.release.launcher),
         ]
         env = {**os.environ, **registry_environment(self.port, self.management_port or free_port())}
-        self.service = Service("registry", args, self.data_dir / "registry.log", env)
+        # Quarkus reads a `.env` file in its working directory as configuration: the
+        # data directory has none, a project directory may (docker compose's).
+        log = self.data_dir / "registry.log"
+        self.service = Service("registry", args, log, env, cwd=self.data_dir)
         self.service.start()
 
     async def wait_ready(self, timeout: float = 120.0) -> None:
@@ -228,8 +231,14 @@ def _subjects(url: str) -> None:
         response.read()
 
 
-async def wait_registry(url: str, timeout: float, service: Service | None = None) -> None:
-    """Poll ``GET <url>/subjects`` until it answers 200 or ``timeout`` passes."""
+async def wait_registry(
+    url: str, timeout: float, service: Service | None = None, starting: bool = False
+) -> None:
+    """Poll ``GET <url>/subjects`` until it answers 200 or ``timeout`` passes.
+
+    An HTTP error from a registry that is neither ``service`` nor ``starting`` (one
+    already running) ends the wait at once: another kind of server holds the port.
+    """
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -239,7 +248,7 @@ async def wait_registry(url: str, timeout: float, service: Service | None = None
             await asyncio.to_thread(_subjects, url)
             return
         except urllib.error.HTTPError as exc:
-            if service is None:
+            if service is None and not starting:
                 # Something else answers on the port: waiting will not make it a registry.
                 raise StackError(
                     f"{url}/subjects answered HTTP {exc.code}: the service on that port "

@@ -72,7 +72,7 @@ def _containers(stop_later: contextlib.ExitStack) -> StackInfo:
     stop_later.callback(registry.stop)
     host = registry.get_container_host_ip()
     url = f"http://{host}:{registry.get_exposed_port(8080)}/apis/ccompat/v7"
-    asyncio.run(wait_registry(url, 120))
+    asyncio.run(wait_registry(url, 120, starting=True))
     return StackInfo(kafka.get_bootstrap_server(), address, url)
 
 

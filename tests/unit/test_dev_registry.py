@@ -283,6 +283,11 @@ def test_something_else_on_the_port_is_refused_at_once() -> None:
         asyncio.run(wait_registry(url, 10))
 
 
+def test_a_starting_registry_is_waited_for_through_http_errors() -> None:
+    with _serving(503) as url, pytest.raises(StackError, match="did not answer within 1s"):
+        asyncio.run(wait_registry(url, 1, starting=True))
+
+
 def test_a_registry_that_never_answers_times_out_with_its_address() -> None:
     from bridge.dev.processes import free_port
 
