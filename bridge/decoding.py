@@ -159,36 +159,131 @@ def _parse(name: str, text: str) -> Template:
 
 
 class CompiledEnvelope:
-    """An ``EnvelopeSpec`` with its templates parsed once."""
+    """An ``EnvelopeSpec`` with its templates parsed once, each into the cheapest renderer
+    that fills it: a fixed text, one per topic, one field read whole, a format string
+    over the record's own fields, or the general ``Template.render``."""
 
     def __init__(self, spec: EnvelopeSpec) -> None:
         self.spec = spec
-        self.id = Template.parse(spec.id)
-        self.type = Template.parse(spec.type)
-        self.source = Template.parse(spec.source)
-        self.time = Template.parse(spec.time) if spec.time else None
-        self.subject = Template.parse(spec.subject) if spec.subject else None
-        self.tenant = Template.parse(spec.tenant) if spec.tenant else None
-        self.reader_subject = Template.parse(spec.reader_subject)
-        templates = [self.id, self.type, self.source, self.time, self.subject, self.tenant]
+        self.id = self._renderer("id", spec.id)
+        self.type = self._renderer("type", spec.type)
+        self.source = self._renderer("source", spec.source)
+        self.time = self._renderer("time", spec.time) if spec.time else None
+        self.subject = self._renderer("subject", spec.subject) if spec.subject else None
+        self.tenant = self._renderer("tenant", spec.tenant) if spec.tenant else None
+        self.reader_subject = self._renderer("reader_subject", spec.reader_subject)
+        texts = [spec.id, spec.type, spec.source, spec.time, spec.subject, spec.tenant]
         self.reads_headers = any(
-            p[0] == "headers" for t in templates if t is not None for p in t.paths()
+            p[0] == "headers" for t in texts if t is not None for p in Template.parse(t).paths()
         )
 
-    def render(self, name: str, template: Template, context: Mapping[str, Any]) -> str:
-        """Fill one attribute's template; ``DecodeError`` naming what the record lacks."""
+    @staticmethod
+    def _renderer(name: str, text: str) -> Renderer:
+        template = Template.parse(text)
+        paths = template.paths()
+        if not paths:
+            return _Fixed(text)
+        if all(len(p) == 1 for p in paths):
+            if {p[0] for p in paths} == {"topic"}:
+                return _PerTopic(name, template)
+            if len(paths) == 1 and template.parts[0][1] is not None and len(template.parts) == 1:
+                return _Field(name, template, paths[0][0])
+            return _Formatted(name, template)
+        return _General(name, template)
+
+
+class Renderer:
+    """Fills one envelope attribute from a record's context; ``DecodeError`` naming what
+    the record lacks."""
+
+    def __init__(self, name: str, template: Template) -> None:
+        self.name = name
+        self.template = template
+
+    def __call__(self, context: Mapping[str, Any]) -> str:
+        raise NotImplementedError
+
+    def missing(self, path: str) -> DecodeError:
+        """The error of a template whose field ``path`` the record lacks (or has empty)."""
+        if path == "schema":
+            return DecodeError(
+                f"the envelope's {self.name} ({self.template.source!r}) needs a writer "
+                "schema and the record has none (plain JSON): name the type in the "
+                "topic's envelope"
+            )
+        return DecodeError(
+            f"the envelope's {self.name} ({self.template.source!r}) has no value: the "
+            f"record has no {path!r}"
+        )
+
+
+class _General(Renderer):
+    def __call__(self, context: Mapping[str, Any]) -> str:
         try:
-            return template.render(context)
+            return self.template.render(context)
         except KeyError as exc:
-            if exc.args[0] == "schema":
-                raise DecodeError(
-                    f"the envelope's {name} ({template.source!r}) needs a writer schema and "
-                    "the record has none (plain JSON): name the type in the topic's envelope"
-                ) from exc
-            raise DecodeError(
-                f"the envelope's {name} ({template.source!r}) has no value: the record has "
-                f"no {exc.args[0]!r}"
-            ) from exc
+            raise self.missing(str(exc.args[0])) from exc
+
+
+class _Fixed(Renderer):
+    def __init__(self, text: str) -> None:
+        super().__init__("", Template.parse(text))
+        self.text = text
+
+    def __call__(self, context: Mapping[str, Any]) -> str:
+        return self.text
+
+
+class _PerTopic(Renderer):
+    """Reads only the topic: rendered once per topic."""
+
+    def __init__(self, name: str, template: Template) -> None:
+        super().__init__(name, template)
+        self._done: dict[str, str] = {}
+
+    def __call__(self, context: Mapping[str, Any]) -> str:
+        topic = context["topic"]
+        found = self._done.get(topic)
+        if found is None:
+            found = self._done[topic] = self.template.render(context)
+        return found
+
+
+class _Field(Renderer):
+    """The template is one field of the context, read whole (``{schema}``, ``{key}``)."""
+
+    def __init__(self, name: str, template: Template, field: str) -> None:
+        super().__init__(name, template)
+        self.field = field
+
+    def __call__(self, context: Mapping[str, Any]) -> str:
+        value = context.get(self.field)
+        if value is None or value == "":
+            raise self.missing(self.field)
+        return str(value)
+
+
+class _Formatted(Renderer):
+    """Fields of the context itself and text between them (``{topic}-{partition}-{offset}``)."""
+
+    def __init__(self, name: str, template: Template) -> None:
+        super().__init__(name, template)
+        pieces: list[str] = []
+        self.fields: list[str] = []
+        for literal, path in template.parts:
+            if path is None:
+                pieces.append(literal.replace("{", "{{").replace("}", "}}"))
+            else:
+                pieces.append("{" + str(len(self.fields)) + "}")
+                self.fields.append(path[0])
+        self.format = "".join(pieces)
+
+    def __call__(self, context: Mapping[str, Any]) -> str:
+        values = [context.get(f) for f in self.fields]
+        for field, value in zip(self.fields, values, strict=True):
+            if value is None or value == "":
+                raise self.missing(field)
+        return self.format.format(*values)
 
 
 class Decoder:
@@ -322,13 +417,13 @@ class Decoder:
         if schema_id is not None:
             writer = self._writer(schema_id)
             context["schema"] = writer.name
-            type_name = envelope.render("type", envelope.type, context)
+            type_name = envelope.type(context)
             data = self._registry_data(writer, value, type_name, record.topic)
             data_type = AVRO if writer.kind == AVRO_KIND else JSON
         elif value[:2] == MAGIC:
             schema, data = self.catalog.decode(value)
             context["schema"] = schema.name
-            type_name = envelope.render("type", envelope.type, context)
+            type_name = envelope.type(context)
             if type_name != schema.name:
                 raise SchemaMismatchError(
                     f"data is a {schema.name} but the envelope's type is {type_name}"
@@ -336,7 +431,7 @@ class Decoder:
             data_type = AVRO
         elif _looks_like_json(value):
             data = _json_object(value)
-            type_name = envelope.render("type", envelope.type, context)
+            type_name = envelope.type(context)
             if type_name in self.catalog:
                 self.catalog.check(self.catalog.get(type_name), data)
             data_type = JSON
@@ -346,17 +441,17 @@ class Decoder:
                 f"{value[:8].hex(' ')}; content-type {content_type or 'none'})"
             )
         context["data"] = data
-        event_id = envelope.render("id", envelope.id, context)
-        source = envelope.render("source", envelope.source, context)
+        event_id = envelope.id(context)
+        source = envelope.source(context)
         subject = None
         if envelope.subject is not None:
-            subject = envelope.render("subject", envelope.subject, context)
+            subject = envelope.subject(context)
         tenant = None
         if envelope.tenant is not None:
-            tenant = checked_tenant(envelope.render("tenant", envelope.tenant, context))
+            tenant = checked_tenant(envelope.tenant(context))
         time: datetime | None = None
         if envelope.time is not None:
-            time = _time(envelope.render("time", envelope.time, context))
+            time = _time(envelope.time(context))
         elif record.timestamp:
             time = datetime.fromtimestamp(record.timestamp / 1000, UTC)
         trace = trace_headers(record.headers)
@@ -420,9 +515,7 @@ class Decoder:
             return self.catalog.get(type_name)
         assert self.registry is not None
         envelope = self.envelope(topic)
-        subject = envelope.render(
-            "reader_subject", envelope.reader_subject, {"topic": topic, "type": type_name}
-        )
+        subject = envelope.reader_subject({"topic": topic, "type": type_name})
         known, latest = self.registry.latest_cached(subject)
         if not known:
             raise SchemaNotLoaded(f"subject {subject!r} not fetched yet", subject=subject)

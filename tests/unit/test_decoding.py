@@ -7,17 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 from datetime import UTC, datetime
 from typing import Any
 
-import fastavro
 import pytest
 from confluent_kafka.schema_registry import Schema
-from confluent_kafka.schema_registry._async.mock_schema_registry_client import (
-    AsyncMockSchemaRegistryClient,
-)
 from confluent_kafka.schema_registry.common._httpx_compat import httpx
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
@@ -38,21 +33,10 @@ from bridge.errors import (
 from bridge.registry import SchemaRegistry
 from bridge.routes import RoutesConfig
 from tests.support import MemoryRecord, order_data
+from tests.support.registry import FlakyClient, avro_body, framed, placed_schema, v2_added_field
 
 PLACED = "com.example.order.placed"
 TOPIC = "orders"
-
-
-def placed_schema(catalog: SchemaCatalog) -> dict[str, Any]:
-    """The local ``order.placed`` schema as JSON (what a producer on v1 registers)."""
-    return json.loads(catalog.get(PLACED).source.read_text())  # type: ignore[union-attr]
-
-
-def v2_added_field(catalog: SchemaCatalog) -> dict[str, Any]:
-    """v2: a field added with a default."""
-    schema = placed_schema(catalog)
-    schema["fields"].append({"name": "coupon", "type": ["null", "string"], "default": None})
-    return schema
 
 
 def record(
@@ -63,22 +47,6 @@ def record(
     timestamp: int = 1_767_225_600_000,
 ) -> MemoryRecord:
     return MemoryRecord(TOPIC, 1, offset, key, value, headers or [], timestamp)
-
-
-class FlakyClient(AsyncMockSchemaRegistryClient):
-    """The mock registry, failing its next ``failures`` lookups as ``failure`` says."""
-
-    def __init__(self) -> None:
-        super().__init__({"url": "mock://"})
-        self.failures: list[Exception] = []
-        self.lookups = 0
-
-    async def get_schema(self, schema_id: int, *args: Any, **kw: Any) -> Schema:
-        self.lookups += 1
-        await asyncio.sleep(0)
-        if self.failures:
-            raise self.failures.pop(0)
-        return await super().get_schema(schema_id, *args, **kw)
 
 
 @pytest.fixture
@@ -94,17 +62,6 @@ def registry(client: FlakyClient) -> SchemaRegistry:
 async def register(client: FlakyClient, subject: str, schema: Any, kind: str = "AVRO") -> int:
     text = schema if isinstance(schema, str) else json.dumps(schema)
     return await client.register_schema(subject, Schema(text, kind))
-
-
-def framed(schema_id: int, body: bytes) -> bytes:
-    """Schema Registry framing: magic byte 0, the id big-endian, the body."""
-    return b"\x00" + schema_id.to_bytes(4, "big") + body
-
-
-def avro_body(schema: dict[str, Any], data: dict[str, Any]) -> bytes:
-    buf = io.BytesIO()
-    fastavro.schemaless_writer(buf, fastavro.parse_schema(schema), data)
-    return buf.getvalue()
 
 
 # --- format detection and the envelope of records without CloudEvents headers --------
