@@ -419,4 +419,9 @@ def check_routes(config: RoutesConfig, catalog: SchemaCatalog) -> list[RouteProb
             message = _check_path(fields, path)
             if message:
                 problems.append(RouteProblem(spec.name, field_name, message))
+    read = {spec.topic for spec in config.routes}
+    for topic in sorted(set(config.envelope) - read):
+        problems.append(
+            RouteProblem("(envelope)", f"envelope.{topic}", f"no route reads topic {topic!r}")
+        )
     return problems

@@ -30,8 +30,10 @@ from bridge.errors import (
     UnknownSchemaIdError,
     UnsupportedFormatError,
 )
+from bridge.ingress import Ingress
 from bridge.registry import SchemaRegistry
-from bridge.routes import RoutesConfig
+from bridge.routes import Router, RoutesConfig, check_routes
+from bridge.settings import REPO_ROOT
 from tests.support import MemoryRecord, order_data
 from tests.support.registry import FlakyClient, avro_body, framed, placed_schema, v2_added_field
 
@@ -352,3 +354,37 @@ async def test_records_waiting_for_one_id_share_one_request(
     events = await asyncio.gather(*(decoder.decode(record(value, offset=n)) for n in range(20)))
     assert [e.id for e in events] == [f"{TOPIC}-1-{n}" for n in range(20)]
     assert client.lookups == 1
+
+
+def test_routes_check_names_an_envelope_no_route_reads(catalog: SchemaCatalog) -> None:
+    raw = {
+        "routes": [{"name": "r", "topic": TOPIC, "type": PLACED, "action": "start",
+                    "workflow": "W", "task_queue": "q", "workflow_id": "{data.order_id}"}],
+        "envelope": {TOPIC: {}, "ordres": {"type": PLACED}},
+    }  # fmt: skip
+    problems = [str(p) for p in check_routes(RoutesConfig.parse(raw), catalog)]
+    assert problems == ["route '(envelope)', field envelope.ordres: no route reads topic 'ordres'"]
+
+
+async def test_the_example_routes_read_confluent_avro_and_the_outbox_relay(
+    catalog: SchemaCatalog, client: FlakyClient, registry: SchemaRegistry
+) -> None:
+    """``routes.yaml`` as shipped: a Confluent-Avro ``order.placed`` on ``orders`` with no
+    headers, and the outbox relay's JSON on ``orders.outbox``, both start the order."""
+    config = RoutesConfig.load(REPO_ROOT / "routes.yaml")
+    assert check_routes(config, catalog) == []
+    ingress = Ingress(catalog, Router(config), None, None,
+                      decoder=Decoder(catalog, config.envelope, registry))  # fmt: skip
+    sid = await register(client, PLACED, placed_schema(catalog))
+    confluent = MemoryRecord("orders", 2, 40, b"o-7", framed(sid, avro_body(
+        placed_schema(catalog), order_data("o-7"))), [], 1)  # fmt: skip
+    outbox = MemoryRecord("orders.outbox", 0, 3, b"o-8", json.dumps(order_data("o-8")).encode(),
+                          [("id", b"a8f0"), ("eventType", b"placed")], 1)  # fmt: skip
+    event, action = await ingress.predict(confluent)
+    assert (event.id, action and action.route, action and action.workflow_id) == (
+        "orders-2-40", "start-order", "order-o-7"
+    )  # fmt: skip
+    event, action = await ingress.predict(outbox)
+    assert (event.id, event.source, action and action.route, action and action.workflow_id) == (
+        "a8f0", "outbox:orders.outbox", "start-order-from-outbox", "order-o-8"
+    )  # fmt: skip
