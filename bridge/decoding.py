@@ -60,9 +60,11 @@ from bridge.envelope import (
     trace_headers,
 )
 from bridge.errors import (
+    ConfigError,
     DecodeError,
     SchemaMismatchError,
     SchemaNotLoaded,
+    TenantError,
     UnsupportedFormatError,
 )
 from bridge.templates import Template
@@ -130,6 +132,11 @@ class EnvelopeSpec(BaseModel):
             if text is None:
                 continue
             template = _parse(name, text)
+            if name == "tenant" and not template.paths():
+                try:
+                    checked_tenant(text)
+                except TenantError as exc:
+                    raise ValueError(f"tenant: {exc.message}") from exc
             for path in template.paths():
                 if path[0] in roots:
                     continue
@@ -152,10 +159,11 @@ class EnvelopeSpec(BaseModel):
 
 
 def _parse(name: str, text: str) -> Template:
+    """``Template.parse``, its error reported as the field's validation error."""
     try:
         return Template.parse(text)
-    except Exception as exc:  # ConfigError: reported as the field's validation error
-        raise ValueError(f"{name}: {getattr(exc, 'message', exc)}") from exc
+    except ConfigError as exc:
+        raise ValueError(f"{name}: {exc.message}") from exc
 
 
 class CompiledEnvelope:

@@ -162,6 +162,7 @@ async def test_envelope_time_from_a_header(catalog: SchemaCatalog) -> None:
         ("id", "{nope}", "reads 'nope'"),
         ("reader_subject", "{key}", "reads 'key'"),
         ("source", "{headers.a:>3}", "plain {field.path} only"),
+        ("tenant", "a/b", "tenant id"),
     ],
 )
 def test_envelope_templates_are_checked_at_load(field: str, template: str, message: str) -> None:
