@@ -32,6 +32,10 @@ CLIENT_RETRIES = 1
 """The client's own retries of a request before it reports a failure (the engine retries
 the record with its backoff after that, pausing the partition)."""
 
+NOT_A_REGISTRY_ANSWER = (ValueError, KeyError, TypeError)
+"""What the client raises on a success answer that is no registry response (the URL
+points at another kind of server): transient, like no answer, so nothing is lost."""
+
 T = TypeVar("T")
 
 
@@ -138,7 +142,7 @@ class SchemaRegistry:
                     schema_id=schema_id,
                 ) from exc
             raise _unavailable(f"schema id {schema_id}", exc) from exc
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, *NOT_A_REGISTRY_ANSWER) as exc:
             raise _unavailable(f"schema id {schema_id}", exc) from exc
         parsed = WriterSchema.parse(schema_id, schema.schema_type, schema.schema_str or "")
         self._writers[schema_id] = parsed
@@ -157,7 +161,7 @@ class SchemaRegistry:
                 self._latest[subject] = None
                 return None
             raise _unavailable(f"subject {subject!r}", exc) from exc
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, *NOT_A_REGISTRY_ANSWER) as exc:
             raise _unavailable(f"subject {subject!r}", exc) from exc
         schema_id = registered.schema_id
         if schema_id is None or registered.schema is None:

@@ -330,6 +330,7 @@ async def test_bad_registry_input(
         httpx.ReadTimeout("timed out"),
         SchemaRegistryError(503, 50301, "unavailable"),
         SchemaRegistryError(401, 40101, "unauthorized"),
+        ValueError("Expecting value: line 1 column 1 (char 0)"),
     ],
 )
 async def test_a_registry_that_does_not_answer_is_transient(
