@@ -168,6 +168,16 @@ class SchemaCatalog:
         self.check(schema, data)
         return data
 
+    def resolve_json(self, type_name: str, data: Any) -> Any:
+        """JSON data of another producer read as the type's schema, checked: what Avro
+        schema resolution does for Avro (fields the schema lacks are dropped, fields it
+        has a default for and the data lacks are filled in), so producers of older and
+        newer versions of a type both fit."""
+        schema = self.get(type_name)
+        resolved = _resolve(schema.parsed, data)
+        self.check(schema, resolved)
+        return resolved
+
     @staticmethod
     def check(schema: EventSchema, data: Any) -> None:
         """Raise ``SchemaMismatchError`` naming the first field that does not fit."""
@@ -195,6 +205,30 @@ class SchemaCatalog:
             raise SchemaMismatchError(
                 f"{schema.name}: field {field!r} does not fit the schema: {detail}", field=field
             ) from exc
+
+
+def _resolve(schema: Any, data: Any) -> Any:
+    """``data`` as ``schema`` reads it (records, arrays, maps, a union's one record)."""
+    if isinstance(schema, list):
+        records = [b for b in schema if isinstance(b, dict) and b.get("type") == "record"]
+        return _resolve(records[0], data) if len(records) == 1 and isinstance(data, dict) else data
+    if not isinstance(schema, dict):
+        return data
+    kind = schema.get("type")
+    if kind == "record" and isinstance(data, dict):
+        out = {}
+        for f in schema["fields"]:
+            name = f["name"]
+            if name in data:
+                out[name] = _resolve(f["type"], data[name])
+            elif "default" in f:
+                out[name] = f["default"]
+        return out
+    if kind == "array" and isinstance(data, list):
+        return [_resolve(schema["items"], item) for item in data]
+    if kind == "map" and isinstance(data, dict):
+        return {k: _resolve(schema["values"], v) for k, v in data.items()}
+    return data
 
 
 def _field_of(detail: str, schema_name: str) -> str:

@@ -441,7 +441,7 @@ class Decoder:
             data = _json_object(value)
             type_name = envelope.type(context)
             if type_name in self.catalog:
-                self.catalog.check(self.catalog.get(type_name), data)
+                data = self.catalog.resolve_json(type_name, data)
             data_type = JSON
         else:
             raise DecodeError(
@@ -511,9 +511,8 @@ class Decoder:
             return read_avro(body, writer.parsed, parsed, f"{type_name} (schema id {writer.id})")
         data = _json_object(body)  # JSON Schema: ``_writer`` lets no other kind through
         if type_name in self.catalog:
-            self.catalog.check(self.catalog.get(type_name), data)
-        else:
-            self._validate_json(writer, data)
+            return self.catalog.resolve_json(type_name, data)
+        self._validate_json(writer, data)
         return data
 
     def _reader(self, type_name: str, topic: str) -> EventSchema | WriterSchema | None:
