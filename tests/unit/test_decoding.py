@@ -284,6 +284,21 @@ async def test_a_removed_optional_field_resolves_to_its_default(
     assert (event.type, event.data) == (name, {"order_id": "o", "note": None})
 
 
+async def test_a_type_with_no_reader_schema_anywhere_is_read_as_written(
+    catalog: SchemaCatalog, client: FlakyClient, registry: SchemaRegistry
+) -> None:
+    name = "com.example.order.audited"
+    writer = {"type": "record", "name": name, "fields": [{"name": "n", "type": "long"}]}
+    wid = await register(client, name, writer)  # record-name subject: no "orders-value"
+    decoder = Decoder(catalog, registry=registry)
+    for offset in range(3):
+        event = await decoder.decode(
+            record(framed(wid, avro_body(writer, {"n": 5})), offset=offset)
+        )
+        assert (event.type, event.data) == (name, {"n": 5})
+    assert registry.requests == 2  # the id, and the subject found missing, once each
+
+
 async def test_an_unresolvable_writer_is_schema_incompatible_naming_the_field(
     catalog: SchemaCatalog, client: FlakyClient, registry: SchemaRegistry
 ) -> None:
