@@ -125,7 +125,13 @@ class SchemaRegistry:
         if pending is None:
             pending = asyncio.ensure_future(fetch())
             self._pending[key] = pending
-            pending.add_done_callback(lambda _f: self._pending.pop(key, None))
+
+            def finished(done: asyncio.Future[Any]) -> None:
+                self._pending.pop(key, None)
+                if not done.cancelled():
+                    done.exception()  # seen here, should every waiter have gone
+
+            pending.add_done_callback(finished)
         # A waiter cancelled (a revoke) leaves the request to the others.
         result: T = await asyncio.shield(pending)
         return result
