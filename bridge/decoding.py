@@ -369,12 +369,7 @@ class Decoder:
         return self._event(record, attrs, data)
 
     def _structured(self, record: RecordLike, value: bytes) -> Event:
-        try:
-            body = json.loads(value)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DecodeError(f"structured-mode CloudEvent is not JSON: {exc}") from exc
-        if not isinstance(body, dict):
-            raise DecodeError("structured-mode CloudEvent is not a JSON object")
+        body = _json_object(value, "structured-mode CloudEvent")
         attrs = {
             str(k).lower(): v if isinstance(v, str) else json.dumps(v)
             for k, v in body.items()
@@ -590,13 +585,14 @@ def _looks_like_json(value: bytes) -> bool:
     return bool(first) and first[0] in _JSON_START
 
 
-def _json_object(body: bytes) -> dict[str, Any]:
+def _json_object(body: bytes, what: str = "data") -> dict[str, Any]:
+    """``body`` parsed as a JSON object; ``DecodeError`` naming ``what`` otherwise."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"data is not valid JSON: {exc}") from exc
+        raise DecodeError(f"{what} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
-        raise DecodeError("data is JSON but not an object")
+        raise DecodeError(f"{what} is JSON but not an object")
     return data
 
 
