@@ -310,16 +310,22 @@ def encode_event(
     tracestate: str | None = None,
     content_type: str = AVRO,
     extensions: Mapping[str, str] | None = None,
+    body: bytes | None = None,
 ) -> KafkaRecord:
-    """Validate ``data`` against the type's schema and build the binary-mode record."""
+    """Validate ``data`` against the type's schema and build the binary-mode record.
+
+    ``body`` is data already encoded (Schema Registry framing), written as it is
+    under ``content_type``.
+    """
     checked_tenant(tenant_id or None)
-    if content_type == AVRO:
-        body = catalog.encode(type, data)
-    elif content_type == JSON:
-        catalog.check(catalog.get(type), data)
-        body = json.dumps(data, separators=(",", ":")).encode()
-    else:
-        raise SchemaMismatchError(f"unsupported content type {content_type!r}")
+    if body is None:
+        if content_type == AVRO:
+            body = catalog.encode(type, data)
+        elif content_type == JSON:
+            catalog.check(catalog.get(type), data)
+            body = json.dumps(data, separators=(",", ":")).encode()
+        else:
+            raise SchemaMismatchError(f"unsupported content type {content_type!r}")
     attrs: dict[str, Any] = {
         "specversion": "1.0",
         "id": id,

@@ -99,6 +99,29 @@ class SchemaIncompatibleError(SchemaMismatchError):
     error_type = "schema_incompatible"
 
 
+class SubjectNotRegisteredError(PermanentError):
+    """Publishing under ``auto_register: false`` to a Schema Registry subject that does not
+    hold the event's schema; ``subject`` names it."""
+
+    error_type = "subject_not_registered"
+
+    def __init__(self, message: str, *, subject: str, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.subject = subject
+
+
+class SchemaRejectedError(PermanentError):
+    """The Schema Registry refused to register or take a schema (incompatible with the
+    subject's versions, invalid); ``subject`` and the HTTP ``status`` say where and how."""
+
+    error_type = "schema_rejected"
+
+    def __init__(self, message: str, *, subject: str, status: int, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.subject = subject
+        self.status = status
+
+
 class RouteError(PermanentError):
     """A route could not be applied to the event (condition or template failed)."""
 

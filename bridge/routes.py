@@ -93,6 +93,64 @@ class RouteSpec(BaseModel):
         return self
 
 
+class SubjectStrategy(StrEnum):
+    """How a topic's records name their Schema Registry subject (Confluent's strategies)."""
+
+    TOPIC = "topic"
+    """``<topic>-value``: one subject per topic."""
+    RECORD = "record"
+    """``<record full name>``: one subject per event type, whatever the topic."""
+    TOPIC_RECORD = "topic_record"
+    """``<topic>-<record full name>``: one subject per topic and event type."""
+
+
+PublishFormat = Literal["avro", "json", "confluent-avro", "confluent-json"]
+REGISTRY_FORMATS = frozenset({"confluent-avro", "confluent-json"})
+"""Formats in Schema Registry framing (``00`` + schema id + Avro or JSON)."""
+
+
+class PublishSpec(BaseModel):
+    """How events published to one topic are written (``publish:`` in ``routes.yaml``).
+
+    CloudEvents binary-mode headers go on every record whatever the format; the
+    format decides the value: ``avro`` (single-object) and ``json`` as ktb writes
+    them, ``confluent-avro`` and ``confluent-json`` in Schema Registry framing under
+    the subject ``subject_strategy`` names.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: PublishFormat | None = Field(
+        None, description="Unset: what the publishing activity asks for (Avro by default)"
+    )
+    subject_strategy: SubjectStrategy = SubjectStrategy.TOPIC
+    auto_register: bool = Field(
+        False,
+        description="Register the schema on first use; false (production): the subject "
+        "must hold the schema already (`ktb schemas register`)",
+    )
+    types: list[str] = Field(
+        default_factory=list,
+        description="Event types published here: the subjects `ktb schemas register` "
+        "and `ktb schemas check` cover",
+    )
+
+    @property
+    def registry(self) -> bool:
+        """Whether records of this topic are in Schema Registry framing."""
+        return self.format in REGISTRY_FORMATS
+
+    @model_validator(mode="after")
+    def _registry_options(self) -> PublishSpec:
+        if not self.registry and (
+            self.auto_register or "subject_strategy" in self.model_fields_set
+        ):
+            raise ValueError(
+                "subject_strategy and auto_register apply to confluent-avro and confluent-json only"
+            )
+        return self
+
+
 class RoutesConfig(BaseModel):
     """The whole routes file."""
 
@@ -107,6 +165,10 @@ class RoutesConfig(BaseModel):
     envelope: dict[str, EnvelopeSpec] = Field(
         default_factory=dict,
         description="Per topic: how records without CloudEvents headers become events",
+    )
+    publish: dict[str, PublishSpec] = Field(
+        default_factory=dict,
+        description="Per topic: how outcome and compensation events are written",
     )
 
     def topic_partitions(self, default: int = 3) -> dict[str, int]:
@@ -419,6 +481,14 @@ def check_routes(config: RoutesConfig, catalog: SchemaCatalog) -> list[RouteProb
             message = _check_path(fields, path)
             if message:
                 problems.append(RouteProblem(spec.name, field_name, message))
+    for topic, publishing in sorted(config.publish.items()):
+        for type_name in publishing.types:
+            if type_name not in catalog:
+                problems.append(
+                    RouteProblem(
+                        "(publish)", f"publish.{topic}.types", f"no schema for {type_name!r}"
+                    )
+                )
     read = {spec.topic for spec in config.routes}
     for topic in sorted(set(config.envelope) - read):
         problems.append(

@@ -7,9 +7,9 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
 from temporalio.service import RPCError
@@ -30,11 +30,14 @@ from bridge.kafka.topics import ProvisionReport, provision_topics, topic_plan
 from bridge.observability.metrics import Metrics
 from bridge.observability.telemetry import Telemetry, open_telemetry
 from bridge.provenance import ProvenanceWriter
-from bridge.routes import Router, RoutesConfig
+from bridge.routes import PublishSpec, Router, RoutesConfig
 from bridge.sdk.egress import Publisher
 from bridge.settings import Settings
 from bridge.temporal.attributes import register_search_attributes
 from bridge.temporal.client import connect_temporal
+
+if TYPE_CHECKING:
+    from bridge.registry.subjects import RegistryWriter
 
 log = logging.getLogger("ktb")
 
@@ -135,14 +138,20 @@ async def open_worker(
 ) -> AsyncIterator[Worker]:
     """A running worker wired from settings, with the publishing activity and the metrics."""
     catalog = SchemaCatalog.from_dir(settings.schemas_dir)
+    publishing = publishing_formats(settings)
     client = await connect_temporal(settings, telemetry.runtime, telemetry.client_interceptors)
-    async with started_producer(settings) as producer:
+    async with (
+        started_producer(settings) as producer,
+        open_registry_writer(settings, catalog, publishing) as registry,
+    ):
         publisher = Publisher(
             producer,
             catalog,
             settings.source,
             telemetry.metrics,
             ProvenanceWriter(producer, settings.provenance_topic),
+            publishing,
+            registry,
         )
         worker = Worker(
             client,
@@ -153,6 +162,39 @@ async def open_worker(
         )
         async with worker:
             yield worker
+
+
+def publishing_formats(settings: Settings) -> dict[str, PublishSpec]:
+    """The routes file's ``publish:`` section: how each topic's published events are
+    written (none without a routes file: every topic as the activity asks)."""
+    if not settings.routes_file.exists():
+        return {}
+    publishing = RoutesConfig.load(settings.routes_file).publish
+    registry_topics = sorted(t for t, spec in publishing.items() if spec.registry)
+    if registry_topics and settings.schema_registry_url is None:
+        raise ConfigError(
+            f"{settings.routes_file}: publish: {', '.join(registry_topics)} written in Schema "
+            "Registry framing, and KTB_SCHEMA_REGISTRY_URL is not set"
+        )
+    return dict(publishing)
+
+
+@contextlib.asynccontextmanager
+async def open_registry_writer(
+    settings: Settings, catalog: SchemaCatalog, publishing: Mapping[str, PublishSpec]
+) -> AsyncIterator[RegistryWriter | None]:
+    """The Schema Registry writer of a worker whose topics need one, closed on exit."""
+    if not any(spec.registry for spec in publishing.values()):
+        yield None
+        return
+    # Imported only where a topic is written for the registry: workers stay light.
+    from bridge.registry.subjects import RegistryWriter
+
+    writer = RegistryWriter.from_settings(settings, catalog)
+    try:
+        yield writer
+    finally:
+        await writer.aclose()
 
 
 async def provision(

@@ -7,13 +7,20 @@ that same id for as long as it takes; an event Kafka will never take (larger
 than the producer or topic allows, a topic the client may not write, an invalid
 topic: ``bridge.kafka.is_permanent``) fails the activity at once, non-retryably,
 naming the topic, the record's size and Kafka's error.
+
+A topic configured in the routes file's ``publish:`` section is written in its
+format: ``confluent-avro`` and ``confluent-json`` frame the data for the Schema
+Registry (``bridge.registry.subjects``) and keep the CloudEvents headers. The
+registry follows the same split: not answering is retried, a subject that does
+not hold the schema (``auto_register: false``) or a schema it refuses fails at once.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -21,12 +28,16 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from bridge import kafka
-from bridge.codec import AVRO, SchemaCatalog
+from bridge.codec import AVRO, JSON, SchemaCatalog
 from bridge.envelope import KafkaRecord, encode_event, record_size
-from bridge.errors import BridgeError, SchemaMismatchError
+from bridge.errors import BridgeError, SchemaMismatchError, TransientError
 from bridge.observability.metrics import Metrics
 from bridge.observability.tracing import outgoing_traceparent
 from bridge.provenance import ProvenanceWriter
+from bridge.routes import PublishSpec
+
+if TYPE_CHECKING:
+    from bridge.registry.subjects import RegistryWriter
 
 PUBLISH_ACTIVITY = "ktb.publish"
 OUTCOME = "outcome"
@@ -108,12 +119,18 @@ class Publisher:
         source: str = "ktb",
         metrics: Metrics | None = None,
         provenance: ProvenanceWriter | None = None,
+        publishing: Mapping[str, PublishSpec] | None = None,
+        registry: RegistryWriter | None = None,
     ) -> None:
         self.producer = producer
         self.catalog = catalog
         self.source = source
         self.metrics = metrics or Metrics()
         self.provenance = provenance
+        self.publishing = dict(publishing or {})
+        """Per topic: the format its events are written in (``publish:`` of the routes file)."""
+        self.registry = registry
+        """Frames data for topics in a Schema Registry format."""
 
     @activity.defn(name=PUBLISH_ACTIVITY)
     async def publish(self, req: PublishRequest) -> Published:
@@ -121,6 +138,7 @@ class Publisher:
         info = activity.info()
         ce_id = event_id_for(info.workflow_id or "", info.workflow_run_id or "",
                              info.activity_id, req.name)  # fmt: skip
+        content_type, body = await self._data(req, ce_id)
         try:
             record = encode_event(
                 self.catalog,
@@ -135,15 +153,13 @@ class Publisher:
                 causation_id=req.causation_id,
                 # The activity's span when tracing is on, else the triggering event's.
                 traceparent=outgoing_traceparent(req.traceparent),
-                content_type=req.content_type,
+                content_type=content_type,
                 extensions=req.extensions,
+                body=body,
             )
         except BridgeError as exc:
             # The data will not fit its schema on any attempt: fail at once, naming the field.
-            details = {"field": exc.field} if isinstance(exc, SchemaMismatchError) else {}
-            raise ApplicationError(
-                exc.message, details, type=type(exc).__name__, non_retryable=True
-            ) from exc
+            raise _failure(exc, req) from exc
         try:
             meta = await self.producer.send_and_wait(
                 req.topic, value=record.value, key=record.key, headers=record.headers
@@ -165,3 +181,44 @@ class Publisher:
                 causation_id=req.causation_id, tenant_id=req.tenant_id,
             )  # fmt: skip
         return Published(ce_id, req.type, req.topic, meta.partition, meta.offset)
+
+    async def _data(self, req: PublishRequest, ce_id: str) -> tuple[str, bytes | None]:
+        """The content type of ``req``'s data on its topic, and the data when it is framed
+        for the Schema Registry (``None``: ``encode_event`` encodes it)."""
+        spec = self.publishing.get(req.topic)
+        if spec is None or spec.format is None:
+            return req.content_type, None
+        if not spec.registry:
+            return (AVRO if spec.format == "avro" else JSON), None
+        if self.registry is None:
+            raise ApplicationError(
+                f"cannot publish {req.type} event {ce_id} to {req.topic}: the topic is "
+                f"written {spec.format} and this worker has no Schema Registry "
+                "(KTB_SCHEMA_REGISTRY_URL)",
+                {"topic": req.topic, "ce_id": ce_id},
+                type="ConfigError",
+                non_retryable=True,
+            )
+        try:
+            framed = await self.registry.encode(req.topic, spec, req.type, req.data)
+        except BridgeError as exc:
+            raise _failure(exc, req) from exc
+        return framed.content_type, framed.body
+
+
+def _failure(exc: BridgeError, req: PublishRequest) -> ApplicationError:
+    """A failure to encode ``req``: retried when transient (the Schema Registry not
+    answering), at once and for good otherwise, naming the field or subject."""
+    details: dict[str, Any] = {}
+    if isinstance(exc, SchemaMismatchError):
+        details["field"] = exc.field
+    subject = getattr(exc, "subject", None)
+    if subject is not None:
+        details.update(topic=req.topic, subject=subject)
+    transient = isinstance(exc, TransientError)
+    return ApplicationError(
+        exc.message,
+        details,
+        type=type(exc).__name__,
+        non_retryable=not transient,
+    )
