@@ -8,16 +8,22 @@ import json
 import sys
 import uuid
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from bridge.cli import dlq as cli_dlq
 from bridge.cli import replay as cli_replay
-from bridge.cli.common import fail, load_settings
+from bridge.cli import schemas as cli_schemas
+from bridge.cli.common import fail, load_settings, run
 from bridge.dev.registry import REGISTRY_PORT
-from bridge.errors import BridgeError, ConfigError
+from bridge.errors import BridgeError, ConfigError, TransientError
 from bridge.observability import logs
+
+if TYPE_CHECKING:
+    from bridge.codec import SchemaCatalog
+    from bridge.routes import PublishSpec, RouteProblem, RoutesConfig
+    from bridge.settings import Settings
 
 app = typer.Typer(
     name="ktb",
@@ -168,6 +174,9 @@ def provision(
 # --- producing and tailing -------------------------------------------------------------
 
 
+FORMATS = ("avro", "json", "confluent-avro", "confluent-json")
+
+
 @app.command()
 def produce(
     topic: Annotated[str, typer.Argument(help="Kafka topic")],
@@ -177,47 +186,146 @@ def produce(
     id: Annotated[str | None, typer.Option("--id", help="Event id (default: a new UUID)")] = None,
     tenant: Annotated[str | None, typer.Option(help="Tenant id (ce_tenantid)")] = None,
     source: Annotated[str, typer.Option(help="CloudEvents source")] = "ktb-cli",
-    json_data: Annotated[
-        bool, typer.Option("--json", help="Send data as application/json instead of Avro")
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="avro (single-object), json, confluent-avro or confluent-json (Schema "
+            "Registry framing); default: the topic's publish: format, else avro",
+        ),
+    ] = None,
+    json_data: Annotated[bool, typer.Option("--json", help="The same as --format json")] = False,
+    subject_strategy: Annotated[
+        str | None,
+        typer.Option(help="topic, record or topic_record; default: the topic's, else topic"),
+    ] = None,
+    auto_register: Annotated[
+        bool | None,
+        typer.Option(
+            "--auto-register/--no-auto-register",
+            help="Register the schema under its subject if missing; default: the topic's, else no",
+        ),
+    ] = None,
+    no_cloudevents: Annotated[
+        bool,
+        typer.Option(
+            "--no-cloudevents", help="No ce_* headers: the value alone, as a plain producer writes"
+        ),
     ] = False,
 ) -> None:
     """Encode one event with its type's schema and produce it; prints the event id."""
-    from bridge.codec import AVRO, JSON, SchemaCatalog
-    from bridge.envelope import encode_event
-    from bridge.wiring import started_producer
+    from bridge.routes import RoutesConfig
 
     settings = load_settings()
+    if json_data and format not in (None, "json"):
+        fail(f"--json and --format {format} disagree")
+    if format is not None and format not in FORMATS:
+        fail(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
     try:
         parsed = json.loads(data)
     except ValueError as exc:
         fail(f"--data is not valid JSON: {exc}")
+    if not isinstance(parsed, dict):
+        fail("--data must be a JSON object")
+    try:
+        configured = (
+            RoutesConfig.load(settings.routes_file).publish.get(topic)
+            if settings.routes_file.exists()
+            else None
+        )
+        spec = _publish_spec(
+            configured, "json" if json_data else format, subject_strategy, auto_register
+        )
+    except ConfigError as exc:
+        fail(exc.message)
     event_id = id or str(uuid.uuid4())
     try:
-        catalog = SchemaCatalog.from_dir(settings.schemas_dir)
-        record = encode_event(
-            catalog,
-            type=type,
-            data=parsed,
-            id=event_id,
-            source=source,
-            key=key,
-            tenant_id=tenant,
-            content_type=JSON if json_data else AVRO,
+        sent = asyncio.run(
+            _produce(
+                settings, topic, spec, type, parsed, event_id, source, key, tenant, no_cloudevents
+            )
         )
+    except TransientError as exc:
+        fail(exc.message, 1)
     except BridgeError as exc:
         fail(exc.message)
-
-    async def send() -> None:
-        async with started_producer(settings) as producer:
-            await producer.send_and_wait(
-                topic, value=record.value, key=record.key, headers=record.headers
-            )
-
-    try:
-        asyncio.run(send())
     except Exception as exc:  # surface any Kafka client failure as a clean CLI error
         fail(f"could not produce to {topic} at {settings.kafka_bootstrap}: {exc}", 1)
-    typer.echo(event_id)
+    typer.echo(sent)
+
+
+def _publish_spec(
+    configured: PublishSpec | None,
+    format: str | None,
+    strategy: str | None,
+    auto_register: bool | None,
+) -> PublishSpec:
+    """The topic's ``publish:`` settings with the command's options over them."""
+    from bridge.routes import PublishSpec
+
+    base = configured.model_dump(exclude_unset=True) if configured is not None else {}
+    options = {"format": format, "subject_strategy": strategy, "auto_register": auto_register}
+    merged = {**base, **{k: v for k, v in options.items() if v is not None}}
+    merged.setdefault("format", "avro")
+    if merged["format"] not in ("confluent-avro", "confluent-json"):
+        if strategy is not None or auto_register is not None:
+            raise ConfigError(
+                "--subject-strategy and --auto-register apply to confluent-avro and "
+                "confluent-json only"
+            )
+        merged.pop("subject_strategy", None)
+        merged.pop("auto_register", None)
+    try:
+        return PublishSpec.model_validate(merged)
+    except ValueError as exc:
+        raise ConfigError(f"invalid --subject-strategy or format: {exc}") from exc
+
+
+async def _produce(
+    settings: Settings,
+    topic: str,
+    spec: PublishSpec,
+    type_name: str,
+    data: dict[str, Any],
+    event_id: str,
+    source: str,
+    key: str | None,
+    tenant: str | None,
+    no_cloudevents: bool,
+) -> str:
+    """Encode and send one event; its id (the record's coordinates without CloudEvents)."""
+    from bridge.codec import AVRO, JSON, SchemaCatalog
+    from bridge.envelope import encode_event
+    from bridge.wiring import open_registry_writer, started_producer
+
+    catalog = SchemaCatalog.from_dir(settings.schemas_dir)
+    body: bytes | None = None
+    content_type = JSON if spec.format == "json" else AVRO
+    if spec.registry and settings.schema_registry_url is None:
+        raise ConfigError(f"--format {spec.format} needs KTB_SCHEMA_REGISTRY_URL")
+    async with open_registry_writer(settings, catalog, {topic: spec}) as writer:
+        if writer is not None:
+            framed = await writer.encode(topic, spec, type_name, data)
+            body, content_type = framed.body, framed.content_type
+    record = encode_event(
+        catalog,
+        type=type_name,
+        data=data,
+        id=event_id,
+        source=source,
+        key=key,
+        tenant_id=tenant,
+        content_type=content_type,
+        body=body,
+    )
+    headers = [] if no_cloudevents else record.headers
+    async with started_producer(settings) as producer:
+        meta = await producer.send_and_wait(
+            topic, value=record.value, key=record.key, headers=headers
+        )
+    if no_cloudevents:
+        return f"{topic}-{meta.partition}-{meta.offset}"
+    return event_id
 
 
 @app.command()
@@ -275,16 +383,34 @@ def routes_check(
     except ConfigError as exc:
         fail(exc.message, 1)
     problems = check_routes(config, catalog)
+    registry = ""
+    if settings.schema_registry_url is not None:
+        problems += run(_check_registered(settings, config, catalog))
+        registry = f", checked against the Schema Registry at {settings.schema_registry_url}"
     if problems:
         typer.echo(f"{file}: {len(problems)} problem(s):", err=True)
         for p in problems:
             typer.echo(f"  - {p}", err=True)
         raise typer.Exit(1)
-    typer.echo(f"{file}: {len(config.routes)} routes ok")
+    typer.echo(f"{file}: {len(config.routes)} routes ok{registry}")
+
+
+async def _check_registered(
+    settings: Settings, config: RoutesConfig, catalog: SchemaCatalog
+) -> list[RouteProblem]:
+    """``check_registered`` with a client of its own, closed after."""
+    from bridge.registry.subjects import check_registered, client_from_settings
+
+    client = client_from_settings(settings)
+    try:
+        return await check_registered(config, catalog, client)
+    finally:
+        await client.aclose()
 
 
 cli_replay.register(app)
 cli_dlq.register(app)
+cli_schemas.register(app)
 
 
 def main() -> None:

@@ -1,4 +1,10 @@
-"""``ktb tail``: read a topic without a consumer group and print decoded records."""
+"""``ktb tail``: read a topic without a consumer group and print decoded records.
+
+Records are decoded by the bridge's own ``Decoder``: every format it reads
+(CloudEvents binary and structured mode, Avro single-object, JSON, Schema Registry
+framing with the writer schema from ``KTB_SCHEMA_REGISTRY_URL``), records without
+CloudEvents headers through the routes file's ``envelope:`` templates.
+"""
 
 from __future__ import annotations
 
@@ -11,32 +17,57 @@ from aiokafka import TopicPartition
 
 from bridge import kafka
 from bridge.codec import SchemaCatalog
-from bridge.envelope import decode_data, headers_dict
+from bridge.decoding import Decoder, EnvelopeSpec, open_decoder
+from bridge.envelope import Event, headers_dict
 from bridge.errors import BridgeError, ConfigError
 from bridge.kafka import stop_consumer
+from bridge.routes import RoutesConfig
 from bridge.settings import Settings
 
 
-def render(catalog: SchemaCatalog, record: Any) -> dict[str, Any]:
-    """One record as the JSON object ``ktb tail`` prints."""
-    headers = headers_dict(record.headers)
-    out: dict[str, Any] = {
+def _record(record: Any) -> dict[str, Any]:
+    return {
         "topic": record.topic,
         "partition": record.partition,
         "offset": record.offset,
         "key": record.key.decode("utf-8", "replace") if record.key is not None else None,
-        "headers": headers,
+        "headers": headers_dict(record.headers),
     }
+
+
+def _with_event(out: dict[str, Any], event: Event) -> dict[str, Any]:
+    out["data"] = event.data
+    if not any(name.startswith("ce_") for name in out["headers"]):
+        # No CloudEvents headers: show the envelope the bridge gives the record.
+        out["event"] = {"id": event.id, "type": event.type, "source": event.source}
+    return out
+
+
+def render(catalog: SchemaCatalog, record: Any) -> dict[str, Any]:
+    """One record as the JSON object ``ktb tail`` prints, decoded without a registry."""
+    out = _record(record)
     try:
-        type_name = headers.get("ce_type")
-        if not type_name:
-            raise BridgeError("no ce_type header")
-        if record.value is None:
-            raise BridgeError("record has no value")
-        out["data"] = decode_data(catalog, type_name, headers.get("content-type"), record.value)
+        return _with_event(out, Decoder(catalog).decode_now(record))
     except BridgeError as exc:
         out["error"] = exc.message
     return out
+
+
+async def render_decoded(decoder: Decoder, record: Any) -> dict[str, Any]:
+    """One record as ``ktb tail`` prints it: ``data`` as the bridge reads it, or ``error``."""
+    out = _record(record)
+    try:
+        return _with_event(out, await decoder.decode(record))
+    except BridgeError as exc:
+        out["error"] = exc.message
+    return out
+
+
+def _envelopes(settings: Settings) -> dict[str, EnvelopeSpec]:
+    """The routes file's ``envelope:`` section, if there is a routes file."""
+    if not settings.routes_file.exists():
+        return {}
+    return dict(RoutesConfig.load(settings.routes_file).envelope)
 
 
 async def tail_topic(
@@ -51,6 +82,22 @@ async def tail_topic(
 ) -> int:
     """Print records of ``topic`` until ``max_records`` or ``idle_timeout``; return the count."""
     catalog = SchemaCatalog.from_dir(settings.schemas_dir)
+    async with open_decoder(settings, catalog, _envelopes(settings)) as decoder:
+        return await _tail(
+            settings, decoder, topic, from_beginning, since_s, max_records, idle_timeout, emit
+        )
+
+
+async def _tail(
+    settings: Settings,
+    decoder: Decoder,
+    topic: str,
+    from_beginning: bool,
+    since_s: float,
+    max_records: int | None,
+    idle_timeout: float | None,
+    emit: Callable[[str], None],
+) -> int:
     consumer = kafka.consumer(settings)
     await consumer.start()
     count = 0
@@ -82,7 +129,7 @@ async def tail_topic(
                 (r for rs in batch.values() for r in rs), key=lambda r: (r.timestamp, r.offset)
             )
             for record in records:
-                emit(json.dumps(render(catalog, record), default=str))
+                emit(json.dumps(await render_decoded(decoder, record), default=str))
                 count += 1
                 last = time.monotonic()
                 if max_records is not None and count >= max_records:

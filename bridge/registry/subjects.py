@@ -33,16 +33,18 @@ from confluent_kafka.schema_registry.common._httpx_compat import httpx
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext, SerializationError
 
-from bridge.codec import AVRO, AVRO_KIND, JSON, JSON_KIND, EventSchema, SchemaCatalog
+from bridge.codec import AVRO, AVRO_KIND, JSON, JSON_KIND, EventSchema, Resolver, SchemaCatalog
+from bridge.decoding import Decoder
 from bridge.errors import (
     BridgeError,
     ConfigError,
+    SchemaIncompatibleError,
     SchemaRejectedError,
     SubjectNotRegisteredError,
     TransientError,
 )
 from bridge.registry.client import NOT_A_REGISTRY_ANSWER, NOT_FOUND, registry_config
-from bridge.routes import PublishSpec, RoutesConfig, SubjectStrategy
+from bridge.routes import PublishSpec, RouteProblem, RoutesConfig, SubjectStrategy
 from bridge.settings import Settings
 
 T = TypeVar("T")
@@ -452,3 +454,69 @@ def _unavailable(subject: str, exc: Exception) -> TransientError:
     else:
         detail = f"{type(exc).__name__}: {exc}"
     return TransientError(f"Schema Registry unavailable for subject {subject!r}: {detail}")
+
+
+# --- ktb routes check, against the registry ------------------------------------------------
+
+
+async def check_registered(
+    config: RoutesConfig,
+    catalog: SchemaCatalog,
+    client: AsyncSchemaRegistryClient,
+) -> list[RouteProblem]:
+    """Routes and ``publish:`` topics against what the registry holds.
+
+    A route whose type has no local schema needs its topic's reader subject; a route
+    whose type has one and whose reader subject holds that type must be able to read
+    it (Avro schema resolution); a ``publish:`` topic without ``auto_register`` needs
+    every type it lists registered under its subject.
+    """
+    from bridge.registry.client import SchemaRegistry
+
+    registry = SchemaRegistry(client)
+    decoder = Decoder(catalog, config.envelope)
+    resolver = Resolver()
+    problems: list[RouteProblem] = []
+    for route in config.routes:
+        subject = decoder.envelope(route.topic).reader_subject(
+            {"topic": route.topic, "type": route.type}
+        )
+        latest = await registry.latest(subject)
+        if route.type not in catalog:
+            if latest is None:
+                problems.append(
+                    RouteProblem(
+                        route.name,
+                        "type",
+                        f"no schema for {route.type!r} in schemas/ nor under subject {subject!r}",
+                    )
+                )
+            continue
+        if latest is None or latest.kind != AVRO_KIND or latest.name != route.type:
+            continue
+        try:
+            resolver.reader_for(latest, catalog.get(route.type))
+        except SchemaIncompatibleError as exc:
+            problems.append(RouteProblem(route.name, "type", f"subject {subject!r}: {exc.message}"))
+    plan, _ = subject_plan(config, catalog)
+    for item in plan:
+        spec = config.publish.get(item.topic or "")
+        if spec is None or spec.auto_register:
+            continue
+        schema = registry_schema(catalog.get(item.type), item.kind)
+        try:
+            await client.lookup_schema(item.subject, schema)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code != NOT_FOUND:
+                raise _unavailable(item.subject, exc) from exc
+            problems.append(
+                RouteProblem(
+                    "(publish)",
+                    f"publish.{item.topic}",
+                    f"subject {item.subject!r} does not hold {item.type} and auto_register is "
+                    "false (`ktb schemas register`)",
+                )
+            )
+        except (httpx.HTTPError, *NOT_A_REGISTRY_ANSWER) as exc:
+            raise _unavailable(item.subject, exc) from exc
+    return problems
