@@ -14,7 +14,6 @@ succeed on a retry; no answer, a timeout, a 5xx, refused credentials are
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -153,7 +152,6 @@ class RegistryWriter:
         self.client = client
         self.catalog = catalog
         self._serializers: dict[tuple[str, ...], Any] = {}
-        self._building: dict[tuple[str, ...], asyncio.Future[Any]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, catalog: SchemaCatalog) -> RegistryWriter:
@@ -199,19 +197,12 @@ class RegistryWriter:
     ) -> Any:
         key = (topic, type_name, kind, spec.subject_strategy.value, str(spec.auto_register))
         found = self._serializers.get(key)
-        if found is not None:
-            return found
-        pending = self._building.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(self._build(spec, schema, kind))
-            self._building[key] = pending
-        try:
-            serializer = await asyncio.shield(pending)
-        finally:
-            if pending.done():
-                self._building.pop(key, None)
-        self._serializers[key] = serializer
-        return serializer
+        if found is None:
+            # Building parses the schema and asks the registry nothing; the serializer
+            # registers or looks up its subject once, on its first record.
+            found = await self._build(spec, schema, kind)
+            self._serializers[key] = found
+        return found
 
     async def _build(self, spec: PublishSpec, schema: EventSchema, kind: str) -> Any:
         conf = {

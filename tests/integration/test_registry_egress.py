@@ -22,6 +22,7 @@ import yaml
 from confluent_kafka import DeserializingConsumer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.schema_registry.json_schema import JSONDeserializer
 from confluent_kafka.serialization import StringDeserializer
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState
@@ -69,17 +70,25 @@ async def publish_once(
     return result
 
 
-def read_with_confluent(settings: Settings, topic: str, timeout: float = 30.0) -> Any:
-    """The first record of ``topic`` through confluent-kafka's own Avro deserializer."""
+def read_with_confluent(
+    settings: Settings, topic: str, kind: str = "confluent-avro", timeout: float = 30.0
+) -> Any:
+    """The first record of ``topic`` through confluent-kafka's own deserializer of ``kind``,
+    the writer schema fetched by the id in the record."""
     assert settings.schema_registry_url is not None
     registry = SchemaRegistryClient({"url": settings.schema_registry_url})
+    deserializer = (
+        AvroDeserializer(registry)
+        if kind == "confluent-avro"
+        else JSONDeserializer(None, schema_registry_client=registry)
+    )
     consumer = DeserializingConsumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap,
             "group.id": f"confluent-{topic}",
             "auto.offset.reset": "earliest",
             "key.deserializer": StringDeserializer(),
-            "value.deserializer": AvroDeserializer(registry),
+            "value.deserializer": deserializer,
         }
     )
     consumer.subscribe([topic])
@@ -108,16 +117,17 @@ def cli(args: list[str], settings: Settings, **env: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-async def test_an_outcome_on_a_confluent_avro_topic_reads_with_confluents_deserializer(
-    settings: Settings, client: Client, topics: dict[str, str], uid: str, tmp_path: Path
+@pytest.mark.parametrize("kind", ["confluent-avro", "confluent-json"])
+async def test_an_outcome_on_a_registry_topic_reads_with_confluents_deserializer(
+    settings: Settings, client: Client, topics: dict[str, str], uid: str, tmp_path: Path, kind: str
 ):
     topic = topics["outcomes"]
-    spec = {"format": "confluent-avro", "subject_strategy": "topic_record", "auto_register": True}
+    spec = {"format": kind, "subject_strategy": "topic_record", "auto_register": True}
     routes = routes_file(tmp_path / "routes.yaml", {topic: spec})
     ce_id = await publish_once(
         worker_settings(settings, routes), client, f"q-{uid}", topic, f"pub-{uid}"
     )
-    message = await asyncio.to_thread(read_with_confluent, settings, topic)
+    message = await asyncio.to_thread(read_with_confluent, settings, topic, kind)
     assert message.value() == DATA
     assert message.key() == "k-1"
     headers = {name: value.decode() for name, value in message.headers()}
@@ -125,10 +135,13 @@ async def test_an_outcome_on_a_confluent_avro_topic_reads_with_confluents_deseri
     assert headers["ce_type"] == FAILED
     assert headers["ce_specversion"] == "1.0"
     assert headers["ce_correlationid"] == f"pub-{uid}"
-    assert headers["content-type"] == "application/avro"
+    assert headers["content-type"] == (
+        "application/avro" if kind == "confluent-avro" else "application/json"
+    )
     registry = SchemaRegistryClient({"url": settings.schema_registry_url})
     latest = registry.get_latest_version(f"{topic}-{FAILED}")
     assert latest.version == 1
+    assert latest.schema.schema_type == ("AVRO" if kind == "confluent-avro" else "JSON")
     # ktb tail decodes it as the bridge does: the writer schema from the registry by id.
     lines: list[str] = []
     count = await tail_topic(
