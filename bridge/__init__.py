@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from bridge import kafka
 from bridge.codec import SchemaCatalog
+from bridge.decoding import Decoder, open_decoder
 from bridge.dispatch import Dispatcher, Outcome, Result
 from bridge.envelope import (
     Event,
@@ -80,6 +81,8 @@ __all__ = [  # noqa: RUF022
     "decode_record",
     "decode_consumed",
     "encode_event",
+    "Decoder",
+    "open_decoder",
     "Action",
     "ActionKind",
     "Router",

@@ -4,7 +4,7 @@
 - ``run_service_worker``: the Temporal worker body (the service's activities, and
   workflows, on its task queue, with the fault taxonomy mapped onto retries);
 - ``run_service_consumer``: the Kafka consumer body of a downstream service, over
-  ``consume_events``, a loop that decodes every record with the library's decoder;
+  ``consume_events``, a loop that decodes every record with the library's ``Decoder``;
 - ``run_service_server``: the HTTP server body (the service's read model over its
   own database, on its port), with ``app`` and ``not_found`` for its routes.
 
@@ -26,14 +26,16 @@ from aiokafka.errors import CommitFailedError
 from fastapi import FastAPI, HTTPException
 
 from bridge import (
+    Decoder,
     Event,
     FaultInterceptor,
     PermanentError,
     RecordLike,
     SchemaCatalog,
     Settings,
-    decode_consumed,
+    TransientError,
     kafka,
+    open_decoder,
     open_telemetry,
     run_worker,
     setup_logging,
@@ -43,6 +45,9 @@ from services.config import Service, ServicesConfig, WorkerService
 from services.store import Store
 
 log = logging.getLogger("services")
+DECODE_RETRY_S = 0.5
+DECODE_RETRY_MAX_S = 10.0
+"""Waits between decodes of a record while the Schema Registry does not answer."""
 
 Activities = Callable[[ServicesConfig, Store], Sequence[Callable[..., Any]]]
 """Builds a service's activities over its configuration and its own database."""
@@ -133,42 +138,63 @@ async def consume_events(
 ) -> None:
     """Consume ``topics`` as ``group_id`` until ``stop`` is set, at least once.
 
-    Each record is decoded by ``decode_record``, the one decoder the bridge uses; a
-    record that is not an event is logged and skipped. A batch's events go to
-    ``handle``, then the batch is committed: after a crash or a rebalance records
-    are read again, so ``handle`` dedupes (on ``Event.id``, the ``ce_id``).
+    Each record is decoded by the library's ``Decoder``, the one the bridge uses
+    (every format it reads: Schema Registry framing too, with the writer schema from
+    ``KTB_SCHEMA_REGISTRY_URL``); a record that is not an event is logged and skipped,
+    a registry that does not answer is waited for. A batch's events go to ``handle``,
+    then the batch is committed: after a crash or a rebalance records are read again,
+    so ``handle`` dedupes (on ``Event.id``, the ``ce_id``).
     """
     consumer = kafka.consumer(settings, *topics, group_id=group_id, auto_offset_reset="earliest")
     await kafka.start(consumer, settings)
     log.info("consuming %s as group %s", ", ".join(topics), group_id)
     try:
-        while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=200)
-            records = [r for rs in batch.values() for r in rs]
-            if not records:
-                continue
-            events = [e for r in records if (e := _decode(catalog, r)) is not None]
-            if events:
-                await handle(events)
-            try:
-                await consumer.commit()
-            except CommitFailedError as exc:
-                # A rebalance took the partitions: the next owner re-reads, handle dedupes.
-                log.warning("commit failed after a rebalance: %s", exc)
+        async with open_decoder(settings, catalog, {}) as decoder:
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=200)
+                records = [r for rs in batch.values() for r in rs]
+                if not records:
+                    continue
+                try:
+                    events = [e for r in records if (e := await _decode(decoder, r, stop))]
+                except TransientError:
+                    return  # stopped while the registry was away: nothing committed
+                if events:
+                    await handle(events)
+                try:
+                    await consumer.commit()
+                except CommitFailedError as exc:
+                    # A rebalance took the partitions: the next owner re-reads, handle dedupes.
+                    log.warning("commit failed after a rebalance: %s", exc)
     finally:
         await kafka.stop_consumer(consumer)
 
 
-def _decode(catalog: SchemaCatalog, record: RecordLike) -> Event | None:
-    try:
-        return decode_consumed(catalog, record)
-    except PermanentError as exc:
-        log.warning(
-            "skipping a record that is not an event: %s",
-            exc.message,
-            extra={"topic": record.topic, "partition": record.partition, "offset": record.offset},
-        )
-        return None
+async def _decode(decoder: Decoder, record: RecordLike, stop: asyncio.Event) -> Event | None:
+    """The record's event (``None``: not an event, skipped); while the Schema Registry
+    does not answer, retried with doubling waits until it does or ``stop`` is set."""
+    wait = DECODE_RETRY_S
+    while True:
+        try:
+            return await decoder.decode(record)
+        except PermanentError as exc:
+            log.warning(
+                "skipping a record that is not an event: %s",
+                exc.message,
+                extra={
+                    "topic": record.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                },
+            )
+            return None
+        except TransientError as exc:
+            if stop.is_set():
+                raise
+            log.warning("cannot decode yet, retrying in %.1fs: %s", wait, exc.message)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait)
+            wait = min(wait * 2, DECODE_RETRY_MAX_S)
 
 
 # --- HTTP servers -----------------------------------------------------------------

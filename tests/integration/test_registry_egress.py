@@ -32,9 +32,12 @@ from typer.testing import CliRunner
 
 from bridge.cli.main import app
 from bridge.cli.tail import tail_topic
+from bridge.codec import SchemaCatalog
+from bridge.envelope import Event
 from bridge.observability.telemetry import open_telemetry
 from bridge.settings import REPO_ROOT, Settings
 from bridge.wiring import open_bridge, open_worker
+from services.common import consume_events
 from tests.integration.saga_workflows import Publisher as PublisherWorkflow
 from tests.support import Services, eventually, order_data
 from tests.workflows import Noop
@@ -151,6 +154,20 @@ async def test_an_outcome_on_a_registry_topic_reads_with_confluents_deserializer
     shown = json.loads(lines[0])
     assert shown["data"] == DATA
     assert shown["headers"]["ce_id"] == ce_id
+    # The example services' consumer loop (notifications) reads it too.
+    seen: list[Event] = []
+    stop = asyncio.Event()
+
+    async def handle(events: list[Event]) -> None:
+        seen.extend(events)
+        stop.set()
+
+    catalog = SchemaCatalog.from_dir(settings.schemas_dir)
+    await asyncio.wait_for(
+        consume_events(settings, catalog, [topic], f"svc-{uid}", handle, stop), 60
+    )
+    [event] = seen
+    assert (event.id, event.type, dict(event.data)) == (ce_id, FAILED, DATA)
 
 
 async def test_without_auto_register_a_missing_subject_fails_the_publication_for_good(

@@ -24,6 +24,8 @@ PUBLIC = [
     "decode_record",
     "decode_consumed",
     "encode_event",
+    "Decoder",
+    "open_decoder",
     "Action",
     "ActionKind",
     "Router",
