@@ -19,6 +19,7 @@ from temporalio.worker import Worker
 from bridge import kafka
 from bridge.codec import SchemaCatalog
 from bridge.consumer import BridgeConsumer
+from bridge.decoding import open_decoder
 from bridge.dispatch import Dispatcher
 from bridge.dlq.publisher import DeadLetterPublisher
 from bridge.ingress import Ingress
@@ -40,26 +41,31 @@ async def running_bridge(
     metrics: Metrics | None = None,
     provenance: bool = False,
 ) -> AsyncIterator[BridgeConsumer]:
-    """An in-process bridge instance; ``provenance`` records to ``settings.provenance_topic``."""
+    """An in-process bridge instance, decoding as ``ktb bridge`` does (the Schema Registry
+    of ``settings`` included); ``provenance`` records to ``settings.provenance_topic``."""
     producer = kafka.producer(settings)
     await producer.start()
     router = Router(config)
-    ingress = Ingress(
-        catalog,
-        router,
-        Dispatcher(client, timedelta(seconds=settings.temporal_rpc_timeout_s)),
-        DeadLetterPublisher(producer),
-        metrics or Metrics(),
-        provenance=ProvenanceWriter(producer, settings.provenance_topic) if provenance else None,
-    )
-    consumer = BridgeConsumer(settings, ingress, router.topics)
-    task = asyncio.create_task(consumer.run())
-    try:
-        yield consumer
-    finally:
-        consumer.stop()
-        await asyncio.wait_for(task, 60)
-        await producer.stop()
+    async with open_decoder(settings, catalog, config.envelope) as decoder:
+        ingress = Ingress(
+            catalog,
+            router,
+            Dispatcher(client, timedelta(seconds=settings.temporal_rpc_timeout_s)),
+            DeadLetterPublisher(producer),
+            metrics or Metrics(),
+            provenance=ProvenanceWriter(producer, settings.provenance_topic)
+            if provenance
+            else None,
+            decoder=decoder,
+        )
+        consumer = BridgeConsumer(settings, ingress, router.topics)
+        task = asyncio.create_task(consumer.run())
+        try:
+            yield consumer
+        finally:
+            consumer.stop()
+            await asyncio.wait_for(task, 60)
+            await producer.stop()
 
 
 @contextlib.asynccontextmanager
