@@ -361,7 +361,13 @@ async def check(
         except (httpx.HTTPError, *NOT_A_REGISTRY_ANSWER) as exc:
             raise _unavailable(item.subject, exc) from exc
         level = await _level(client, item.subject)
-        ok = await _ask(item.subject, client.test_compatibility(item.subject, schema))
+        # A transitive level is tested against every version, the others against the latest.
+        test = (
+            client.test_compatibility_all_versions(item.subject, schema)
+            if level.endswith("_TRANSITIVE")
+            else client.test_compatibility(item.subject, schema)
+        )
+        ok = await _ask(item.subject, test)
         reason = ""
         if not ok:
             registered = latest.schema.schema_str if latest.schema is not None else None

@@ -31,8 +31,10 @@ from bridge.errors import (
 from bridge.registry import SchemaRegistry
 from bridge.registry.subjects import (
     RegistryWriter,
+    check,
     incompatibility,
     json_schema_of,
+    register,
     registry_failure,
     registry_schema,
     subject_for,
@@ -348,3 +350,82 @@ def test_a_worker_refuses_registry_topics_without_a_registry(tmp_path: Path):
     found = publishing_formats(Settings(routes_file=routes, schema_registry_url="http://r:1"))
     assert set(found) == {"out", "plain"}
     assert publishing_formats(Settings(routes_file=tmp_path / "none.yaml")) == {}
+
+
+class LevelledRegistry(AsyncMockSchemaRegistryClient):
+    """The mock registry with compatibility levels and a verdict; records the tests asked."""
+
+    def __init__(self, verdict: bool) -> None:
+        super().__init__({"url": "mock://"})
+        self.verdict = verdict
+        self.levels: dict[str | None, str] = {}
+        self.asked: list[str] = []
+
+    async def get_compatibility(self, subject_name: str | None = None) -> str:
+        if subject_name not in self.levels:
+            raise SchemaRegistryError(404, 40408, "no level")
+        return self.levels[subject_name]
+
+    async def set_compatibility(
+        self, subject_name: str | None = None, level: str | None = None
+    ) -> str:
+        assert level is not None
+        self.levels[subject_name] = level
+        return level
+
+    async def test_compatibility(self, subject_name: str, schema: Any, *a: Any, **kw: Any) -> bool:
+        self.asked.append("latest")
+        return self.verdict
+
+    async def test_compatibility_all_versions(
+        self, subject_name: str, schema: Any, *a: Any, **kw: Any
+    ) -> bool:
+        self.asked.append("all")
+        return self.verdict
+
+
+def plan_for(catalog: SchemaCatalog) -> list[Any]:
+    config = RoutesConfig.parse(
+        {"routes": [], "publish": {"out": {"format": "confluent-avro", "types": [FAILED]}}}
+    )
+    return subject_plan(config, catalog)[0]
+
+
+async def test_register_sets_backward_where_the_subject_has_no_level_and_check_uses_it(catalog):
+    client = LevelledRegistry(verdict=True)
+    [before] = await check(client, catalog, plan_for(catalog))
+    assert before.version is None and before.compatible and not client.asked
+    [done] = await register(client, catalog, plan_for(catalog))
+    assert (done.subject, done.version) == ("out-value", 1)
+    assert client.levels["out-value"] == "BACKWARD"
+    [after] = await check(client, catalog, plan_for(catalog))
+    assert (after.level, after.version, after.compatible) == ("BACKWARD", 1, True)
+    assert client.asked == ["latest"]
+
+
+async def test_check_tests_every_version_under_a_transitive_level_and_names_the_reason(
+    catalog, tmp_path
+):
+    client = LevelledRegistry(verdict=False)
+    client.levels["out-value"] = "FULL_TRANSITIVE"
+    await register(client, catalog, plan_for(catalog))
+    assert client.levels["out-value"] == "FULL_TRANSITIVE"  # a level of its own is kept
+    changed = json.loads((REPO_ROOT / "schemas" / "order" / "failed.avsc").read_text())
+    changed["fields"].append({"name": "attempt", "type": "int"})
+    (tmp_path / "failed.avsc").write_text(json.dumps(changed))
+    newer = SchemaCatalog.from_dir(tmp_path)
+    [result] = await check(client, newer, plan_for(newer))
+    assert client.asked == ["all"]
+    assert not result.compatible
+    assert "out-value version 1 (FULL_TRANSITIVE)" in str(result)
+    assert "attempt" in result.reason
+
+
+async def test_an_unset_subject_level_falls_back_to_the_registrys_then_backward(catalog):
+    client = LevelledRegistry(verdict=True)
+    await client.register_schema("out-value", registry_schema(catalog.get(FAILED), "AVRO"))
+    [result] = await check(client, catalog, plan_for(catalog))
+    assert result.level == "BACKWARD"
+    client.levels[None] = "FORWARD"
+    [result] = await check(client, catalog, plan_for(catalog))
+    assert result.level == "FORWARD"
