@@ -12,6 +12,7 @@ import fastavro
 import jsonschema
 import pytest
 from aiokafka.structs import RecordMetadata
+from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry._async.mock_schema_registry_client import (
     AsyncMockSchemaRegistryClient,
 )
@@ -32,6 +33,7 @@ from bridge.registry import SchemaRegistry
 from bridge.registry.subjects import (
     RegistryWriter,
     check,
+    check_registered,
     incompatibility,
     json_schema_of,
     register,
@@ -47,6 +49,7 @@ from bridge.wiring import publishing_formats
 from tests.support.memory import MemoryRecord
 
 FAILED = "com.example.order.failed"
+PLACED = "com.example.order.placed"
 DATA = {"order_id": "o-1", "step": "charge_payment", "reason": "declined"}
 AVRO_TOPIC = PublishSpec(format="confluent-avro", subject_strategy="topic_record")
 
@@ -429,3 +432,56 @@ async def test_an_unset_subject_level_falls_back_to_the_registrys_then_backward(
     client.levels[None] = "FORWARD"
     [result] = await check(client, catalog, plan_for(catalog))
     assert result.level == "FORWARD"
+
+
+def start_route(topic: str, type_name: str) -> dict[str, Any]:
+    return {
+        "name": f"start-{type_name.rsplit('.', 1)[-1]}",
+        "topic": topic,
+        "type": type_name,
+        "action": "start",
+        "workflow": "W",
+        "task_queue": "q",
+        "workflow_id": "w-{data.order_id}",
+    }
+
+
+async def test_routes_check_against_the_registry(catalog):
+    client = AsyncMockSchemaRegistryClient({"url": "mock://"})
+    foreign = {"type": "record", "name": "Shipped", "namespace": "com.other",
+               "fields": [{"name": "order_id", "type": "string"}]}  # fmt: skip
+    config = RoutesConfig.parse(
+        {
+            "routes": [
+                start_route("orders", PLACED),
+                start_route("shipments", "com.other.Shipped"),
+                start_route("returns", "com.other.Returned"),
+            ],
+            "publish": {"out": {"format": "confluent-avro", "types": [FAILED]}},
+        }
+    )
+    # order.placed registered with order_id an int: the local schema cannot read it; a
+    # type with no local schema needs its reader subject; out-value lacks order.failed.
+    placed = json.loads((REPO_ROOT / "schemas" / "order" / "placed.avsc").read_text())
+    placed["fields"][0]["type"] = "int"
+    await client.register_schema("orders-value", Schema(json.dumps(placed), "AVRO"))
+    await client.register_schema("shipments-value", Schema(json.dumps(foreign), "AVRO"))
+    problems = {
+        (p.route, p.field): p.message for p in await check_registered(config, catalog, client)
+    }
+    assert set(problems) == {
+        ("start-placed", "type"),
+        ("start-Returned", "type"),
+        ("(publish)", "publish.out"),
+    }
+    assert "order_id" in problems[("start-placed", "type")]
+    assert "'returns-value'" in problems[("start-Returned", "type")]
+    assert (
+        "'out-value' does not hold com.example.order.failed"
+        in problems[("(publish)", "publish.out")]
+    )
+    await client.register_schema("out-value", registry_schema(catalog.get(FAILED), "AVRO"))
+    placed["fields"][0]["type"] = "string"
+    await client.register_schema("orders-value", Schema(json.dumps(placed), "AVRO"))
+    problems = {(p.route, p.field) for p in await check_registered(config, catalog, client)}
+    assert problems == {("start-Returned", "type")}
