@@ -22,10 +22,12 @@ from bridge.dev.java import (
     java_version,
     parse_java_version,
 )
+from bridge.dev.processes import Service
 from bridge.dev.registry import (
     APICURIO,
     APICURIO_JAVA17,
     ApicurioRelease,
+    SchemaRegistry,
     apicurio_home,
     choose_runtime,
     registry_environment,
@@ -244,6 +246,54 @@ def test_every_port_is_bound_to_loopback() -> None:
     assert env["QUARKUS_HTTP_PORT"] == "8181"
     assert env["QUARKUS_MANAGEMENT_HOST"] == "127.0.0.1"
     assert env["QUARKUS_MANAGEMENT_PORT"] == "40123"
+
+
+def test_the_process_runs_the_chosen_release_on_its_java_inside_the_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    homes: list[ApicurioRelease] = []
+
+    def home(release: ApicurioRelease, root: Path | None = None) -> Path:
+        homes.append(release)
+        return tmp_path / "cache" / release.version
+
+    started: list[Service] = []
+    monkeypatch.setattr(registry, "apicurio_home", home)
+    monkeypatch.setattr(Service, "start", lambda self: started.append(self))
+    java17 = JavaInstall("/usr/bin/java", 17)
+    data = tmp_path / "registry"
+    server = SchemaRegistry(data, 18181, management_port=18182, javas=[java17])
+    server.start()
+    assert homes == [APICURIO_JAVA17]
+    (service,) = started
+    assert service.args == [
+        "/usr/bin/java",
+        "-Xmx128m",
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",
+        f"-Dvertx.cacheDirBase={data / 'vertx-cache'}",
+        f"-Djava.io.tmpdir={data / 'tmp'}",
+        "-jar",
+        str(tmp_path / "cache" / "3.0.9" / "apicurio-registry-app-3.0.9-runner.jar"),
+    ]
+    assert service.cwd == data and service.log == data / "registry.log"
+    assert service.env is not None
+    assert service.env["QUARKUS_HTTP_PORT"] == "18181"
+    assert service.env["QUARKUS_MANAGEMENT_PORT"] == "18182"
+    assert server.url == "http://127.0.0.1:18181/apis/ccompat/v7"
+
+
+def test_no_usable_java_fails_before_anything_is_fetched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fetch(release: ApicurioRelease, root: Path | None = None) -> Path:
+        raise AssertionError("nothing may be fetched without a Java to run it")
+
+    monkeypatch.setattr(registry, "apicurio_home", fetch)
+    server = SchemaRegistry(tmp_path, 18181, javas=[JavaInstall("/usr/bin/java", 11)])
+    with pytest.raises(StackError, match="Java found: /usr/bin/java"):
+        server.start()
+    assert server.service is None
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
