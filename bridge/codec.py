@@ -291,21 +291,47 @@ class WriterSchema:
         return cls(schema_id, kind, name, raw, parsed, to_parsing_canonical_form(parsed))
 
 
+@dataclass(frozen=True, eq=False)
+class Resolution:
+    """How records of one writer schema are read as one reader schema, decided once.
+
+    Identical schemas are read as written. When the schemas differ only in top-level
+    fields (the writer has fields the reader lacks, the reader has fields with a plain
+    default the writer lacks, every common field of the same type), the body is read
+    as written and projected onto the reader's fields, which is what Avro resolution
+    gives at the cost of a dict; any other difference goes through fastavro's
+    resolution.
+    """
+
+    writer: Any
+    reader: Any = None
+    """The reader schema fastavro resolves to; ``None``: read as written."""
+    fields: tuple[tuple[str, bool, Any], ...] | None = None
+    """The projection: (name, from the writer, default) per reader field."""
+
+    def read(self, body: bytes, what: str) -> Any:
+        """Decode an Avro body as the reader schema reads it."""
+        data = read_avro(body, self.writer, self.reader, what)
+        if self.fields is None:
+            return data
+        return {name: data[name] if written else default for name, written, default in self.fields}
+
+
 class Resolver:
     """Reads Avro written with a registry schema as the schema a route expects.
 
     Whether a writer resolves to a reader is decided once per (writer id, reader)
     pair with Avro's own compatibility rules and kept, so a record costs one dict
-    lookup and the body decode; identical schemas are read without resolution.
+    lookup and the body decode (``Resolution``).
     """
 
     def __init__(self) -> None:
-        self._pairs: dict[tuple[int, bytes | int], Any] = {}
+        self._pairs: dict[tuple[int, bytes | int], Resolution | SchemaIncompatibleError] = {}
         self._checker = ReaderWriterCompatibilityChecker()
 
-    def reader_for(self, writer: WriterSchema, reader: EventSchema | WriterSchema) -> Any:
-        """The reader schema to hand fastavro (``None``: read as written); raises
-        ``SchemaIncompatibleError`` naming the field when the writer does not resolve."""
+    def resolution(self, writer: WriterSchema, reader: EventSchema | WriterSchema) -> Resolution:
+        """How to read ``writer``'s records as ``reader``; raises ``SchemaIncompatibleError``
+        naming the field when the writer does not resolve."""
         pair = (writer.id, reader.id if isinstance(reader, WriterSchema) else reader.fingerprint)
         found = self._pairs.get(pair)
         if found is None:
@@ -313,18 +339,24 @@ class Resolver:
             self._pairs[pair] = found
         if isinstance(found, SchemaIncompatibleError):
             raise SchemaIncompatibleError(found.message, field=found.field)
-        return found[0]
+        return found
+
+    def reader_for(self, writer: WriterSchema, reader: EventSchema | WriterSchema) -> Any:
+        """The reader schema fastavro resolves to (``None``: no resolution by fastavro);
+        raises ``SchemaIncompatibleError`` naming the field when the writer does not
+        resolve (``ktb routes check`` asks only that)."""
+        return self.resolution(writer, reader).reader
 
     def _decide(
         self, writer: WriterSchema, reader: EventSchema | WriterSchema
-    ) -> tuple[Any] | SchemaIncompatibleError:
+    ) -> Resolution | SchemaIncompatibleError:
         reader_canonical = (
             reader.canonical
             if isinstance(reader, WriterSchema)
             else to_parsing_canonical_form(reader.parsed)
         )
         if writer.canonical == reader_canonical:
-            return (None,)
+            return Resolution(writer.parsed)
         reader_raw = reader.raw if isinstance(reader, WriterSchema) else reader.parsed
         try:
             result = self._checker.get_compatibility(
@@ -335,7 +367,10 @@ class Resolver:
                 f"writer schema {writer.id} cannot be compared with {reader.name}: {exc}"
             )
         if result.compatibility is SchemaCompatibilityType.compatible:
-            return (reader.parsed,)
+            fields = _projection(writer.parsed, reader.parsed)
+            if fields is not None:
+                return Resolution(writer.parsed, None, fields)
+            return Resolution(writer.parsed, reader.parsed)
         # The deepest location names the field; "/" is the record holding it.
         location = max(result.locations, key=lambda loc: (loc.count("/"), loc), default="")
         field = _field_at(reader_raw, location)
@@ -346,6 +381,38 @@ class Resolver:
             f"field {field!r}: {kinds} ({detail})",
             field=field,
         )
+
+
+PLAIN_DEFAULTS = frozenset({"null", "boolean", "int", "long", "float", "double", "string"})
+"""Types whose JSON default is the value Avro resolution gives (no bytes, no records)."""
+
+
+def _projection(writer: Any, reader: Any) -> tuple[tuple[str, bool, Any], ...] | None:
+    """The reader's fields as a projection of the writer's record, or ``None`` when the
+    two differ in more than top-level fields (resolution then goes through fastavro)."""
+    if not (isinstance(writer, dict) and isinstance(reader, dict)):
+        return None
+    written = {f["name"]: f for f in writer.get("fields", ())}
+    plan: list[tuple[str, bool, Any]] = []
+    for f in reader.get("fields", ()):
+        if f.get("aliases"):
+            return None
+        source = written.get(f["name"])
+        if source is not None:
+            if _type_text(source["type"]) != _type_text(f["type"]):
+                return None
+            plan.append((f["name"], True, None))
+            continue
+        kind = f["type"][0] if isinstance(f["type"], list) and f["type"] else f["type"]
+        if "default" not in f or not isinstance(kind, str) or kind not in PLAIN_DEFAULTS:
+            return None
+        plan.append((f["name"], False, f["default"]))
+    return tuple(plan)
+
+
+def _type_text(schema: Any) -> str:
+    """A field type as comparable text (fastavro's hints left out)."""
+    return json.dumps(_without_hints(schema), sort_keys=True)
 
 
 def _avro_schema(raw: Any) -> avro.schema.Schema:

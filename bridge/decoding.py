@@ -502,8 +502,10 @@ class Decoder:
         body = value[REGISTRY_HEADER:]
         if writer.kind == AVRO_KIND:
             reader = self._reader(type_name, topic)
-            parsed = None if reader is None else self.resolver.reader_for(writer, reader)
-            return read_avro(body, writer.parsed, parsed, f"{type_name} (schema id {writer.id})")
+            what = f"{type_name} (schema id {writer.id})"
+            if reader is None:
+                return read_avro(body, writer.parsed, None, what)
+            return self.resolver.resolution(writer, reader).read(body, what)
         data = _json_object(body)  # JSON Schema: ``_writer`` lets no other kind through
         if type_name in self.catalog:
             return self.catalog.resolve_json(type_name, data)

@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 from datetime import UTC, datetime
 from typing import Any
 
+import fastavro
 import pytest
 from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.common._httpx_compat import httpx
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from bridge.codec import SchemaCatalog, registry_schema_id
+from bridge.codec import Resolver, SchemaCatalog, WriterSchema, registry_schema_id
 from bridge.decoding import Decoder, EnvelopeSpec
 from bridge.envelope import encode_event
 from bridge.errors import (
@@ -436,3 +438,47 @@ async def test_the_example_routes_read_confluent_avro_and_the_outbox_relay(
     assert (event.id, event.source, action and action.route, action and action.workflow_id) == (
         "a8f0", "outbox:orders.outbox", "start-order-from-outbox", "order-o-8"
     )  # fmt: skip
+
+
+NOTED = "com.example.order.noted"
+
+
+def _record(*fields: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "record", "name": NOTED, "fields": list(fields)}
+
+
+ID = {"name": "order_id", "type": "string"}
+
+
+@pytest.mark.parametrize(
+    ("writer", "reader", "data", "projected"),
+    [
+        # v2 writer, v1 reader: the added field dropped.
+        (_record(ID, {"name": "n", "type": "long"}), _record(ID), {"order_id": "o", "n": 1}, True),
+        # v1 writer, v2 reader: the reader's field with a default filled in.
+        (_record(ID), _record(ID, {"name": "note", "type": ["null", "string"], "default": None},
+                              {"name": "n", "type": "long", "default": 7}),
+         {"order_id": "o"}, True),
+        # A promotion (int -> long) or a bytes default: fastavro resolves.
+        (_record({"name": "n", "type": "int"}), _record({"name": "n", "type": "long"}),
+         {"n": 3}, False),
+        (_record(ID), _record(ID, {"name": "b", "type": "bytes", "default": "\u00ff"}),
+         {"order_id": "o"}, False),
+        # An alias names a writer field: fastavro resolves.
+        (_record({"name": "old", "type": "string"}),
+         _record({"name": "new", "type": "string", "aliases": ["old"]}), {"old": "x"}, False),
+    ],
+)  # fmt: skip
+def test_a_resolution_reads_what_fastavro_resolution_reads(
+    writer: dict[str, Any], reader: dict[str, Any], data: dict[str, Any], projected: bool
+) -> None:
+    resolution = Resolver().resolution(
+        WriterSchema.parse(1, "AVRO", json.dumps(writer)),
+        WriterSchema.parse(2, "AVRO", json.dumps(reader)),
+    )
+    assert (resolution.fields is not None) == projected
+    body = avro_body(writer, data)
+    expected = fastavro.schemaless_reader(
+        io.BytesIO(body), fastavro.parse_schema(writer), fastavro.parse_schema(reader)
+    )
+    assert resolution.read(body, NOTED) == expected
