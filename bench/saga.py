@@ -53,14 +53,19 @@ SCENARIO_RATE = 5.0
 
 
 def write_routes(path: Path, run: str, topics: dict[str, str], queues: dict[str, str]) -> None:
-    """The repository's routes with this run's topics, task queue and memo."""
+    """The repository's routes of this run's topics (renamed), with its task queue and
+    memo; routes and envelopes of topics the run does not produce to are left out."""
     raw = yaml.safe_load((REPO_ROOT / "routes.yaml").read_text())
     memo = saga_memo(topics, queues)
+    raw["routes"] = [route for route in raw["routes"] if route["topic"] in topics]
     for route in raw["routes"]:
         route["topic"] = topics[route["topic"]]
         if "task_queue" in route:
             route["task_queue"] = queues["orders"]
             route["memo"] = memo
+    envelopes = raw.get("envelope") or {}
+    raw["envelope"] = {topics[t]: e for t, e in envelopes.items() if t in topics}
+    raw.pop("publish", None)
     raw["topics"] = {}
     path.write_text(yaml.safe_dump(raw))
 
