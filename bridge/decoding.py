@@ -51,12 +51,12 @@ from bridge.envelope import (
     BINARY,
     STRUCTURED,
     Event,
-    Headers,
     RecordLike,
     ce_attributes,
     check_attributes,
     decode_data,
     event_from_attributes,
+    headers_dict,
     trace_headers,
 )
 from bridge.errors import (
@@ -408,7 +408,7 @@ class Decoder:
     def _foreign(self, record: RecordLike, value: bytes, content_type: str) -> Event:
         envelope = self.envelope(record.topic)
         context: dict[str, Any] = {
-            "headers": _header_text(record.headers) if envelope.reads_headers else {},
+            "headers": headers_dict(record.headers) if envelope.reads_headers else {},
             "key": record.key.decode("utf-8", "replace") if record.key is not None else None,
             "topic": record.topic,
             "partition": record.partition,
@@ -573,11 +573,6 @@ async def open_decoder(
     finally:
         if registry is not None:
             await registry.aclose()
-
-
-def _header_text(headers: Headers) -> dict[str, str]:
-    """Headers by exact name (the last of repeated ones), as text for templates."""
-    return {name: raw.decode("utf-8", "replace") for name, raw in headers}
 
 
 def _looks_like_json(value: bytes) -> bool:

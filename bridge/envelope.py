@@ -359,7 +359,8 @@ def encode_event(
 
 
 def headers_dict(headers: Headers) -> dict[str, str]:
-    """Headers as text, for display (``ktb tail``) and DLQ inspection."""
+    """Headers by exact name (the last of repeated ones), as text: display (``ktb tail``),
+    DLQ inspection and envelope templates."""
     return {name: raw.decode("utf-8", "replace") for name, raw in headers}
 
 
