@@ -16,6 +16,10 @@ this module adds what only live consumption has:
   backoff are abandoned at once; the action in flight per key may finish within
   ``revoke_timeout_s``, then the done prefix is committed. Settings keep the revoke
   well inside the rebalance timeout, so a slow Temporal never gets a member expelled.
+- Failure policies (``bridge.policies``): with ``parking``, a newly assigned
+  partition is processed only once ``ktb.parking`` has been read to its end, so
+  its blocked keys hold on every member; the state is followed while consuming,
+  which is how discards and resumes reach the member holding the partition.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ from aiokafka.structs import OffsetAndMetadata
 
 from bridge import kafka
 from bridge.engine import Engine, PartitionState
+from bridge.errors import TransientError
 from bridge.ingress import Ingress
 from bridge.observability.metrics import Metrics
+from bridge.policies import FailurePolicies, ParkingState
 from bridge.settings import Settings
 
 log = logging.getLogger("ktb.consumer")
@@ -48,11 +54,13 @@ class BridgeConsumer:
         ingress: Ingress,
         topics: Iterable[str],
         metrics: Metrics | None = None,
+        policies: FailurePolicies | None = None,
     ) -> None:
         self.settings = settings
         self.ingress = ingress
         self.topics = sorted(set(topics))
         self.metrics = metrics or ingress.metrics
+        self.parking: ParkingState | None = policies.state if policies is not None else None
         self.engine = Engine(
             ingress,
             max_in_flight=settings.max_in_flight,
@@ -60,6 +68,7 @@ class BridgeConsumer:
             retry_max_s=settings.retry_max_s,
             metrics=self.metrics,
             on_failing=self._on_failing,
+            policies=policies,
         )
         self._stopping = asyncio.Event()
         self._full = False
@@ -115,6 +124,8 @@ class BridgeConsumer:
         reserve = min(s.commit_timeout_s, s.shutdown_timeout_s / 4)
         deadline: float | None = None
         try:
+            if self.parking is not None:
+                self.parking.follow(self.engine.on_parking)
             consumer.subscribe(self.topics, listener=_Listener(self))
             await self._loop(consumer)
             deadline = time.monotonic() + s.shutdown_timeout_s
@@ -295,6 +306,21 @@ class BridgeConsumer:
                 with contextlib.suppress(KeyError):
                     self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 
+    async def load_policies(self, assigned: set[TopicPartition]) -> None:
+        """Read the parking state to its end, then take the assigned partitions' blocks:
+        before any of their records is fetched."""
+        if self.parking is None:
+            return
+        while not self._stopping.is_set():
+            try:
+                await self.parking.read_to_end()
+                break
+            except TransientError as exc:
+                log.warning("reading the parking state failed (%s); trying again", exc.message)
+                await asyncio.sleep(self.settings.retry_max_s)
+        for tp in assigned:
+            self.engine.load_policies(tp)
+
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Start tracking newly assigned partitions (a new generation of the group)."""
         self._generation_ended = False
@@ -314,3 +340,4 @@ class _Listener(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.bridge.on_assigned(set(assigned))
+        await self.bridge.load_policies(set(assigned))

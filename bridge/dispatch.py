@@ -73,6 +73,8 @@ class Outcome(StrEnum):
     TERMINATED = "terminated"
     SKIPPED = "skipped"
     DEAD_LETTERED = "dead_lettered"
+    PARKED = "parked"
+    """Held in ``<topic>.parked`` behind a dead letter of its key (``on_failure: park_key``)."""
     DRY_RUN = "dry_run"
 
 

@@ -10,6 +10,11 @@
   partition is failing (the live consumer pauses fetching it); an unexpected error
   that persists for ``MAX_UNEXPECTED_ATTEMPTS`` tries dead-letters the record as
   ``internal_error``. Live and replay behave the same way on it.
+- The routes' failure policies (``bridge.policies``) act here, where a record is
+  acted on or dead-lettered: a blocked key's later records are parked, a release
+  (a redriven or discarded letter) runs in the key's own line so its later records
+  wait behind it, and a ``pause`` holds the partition at the record until an
+  operator decides.
 - Only a partition closing (revoke, shutdown, the end of a replay) ends a key's work
   early; its records then stay not done and are read again by whoever reads next.
   A cancellation goes on even when a library below turned it into an error or a
@@ -32,9 +37,16 @@ from aiokafka import TopicPartition
 from bridge.backoff import Backoff
 from bridge.dispatch import Result
 from bridge.envelope import RecordLike
-from bridge.errors import BridgeError, InternalError, TransientError
+from bridge.errors import (
+    BridgeError,
+    InternalError,
+    PauseRequested,
+    PermanentError,
+    TransientError,
+)
 from bridge.ingress import Ingress
 from bridge.observability.metrics import Metrics
+from bridge.policies import Block, Decision, Entry, FailurePolicies, PartitionPolicies, Pause
 
 log = logging.getLogger("ktb.engine")
 
@@ -52,7 +64,7 @@ class PartitionState:
     and how far a commit has confirmed it."""
 
     pending: dict[int, Result | Literal[False] | None] = field(default_factory=dict)
-    keys: dict[bytes, deque[RecordLike]] = field(default_factory=dict)
+    keys: dict[bytes, deque[Item]] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     done_to: int = -1
     """The end of the done prefix (the offset to commit); kept until a commit reaches it."""
@@ -66,6 +78,8 @@ class PartitionState:
     """Set when the partition is revoked, the bridge stops or a replay ends: start nothing."""
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     """Set with ``closing``; wakes keys waiting in backoff so they give up at once."""
+    policies: PartitionPolicies = field(default_factory=PartitionPolicies)
+    """Blocked keys and the pause of the failure policies (``bridge.policies``)."""
 
     def take(self, offset: int) -> bool:
         """Track a record read; False if it was taken already (read again after a seek)."""
@@ -138,6 +152,17 @@ class PartitionState:
         self.closed.set()
 
 
+@dataclass(frozen=True)
+class KeyRelease:
+    """In a key's line: release the records ``block`` holds parked (its letter was
+    discarded) before the key's next record."""
+
+    block: Block
+
+
+Item = RecordLike | KeyRelease
+
+
 def _raise_if_cancelling() -> None:
     """Go on with a cancellation that a library turned into an error or a result."""
     task = asyncio.current_task()
@@ -145,7 +170,7 @@ def _raise_if_cancelling() -> None:
         raise asyncio.CancelledError
 
 
-Ready = tuple[TopicPartition, PartitionState, bytes | None, deque[RecordLike]]
+Ready = tuple[TopicPartition, PartitionState, bytes | None, deque[Item]]
 FailingHook = Callable[[TopicPartition, PartitionState], None]
 DoneHook = Callable[[TopicPartition, PartitionState], None]
 
@@ -155,7 +180,8 @@ class Engine:
 
     ``on_failing(tp, state)`` is called whenever ``state.failing`` changes (the live
     consumer pauses or resumes fetching); ``on_done(tp, state)`` after each record is
-    done (a replay counts and reports progress).
+    done (a replay counts and reports progress). ``policies`` apply the routes'
+    ``on_failure`` (``bridge.policies``) where a record is acted on and dead-lettered.
     """
 
     def __init__(
@@ -168,6 +194,7 @@ class Engine:
         metrics: Metrics | None = None,
         on_failing: FailingHook | None = None,
         on_done: DoneHook | None = None,
+        policies: FailurePolicies | None = None,
     ) -> None:
         self.ingress = ingress
         self.max_in_flight = max_in_flight
@@ -184,6 +211,9 @@ class Engine:
         self._ready: deque[Ready] = deque()
         self._running = 0
         self._progress = asyncio.Event()
+        self.policies = policies
+        if policies is not None:
+            policies.partitions = self.partitions
 
     # --- partitions ------------------------------------------------------------------
 
@@ -196,11 +226,54 @@ class Engine:
         state = self.partitions.pop(tp, None)
         if state is not None:
             self.buffered -= state.outstanding()
+        if self.policies is not None:
+            self.policies.forget(tp)
         return state
 
     def holds(self, tp: TopicPartition, state: PartitionState) -> bool:
         """Whether ``state`` is still the state held for ``tp``."""
         return self.partitions.get(tp) is state
+
+    # --- failure policies ---------------------------------------------------------------
+
+    def load_policies(self, tp: TopicPartition) -> None:
+        """Take ``tp``'s blocked keys from the parking state (read to its end by the
+        caller, before any record of ``tp`` is submitted); a release already due goes
+        first in its key's line."""
+        state = self.partitions.get(tp)
+        if state is None or self.policies is None:
+            return
+        for block in self.policies.load(tp, state):
+            self.release_key(tp, block)
+
+    def release_key(self, tp: TopicPartition, block: Block) -> None:
+        """Queue the release of ``block``'s parked records behind its key's records."""
+        state = self.partitions.get(tp)
+        if state is None or state.closing:
+            return
+        queue = state.keys.get(block.key)
+        if queue is not None:
+            queue.append(KeyRelease(block))
+            return
+        queue = deque([KeyRelease(block)])
+        state.keys[block.key] = queue
+        self._ready.append((tp, state, block.key, queue))
+        self._start_ready()
+
+    def on_parking(self, name: str, entry: Entry | None) -> None:
+        """An entry of the parking state arrived: a discard releases a key of a partition
+        held here, an operator's decision ends a pause here."""
+        if self.policies is None or not isinstance(entry, Block | Pause):
+            return
+        tp = TopicPartition(entry.topic, entry.partition)
+        state = self.partitions.get(tp)
+        if state is None or state.closing:
+            return
+        if isinstance(entry, Block):
+            if entry.discarded and self.policies.discarded(tp, state, entry):
+                self.release_key(tp, entry)
+        else:
+            self.policies.decided(tp, state, entry)
 
     # --- records ---------------------------------------------------------------------
 
@@ -215,7 +288,7 @@ class Engine:
         if key is not None and key in state.keys:
             state.keys[key].append(record)
             return True
-        queue: deque[RecordLike] = deque([record])
+        queue: deque[Item] = deque([record])
         if key is not None:
             state.keys[key] = queue
         self._ready.append((tp, state, key, queue))
@@ -269,7 +342,7 @@ class Engine:
         tp: TopicPartition,
         state: PartitionState,
         key: bytes | None,
-        queue: deque[RecordLike],
+        queue: deque[Item],
     ) -> None:
         """Act on a key's records in order until none is left, its turn ends or its
         partition closes. The key keeps its queue while records remain in it, so a
@@ -278,6 +351,13 @@ class Engine:
         try:
             while queue and not state.closing:
                 record = queue[0]
+                if isinstance(record, KeyRelease):
+                    if not await self._release(tp, state, record):
+                        break  # the partition closed: its next owner releases the key
+                    queue.popleft()
+                    continue
+                if not await self._while_paused(state):
+                    break
                 result = await self._process(tp, state, record)
                 if result is None:
                     break  # the partition closed: this record and the rest stay not done
@@ -307,6 +387,53 @@ class Engine:
             self._start_ready()
             self._progress.set()
 
+    async def _while_paused(self, state: PartitionState) -> bool:
+        """Wait while the partition is paused at another record; False if it closes."""
+        running = state.policies.running
+        if not running.is_set() and not state.closing:
+            closed = asyncio.ensure_future(state.closed.wait())
+            resumed = asyncio.ensure_future(running.wait())
+            try:
+                await asyncio.wait({closed, resumed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closed.cancel()
+                resumed.cancel()
+        return not state.closing
+
+    async def _release(self, tp: TopicPartition, state: PartitionState, item: KeyRelease) -> bool:
+        """Release a discarded letter's parked records, retried with backoff until it is
+        done; False if the partition closes first."""
+        assert self.policies is not None
+        backoff = Backoff(self.retry_initial_s, self.retry_max_s, jitter=True)
+        while not state.closing:
+            block = state.policies.blocks.get(item.block.key)
+            if block is None or block.letter != item.block.letter or not block.discarded:
+                return True  # released already, or blocked by another letter since
+            try:
+                return await self.policies.release(tp, state, block, self._process) is not None
+            except TransientError as exc:
+                log.warning("releasing a key of %s[%d] failed: %s", tp.topic, tp.partition, exc)
+            except Exception:
+                log.exception("releasing a key of %s[%d] failed", tp.topic, tp.partition)
+            _raise_if_cancelling()
+            await self._backoff(state, backoff.next())
+        return False
+
+    async def _act(
+        self, tp: TopicPartition, state: PartitionState, record: RecordLike
+    ) -> Result | None:
+        if self.policies is None:
+            return await self.ingress.handle(record)
+        return await self.policies.act(tp, state, record, self._process)
+
+    async def _letter(
+        self, tp: TopicPartition, state: PartitionState, record: RecordLike, letter: PermanentError,
+        skipped: bool,
+    ) -> Result:  # fmt: skip
+        if self.policies is None or skipped:
+            return await self.ingress.dead_letter(record, letter)
+        return await self.policies.dead_letter(tp, state, record, letter)
+
     async def _process(
         self, tp: TopicPartition, state: PartitionState, record: RecordLike
     ) -> Result | None:
@@ -319,17 +446,37 @@ class Engine:
         """
         backoff = Backoff(self.retry_initial_s, self.retry_max_s, jitter=True)
         unexpected = 0
-        letter: InternalError | None = None
+        letter: PermanentError | None = None
+        skipped = False
         failing = False
+        paused = False
         try:
             while not state.closing:
                 try:
                     if letter is None:
-                        result = await self.ingress.handle(record)
+                        result = await self._act(tp, state, record)
                     else:
-                        result = await self.ingress.dead_letter(record, letter)
+                        result = await self._letter(tp, state, record, letter, skipped)
                     _raise_if_cancelling()
                     return result
+                except PauseRequested as exc:
+                    _raise_if_cancelling()
+                    if self.policies is None or not self.policies.live:
+                        letter, skipped = exc.error, self.policies is None
+                        continue  # nobody resumes a replay: it dead-letters and parks
+                    self._failing(tp, state, +1)
+                    paused = True
+                    try:
+                        decision = await self.policies.pause(tp, state, record, exc)
+                    finally:
+                        self._failing(tp, state, -1)
+                    if decision is None:
+                        return None
+                    if decision is Decision.SKIP:
+                        letter, skipped = exc.error, True
+                    else:
+                        letter, unexpected = None, 0
+                    continue
                 except TransientError as exc:
                     reason = exc.message
                 except BridgeError as exc:  # a non-permanent, non-transient bridge error
@@ -366,6 +513,8 @@ class Engine:
         finally:
             if failing:
                 self._failing(tp, state, -1)
+            if paused:
+                state.policies.running.set()  # the record is done: the partition goes on
 
     def _failing(self, tp: TopicPartition, state: PartitionState, delta: int) -> None:
         state.failing += delta

@@ -170,6 +170,20 @@ class InternalError(PermanentError):
     error_type = "internal_error"
 
 
+class PauseRequested(BridgeError):
+    """A record whose route says ``on_failure: pause`` failed for good: its partition stops
+    at it until an operator resumes (tries it again) or skips it (dead-letters it)."""
+
+    error_type = "paused"
+
+    def __init__(self, error: PermanentError) -> None:
+        super().__init__(
+            error.message, event_id=error.event_id, topic=error.topic,
+            partition=error.partition, offset=error.offset,
+        )  # fmt: skip
+        self.error = error
+
+
 class TransientError(BridgeError):
     """Temporal or Kafka is unavailable for now: retry, never dead-letter."""
 

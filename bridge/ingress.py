@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 from opentelemetry.trace import Tracer
 
@@ -17,17 +18,27 @@ from bridge.decoding import Decoder
 from bridge.dispatch import DryRun, Executor, Outcome, Result
 from bridge.dlq.publisher import DeadLetterPublisher
 from bridge.envelope import Event, RecordLike
-from bridge.errors import PermanentError, UnmatchedEventError
+from bridge.errors import PauseRequested, PermanentError, UnmatchedEventError
 from bridge.observability import tracing
 from bridge.observability.metrics import Metrics
 from bridge.provenance import ProvenanceWriter
-from bridge.routes import Action, Router
+from bridge.routes import Action, FailurePolicy, Router
 
 log = logging.getLogger("ktb.ingress")
 
 
 NOT_ACTED = (Outcome.DUPLICATE, Outcome.DRY_RUN)
 """Outcomes that changed nothing in Temporal: no event-to-action latency to observe."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLettered(Result):
+    """The result of a record sent to its DLQ: where the letter went and the failure
+    policy of the record (``park_key`` blocks its key)."""
+
+    letter: str | None = None
+    """``<dlq topic>:<partition>:<offset>`` of the letter (None when nothing was written)."""
+    policy: FailurePolicy = FailurePolicy.DEAD_LETTER
 
 
 class Ingress:
@@ -89,6 +100,7 @@ class Ingress:
 
     async def _handle(self, record: RecordLike) -> Result:
         event: Event | None = None
+        action: Action | None = None
         try:
             event = await self.decoder.decode(record)
             action = self.route(event)
@@ -101,7 +113,10 @@ class Ingress:
                         max(0.0, time.time() - record.timestamp / 1000)
                     )
         except PermanentError as exc:
-            result = await self.dead_letter(record, exc)
+            policy = self.router.failure_policy(record.topic, action.route if action else None)
+            if policy is FailurePolicy.PAUSE:
+                raise PauseRequested(exc) from exc  # the engine holds the partition at it
+            result = await self.dead_letter(record, exc, policy)
         else:
             self.metrics.events_routed.labels(
                 result.route or "", result.action or "", result.outcome.value
@@ -117,10 +132,17 @@ class Ingress:
             await self.provenance.event(record, event, result)
         return result
 
-    async def dead_letter(self, record: RecordLike, exc: PermanentError) -> Result:
+    async def dead_letter(
+        self,
+        record: RecordLike,
+        exc: PermanentError,
+        policy: FailurePolicy = FailurePolicy.DEAD_LETTER,
+    ) -> DeadLettered:
         """Publish ``record`` to its DLQ with ``exc`` as the reason."""
         if self.dead_letters is None:
-            return Result(Outcome.DEAD_LETTERED, detail=f"{exc.error_type}: {exc.message}")
+            return DeadLettered(
+                Outcome.DEAD_LETTERED, detail=f"{exc.error_type}: {exc.message}", policy=policy
+            )
         letter = await self.dead_letters.publish(record, exc)
         self.metrics.dead_letters.labels(record.topic, letter.error_type).inc()
         self.metrics.events_routed.labels("", "", Outcome.DEAD_LETTERED.value).inc()
@@ -129,7 +151,9 @@ class Ingress:
             extra={"topic": record.topic, "partition": record.partition, "offset": record.offset,
                    "event_id": exc.event_id, "error_type": exc.error_type},
         )  # fmt: skip
-        return Result(
+        return DeadLettered(
             Outcome.DEAD_LETTERED,
             detail=f"{exc.error_type}: {exc.message} -> {letter.topic}@{letter.offset}",
+            letter=f"{letter.topic}:{letter.partition}:{letter.offset}",
+            policy=policy,
         )

@@ -45,6 +45,21 @@ class ActionKind(StrEnum):
 
 STARTING = {ActionKind.START, ActionKind.SIGNAL_WITH_START, ActionKind.UPDATE_WITH_START}
 
+
+class FailurePolicy(StrEnum):
+    """What a record that cannot be acted on does to the records after it (``on_failure``)."""
+
+    DEAD_LETTER = "dead_letter"
+    """It is dead-lettered and every later record goes on."""
+    PARK_KEY = "park_key"
+    """It is dead-lettered and later records of its key on its partition are parked."""
+    PAUSE = "pause"
+    """Its partition stops at it until an operator resumes or skips it."""
+
+
+STRICTNESS = (FailurePolicy.DEAD_LETTER, FailurePolicy.PARK_KEY, FailurePolicy.PAUSE)
+
+
 IdReusePolicy = Literal["reject_duplicate", "allow_duplicate_failed_only", "allow_duplicate"]
 IdConflictPolicy = Literal["use_existing", "fail"]
 
@@ -66,6 +81,13 @@ class RouteSpec(BaseModel):
     signal: str | None = None
     update: str | None = None
     on_duplicate: Literal["ignore", "dead_letter"] = "ignore"
+    on_failure: FailurePolicy = Field(
+        FailurePolicy.DEAD_LETTER,
+        description="What a record this route cannot act on does to the records after it: "
+        "dead_letter (they go on), park_key (later records of its key wait in "
+        "<topic>.parked until the letter is redriven or discarded) or pause (the "
+        "partition stops until `ktb bridge resume`)",
+    )
     id_reuse_policy: IdReusePolicy = "reject_duplicate"
     id_conflict_policy: IdConflictPolicy = "use_existing"
     search_attributes: dict[str, str] = Field(default_factory=dict)
@@ -357,6 +379,13 @@ class Router:
         self._index: dict[tuple[str, str], list[CompiledRoute]] = {}
         for route in self.routes:
             self._index.setdefault((route.spec.topic, route.spec.type), []).append(route)
+        self._by_name = {route.name: route for route in self.routes}
+        self._strictest: dict[str, FailurePolicy] = {}
+        for route in self.routes:
+            current = self._strictest.get(route.spec.topic, FailurePolicy.DEAD_LETTER)
+            self._strictest[route.spec.topic] = max(
+                current, route.spec.on_failure, key=STRICTNESS.index
+            )
         self._reads = {
             key: reads_plan(p for route in candidates for p in route.condition_reads)
             for key, candidates in self._index.items()
@@ -376,6 +405,20 @@ class Router:
     def dead_letter_unmatched(self) -> bool:
         """True when unmatched events go to the dead-letter topic instead of being skipped."""
         return self.config.unmatched == "dead_letter"
+
+    @property
+    def uses_failure_policies(self) -> bool:
+        """Whether some route parks keys or pauses partitions (``on_failure``)."""
+        return any(r.spec.on_failure is not FailurePolicy.DEAD_LETTER for r in self.routes)
+
+    def failure_policy(self, topic: str, route: str | None) -> FailurePolicy:
+        """The ``on_failure`` of ``route``; for a record whose route is not known (it fails
+        to decode, or matches none) the strictest policy among ``topic``'s routes."""
+        if route is not None:
+            found = self._by_name.get(route)
+            if found is not None:
+                return found.spec.on_failure
+        return self._strictest.get(topic, FailurePolicy.DEAD_LETTER)
 
     def only(self, names: Iterable[str]) -> Router:
         """A router restricted to the named routes (for ``ktb replay --route``)."""

@@ -29,6 +29,7 @@ from bridge.ingress import Ingress
 from bridge.kafka.topics import ProvisionReport, provision_topics, topic_plan
 from bridge.observability.metrics import Metrics
 from bridge.observability.telemetry import Telemetry, open_telemetry
+from bridge.policies import open_policies
 from bridge.provenance import ProvenanceWriter
 from bridge.routes import PublishSpec, Router, RoutesConfig
 from bridge.sdk.egress import Publisher
@@ -105,7 +106,8 @@ async def open_bridge(settings: Settings, telemetry: Telemetry) -> AsyncIterator
             tracer=telemetry.tracer,
             decoder=decoder,
         )
-        yield BridgeConsumer(settings, ingress, router.topics, telemetry.metrics)
+        async with open_policies(settings, ingress, producer, telemetry.metrics) as policies:
+            yield BridgeConsumer(settings, ingress, router.topics, telemetry.metrics, policies)
 
 
 async def run_worker(

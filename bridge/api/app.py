@@ -16,7 +16,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bridge.api import dlq, event_view, events, health, problems, processes, replays
+from bridge.api import dlq, event_view, events, health, policies, problems, processes, replays
 from bridge.api.models import StructuredEvent
 from bridge.observability.metrics import Metrics
 from bridge.observability.telemetry import Telemetry
@@ -29,6 +29,7 @@ ROUTERS: list[APIRouter] = [
     processes.router,
     replays.router,
     dlq.router,
+    policies.router,
 ]
 """The API's areas, in OpenAPI order."""
 

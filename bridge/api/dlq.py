@@ -17,6 +17,7 @@ from bridge.api.replays import TOPIC, guard
 from bridge.api.state import CallerDep, State
 from bridge.dlq import MAX_PAGE_LIMIT, PAGE_LIMIT, Cursor, LetterRef, letter_page, redrive
 from bridge.errors import InvalidRequestError
+from bridge.policies import parked_counts
 
 router = APIRouter(tags=["replays and dead letters"])
 
@@ -72,6 +73,11 @@ class DeadLetterView(BaseModel):
     )
     original_size: int | None = Field(
         None, description="`too_large_to_copy` letters: bytes of the record's key, value, headers"
+    )
+    parked: int = Field(
+        0,
+        description="Records of the letter's key parked behind it (`on_failure: park_key`) "
+        "until it is redriven or discarded",
     )
 
 
@@ -167,9 +173,13 @@ async def get_dlq(
             tenant=caller.tenant if caller.authenticated else None,
         )
     )
+    parked = await guard(parked_counts(state.settings, topic))
     return DeadLetterPage(
         topic=topic,
-        letters=[DeadLetterView.model_validate(x.summary()) for x in page.letters],
+        letters=[
+            DeadLetterView.model_validate({**x.summary(), "parked": parked.get(str(x.ref), 0)})
+            for x in page.letters
+        ],
         next_cursor=page.next_cursor.encode() if page.next_cursor else None,
     )
 

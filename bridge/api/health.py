@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import asdict
 from datetime import timedelta
 
 from aiokafka.errors import KafkaError
@@ -13,8 +14,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from temporalio.service import RPCError
 
 from bridge.api import problems
-from bridge.api.models import Alive, Ready
+from bridge.api.models import Alive, PausedView, Ready
 from bridge.api.state import State
+from bridge.errors import BridgeError
+from bridge.policies import paused_partitions
 
 router = APIRouter(tags=["operations"])
 log = logging.getLogger("ktb.api")
@@ -58,16 +61,29 @@ async def _temporal(state: State) -> str:
 )
 async def readyz(request: Request, state: State) -> Response:
     """200 when every check passes, else a 503 problem listing the checks."""
-    kafka, temporal = await asyncio.gather(_kafka(state), _temporal(state))
+    kafka, temporal, paused = await asyncio.gather(_kafka(state), _temporal(state), _paused(state))
     checks = {
         "kafka": kafka,
         "temporal": temporal,
         "provenance_index": "ok" if state.follower.caught_up.is_set() else "catching up",
     }
     if all(v == "ok" for v in checks.values()):
-        return JSONResponse(Ready(status="ready", checks=checks).model_dump())
+        return JSONResponse(Ready(status="ready", checks=checks, paused=paused).model_dump())
     failing = ", ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok")
-    return problems.problem_response(request, 503, "not-ready", failing, checks=checks)
+    return problems.problem_response(
+        request, 503, "not-ready", failing, checks=checks,
+        paused=[p.model_dump() for p in paused],
+    )  # fmt: skip
+
+
+async def _paused(state: State) -> list[PausedView]:
+    """The partitions bridges hold paused (``ktb.parking``); none when it cannot be read."""
+    try:
+        pauses = await asyncio.wait_for(paused_partitions(state.settings), CHECK_TIMEOUT_S)
+    except (BridgeError, KafkaError, TimeoutError) as exc:
+        log.warning("readiness: paused partitions not read: %s", exc or type(exc).__name__)
+        return []
+    return [PausedView.model_validate(asdict(p)) for p in pauses]
 
 
 @router.get(

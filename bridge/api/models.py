@@ -175,11 +175,28 @@ class EventResult(EventAccepted):
     detail: str | None = None
 
 
+class PausedView(BaseModel):
+    """A partition a bridge stopped at a failing record (``on_failure: pause``); the
+    reason is in the bridge's log line and ``ktb bridge resume``, not here (``/readyz``
+    answers without authentication)."""
+
+    topic: str
+    partition: int
+    offset: int
+    error_type: str
+    paused_at: str
+
+
 class Ready(BaseModel):
     """Readiness and what it was checked against."""
 
     status: str
     checks: dict[str, str]
+    paused: list[PausedView] = Field(
+        default_factory=list,
+        description="Partitions stopped at a failing record until `ktb bridge resume` "
+        "(they do not make the API unready)",
+    )
 
 
 class Alive(BaseModel):

@@ -25,7 +25,9 @@ def register(app: typer.Typer) -> None:
     app.add_typer(dlq_app, name="dlq")
 
 
-def _refs(offsets: list[str] | None) -> list[Any]:
+def letter_refs(offsets: list[str] | None) -> list[Any]:
+    """Letters named on the command line (``OFFSET`` or ``PARTITION:OFFSET``, commas);
+    a malformed one ends the command with exit code 2."""
     from bridge.dlq import LetterRef
 
     out = []
@@ -45,8 +47,10 @@ def dlq_list(
     error_type: Annotated[str | None, typer.Option(help="Only this ktb_error_type")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per letter")] = False,
 ) -> None:
-    """List dead letters: offset, error type and message, original coordinates, redrives."""
+    """List dead letters: offset, error type and message, original coordinates, redrives,
+    records parked behind each."""
     from bridge.dlq import iter_letters
+    from bridge.policies import parked_counts
 
     settings = load_settings()
 
@@ -57,6 +61,7 @@ def dlq_list(
             )
         for letter in letters:
             s = letter.summary()
+            s["parked"] = parked.get(str(letter.ref), 0)
             if as_json:
                 typer.echo(json.dumps(s))
                 continue
@@ -73,11 +78,16 @@ def dlq_list(
                 )
             if s["copy_of"]:
                 message = f"[copy of {s['copy_of']}] {message}"
+            if s["parked"]:
+                message = f"[holds {s['parked']} parked] {message}"
             error = s["error_type"] or "-"
             typer.echo(f"{letter.ref!s:>8}  {error:17}  {where:28}  {count:8}  {message[:120]}")
 
+    parked: dict[str, int] = {}
+
     async def list_all() -> int:
         # A page at a time: the memory of a listing does not grow with the topic.
+        parked.update(await parked_counts(settings, topic))
         listed = 0
         async for letters in iter_letters(settings, topic, error_type=error_type):
             show_page(letters, listed == 0)
@@ -102,7 +112,7 @@ def dlq_show(
     from bridge.dlq import show
 
     settings = load_settings()
-    refs = _refs([offset])
+    refs = letter_refs([offset])
     if len(refs) != 1:
         fail("give one letter: OFFSET or PARTITION:OFFSET")
     (ref,) = refs
@@ -130,7 +140,7 @@ def dlq_redrive(
     from bridge.dlq import redrive
 
     settings = load_settings()
-    refs = _refs(offsets)
+    refs = letter_refs(offsets)
     report = run(
         redrive(
             settings, topic, error_type=error_type, refs=refs, max_redrives=max_redrives,

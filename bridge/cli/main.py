@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from bridge.cli import dlq as cli_dlq
+from bridge.cli import policies as cli_policies
 from bridge.cli import replay as cli_replay
 from bridge.cli import schemas as cli_schemas
 from bridge.cli.common import fail, load_settings, run
@@ -79,13 +80,16 @@ def dev(
     raise typer.Exit(code)
 
 
-@app.command()
+@cli_policies.bridge_app.callback(invoke_without_command=True)
 def bridge(
+    ctx: typer.Context,
     routes: Annotated[Path | None, typer.Option(help="Routes file")] = None,
     group_id: Annotated[str | None, typer.Option(help="Kafka consumer group")] = None,
     max_in_flight: Annotated[int | None, typer.Option(help="Concurrent actions")] = None,
 ) -> None:
     """Run one bridge instance (several instances in one group share partitions)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from bridge.wiring import run_bridge
 
     settings = load_settings(routes_file=routes, group_id=group_id, max_in_flight=max_in_flight)
@@ -410,6 +414,7 @@ async def _check_registered(
 
 cli_replay.register(app)
 cli_dlq.register(app)
+cli_policies.register(app)
 cli_schemas.register(app)
 
 

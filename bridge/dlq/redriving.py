@@ -1,7 +1,7 @@
 """Redrive: republish dead letters to their original topics, once, in Kafka transactions.
 
 Redrive republishes a dead letter's original record (key, value and headers,
-without the ``ktb_*`` letter headers) to its original topic with
+without the ``ktb_*`` letter headers) to its original topic and partition with
 ``ktb_redrive_count`` one higher and ``ktb_redrive_of`` naming the letter. The
 live bridge then processes it like any record; if it fails again it is
 dead-lettered again with that count, and redrive refuses letters whose count
@@ -309,10 +309,12 @@ class _Redriver:
                 refused.append(_refusal(letter, reasons[letter.ref]))
             else:
                 todo.append(outgoing[letter.ref])
-        # One producer, sends in DLQ order: records of one key keep their order.
+        # One producer, sends in DLQ order: records of one key keep their order. Each goes
+        # back to its original partition, where its key's records are (and where a key
+        # parked behind the letter waits for it).
         sends = [
             await producer.send(out.letter.original_topic, value=out.value, key=out.key,
-                                headers=out.headers)
+                                partition=out.letter.original_partition, headers=out.headers)
             for out in todo
         ]  # fmt: skip
         results = await asyncio.gather(*sends, return_exceptions=True)

@@ -23,6 +23,12 @@ from bridge.settings import Settings
 
 REDRIVES_TOPIC = "ktb.redrives"
 """Where DLQ redrives mark the letters they republished (``bridge.dlq.marks``)."""
+PARKING_TOPIC = "ktb.parking"
+"""The failure policies' state (``bridge.policies``): blocked keys and paused partitions."""
+PARKED_SUFFIX = ".parked"
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {PARKING_TOPIC: {"cleanup.policy": "compact"}}
+"""Configuration of the topics ktb creates for itself: the parking state keeps each
+entry's latest value only."""
 
 
 @dataclass
@@ -51,6 +57,12 @@ def topic_plan(
             for name, count in plan.items()
         }
     plan.setdefault(REDRIVES_TOPIC, 1)
+    if any(r.on_failure != "dead_letter" for r in config.routes):
+        plan.setdefault(PARKING_TOPIC, 1)
+    for route in config.routes:
+        if route.on_failure == "park_key":
+            # Partition p of <topic>.parked holds what is parked of partition p of <topic>.
+            plan[route.topic + PARKED_SUFFIX] = plan[route.topic]
     return plan
 
 
@@ -78,7 +90,12 @@ async def provision_topics(
             if t["error_code"] == 0
         }
         missing = [
-            NewTopic(name, num_partitions=count, replication_factor=replication_factor)
+            NewTopic(
+                name,
+                num_partitions=count,
+                replication_factor=replication_factor,
+                topic_configs=TOPIC_CONFIGS.get(name, {}),
+            )
             for name, count in plan.items()
             if name not in current
         ]

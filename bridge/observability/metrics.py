@@ -61,6 +61,27 @@ class Metrics:
             ["topic", "error_type"],
             registry=r,
         )
+        self.parked_records = Gauge(
+            "ktb_parked_records",
+            "Records of the partitions this bridge holds waiting in <topic>.parked",
+            ["topic"],
+            registry=r,
+        )
+        self.parked = Counter(
+            "ktb_parked", "Records parked behind a dead letter of their key", ["topic"], registry=r
+        )
+        self.released = Counter(
+            "ktb_released",
+            "Parked records acted on after their blocking letter was redriven or discarded",
+            ["topic"],
+            registry=r,
+        )
+        self.partitions_paused = Gauge(
+            "ktb_partitions_paused",
+            "Partitions stopped at a failing record until an operator resumes them",
+            ["topic"],
+            registry=r,
+        )
         self.transient_retries = Counter(
             "ktb_transient_retries",
             "Retries of actions after a transient Temporal or Kafka failure",

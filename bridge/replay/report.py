@@ -18,6 +18,7 @@ _COUNTERS = {
     Outcome.TERMINATED: "terminated",
     Outcome.SKIPPED: "skipped",
     Outcome.DEAD_LETTERED: "dead_lettered",
+    Outcome.PARKED: "parked",
     Outcome.DRY_RUN: "would_act",
 }
 
@@ -36,6 +37,8 @@ class ReplayReport:
     terminated: int = 0
     skipped: int = 0
     dead_lettered: int = 0
+    parked: int = 0
+    """Records of a key blocked by a dead letter, not acted on (``on_failure: park_key``)."""
     would_act: int = 0
     """Dry runs: records a route would act on."""
     per_route: dict[str, dict[str, int]] = field(default_factory=dict)

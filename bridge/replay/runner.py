@@ -40,6 +40,7 @@ from bridge.errors import BridgeError, InvalidRequestError, ReplayError
 from bridge.ingress import Ingress
 from bridge.kafka import stop_consumer
 from bridge.observability.metrics import Metrics
+from bridge.policies import FailurePolicies, ParkingState
 from bridge.provenance import ProvenanceWriter
 from bridge.replay.lookups import FreshIds, ReplayDispatcher
 from bridge.replay.plan import ReplayMode, ReplayPlan, ReplayRequest
@@ -103,12 +104,20 @@ class ReplayRunner:
             for r, pos in zip(plan.ranges, positions, strict=True)
         ]
         self._by_tp = {part.tp: part for part in self.parts}
+        # The failure policies hold in a replay too, in memory: keys blocked on the live
+        # bridge, and those the replay's own failures block, are not acted on out of order.
+        self.policies = (
+            FailurePolicies(settings, ingress, None, None, ingress.metrics, live=False)
+            if ingress.router.uses_failure_policies and not self.dry_run
+            else None
+        )
         self.engine = Engine(
             ingress,
             max_in_flight=self.in_flight,
             retry_initial_s=settings.retry_initial_s,
             retry_max_s=settings.retry_max_s,
             on_done=self._on_done,
+            policies=self.policies,
         )
         for part in self.parts:
             self.engine.assign(part.tp)
@@ -127,6 +136,8 @@ class ReplayRunner:
     async def run(self) -> ReplayReport:
         """Read and act on every record of the plan; return the report."""
         todo = [p for p in self.parts if not p.read_done]
+        if todo and self.policies is not None:
+            await self._load_blocks()
         if todo:
             consumer = kafka.consumer(
                 self.settings,
@@ -150,6 +161,19 @@ class ReplayRunner:
             self._advance(part)
         self._progress(force=True)
         return self.report
+
+    async def _load_blocks(self) -> None:
+        """The keys blocked on the live bridge, from ``ktb.parking``."""
+        assert self.policies is not None
+        state = ParkingState(self.settings)
+        await state.open()
+        try:
+            self.policies.state = state
+            for part in self.parts:
+                self.engine.load_policies(part.tp)
+        finally:
+            self.policies.state = None
+            await state.close()
 
     async def _read(self, consumer: AIOKafkaConsumer, todo: list[_Partition]) -> None:
         reading = {p.tp: p for p in todo}

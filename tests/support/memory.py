@@ -41,6 +41,7 @@ from bridge.envelope import Event, RecordLike, encode_event
 from bridge.errors import PermanentError
 from bridge.ingress import Ingress
 from bridge.observability.metrics import Metrics
+from bridge.policies import FailurePolicies
 from bridge.replay import (
     PartitionRange,
     ProgressCallback,
@@ -179,10 +180,19 @@ class MemoryKafka:
         """Make ``bridge.kafka.consumer`` and ``bridge.kafka.start`` use these topics for
         the rest of the test (the live consumer and the replay runner call them there)."""
         import bridge.kafka
+        import bridge.policies
 
         monkeypatch.setattr(bridge.kafka, "consumer", self.consumer)
         monkeypatch.setattr(bridge.kafka, "start", self.start)
+        monkeypatch.setattr(bridge.policies, "ensure_topics", self.ensure_topics)
         return self
+
+    async def ensure_topics(self, settings: Settings, topics: Mapping[str, int]) -> list[str]:
+        """Create the missing ``topics`` (what ``bridge.kafka.ensure_topics`` does)."""
+        missing = [t for t in topics if t not in self.topics]
+        for topic in missing:
+            self.create(topic, topics[topic])
+        return missing
 
     def check_installed(self) -> None:
         """Fail unless ``install`` put these topics behind ``bridge.kafka``."""
@@ -307,6 +317,11 @@ class MemoryConsumer:
     def highwater(self, tp: TopicPartition) -> int:
         """The end offset of ``tp``."""
         return len(self.kafka.topics[tp.topic][tp.partition])
+
+    async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """The end offset of each of ``partitions``."""
+        await asyncio.sleep(0)
+        return {tp: self.highwater(tp) for tp in partitions}
 
     async def stop(self) -> None:
         """Leave: nothing is fetched after this."""
@@ -456,12 +471,16 @@ def memory_settings(**values: Any) -> Settings:
 
 @contextlib.asynccontextmanager
 async def consuming(
-    kafka: MemoryKafka, settings: Settings, ingress: Ingress
+    kafka: MemoryKafka,
+    settings: Settings,
+    ingress: Ingress,
+    policies: FailurePolicies | None = None,
 ) -> AsyncIterator[BridgeConsumer]:
-    """The live bridge (``BridgeConsumer.run``) over ``kafka``'s topics its router reads;
-    stopped (drained, committed) on leaving. ``kafka`` must be installed."""
+    """The live bridge (``BridgeConsumer.run``) over ``kafka``'s topics its router reads,
+    with ``policies`` if given; stopped (drained, committed) on leaving. ``kafka`` must
+    be installed."""
     kafka.check_installed()
-    bridge = BridgeConsumer(settings, ingress, ingress.router.topics)
+    bridge = BridgeConsumer(settings, ingress, ingress.router.topics, policies=policies)
     task = asyncio.create_task(bridge.run())
     try:
         yield bridge

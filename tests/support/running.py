@@ -25,6 +25,7 @@ from bridge.dlq.publisher import DeadLetterPublisher
 from bridge.ingress import Ingress
 from bridge.observability.metrics import Metrics
 from bridge.observability.telemetry import Telemetry
+from bridge.policies import open_policies
 from bridge.provenance import ProvenanceWriter
 from bridge.routes import Router, RoutesConfig
 from bridge.sdk.egress import Publisher
@@ -58,14 +59,15 @@ async def running_bridge(
             else None,
             decoder=decoder,
         )
-        consumer = BridgeConsumer(settings, ingress, router.topics)
-        task = asyncio.create_task(consumer.run())
-        try:
-            yield consumer
-        finally:
-            consumer.stop()
-            await asyncio.wait_for(task, 60)
-            await producer.stop()
+        async with open_policies(settings, ingress, producer, ingress.metrics) as policies:
+            consumer = BridgeConsumer(settings, ingress, router.topics, policies=policies)
+            task = asyncio.create_task(consumer.run())
+            try:
+                yield consumer
+            finally:
+                consumer.stop()
+                await asyncio.wait_for(task, 60)
+    await producer.stop()
 
 
 @contextlib.asynccontextmanager

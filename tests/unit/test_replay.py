@@ -97,16 +97,18 @@ def test_report_counts_each_outcome_once_per_record() -> None:
     report.add(Result(Outcome.SIGNALLED, "pay", "signal", "order-1"))
     report.add(Result(Outcome.SKIPPED, detail="no route matched"))
     report.add(Result(Outcome.DEAD_LETTERED, detail="unmatched: no route"))
+    report.add(Result(Outcome.PARKED, detail="parked behind orders.dlq:0:4"))
     assert report.counters() == {
-        "read": 5, "matched": 3, "started": 1, "duplicates": 1, "signalled": 1, "updated": 0,
-        "cancelled": 0, "terminated": 0, "skipped": 1, "dead_lettered": 1, "would_act": 0,
+        "read": 6, "matched": 3, "started": 1, "duplicates": 1, "signalled": 1, "updated": 0,
+        "cancelled": 0, "terminated": 0, "skipped": 1, "dead_lettered": 1, "parked": 1,
+        "would_act": 0,
     }  # fmt: skip
     assert report.per_route["start"] == {"started": 1, "duplicate": 1}
-    assert report.per_route["(no route)"] == {"skipped": 1, "dead_lettered": 1}
+    assert report.per_route["(no route)"] == {"skipped": 1, "dead_lettered": 1, "parked": 1}
     assert report.examples == {"start": "order-1", "pay": "order-1"}
     copy = report.snapshot()
     report.add(Result(Outcome.STARTED, "start", "start", "order-3"))
-    assert copy.read == 5 and copy.per_route["start"] == {"started": 1, "duplicate": 1}
+    assert copy.read == 6 and copy.per_route["start"] == {"started": 1, "duplicate": 1}
 
 
 def test_dry_run_report_tallies_actions_per_route() -> None:
