@@ -55,6 +55,7 @@ from bridge.temporal.requests import (
     failure_message,
     namespace_missing,
     payload_bytes,
+    schedule_options,
     search_attributes,
     throttled,
     update_rejected,
@@ -184,6 +185,7 @@ class Dispatcher:
             "id_reuse_policy": REUSE_POLICIES[action.id_reuse_policy],
             "search_attributes": search_attributes(event, action),
             "memo": {"ktb": event_memo(event, action.route), **action.memo},
+            **schedule_options(action),
         }
 
     async def _start(self, action: Action, event: Event) -> Result:

@@ -46,6 +46,7 @@ from bridge.errors import (
 )
 from bridge.ingress import Ingress
 from bridge.observability.metrics import Metrics
+from bridge.pacing import Abandoned
 from bridge.policies import Block, Decision, Entry, FailurePolicies, PartitionPolicies, Pause
 
 log = logging.getLogger("ktb.engine")
@@ -423,7 +424,7 @@ class Engine:
         self, tp: TopicPartition, state: PartitionState, record: RecordLike
     ) -> Result | None:
         if self.policies is None:
-            return await self.ingress.handle(record)
+            return await self.ingress.handle(record, state.closed)
         return await self.policies.act(tp, state, record, self._process)
 
     async def _letter(
@@ -477,6 +478,8 @@ class Engine:
                     else:
                         letter, unexpected = None, 0
                     continue
+                except Abandoned:
+                    return None  # closed while waiting for a rate limit's token
                 except TransientError as exc:
                     reason = exc.message
                 except BridgeError as exc:  # a non-permanent, non-transient bridge error

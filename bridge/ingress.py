@@ -7,6 +7,7 @@ committed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from bridge.envelope import Event, RecordLike
 from bridge.errors import PauseRequested, PermanentError, UnmatchedEventError
 from bridge.observability import tracing
 from bridge.observability.metrics import Metrics
+from bridge.pacing import RateLimits
 from bridge.provenance import ProvenanceWriter
 from bridge.routes import Action, FailurePolicy, Router
 
@@ -54,6 +56,7 @@ class Ingress:
         provenance: ProvenanceWriter | None = None,
         tracer: Tracer | None = None,
         decoder: Decoder | None = None,
+        rate_limits: bool = True,
     ) -> None:
         self.catalog = catalog
         self.router = router
@@ -66,6 +69,9 @@ class Ingress:
         self.provenance = provenance
         self.tracer = tracer
         """Set when tracing is on: each record gets a span, the parent of the Temporal calls."""
+        self.rate_limits = RateLimits(self.metrics) if rate_limits else None
+        """The routes' token buckets (the live bridge's); ``None`` for replays, which are
+        held to their own rate, and for an ingress that acts on nothing."""
 
     def route(self, event: Event) -> Action | None:
         """The action for ``event``; ``None`` to skip it. Raises ``PermanentError``."""
@@ -89,16 +95,20 @@ class Ingress:
         event = await self.decoder.decode(record)
         return event, self.route(event)
 
-    async def handle(self, record: RecordLike) -> Result:
-        """Act on one record. ``TransientError`` propagates: the caller retries."""
+    async def handle(self, record: RecordLike, closed: asyncio.Event | None = None) -> Result:
+        """Act on one record. ``TransientError`` propagates: the caller retries.
+
+        A rate-limited route's action waits for a token first; ``Abandoned`` if
+        ``closed`` (the record's partition closing) is set meanwhile.
+        """
         if self.tracer is None:
-            return await self._handle(record)
+            return await self._handle(record, closed)
         with tracing.consume_span(self.tracer, record) as span:
-            result = await self._handle(record)
+            result = await self._handle(record, closed)
             tracing.record_result(span, result)
             return result
 
-    async def _handle(self, record: RecordLike) -> Result:
+    async def _handle(self, record: RecordLike, closed: asyncio.Event | None) -> Result:
         event: Event | None = None
         action: Action | None = None
         try:
@@ -107,6 +117,8 @@ class Ingress:
             if action is None:
                 result = Result(Outcome.SKIPPED, detail="no route matched")
             else:
+                if action.rate_limit is not None and self.rate_limits is not None:
+                    await self.rate_limits.acquire(action.route, action.rate_limit, closed)
                 result = await self.dispatcher.execute(action, event)
                 if record.timestamp and result.outcome not in NOT_ACTED:
                     self.metrics.event_to_action.observe(

@@ -579,7 +579,7 @@ class FailurePolicies:
         return await self._act(tp, state, record)
 
     async def _act(self, tp: TopicPartition, state: PartitionState, record: RecordLike) -> Result:
-        result = await self.ingress.handle(record)
+        result = await self.ingress.handle(record, state.closed)
         if (
             isinstance(result, DeadLettered)
             and result.policy is not FailurePolicy.DEAD_LETTER

@@ -15,12 +15,28 @@ from typing import Any, Literal
 
 import cel
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from bridge.codec import SchemaCatalog
 from bridge.decoding import EnvelopeSpec
 from bridge.envelope import Event
 from bridge.errors import ConfigError, RouteError
+from bridge.pacing import RateLimitSpec
+from bridge.scheduling import (
+    FAIRNESS_WEIGHT_MAX,
+    FAIRNESS_WEIGHT_MIN,
+    Schedule,
+    ScheduleTemplates,
+)
 from bridge.templates import (
     ROOT_NAMES,
     Template,
@@ -99,6 +115,44 @@ class RouteSpec(BaseModel):
         "event has one; false only where ids already name their tenant or for workflows "
         "started before scoping (the target's tenant is checked either way)",
     )
+
+    # Scheduling and pacing (README, Routes: priority, fairness, start delay, rate limit).
+    priority: StrictInt | str | None = Field(
+        None, description="Temporal priority key (1 = highest): a number or a template"
+    )
+    fairness_key: str | None = Field(None, description="Temporal fairness key: a template")
+    fairness_weight: float | None = Field(
+        None, ge=FAIRNESS_WEIGHT_MIN, le=FAIRNESS_WEIGHT_MAX, description="Weight of the key"
+    )
+    start_delay: str | None = Field(
+        None, description="A template: a duration (30s, 5m, PT5M) or an RFC 3339 time"
+    )
+    rate_limit: RateLimitSpec | None = Field(
+        None, description="Actions per second of this route, per bridge instance"
+    )
+
+    @field_validator("priority", "fairness_key", "fairness_weight", "start_delay")
+    @classmethod
+    def _starting_only(cls, value: Any, info: ValidationInfo) -> Any:
+        action = info.data.get("action")
+        if value is None or action is None:
+            return value
+        if action not in STARTING:
+            raise ValueError(
+                f"applies to actions that start a workflow ({', '.join(sorted(STARTING))}), "
+                f"not {action.value}"
+            )
+        if info.field_name == "start_delay" and action is ActionKind.UPDATE_WITH_START:
+            raise ValueError("Temporal does not delay an update-with-start")
+        if info.field_name == "priority" and isinstance(value, int) and value < 1:
+            raise ValueError("must be a positive integer (1 is the highest priority)")
+        return value
+
+    @model_validator(mode="after")
+    def _weight_needs_key(self) -> RouteSpec:
+        if self.fairness_weight is not None and self.fairness_key is None:
+            raise ValueError("fairness_weight needs a fairness_key")
+        return self
 
     @model_validator(mode="after")
     def _required_per_action(self) -> RouteSpec:
@@ -271,6 +325,10 @@ class Action:
     search_attributes: Mapping[str, str] = field(default_factory=dict)
     memo: Mapping[str, Any] = field(default_factory=dict)
     reason: str = ""
+    schedule: Schedule | None = None
+    """Priority, fairness and start delay of a starting action; ``None``: Temporal's defaults."""
+    rate_limit: RateLimitSpec | None = None
+    """The route's rate limit: the action waits for a token of the route's bucket."""
 
 
 def bridge_signal(event: Event, payload: Any) -> dict[str, Any]:
@@ -308,6 +366,9 @@ class CompiledRoute:
                 k: Template.parse(v) for k, v in spec.search_attributes.items()
             }
             self.memo = {k: Template.parse(v) for k, v in spec.memo.items()}
+            self.schedule = ScheduleTemplates(
+                spec.priority, spec.fairness_key, spec.fairness_weight, spec.start_delay
+            )
         except ConfigError as exc:
             raise ConfigError(f"route {spec.name!r}: {exc.message}") from exc
         arg_exprs = [spec.args] if isinstance(spec.args, str) else list(spec.args)
@@ -340,10 +401,13 @@ class CompiledRoute:
             extra_sa = {k: t.render(context) for k, t in self.search_attributes.items()}
             memo = {k: t.render(context) for k, t in self.memo.items()}
             reason = self.reason.render(context)
+            schedule = self.schedule.resolve(context)
         except KeyError as exc:
             raise RouteError(
                 f"route {self.name!r}: event has no value for field {exc.args[0]!r}"
             ) from exc
+        except RouteError as exc:
+            raise RouteError(f"route {self.name!r}: {exc.message}") from exc
         if spec.tenant_scoped_ids:
             workflow_id = scoped_workflow_id(event.tenant_id, workflow_id)
         kind = spec.action
@@ -367,6 +431,8 @@ class CompiledRoute:
             search_attributes=extra_sa,
             memo=memo,
             reason=reason,
+            schedule=schedule,
+            rate_limit=spec.rate_limit,
         )
 
 
@@ -513,6 +579,7 @@ def check_routes(config: RoutesConfig, catalog: SchemaCatalog) -> list[RouteProb
             checks += [(f"search_attributes.{key}", p) for p in tpl.paths()]
         for key, tpl in compiled.memo.items():
             checks += [(f"memo.{key}", p) for p in tpl.paths()]
+        checks += compiled.schedule.paths()
         if spec.when:
             checks += [("when", p) for p in condition_paths(spec.when)]
         for field_name, path in checks:

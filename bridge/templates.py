@@ -66,11 +66,24 @@ class Template:
             if path is None:
                 out.append(literal)
             else:
-                value = lookup(context, path)
-                if value is None or value == "":
-                    raise KeyError(".".join(path))
-                out.append(str(value))
+                out.append(str(_present(context, path)))
         return "".join(out)
+
+    def value(self, context: Mapping[str, Any]) -> Any:
+        """The field's own value (a number stays a number) when the template is one
+        ``{field}`` and nothing else; otherwise the filled string. ``KeyError`` as
+        ``render``."""
+        if len(self.parts) == 1 and self.parts[0][1] is not None:
+            return _present(context, self.parts[0][1])
+        return self.render(context)
+
+
+def _present(context: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    """The value at ``path``; ``KeyError`` when it is absent, null or empty."""
+    value = lookup(context, path)
+    if value is None or value == "":
+        raise KeyError(".".join(path))
+    return value
 
 
 _STRING_LITERAL = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")

@@ -246,7 +246,7 @@ async def open_api_state(
         # The API plans events with the bridge's own decoding and routing (unmatched
         # rule included) to answer which workflow an event goes to; it acts on nothing.
         ingress = (
-            Ingress(catalog, router, None, None, metrics, decoder=decoder)
+            Ingress(catalog, router, None, None, metrics, decoder=decoder, rate_limits=False)
             if router is not None
             else None
         )

@@ -88,6 +88,12 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        self.rate_limited = Counter(
+            "ktb_rate_limited_seconds",
+            "Time records of a rate-limited route waited for a token (per bridge instance)",
+            ["route"],
+            registry=r,
+        )
         self.events_published = Counter(
             "ktb_events_published",
             "Events published by workflow activities",

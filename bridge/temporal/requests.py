@@ -7,11 +7,13 @@ answer the dispatcher needs.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from temporalio.api.errordetails.v1 import NamespaceNotFoundFailure, ResourceExhaustedFailure
 from temporalio.client import Client, WorkflowUpdateFailedError, WorkflowUpdateHandle
 from temporalio.common import (
+    Priority,
     SearchAttributeKey,
     SearchAttributePair,
     TypedSearchAttributes,
@@ -84,6 +86,32 @@ def search_attributes(event: Event, action: Action) -> TypedSearchAttributes:
         for k, v in action.search_attributes.items()
     ]
     return TypedSearchAttributes(pairs)
+
+
+def schedule_options(action: Action, now: datetime | None = None) -> dict[str, Any]:
+    """The priority and start delay a starting action sends (none of them by default).
+
+    A start delay given as a time is what is left of it ``now`` (default: the clock's
+    now), when the start is sent: a record that waited (for a rate limit, a retry)
+    does not start later than asked.
+    """
+    schedule = action.schedule
+    if schedule is None:
+        return {}
+    options: dict[str, Any] = {}
+    if (
+        schedule.priority is not None
+        or schedule.fairness_key is not None
+        or schedule.fairness_weight is not None
+    ):
+        options["priority"] = Priority(
+            priority_key=schedule.priority,
+            fairness_key=schedule.fairness_key,
+            fairness_weight=schedule.fairness_weight,
+        )
+    if schedule.start_delay is not None:
+        options["start_delay"] = schedule.start_delay.from_now(now or datetime.now(UTC))
+    return options
 
 
 def classify(exc: RPCError, action: Action) -> Exception:

@@ -419,7 +419,7 @@ class FakeIngress:
         self.acted: list[int] = []
         self.letters: list[int] = []
 
-    async def handle(self, record: RecordLike) -> Result:
+    async def handle(self, record: RecordLike, closed: asyncio.Event | None = None) -> Result:
         """Act on ``record`` through ``act``."""
         await self.act(record)
         self.acted.append(record.offset)
