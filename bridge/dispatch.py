@@ -31,6 +31,7 @@ from temporalio.client import (
 )
 from temporalio.common import (
     WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -42,6 +43,14 @@ from bridge.errors import (
     TransientError,
     UpdateRejectedError,
     WorkflowClosedError,
+)
+from bridge.flow import (
+    WINDOW_SIGNAL,
+    WINDOW_WORKFLOW,
+    WindowPolicy,
+    WindowState,
+    collector_id,
+    window_event,
 )
 from bridge.routes import Action, ActionKind
 from bridge.temporal import attributes
@@ -127,6 +136,8 @@ class Dispatcher:
     async def execute(self, action: Action, event: Event) -> Result:
         """Perform ``action``; return what happened or raise a bridge error."""
         try:
+            if action.window is not None:
+                return await self._collect(action, event, action.window)
             match action.kind:
                 case ActionKind.START:
                     return await self._start(action, event)
@@ -269,6 +280,36 @@ class Dispatcher:
                     event_id=action.event_id,
                 ) from exc
         return self._result(Outcome.UPDATED, action, handle.result_run_id, update.id)
+
+    # --- windows (debounce, batch) ---------------------------------------------------
+
+    async def _collect(self, action: Action, event: Event, policy: WindowPolicy) -> Result:
+        """Send the event into the window of its workflow id: signal-with-start its collector.
+
+        Returned, the signal is in the collector's history: the event is in its window
+        and the offset may be committed. The target run the window will start is
+        checked against the event's tenant first; the collector needs no check, its
+        id is scoped by the event's tenant whatever the route says (``collector_id``).
+        """
+        await self._target(action, event)
+        kwargs = self._start_kwargs(action, event)
+        attributes = {pair.key.name: str(pair.value) for pair in kwargs["search_attributes"]}
+        item = window_event(action, event, policy, kwargs["memo"], attributes)
+        collector = collector_id(event.tenant_id, action.workflow_id)
+        await self.client.start_workflow(
+            WINDOW_WORKFLOW,
+            WindowState(dedupe_for_s=policy.dedupe_for_s),
+            id=collector,
+            task_queue=action.task_queue or "",
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            search_attributes=kwargs["search_attributes"],
+            memo=kwargs["memo"],
+            start_signal=WINDOW_SIGNAL,
+            start_signal_args=[item],
+            rpc_timeout=self.rpc_timeout,
+        )
+        return self._result(Outcome.SIGNALLED, action, None, f"in window {collector}")
 
     # --- signals, cancels, terminates --------------------------------------------------
 

@@ -30,6 +30,7 @@ from bridge.codec import SchemaCatalog
 from bridge.decoding import EnvelopeSpec
 from bridge.envelope import Event
 from bridge.errors import ConfigError, RouteError
+from bridge.flow import BatchSpec, DebounceSpec, WindowPolicy, check_window_options, window_policy
 from bridge.pacing import RateLimitSpec
 from bridge.scheduling import (
     FAIRNESS_WEIGHT_MAX,
@@ -115,6 +116,12 @@ class RouteSpec(BaseModel):
         "event has one; false only where ids already name their tenant or for workflows "
         "started before scoping (the target's tenant is checked either way)",
     )
+    debounce: DebounceSpec | None = Field(
+        None, description="One run per quiet period of a workflow id, with every event of it"
+    )
+    batch: BatchSpec | None = Field(
+        None, description="One run per max_events events of a workflow id, or per max_wait"
+    )
 
     # Scheduling and pacing (README, Routes: priority, fairness, start delay, rate limit).
     priority: StrictInt | str | None = Field(
@@ -166,6 +173,12 @@ class RouteSpec(BaseModel):
         missing = [n for n in need if not getattr(self, n)]
         if missing:
             raise ValueError(f"action {self.action.value} needs {', '.join(missing)}")
+        scheduled = [
+            name
+            for name in ("priority", "fairness_key", "fairness_weight", "start_delay")
+            if getattr(self, name) is not None
+        ]
+        check_window_options(self.debounce, self.batch, self.action.value, scheduled)
         return self
 
 
@@ -329,6 +342,9 @@ class Action:
     """Priority, fairness and start delay of a starting action; ``None``: Temporal's defaults."""
     rate_limit: RateLimitSpec | None = None
     """The route's rate limit: the action waits for a token of the route's bucket."""
+    window: WindowPolicy | None = None
+    """Set for a route with ``debounce`` or ``batch``: the event goes into its window's
+    collector, which starts ``workflow_type`` once the window closes."""
 
 
 def bridge_signal(event: Event, payload: Any) -> dict[str, Any]:
@@ -373,6 +389,7 @@ class CompiledRoute:
             raise ConfigError(f"route {spec.name!r}: {exc.message}") from exc
         arg_exprs = [spec.args] if isinstance(spec.args, str) else list(spec.args)
         self.arg_paths = [tuple(a.split(".")) for a in arg_exprs]
+        self.window = window_policy(spec.debounce, spec.batch)
         for path in self.arg_paths:
             if path[0] not in ROOT_NAMES:
                 raise ConfigError(
@@ -412,7 +429,12 @@ class CompiledRoute:
             workflow_id = scoped_workflow_id(event.tenant_id, workflow_id)
         kind = spec.action
         message: tuple[Any, ...] = ()
-        if kind in (ActionKind.SIGNAL, ActionKind.SIGNAL_WITH_START, ActionKind.UPDATE_WITH_START):
+        if self.window is not None or kind in (
+            ActionKind.SIGNAL,
+            ActionKind.SIGNAL_WITH_START,
+            ActionKind.UPDATE_WITH_START,
+        ):
+            # A windowed start sends its event into the window as a message, like a signal.
             message = (bridge_signal(event, args[0] if len(args) == 1 else list(args)),)
         return Action(
             kind=kind,
@@ -433,6 +455,7 @@ class CompiledRoute:
             reason=reason,
             schedule=schedule,
             rate_limit=spec.rate_limit,
+            window=self.window,
         )
 
 

@@ -33,6 +33,7 @@ from bridge.policies import open_policies
 from bridge.provenance import ProvenanceWriter
 from bridge.routes import PublishSpec, Router, RoutesConfig
 from bridge.sdk.egress import Publisher
+from bridge.sdk.window import with_collector
 from bridge.settings import Settings
 from bridge.temporal.attributes import register_search_attributes
 from bridge.temporal.client import connect_temporal
@@ -138,7 +139,8 @@ async def open_worker(
     activities: Sequence[Callable[..., Any]] = (),
     interceptors: Sequence[Interceptor] = (),
 ) -> AsyncIterator[Worker]:
-    """A running worker wired from settings, with the publishing activity and the metrics."""
+    """A running worker wired from settings, with the publishing activity, the window
+    collector (routes with ``debounce`` or ``batch`` target its task queue) and the metrics."""
     catalog = SchemaCatalog.from_dir(settings.schemas_dir)
     publishing = publishing_formats(settings)
     client = await connect_temporal(settings, telemetry.runtime, telemetry.client_interceptors)
@@ -158,7 +160,7 @@ async def open_worker(
         worker = Worker(
             client,
             task_queue=task_queue,
-            workflows=list(workflows),
+            workflows=with_collector(workflows),
             activities=[publisher.publish, *activities],
             interceptors=[*telemetry.worker_interceptors(), *interceptors],
         )

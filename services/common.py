@@ -19,6 +19,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
@@ -37,6 +38,7 @@ from bridge import (
     kafka,
     open_decoder,
     open_telemetry,
+    open_worker,
     run_worker,
     setup_logging,
     stop_on_signals,
@@ -118,14 +120,36 @@ async def run_service_consumer(
     topics: Sequence[str],
     group_id: str,
     handler: Callable[[Store], EventHandler],
+    worker: ConsumerWorker | None = None,
 ) -> None:
-    """Consume ``topics`` as ``group_id`` into the service's database until SIGTERM."""
+    """Consume ``topics`` as ``group_id`` into the service's database until SIGTERM;
+    with ``worker``, host its workflows and activities on its task queue meanwhile."""
     catalog = SchemaCatalog.from_dir(settings.schemas_dir)
     stop = asyncio.Event()
-    stop_on_signals(stop.set)
-    # No Temporal here; /metrics (KTB_METRICS_PORT) still shows the process is alive.
-    with open_store(service, schema, settings) as store, open_telemetry(settings, service):
-        await consume_events(settings, catalog, topics, group_id, handler(store), stop)
+    with open_store(service, schema, settings) as store, open_telemetry(settings, service) as t:
+        async with contextlib.AsyncExitStack() as hosted:
+            if worker is not None:
+                await hosted.enter_async_context(
+                    open_worker(
+                        settings,
+                        t,
+                        worker.task_queue,
+                        worker.workflows,
+                        worker.activities(store),
+                        [FaultInterceptor(ServicesConfig().retry_scale)],
+                    )
+                )
+            stop_on_signals(stop.set)
+            await consume_events(settings, catalog, topics, group_id, handler(store), stop)
+
+
+@dataclass(frozen=True)
+class ConsumerWorker:
+    """The Temporal worker a consuming service hosts beside its consumer."""
+
+    task_queue: str
+    workflows: Sequence[type]
+    activities: Callable[[Store], Sequence[Callable[..., Any]]]
 
 
 async def consume_events(

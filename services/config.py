@@ -17,7 +17,8 @@ from bridge import Settings
 
 Service = Literal["orders", "inventory", "payments", "shipping", "notifications"]
 WorkerService = Literal["orders", "inventory", "payments", "shipping"]
-"""The services whose worker is a Temporal worker (notifications consumes Kafka instead)."""
+"""The services whose worker is a Temporal worker only (notifications consumes Kafka and
+hosts ``CustomerDigest`` on ``notifications_queue``)."""
 PORT_OFFSETS: dict[str, int] = {
     "orders": 1,
     "inventory": 2,
@@ -44,6 +45,9 @@ class ServicesConfig(BaseSettings):
     inventory_queue: str = "inventory"
     payments_queue: str = "payments"
     shipping_queue: str = "shipping"
+    notifications_queue: str = Field(
+        "notifications", description="Where the notifications worker hosts CustomerDigest"
+    )
 
     outcome_topic: str = "orders.outcomes"
     compensation_topic: str = "orders.compensations"

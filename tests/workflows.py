@@ -64,3 +64,13 @@ class Recorder(BridgeWorkflow):
     def get_received(self) -> list[int]:
         """The sequence numbers noted so far."""
         return list(self.received)
+
+
+@workflow.defn(name="KtbTestWindow")
+class WindowRun:
+    """The target of a debounced or batched route: returns what its window held."""
+
+    @workflow.run
+    async def run(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The event id and the order id of every event of the window, in the order given."""
+        return [{"event_id": e["event_id"], "order_id": e["payload"]["order_id"]} for e in events]

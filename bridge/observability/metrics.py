@@ -19,6 +19,7 @@ from temporalio.worker import (
 from temporalio.workflow import ContinueAsNewError
 
 DURATION_BUCKETS = (1, 5, 10, 30, 60, 300, 600)
+BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 10_000)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -138,10 +139,25 @@ class Metrics:
         self.api_events_produced = Counter(
             "ktb_api_events_produced", "Events produced by POST /events", ["topic"], registry=r
         )
+        self.debounce_windows = Counter(
+            "ktb_debounce_windows",
+            "Debounce windows closed (one run started each), by route",
+            ["route"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "ktb_batch_size",
+            "Events per closed batch window, by route",
+            ["route"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
 
 
 WORKFLOW_FINISHED = "ktb_workflow_finished"
 """The extern function workflow interceptors call (outside the sandbox) to count a run."""
+WINDOW_CLOSED = "ktb_window_closed"
+"""The extern function the window collector calls to count a closed window."""
 
 
 class WorkerMetrics(Interceptor):
@@ -166,12 +182,20 @@ class WorkerMetrics(Interceptor):
     ) -> type[WorkflowInboundInterceptor]:
         """Workflow runs report their end through an extern function (no I/O in the sandbox)."""
         input.unsafe_extern_functions[WORKFLOW_FINISHED] = self.workflow_finished
+        input.unsafe_extern_functions[WINDOW_CLOSED] = self.window_closed
         return _WorkflowMetrics
 
     def workflow_finished(self, workflow_type: str, status: str, seconds: float) -> None:
         """Count one finished run."""
         self.metrics.workflow_executions.labels(workflow_type, status).inc()
         self.metrics.workflow_duration.labels(workflow_type).observe(max(0.0, seconds))
+
+    def window_closed(self, kind: str, route: str, size: int) -> None:
+        """Count one window a collector closed (``debounce`` or ``batch``) and its size."""
+        if kind == "debounce":
+            self.metrics.debounce_windows.labels(route).inc()
+        else:
+            self.metrics.batch_size.labels(route).observe(size)
 
 
 class _ActivityMetrics(ActivityInboundInterceptor):

@@ -184,6 +184,7 @@ class ReplayDispatcher(Dispatcher):
         if (
             self.lookups
             and action.kind is ActionKind.START
+            and action.window is None
             and action.id_reuse_policy == "reject_duplicate"
             and action.on_duplicate == "ignore"
         ):

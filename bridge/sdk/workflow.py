@@ -13,38 +13,15 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
+    from bridge.dedupe import EventDedupe
     from bridge.sdk.egress import PUBLISH_ACTIVITY, Published, PublishRequest
 
 PROGRESS_QUERY = "ktb_progress"
-SEEN_LIMIT = 10_000
 PUBLISH_TIMEOUT = timedelta(seconds=10)
 # Transient Kafka failures are retried until Kafka takes the event, with the same
 # ce_id every time; an event Kafka never will take fails the activity non-retryably
 # (bridge.egress), so no attempt cap is needed here.
 PUBLISH_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=10))
-
-
-class EventDedupe:
-    """The ids of bridge signals/updates already applied; carry ``state()`` over continue-as-new."""
-
-    def __init__(self, seen: Iterable[str] = ()) -> None:
-        self._seen: dict[str, None] = dict.fromkeys(seen)
-
-    def first_time(self, message: dict[str, Any]) -> bool:
-        """True the first time an event id is seen; records it."""
-        event_id = message.get("event_id")
-        if not event_id:
-            return True
-        if event_id in self._seen:
-            return False
-        self._seen[event_id] = None
-        if len(self._seen) > SEEN_LIMIT:
-            del self._seen[next(iter(self._seen))]
-        return True
-
-    def state(self) -> list[str]:
-        """The seen ids, oldest first, to pass to the next run."""
-        return list(self._seen)
 
 
 class BridgeWorkflow:

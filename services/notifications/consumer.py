@@ -11,9 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from temporalio import activity
 
 from bridge import Event
+from services.notifications import SEND_DIGEST, Digest
 from services.store import Store, now
 
 log = logging.getLogger("services.notifications")
@@ -34,14 +38,25 @@ CREATE TABLE IF NOT EXISTS notifications (
     received_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS notifications_order ON notifications (order_id);
+CREATE TABLE IF NOT EXISTS digests (
+    digest_id TEXT PRIMARY KEY,
+    customer_id TEXT NOT NULL,
+    lines TEXT NOT NULL,
+    event_ids TEXT NOT NULL,
+    sent_at TEXT NOT NULL
+);
 """
 
 
 def message_for(event: Event) -> str:
     """What the customer would be told about one event."""
-    data = event.data
-    order = data.get("order_id") or event.key or "?"
-    kind = event.type.rsplit(".", 1)[-1]
+    return outcome_message(event.type, event.data, event.key)
+
+
+def outcome_message(event_type: str, data: Mapping[str, Any], key: str | None = None) -> str:
+    """What the customer would be told about one event of ``event_type`` (a digest line too)."""
+    order = data.get("order_id") or key or "?"
+    kind = event_type.rsplit(".", 1)[-1]
     if kind == "completed":
         return f"Order {order} is confirmed and on its way (shipment {data.get('shipment_id')})."
     if kind == "compensated":
@@ -51,7 +66,7 @@ def message_for(event: Event) -> str:
         return f"Order {order} could not be completed ({data.get('reason')})."
     if kind == "step_compensated":
         return f"Order {order}: {data.get('detail')}."
-    return f"Order {order}: {event.type}."
+    return f"Order {order}: {event_type}."
 
 
 class Notifications:
@@ -101,3 +116,33 @@ class Notifications:
         if new:
             log.info("recorded %d notification(s)", new)
         return new
+
+
+class Digests:
+    """Sends (records) customer digests (``CustomerDigest``), once per digest id."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @activity.defn(name=SEND_DIGEST)
+    async def send(self, digest: Digest) -> bool:
+        """Record the digest; ``False`` when a retried call finds it sent already."""
+
+        def tx(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO digests (digest_id, customer_id, lines, event_ids,"
+                " sent_at) VALUES (?, ?, ?, ?, ?)",
+                (
+                    digest.digest_id,
+                    digest.customer_id,
+                    json.dumps(digest.lines),
+                    json.dumps(digest.event_ids),
+                    now(),
+                ),
+            )
+            return bool(cur.rowcount)
+
+        sent = await self.store.run(tx)
+        if sent:
+            log.info("digest %s: %d line(s)", digest.digest_id, len(digest.lines))
+        return sent

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 CHARGE = "payments.charge"
 CONFIRM = "payments.confirm"
 REFUND = "payments.refund"
+SETTLE = "payments.settle"
 
 CAPTURED = "captured"
 PENDING = "pending"
@@ -53,3 +54,14 @@ class RefundRequest:
 
     order_id: str
     payment_id: str
+
+
+@dataclass
+class SettleRequest:
+    """One settlement: the captured payments of one batch, in one currency."""
+
+    settlement_id: str
+    currency: str
+    payment_ids: list[str]
+    amount_cents: int
+    event_ids: list[str]

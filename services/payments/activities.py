@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any
 
@@ -20,10 +21,12 @@ from services.payments import (
     CONFIRM,
     PENDING,
     REFUND,
+    SETTLE,
     Charge,
     ChargeRequest,
     ConfirmRequest,
     RefundRequest,
+    SettleRequest,
 )
 from services.store import Store, now
 
@@ -37,6 +40,14 @@ CREATE TABLE IF NOT EXISTS payments (
     processor_ref TEXT,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS settlements (
+    settlement_id TEXT PRIMARY KEY,
+    currency TEXT NOT NULL,
+    payments INTEGER NOT NULL,
+    amount_cents INTEGER NOT NULL,
+    event_ids TEXT NOT NULL,
+    settled_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS attempts (
     order_id TEXT NOT NULL,
@@ -199,5 +210,33 @@ class Payments:
                 (new_status, now(), req.order_id),
             )
             return detail
+
+        return await self.store.run(tx)
+
+
+class Settlements:
+    """Settles batches of captured payments (``SettlementBatch``), once per settlement id."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @activity.defn(name=SETTLE)
+    async def settle(self, req: SettleRequest) -> bool:
+        """Record the settlement; ``False`` when a retried call finds it recorded already."""
+
+        def tx(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO settlements (settlement_id, currency, payments,"
+                " amount_cents, event_ids, settled_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    req.settlement_id,
+                    req.currency,
+                    len(req.payment_ids),
+                    req.amount_cents,
+                    json.dumps(req.event_ids),
+                    now(),
+                ),
+            )
+            return bool(cur.rowcount)
 
         return await self.store.run(tx)

@@ -1,4 +1,4 @@
-"""``python -m services.payments worker``: the ``payments.*`` activities."""
+"""``python -m services.payments worker``: the ``payments.*`` activities and ``SettlementBatch``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 from bridge import CircuitBreaker, Settings
 from services.common import run_service_worker
 from services.config import ServicesConfig
-from services.payments.activities import SCHEMA, CardGateway, Payments
+from services.payments.activities import SCHEMA, CardGateway, Payments, Settlements
+from services.payments.workflows import SettlementBatch
 from services.store import Store
 
 
@@ -26,9 +27,9 @@ def build(config: ServicesConfig, store: Store) -> Payments:
 def activities(config: ServicesConfig, store: Store) -> list[Callable[..., Any]]:
     """The ``payments.*`` activities over the payments database."""
     payments = build(config, store)
-    return [payments.charge, payments.confirm, payments.refund]
+    return [payments.charge, payments.confirm, payments.refund, Settlements(store).settle]
 
 
 async def main(settings: Settings) -> None:
     """Run until SIGTERM."""
-    await run_service_worker(settings, "payments", SCHEMA, activities)
+    await run_service_worker(settings, "payments", SCHEMA, activities, [SettlementBatch])

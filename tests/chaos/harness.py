@@ -35,6 +35,7 @@ from bridge.codec import SchemaCatalog
 from bridge.dev.stack import LocalStack, Service, free_port
 from bridge.dlq.publisher import ERROR_HEADERS, ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TOPIC
 from bridge.envelope import decode_record, encode_event
+from bridge.flow import WINDOW_WORKFLOW
 from bridge.kafka import ensure_topics, stop_consumer
 from bridge.settings import REPO_ROOT, Settings
 
@@ -44,11 +45,16 @@ CANCELLED = "com.example.order.cancelled"
 COMPLETED = "com.example.order.completed"
 COMPENSATED = "com.example.order.compensated"
 STEP_COMPENSATED = "com.example.order.step_compensated"
+CAPTURED = "com.example.payment.captured"
 ORDERS = "orders"
 OUTCOMES = "orders.outcomes"
 COMPENSATIONS = "orders.compensations"
 SEQ_QUEUE = "chaos-seq"
 SEQ_SIGNALS = 5
+WINDOW_EVENTS = 8
+"""Events per window key: a debounced and a batched key each get this many, spread out."""
+WINDOW_KINDS = {"deb": "DEB", "bat": "BAT"}
+"""Window key prefix -> the currency that routes its events to the debounce or batch route."""
 WORKERS = ("orders", "inventory", "payments", "shipping")
 TOKENS = (("tok_visa", 0.8), ("tok_declined", 0.15), ("tok_flaky", 0.05))
 
@@ -83,6 +89,7 @@ class Report:
     missing: list[str] = field(default_factory=list)
     duplicated: list[str] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
+    window_events: int = 0
     dlq: int = 0
     dlq_redelivered: int = 0
     max_lag: int = 0
@@ -102,6 +109,7 @@ class Report:
         rows = [
             ("events (orders + sequence keys)", self.events),
             ("poison records", self.poison),
+            ("window events (debounce + batch routes)", self.window_events),
             *((f"fault: {k}", v) for k, v in sorted(self.faults.items())),
             ("kill inside accept→commit window", "yes" if self.kill_in_commit_window else "no"),
             ("missing workflows", len(self.missing)),
@@ -138,6 +146,16 @@ def routes() -> dict[str, Any]:
              "workflow_id": seq_id, "signal": "note"},
             {"name": "seq-finish", "topic": ORDERS, "type": CANCELLED, "action": "signal",
              "workflow_id": seq_id, "signal": "finish"},
+            # Windows: every event of a key reaches exactly one run of its workflow id.
+            # dedupe_for outlasts the run, so a record redelivered late is still known.
+            {"name": "win-debounce", "topic": ORDERS, "type": CAPTURED, "action": "start",
+             "when": "data.currency == 'DEB'", "workflow": "KtbTestWindow",
+             "task_queue": SEQ_QUEUE, "workflow_id": "deb-{data.order_id}",
+             "debounce": {"period": "1s", "max_wait": "4s", "dedupe_for": "1h"}},
+            {"name": "win-batch", "topic": ORDERS, "type": CAPTURED, "action": "start",
+             "when": "data.currency == 'BAT'", "workflow": "KtbTestWindow",
+             "task_queue": SEQ_QUEUE, "workflow_id": "bat-{data.order_id}",
+             "batch": {"max_events": 3, "max_wait": "2s", "dedupe_for": "1h"}},
         ],
         "unmatched": "dead_letter",
     }  # fmt: skip
@@ -178,6 +196,8 @@ class Chaos:
         self.catalog = SchemaCatalog.from_dir(REPO_ROOT / "schemas")
         self.expected_tokens: dict[str, str] = {}
         self.seq_keys: list[str] = []
+        self.window_keys: list[str] = []
+        self.items: list[tuple[str, str, dict[str, Any], str]] = []
         self.poison_values: list[bytes] = []
         self._producing = True
         self._outage = False
@@ -263,6 +283,16 @@ class Chaos:
             for step in steps:
                 pos = min(len(items), pos + self.rng.randint(1, 30))
                 items.insert(pos, step)
+        for k in range(seq_keys):
+            for prefix, currency in WINDOW_KINDS.items():
+                key = f"{prefix}{k:04d}"
+                self.window_keys.append(key)
+                pos = self.rng.randrange(len(items) // 2 + 1)
+                for n in range(WINDOW_EVENTS):
+                    data = {"order_id": key, "payment_id": f"p{n}", "amount_cents": n,
+                            "currency": currency}  # fmt: skip
+                    pos = min(len(items), pos + self.rng.randint(1, 60))
+                    items.insert(pos, (CAPTURED, key, data, "window"))
         poison = max(1, int(cfg.events * cfg.poison_ratio))
         for p in range(poison):
             items.insert(self.rng.randrange(len(items)), ("poison", f"x{p}", {}, "poison"))
@@ -499,8 +529,9 @@ class Chaos:
                 {ORDERS: self.config.partitions, ORDERS + ".dlq": 1, OUTCOMES: 3,
                  COMPENSATIONS: 3, "ktb.provenance": 3},
             )  # fmt: skip
-            items = self._plan()
+            items = self.items = self._plan()
             self.report.events = self.config.events + len(self.seq_keys)
+            self.report.window_events = sum(1 for i in items if i[3] == "window")
             self.report.poison = len([i for i in items if i[3] == "poison"])
             self._start_bridge("bridge-1")
             for name in (*WORKERS, "seq"):
@@ -534,8 +565,17 @@ class Chaos:
             if await self._committed() != ends:
                 return False
             total = (await client.count_workflows("")).count
-            running = (await client.count_workflows("ExecutionStatus = 'Running'")).count
-            return total >= expected and running == 0
+            # Window collectors stay open (dedupe_for) after their last window.
+            running = (
+                await client.count_workflows(
+                    f"ExecutionStatus = 'Running' AND WorkflowType != '{WINDOW_WORKFLOW}'"
+                )
+            ).count
+            delivered = await self._window_deliveries(client)
+            windows_done = all(
+                set(ids) >= set(self._window_expected()[k]) for k, ids in delivered.items()
+            ) and len(delivered) == len(self.window_keys)
+            return total >= expected and running == 0 and windows_done
 
         while time.monotonic() < deadline:
             with contextlib.suppress(Exception):
@@ -555,6 +595,8 @@ class Chaos:
         runs: Counter[str] = Counter()
         statuses: dict[str, WorkflowExecutionStatus | None] = {}
         async for wf in client.list_workflows(""):
+            if wf.workflow_type == WINDOW_WORKFLOW or wf.id.split("-", 1)[0] in WINDOW_KINDS:
+                continue  # a collector's runs, a window's runs: checked by _check_windows
             runs[wf.id] += 1
             statuses[wf.id] = wf.status
         expected_ids = {f"order-{o}" for o in self.expected_tokens} | {
@@ -570,6 +612,7 @@ class Chaos:
             rep.violations.append(f"{len(not_done)} workflows not completed, e.g. {not_done[:3]}")
 
         await self._check_events(OUTCOMES, COMPENSATIONS)
+        await self._check_windows(client)
         await self._check_dlq()
         for key in self.seq_keys:
             handle = client.get_workflow_handle(f"seq-{key}")
@@ -584,6 +627,39 @@ class Chaos:
         committed = await self._committed()
         if committed != ends:
             rep.violations.append(f"committed offsets {committed} are not at the end {ends}")
+
+    def _window_expected(self) -> dict[str, list[str]]:
+        """Window workflow id -> the ids of its events, in production order."""
+        expected: dict[str, list[str]] = {}
+        for n, (_, key, _, kind) in enumerate(self.items):
+            if kind == "window":
+                expected.setdefault(f"{key[:3]}-{key}", []).append(f"chaos-{n}")
+        return expected
+
+    async def _window_deliveries(self, client: Client) -> dict[str, list[str]]:
+        """Window workflow id -> the event ids its completed runs received, oldest run first."""
+        runs: dict[str, list[tuple[Any, list[str]]]] = {}
+        async for wf in client.list_workflows("WorkflowType = 'KtbTestWindow'"):
+            if wf.status is not WorkflowExecutionStatus.COMPLETED:
+                continue
+            got = await client.get_workflow_handle(wf.id, run_id=wf.run_id).result()
+            runs.setdefault(wf.id, []).append((wf.start_time, [e["event_id"] for e in got]))
+        return {
+            wid: [i for _, ids in sorted(found, key=lambda r: r[0]) for i in ids]
+            for wid, found in runs.items()
+        }
+
+    async def _check_windows(self, client: Client) -> None:
+        """Every window event in exactly one run of its workflow id, in production order."""
+        rep = self.report
+        got = await self._window_deliveries(client)
+        for wid, want in self._window_expected().items():
+            ids = got.get(wid, [])
+            missing = set(want) - set(ids)
+            rep.missing += [f"{wid} event {i}" for i in sorted(missing)]
+            rep.duplicated += [f"{wid} event {i}" for i, n in Counter(ids).items() if n > 1]
+            if not missing and ids != want:
+                rep.violations.append(f"{wid}: events delivered as {ids}, not in offset order")
 
     async def _check_events(self, outcomes: str, compensations: str) -> None:
         rep = self.report

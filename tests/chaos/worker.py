@@ -1,4 +1,5 @@
-"""``python -m tests.chaos.worker worker``: hosts the sequence-recording workflow of chaos runs."""
+"""``python -m tests.chaos.worker worker``: hosts the sequence-recording and
+window workflows of chaos runs (the window collector comes with ``run_worker``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 
 from bridge import Settings, run_worker, setup_logging
 from tests.chaos.harness import SEQ_QUEUE
-from tests.workflows import Recorder
+from tests.workflows import Recorder, WindowRun
 
 
 def main() -> None:
@@ -16,7 +17,7 @@ def main() -> None:
         sys.exit("usage: python -m tests.chaos.worker worker")
     settings = Settings()
     setup_logging(settings.log_level)
-    asyncio.run(run_worker(settings, SEQ_QUEUE, [Recorder]))
+    asyncio.run(run_worker(settings, SEQ_QUEUE, [Recorder, WindowRun]))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from bridge.policies import open_policies
 from bridge.provenance import ProvenanceWriter
 from bridge.routes import Router, RoutesConfig
 from bridge.sdk.egress import Publisher
+from bridge.sdk.window import with_collector
 from bridge.settings import REPO_ROOT, Settings
 from tests.support.waiting import eventually
 
@@ -81,7 +82,8 @@ async def running_worker(
     metrics: Metrics | None = None,
     provenance: bool = False,
 ) -> AsyncIterator[Worker]:
-    """An in-process worker with the publishing activity registered."""
+    """An in-process worker with the publishing activity and the window collector
+    registered, as ``open_worker`` registers them."""
     producer = kafka.producer(settings)
     await producer.start()
     publisher = Publisher(
@@ -94,7 +96,7 @@ async def running_worker(
     worker = Worker(
         client,
         task_queue=task_queue,
-        workflows=list(workflows),
+        workflows=with_collector(workflows),
         activities=[publisher.publish, *activities],
     )
     try:
@@ -104,8 +106,10 @@ async def running_worker(
         await producer.stop()
 
 
-def bridge_process(settings: Settings, routes_file: Path, log: Path) -> subprocess.Popen[bytes]:
-    """``ktb bridge`` as a separate OS process (for kill -9 tests)."""
+def bridge_process(
+    settings: Settings, routes_file: Path, log: Path, **extra_env: str
+) -> subprocess.Popen[bytes]:
+    """``ktb bridge`` as a separate OS process (for kill -9 tests); ``extra_env`` last."""
     env = dict(os.environ)
     env.update(
         KTB_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
@@ -116,6 +120,7 @@ def bridge_process(settings: Settings, routes_file: Path, log: Path) -> subproce
         KTB_COMMIT_INTERVAL_S="0.2",
         KTB_RETRY_MAX_S="1",
     )
+    env.update(extra_env)
     if settings.schema_registry_url is not None:
         env["KTB_SCHEMA_REGISTRY_URL"] = settings.schema_registry_url
     with log.open("ab") as out:
