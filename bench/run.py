@@ -59,6 +59,7 @@ SCENARIOS: dict[str, bool] = {
     "latency": True,
     "saga": True,
     "signals": True,
+    "windows": True,
     "replay": True,
     "routing": False,
     "memory": True,

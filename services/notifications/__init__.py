@@ -21,6 +21,7 @@ class Digest:
     """One customer digest: a line per order outcome of one quiet period."""
 
     digest_id: str
-    customer_id: str
+    customer_id: str | None
+    """``None`` for a digest of one order's failure (the event names no customer)."""
     lines: list[str]
     event_ids: list[str]

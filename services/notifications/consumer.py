@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS notifications (
 CREATE INDEX IF NOT EXISTS notifications_order ON notifications (order_id);
 CREATE TABLE IF NOT EXISTS digests (
     digest_id TEXT PRIMARY KEY,
-    customer_id TEXT NOT NULL,
+    customer_id TEXT,
     lines TEXT NOT NULL,
     event_ids TEXT NOT NULL,
     sent_at TEXT NOT NULL

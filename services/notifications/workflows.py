@@ -5,7 +5,8 @@ The bridge collects a customer's ``com.example.order.completed`` events into a
 window (``bridge.sdk.window``); 2 s after the last one (30 s after the first at
 most) it starts one run that receives every event of the window, each once, in
 offset order, as the messages signals carry (``{event_id, event_type, tenant_id,
-payload}``). The digest lists every one of them.
+payload}``). The digest lists every one of them. Failed and compensated orders
+name no customer: their outcomes make a digest per order (``digest-order-<id>``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class CustomerDigest:
         digest = Digest(
             # One id per window: a retried activity sends the same digest, not a new one.
             digest_id=f"{workflow.info().workflow_id}/{events[0]['event_id']}",
-            customer_id=str(events[0]["payload"].get("customer_id")),
+            customer_id=events[0]["payload"].get("customer_id"),
             lines=[outcome_message(e["event_type"], e["payload"]) for e in events],
             event_ids=[e["event_id"] for e in events],
         )
