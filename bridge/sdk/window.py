@@ -81,6 +81,8 @@ class WindowCollector:
                         lambda: bool(self.window.pending), timeout=self.window.dedupe_for_s
                     )
                 except TimeoutError:
+                    if self.window.pending:
+                        continue  # an event came with the timer, in the same task
                     # Idle for dedupe_for: a signal arriving now fails this completion
                     # on the server and is handled by a replay of this task.
                     return

@@ -83,7 +83,12 @@ async def delivered(client: Client, workflow_id: str) -> Delivered:
 async def window_open(client: Client, workflow_id: str, tenant: str | None = None) -> list[str]:
     """The event ids waiting in the open window of ``workflow_id``."""
     handle = client.get_workflow_handle(collector_id(tenant, workflow_id))
-    described = await handle.describe()
+    try:
+        described = await handle.describe()
+    except RPCError as exc:
+        if exc.status is RPCStatusCode.NOT_FOUND:
+            return []  # no event has reached the window yet
+        raise
     if described.status is not WorkflowExecutionStatus.RUNNING:
         return []
     pending: list[str] = await handle.query("ktb_window")
