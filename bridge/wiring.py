@@ -37,6 +37,7 @@ from bridge.sdk.window import with_collector
 from bridge.settings import Settings
 from bridge.temporal.attributes import register_search_attributes
 from bridge.temporal.client import connect_temporal
+from bridge.temporal.sandbox import BRIDGE_RUNNER
 
 if TYPE_CHECKING:
     from bridge.registry.subjects import RegistryWriter
@@ -163,6 +164,7 @@ async def open_worker(
             workflows=with_collector(workflows),
             activities=[publisher.publish, *activities],
             interceptors=[*telemetry.worker_interceptors(), *interceptors],
+            workflow_runner=BRIDGE_RUNNER,
         )
         async with worker:
             yield worker

@@ -33,7 +33,6 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.exceptions import ApplicationError
     from temporalio.service import RPCError, RPCStatusCode
     from temporalio.worker import Worker
-    from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
     from bridge.errors import BridgeError
     from bridge.observability.metrics import Metrics
@@ -43,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
     from bridge.replay.runner import ReplayRunner, replay_ingress
     from bridge.settings import Settings
     from bridge.temporal.client import connect_temporal
+    from bridge.temporal.sandbox import BRIDGE_RUNNER
 
 log = logging.getLogger("ktb.replay")
 
@@ -52,11 +52,8 @@ PROGRESS_SIGNAL = "ktb_replay_progress"
 STATUS_QUERY = "ktb_replay_status"
 MEMO_KEY = "ktb_replay"
 ID_PREFIX = "ktb-replay-"
-REPLAY_RUNNER = SandboxedWorkflowRunner(
-    restrictions=SandboxRestrictions.default.with_passthrough_modules("bridge")
-)
-"""The workflow lives in the ``bridge`` package, whose ``__init__`` loads I/O modules:
-those are used as they are (the workflow touches none of them), not re-imported."""
+REPLAY_RUNNER = BRIDGE_RUNNER
+"""The workflow lives in the ``bridge`` package: ``bridge.temporal.sandbox`` says why."""
 
 
 @dataclass

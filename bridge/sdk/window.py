@@ -137,6 +137,10 @@ def _count_window(kind: WindowKind, route: str, size: int) -> None:
 
 
 def with_collector(workflows: Iterable[type]) -> list[type]:
-    """``workflows`` plus the window collector, for every worker a route may target."""
+    """``workflows`` plus the window collector, for every worker a route may target.
+
+    A worker built by hand runs it with ``workflow_runner=BRIDGE_RUNNER``
+    (``bridge.temporal.sandbox``), as ``open_worker`` does.
+    """
     listed = list(workflows)
     return listed if WindowCollector in listed else [*listed, WindowCollector]

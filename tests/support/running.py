@@ -31,6 +31,7 @@ from bridge.routes import Router, RoutesConfig
 from bridge.sdk.egress import Publisher
 from bridge.sdk.window import with_collector
 from bridge.settings import REPO_ROOT, Settings
+from bridge.temporal.sandbox import BRIDGE_RUNNER
 from tests.support.waiting import eventually
 
 
@@ -98,6 +99,7 @@ async def running_worker(
         task_queue=task_queue,
         workflows=with_collector(workflows),
         activities=[publisher.publish, *activities],
+        workflow_runner=BRIDGE_RUNNER,
     )
     try:
         async with worker:
