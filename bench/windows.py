@@ -146,7 +146,12 @@ async def one_round(ctx: BenchContext, mode: str, count: int) -> tuple[float, in
     env = {"KTB_COMMIT_INTERVAL_S": "0.1"}
     bridge = BridgeProcess(settings, routes, ctx.work_dir / f"bridge-{uid}.log", env)
     task_queue = f"bench-win-{uid}"
-    async with Worker(ctx.client, task_queue=task_queue, workflows=with_collector([WindowRun])):
+    async with Worker(
+        ctx.client,
+        task_queue=task_queue,
+        workflows=with_collector([WindowRun]),
+        workflow_runner=UnsandboxedWorkflowRunner(),
+    ):
         await bridge.start()
         try:
             rate = await commit_rate(settings, topic, count, bridge)
