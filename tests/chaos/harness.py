@@ -139,9 +139,13 @@ def routes() -> dict[str, Any]:
             {"name": "seq-start", "topic": ORDERS, "type": PLACED, "action": "start",
              "when": "data.customer_id == 'seq'", "workflow": "KtbTestRecorder",
              "task_queue": SEQ_QUEUE, "workflow_id": seq_id},
+            # Priority, fairness and a start delay on the saga's starts: the checks
+            # (nothing missing, nothing duplicated) cover starts that carry them.
             {"name": "start-order", "topic": ORDERS, "type": PLACED, "action": "start",
              "workflow": "OrderFulfillment", "task_queue": "orders",
-             "workflow_id": "order-{data.order_id}"},
+             "workflow_id": "order-{data.order_id}",
+             "priority": "{data.items.0.quantity}", "fairness_key": "{data.customer_id}",
+             "start_delay": "1s"},
             {"name": "seq-note", "topic": ORDERS, "type": CONFIRMED, "action": "signal",
              "workflow_id": seq_id, "signal": "note"},
             {"name": "seq-finish", "topic": ORDERS, "type": CANCELLED, "action": "signal",
