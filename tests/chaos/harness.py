@@ -4,8 +4,11 @@ Runs a private Kafka + Temporal, bridge instances and service workers as
 separate OS processes, produces N orders with unique keys (plus keys that get a
 start and a sequence of signals, and ~1% poison records), injects faults at
 seeded random times, waits for quiescence and checks that nothing was lost or
-duplicated. ``python -m tests.chaos`` (``make chaos``) runs it at any size; the
-``chaos`` test runs it small.
+duplicated. The sequence routes park a failed key (``on_failure: park_key``): a few
+sequence keys start with a poison record of their own, so the rest of their
+sequence is parked until the harness discards the letter, as an operator would;
+their signals must still arrive in offset order. ``python -m tests.chaos``
+(``make chaos``) runs it at any size; the ``chaos`` test runs it small.
 """
 
 from __future__ import annotations
@@ -33,10 +36,12 @@ from temporalio.service import RPCError
 from bridge import kafka
 from bridge.codec import SchemaCatalog
 from bridge.dev.stack import LocalStack, Service, free_port
+from bridge.dlq import LetterRef
 from bridge.dlq.publisher import ERROR_HEADERS, ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TOPIC
 from bridge.envelope import decode_record, encode_event
 from bridge.flow import WINDOW_WORKFLOW
 from bridge.kafka import ensure_topics, stop_consumer
+from bridge.policies import discard, read_parking
 from bridge.settings import REPO_ROOT, Settings
 
 PLACED = "com.example.order.placed"
@@ -74,6 +79,8 @@ class ChaosConfig:
     outage_s: float = 10.0
     poison_ratio: float = 0.01
     seq_keys: int = 0
+    parked_keys: int = 0
+    """Sequence keys behind a poison record of their own (0: one per 200 events, at least 1)."""
     partitions: int = 3
     quiesce_timeout_s: float = 600.0
     data_dir: Path | None = None
@@ -85,6 +92,9 @@ class Report:
 
     events: int = 0
     poison: int = 0
+    parked_keys: int = 0
+    parked: int = 0
+    """Records parked in orders.parked (distinct original offsets)."""
     faults: Counter[str] = field(default_factory=Counter)
     missing: list[str] = field(default_factory=list)
     duplicated: list[str] = field(default_factory=list)
@@ -110,6 +120,8 @@ class Report:
             ("events (orders + sequence keys)", self.events),
             ("poison records", self.poison),
             ("window events (debounce + batch routes)", self.window_events),
+            ("sequence keys parked behind a poison record", self.parked_keys),
+            ("records parked (distinct)", self.parked),
             *((f"fault: {k}", v) for k, v in sorted(self.faults.items())),
             ("kill inside accept→commit window", "yes" if self.kill_in_commit_window else "no"),
             ("missing workflows", len(self.missing)),
@@ -138,7 +150,7 @@ def routes() -> dict[str, Any]:
         "routes": [
             {"name": "seq-start", "topic": ORDERS, "type": PLACED, "action": "start",
              "when": "data.customer_id == 'seq'", "workflow": "KtbTestRecorder",
-             "task_queue": SEQ_QUEUE, "workflow_id": seq_id},
+             "task_queue": SEQ_QUEUE, "workflow_id": seq_id, "on_failure": "park_key"},
             # Priority, fairness and a start delay on the saga's starts: the checks
             # (nothing missing, nothing duplicated) cover starts that carry them.
             {"name": "start-order", "topic": ORDERS, "type": PLACED, "action": "start",
@@ -147,9 +159,9 @@ def routes() -> dict[str, Any]:
              "priority": "{data.items.0.quantity}", "fairness_key": "{data.customer_id}",
              "start_delay": "1s"},
             {"name": "seq-note", "topic": ORDERS, "type": CONFIRMED, "action": "signal",
-             "workflow_id": seq_id, "signal": "note"},
+             "workflow_id": seq_id, "signal": "note", "on_failure": "park_key"},
             {"name": "seq-finish", "topic": ORDERS, "type": CANCELLED, "action": "signal",
-             "workflow_id": seq_id, "signal": "finish"},
+             "workflow_id": seq_id, "signal": "finish", "on_failure": "park_key"},
             # Windows: every event of a key reaches exactly one run of its workflow id.
             # dedupe_for outlasts the run, so a record redelivered late is still known.
             {"name": "win-debounce", "topic": ORDERS, "type": CAPTURED, "action": "start",
@@ -202,6 +214,7 @@ class Chaos:
         self.seq_keys: list[str] = []
         self.window_keys: list[str] = []
         self.items: list[tuple[str, str, dict[str, Any], str]] = []
+        self.parked_keys: list[str] = []
         self.poison_values: list[bytes] = []
         self._producing = True
         self._outage = False
@@ -263,19 +276,24 @@ class Chaos:
         cfg = self.config
         items: list[tuple[str, str, dict[str, Any], str]] = []
         seq_keys = cfg.seq_keys or max(2, cfg.events // 100)
+        parked_keys = cfg.parked_keys or max(1, cfg.events // 200)
         weights = [w for _, w in TOKENS]
         for i in range(cfg.events):
             token = self.rng.choices([t for t, _ in TOKENS], weights)[0]
             oid = f"o{i:06d}"
             self.expected_tokens[oid] = token
             items.append((PLACED, oid, order(oid, token), "order"))
-        for k in range(seq_keys):
-            key = f"s{k:04d}"
+        for k in range(seq_keys + parked_keys):
+            key = f"s{k:04d}" if k < seq_keys else f"q{k - seq_keys:04d}"
             self.seq_keys.append(key)
             at = self.rng.randrange(len(items) // 2 + 1)
             steps: list[tuple[str, str, dict[str, Any], str]] = [
                 (PLACED, key, order(key, "tok_visa", "seq"), "seq")
             ]
+            if k >= seq_keys:
+                # A poison record of the key first: the whole sequence is parked.
+                self.parked_keys.append(key)
+                steps.insert(0, ("poison", key, {}, "poison"))
             steps += [
                 (CONFIRMED, key, {"order_id": key, "payment_id": f"p{n}", "amount_cents": n}, "seq")
                 for n in range(1, SEQ_SIGNALS + 1)
@@ -537,6 +555,7 @@ class Chaos:
             self.report.events = self.config.events + len(self.seq_keys)
             self.report.window_events = sum(1 for i in items if i[3] == "window")
             self.report.poison = len([i for i in items if i[3] == "poison"])
+            self.report.parked_keys = len(self.parked_keys)
             self._start_bridge("bridge-1")
             for name in (*WORKERS, "seq"):
                 self._start_worker(name)
@@ -544,20 +563,38 @@ class Chaos:
             started = time.monotonic()
             watcher = asyncio.create_task(self._watch())
             try:
+                releaser = asyncio.create_task(self._release_parked())
                 await asyncio.gather(
                     self._produce(items), self._inject(self._schedule(window), started)
                 )
                 await self._quiesce(started)
             finally:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+                for task in (watcher, releaser):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await self._check()
         finally:
             for svc in [*self.bridges.values(), *self.workers.values()]:
                 svc.stop()
             self.stack.stop()
         return self.report
+
+    async def _release_parked(self) -> None:
+        """Discard the letters blocking the parked keys, as an operator would, until
+        every parked key was released once (the bridges act on the discards)."""
+        wanted = {k.encode() for k in self.parked_keys}
+        released: set[bytes] = set()
+        while released != wanted:
+            await asyncio.sleep(2)
+            with contextlib.suppress(Exception):  # Kafka restarts: the next round tries
+                async with read_parking(self.settings) as state:
+                    blocks = [b for b in state.blocks(ORDERS) if b.key in wanted]
+                for block in blocks:
+                    dlq, partition, offset = block.letter.rsplit(":", 2)
+                    letter = LetterRef(int(partition), int(offset))
+                    if (await discard(self.settings, dlq, [letter])).released:
+                        released.add(block.key)
 
     async def _quiesce(self, started: float) -> None:
         client = await Client.connect(self.stack.temporal_address)
@@ -618,6 +655,7 @@ class Chaos:
         await self._check_events(OUTCOMES, COMPENSATIONS)
         await self._check_windows(client)
         await self._check_dlq()
+        await self._check_parked()
         for key in self.seq_keys:
             handle = client.get_workflow_handle(f"seq-{key}")
             try:
@@ -725,6 +763,21 @@ class Chaos:
             names = {k for k, _ in r.headers}
             if not names >= ERROR_HEADERS:
                 rep.violations.append(f"DLQ offset {r.offset} lacks {ERROR_HEADERS - names}")
+
+    async def _check_parked(self) -> None:
+        """Every parked key's sequence went to orders.parked (its signals' order is checked
+        with the other sequence keys), and nothing is parked any more."""
+        rep = self.report
+        records = await self._read_all(ORDERS + ".parked", self.config.partitions)
+        parked = {(r.partition, dict(r.headers).get(ORIGINAL_OFFSET)) for r in records}
+        rep.parked = len(parked)
+        keys = {r.key.decode() for r in records if r.key is not None}
+        if not keys >= set(self.parked_keys):
+            rep.violations.append(f"keys never parked: {sorted(set(self.parked_keys) - keys)}")
+        async with read_parking(self.settings) as state:
+            left = [b for b in state.blocks(ORDERS) if b.key.decode() in self.parked_keys]
+        if left:
+            rep.violations.append(f"{len(left)} parked keys still blocked at the end")
 
 
 async def run_chaos(config: ChaosConfig, log: Callable[[str], None] = print) -> Report:
