@@ -76,6 +76,8 @@ class BridgeConsumer:
         # Set when a commit is refused because this member's generation has ended;
         # nothing is committed again before the group assigns partitions anew.
         self._generation_ended = False
+        self._loading: set[TopicPartition] = set()
+        """Assigned partitions whose blocked keys are being read: not fetched meanwhile."""
         self.consumer: AIOKafkaConsumer | None = None
 
     @property
@@ -179,7 +181,13 @@ class BridgeConsumer:
         if full:
             consumer.pause(*assigned)
         else:
-            consumer.resume(*[tp for tp in assigned if self.partitions[tp].failing == 0])
+            consumer.resume(
+                *[
+                    tp
+                    for tp in assigned
+                    if self.partitions[tp].failing == 0 and tp not in self._loading
+                ]
+            )
 
     def _on_failing(self, tp: TopicPartition, state: PartitionState) -> None:
         """A partition's keys started or stopped retrying: pause or resume fetching it."""
@@ -189,7 +197,7 @@ class BridgeConsumer:
         with contextlib.suppress(IllegalStateError):
             if state.failing > 0:
                 consumer.pause(tp)
-            elif not self._full:
+            elif not self._full and tp not in self._loading:
                 consumer.resume(tp)
 
     # --- commits and rebalances --------------------------------------------------
@@ -302,6 +310,7 @@ class BridgeConsumer:
             await self._commit(mine, timeout=deadline - time.monotonic())
         finally:
             for tp in mine:
+                self._loading.discard(tp)
                 self.engine.release(tp)
                 with contextlib.suppress(KeyError):
                     self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
@@ -320,6 +329,17 @@ class BridgeConsumer:
                 await asyncio.sleep(self.settings.retry_max_s)
         for tp in assigned:
             self.engine.load_policies(tp)
+        self._loading -= assigned
+        consumer = self.consumer
+        if consumer is not None and not self._full:
+            with contextlib.suppress(IllegalStateError):
+                consumer.resume(
+                    *[
+                        tp
+                        for tp in assigned
+                        if tp in self.partitions and not self.partitions[tp].failing
+                    ]
+                )
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Start tracking newly assigned partitions (a new generation of the group)."""
@@ -327,8 +347,12 @@ class BridgeConsumer:
         self.metrics.rebalances.inc()
         for tp in assigned:
             self.engine.assign(tp)
-        if self._full and self.consumer is not None:
+        if self.consumer is not None and (self._full or self.parking is not None):
+            # With failure policies, nothing is fetched before the blocks are read
+            # (``load_policies``): a record of a blocked key must not be acted on.
             self.consumer.pause(*assigned)
+        if self.parking is not None:
+            self._loading |= assigned
 
 
 class _Listener(ConsumerRebalanceListener):
