@@ -272,7 +272,7 @@ async def test_a_paused_partition_waits_for_resume_and_resume_skip(
     async with (
         running_worker(settings, catalog, client, f"tq-{uid}", [Noop]),
         running_bridge(settings, catalog, client, config),
-        running_api(settings) as url,
+        running_api(settings.model_copy(update={"api_auth": False})) as url,
         httpx.AsyncClient(base_url=url, timeout=30) as http,
     ):
         await poison(services, topic, "k")
