@@ -1,10 +1,12 @@
-"""HTTP API figures: POST /events rate, GET /events latency, provenance index rebuild rate.
+"""HTTP API figures: POST /events rate, GET /events latency.
 
-Runs against the Kafka and Temporal named by ``KTB_KAFKA_BOOTSTRAP`` and
-``KTB_TEMPORAL_ADDRESS``, on unique topics; the API runs as its own ``ktb api``
-process on a free port (authentication on, one key)::
+Runs against the Kafka, Temporal and PostgreSQL named by ``KTB_KAFKA_BOOTSTRAP``,
+``KTB_TEMPORAL_ADDRESS`` and ``KTB_DATABASE_URL``, on unique topics; the API runs as
+its own ``ktb api`` process on a free port (authentication on, one key). The
+provenance read model has its own scenario (``make bench SCENARIO=provenance``)::
 
     KTB_KAFKA_BOOTSTRAP=localhost:19092 KTB_TEMPORAL_ADDRESS=localhost:17233 \\
+        KTB_DATABASE_URL=postgresql://postgres@127.0.0.1:15432/ktb \\
         .venv/bin/python -m bench.api --events 2000 --concurrency 32
 """
 
@@ -18,19 +20,14 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bridge import kafka
 from bridge.api import hash_key
-from bridge.api.index import IndexFollower, ProvenanceIndex
 from bridge.dev.stack import free_port
-from bridge.dispatch import Outcome, Result
 from bridge.kafka import ensure_topics
-from bridge.provenance import ProvenanceWriter
 from bridge.settings import Settings
 
 KEY = "bench-key"
@@ -46,43 +43,6 @@ def order(order_id: str) -> dict[str, Any]:
         "currency": "EUR",
         "payment_token": "tok_visa",
     }
-
-
-class _Record:
-    """Just enough of a consumer record for ``ProvenanceWriter.event``."""
-
-    def __init__(self, topic: str, offset: int, event_id: str) -> None:
-        self.topic, self.partition, self.offset, self.timestamp = topic, 0, offset, 0
-        self.key: bytes | None = event_id.encode()
-        self.value: bytes | None = b""
-        self.headers: Sequence[tuple[str, bytes]] = [
-            ("ce_id", event_id.encode()),
-            ("ce_tenantid", b"bench"),
-        ]
-
-
-async def rebuild_rate(settings: Settings, records: int) -> tuple[float, int]:
-    """Seconds for a fresh index to catch up with ``records`` provenance records."""
-    await ensure_topics(settings, {settings.provenance_topic: 3})
-    producer = kafka.producer(settings, linger_ms=20)
-    await producer.start()
-    try:
-        writer = ProvenanceWriter(producer, settings.provenance_topic)
-        result = Result(Outcome.SKIPPED, detail="no route matched")
-        for n in range(records):
-            await writer.event(_Record("bench", n, f"idx-{n}"), None, result)
-        await producer.flush()
-    finally:
-        await producer.stop()
-    index = ProvenanceIndex()
-    follower = IndexFollower(settings, index)
-    started = time.perf_counter()
-    await follower.start()
-    try:
-        await asyncio.wait_for(follower.caught_up.wait(), 300)
-        return time.perf_counter() - started, index.records
-    finally:
-        await follower.stop()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -106,7 +66,7 @@ async def wait_ready(url: str) -> None:
             await asyncio.sleep(0.1)
 
 
-async def main(events: int, concurrency: int, index_records: int) -> dict[str, Any]:
+async def main(events: int, concurrency: int) -> dict[str, Any]:
     """Run the measurements; return the figures."""
     uid = uuid.uuid4().hex[:8]
     topic = f"bench-api-{uid}"
@@ -183,12 +143,6 @@ async def main(events: int, concurrency: int, index_records: int) -> dict[str, A
     finally:
         server.terminate()
         await asyncio.wait_for(server.wait(), 30)
-    seconds, loaded = await rebuild_rate(
-        settings.model_copy(update={"provenance_topic": f"ktb.provenance-idx-{uid}"}),
-        index_records,
-    )
-    figures["index_records"] = loaded
-    figures["index_rebuild_records_per_s"] = round(loaded / seconds)
     return figures
 
 
@@ -196,6 +150,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--index-records", type=int, default=50_000)
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main(args.events, args.concurrency, args.index_records))))
+    print(json.dumps(asyncio.run(main(args.events, args.concurrency))))

@@ -63,6 +63,7 @@ SCENARIOS: dict[str, bool] = {
     "replay": True,
     "routing": False,
     "memory": True,
+    "provenance": True,
 }
 
 

@@ -191,6 +191,12 @@ class TransientError(BridgeError):
     transient = True
 
 
+class DatabaseUnavailable(TransientError):
+    """The provenance database does not answer (or refuses to, while it starts or stops)."""
+
+    error_type = "database_unavailable"
+
+
 class SchemaNotLoaded(TransientError):
     """A record needs a Schema Registry schema that is not cached yet; the asynchronous
     decode (``Decoder.decode``) loads it, the synchronous one (``decode_now``) cannot."""

@@ -136,9 +136,33 @@ class Settings(BaseSettings):
     api_stream_outage_s: float = Field(
         30.0, gt=0, description="How long an SSE stream waits out Temporal not answering"
     )
-    api_index_max_events: int = Field(
-        500_000, ge=1, description="Event ids the provenance index keeps (about 700 bytes each)"
+    api_indexer: bool = Field(
+        True, description="Run the provenance indexer inside `ktb api` (off: `ktb indexer` runs it)"
     )
+
+    # The read model of provenance in PostgreSQL (bridge/store): lookups, duplicate ids.
+    database_url: SecretStr = Field(
+        SecretStr("postgresql://postgres@localhost:5432/ktb"),
+        description="PostgreSQL of the provenance read model (postgresql://user:pass@host/db)",
+    )
+    database_pool_size: int = Field(10, ge=1, description="Connections one process keeps at most")
+    database_timeout_s: float = Field(
+        5.0, gt=0, description="Deadline of connecting to and of each statement of the database"
+    )
+    provenance_retention_days: int = Field(
+        30, ge=1, description="Days of provenance the database keeps (whole days dropped)"
+    )
+    indexer_group_id: str | None = Field(
+        None, description="Consumer group of the indexer; default ktb-indexer.<provenance topic>"
+    )
+    indexer_batch: int = Field(
+        5000, ge=1, le=100_000, description="Provenance records written per transaction at most"
+    )
+
+    @property
+    def indexer_group(self) -> str:
+        """The indexer's consumer group: every indexer of one provenance topic shares it."""
+        return self.indexer_group_id or f"ktb-indexer.{self.provenance_topic}"
 
     @field_validator("api_keys")
     @classmethod

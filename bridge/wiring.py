@@ -17,14 +17,13 @@ from temporalio.worker import Interceptor, Worker
 
 from bridge import kafka
 from bridge.api.auth import KeyRing
-from bridge.api.index import IndexFollower, ProvenanceIndex
 from bridge.api.state import ApiState, topic_map
 from bridge.codec import SchemaCatalog
 from bridge.consumer import BridgeConsumer
 from bridge.decoding import open_decoder
 from bridge.dispatch import Dispatcher
 from bridge.dlq.publisher import DeadLetterPublisher
-from bridge.errors import ConfigError, TransientError
+from bridge.errors import ConfigError, DatabaseUnavailable, TransientError
 from bridge.ingress import Ingress
 from bridge.kafka.topics import ProvisionReport, provision_topics, topic_plan
 from bridge.observability.metrics import Metrics
@@ -35,6 +34,8 @@ from bridge.routes import PublishSpec, Router, RoutesConfig
 from bridge.sdk.egress import Publisher
 from bridge.sdk.window import with_collector
 from bridge.settings import Settings
+from bridge.store import LATEST_VERSION, Database, Indexer, ProvenanceStore, migrate, schema_version
+from bridge.store.database import redacted
 from bridge.temporal.attributes import register_search_attributes
 from bridge.temporal.client import connect_temporal
 from bridge.temporal.sandbox import BRIDGE_RUNNER
@@ -219,7 +220,14 @@ async def provision(
         raise TransientError(
             f"registering search attributes in namespace {client.namespace}: {exc.message}"
         ) from exc
+    report.migrations = await migrate_database(settings)
     return report
+
+
+async def migrate_database(settings: Settings) -> list[int]:
+    """Apply the provenance database's missing schema migrations; the versions applied."""
+    async with Database(settings) as database, database.connection() as conn:
+        return await migrate(conn)
 
 
 def _api_router(settings: Settings) -> Router | None:
@@ -279,22 +287,73 @@ async def _api_state(
         client = await connect_temporal(settings)
     producer = kafka.producer(settings)
     await kafka.start(producer, settings)
-    index = ProvenanceIndex(settings.api_index_max_events)
-    follower = IndexFollower(settings, index)
+    async with open_store(settings) as (database, store):
+        indexer = Indexer(settings, store, metrics) if settings.api_indexer else None
+        try:
+            if indexer is not None:
+                await indexer.start()
+            yield ApiState(
+                settings=settings,
+                catalog=catalog,
+                metrics=metrics,
+                keys=keys,
+                producer=producer,
+                client=client,
+                database=database,
+                store=store,
+                indexer=indexer,
+                ingress=ingress,
+                topics=topic_map(settings, router.config if router else None),
+            )
+        finally:
+            if indexer is not None:
+                await indexer.stop()
+            await producer.stop()
+
+
+@contextlib.asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[tuple[Database, ProvenanceStore]]:
+    """The provenance database's pool and the read model on it, closed on exit.
+
+    A database that answers must have the current schema (``ktb provision``); one
+    that does not answer yet is no reason not to start: lookups answer 503 and the
+    indexer waits until it is back.
+    """
+    database = Database(settings)
+    await database.open()
     try:
-        await follower.start()
-        yield ApiState(
-            settings=settings,
-            catalog=catalog,
-            metrics=metrics,
-            keys=keys,
-            producer=producer,
-            client=client,
-            index=index,
-            follower=follower,
-            ingress=ingress,
-            topics=topic_map(settings, router.config if router else None),
-        )
+        try:
+            async with database.connection() as conn:
+                version = await schema_version(conn)
+        except DatabaseUnavailable as exc:
+            log.warning("starting without the database for now: %s", exc.message)
+        else:
+            if version < LATEST_VERSION:
+                raise ConfigError(
+                    f"the database {redacted(database.url)} has schema version {version}, "
+                    f"ktb needs {LATEST_VERSION}: run `ktb provision`"
+                )
+        yield database, ProvenanceStore(database, settings.provenance_retention_days)
     finally:
-        await follower.stop()
-        await producer.stop()
+        await database.close()
+
+
+async def run_indexer(settings: Settings) -> None:
+    """``ktb indexer``: index the provenance topic until SIGINT/SIGTERM (``/metrics`` on
+    ``KTB_METRICS_PORT``)."""
+    with open_telemetry(settings, "indexer", sdk_metrics=False) as telemetry:
+        async with open_store(settings) as (database, store):
+            indexer = Indexer(settings, store, telemetry.metrics)
+            await indexer.start()
+            stop = asyncio.Event()
+            stop_on_signals(stop.set)
+            log.info("indexing %s into %s", settings.provenance_topic, redacted(database.url))
+            try:
+                done = asyncio.create_task(indexer.wait())
+                stopping = asyncio.create_task(stop.wait())
+                await asyncio.wait([done, stopping], return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+                if done.done():
+                    done.result()
+            finally:
+                await indexer.stop()

@@ -62,6 +62,7 @@ def settings(stack: StackInfo, uid: str) -> Settings:
         kafka_bootstrap=stack.kafka_bootstrap,
         temporal_address=stack.temporal_address,
         schema_registry_url=stack.schema_registry_url,
+        database_url=stack.database_url,
         group_id=f"test-{uid}",
         commit_interval_s=0.2,
         retry_initial_s=0.1,

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bridge.api.problems import Problem
+from bridge.store.provenance import Scope
 
 SCHEME = "Bearer"
 
@@ -33,6 +34,11 @@ class Caller:
 
     tenant: str | None
     authenticated: bool
+
+    @property
+    def scope(self) -> Scope:
+        """The provenance records this caller may read."""
+        return Scope(self.tenant, everyone=not self.authenticated)
 
     def may_see(self, tenant: str | None) -> bool:
         """Whether a resource of ``tenant`` is visible to this caller."""

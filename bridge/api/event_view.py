@@ -2,24 +2,36 @@
 
 Where the event was produced and read, what the bridge (or a replay, or a redrive)
 did with it, the process it reached and the events that process published: from
-the provenance topic (``bridge.api.index``), the API's own produce records and
-Temporal.
+the read model of provenance (``bridge.store``, the ids ``POST /events`` took included)
+and Temporal.
 """
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from typing import Annotated, Any
+from urllib.parse import quote
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 from temporalio.client import WorkflowExecution
 
 from bridge.api import lookup, problems
 from bridge.api.auth import Caller
-from bridge.api.index import primary_of
-from bridge.api.models import EventStatus, EventView, Handling, Location, PublishedEvent
+from bridge.api.models import (
+    EventPage,
+    EventRecord,
+    EventStatus,
+    EventView,
+    Handling,
+    Location,
+    PublishedEvent,
+)
 from bridge.api.problems import Problem
-from bridge.api.state import ApiState, CallerDep, ProducedEvent, State
+from bridge.api.state import ApiState, CallerDep, State
 from bridge.provenance import EventProvenance, PublishedProvenance
+from bridge.store import Reservation
+from bridge.store.provenance import Cursor, primary_of
 from bridge.temporal import visibility
 
 router = APIRouter(tags=["events"])
@@ -42,9 +54,9 @@ async def get_event(
     tenants), and a workflow of another tenant that a record names (one written before
     the bridge checked targets' tenants) is left out, as are its published events.
     """
-    handlings = state.index.handlings(event_id, caller.may_see)
+    handlings = await state.store.handlings(event_id, caller.scope)
     primary = primary_of(handlings)
-    produced = state.produced.get(event_id)
+    produced = await state.store.produced(event_id)
     if produced is not None and not caller.may_see(produced.tenant_id):
         produced = None
     workflow_id = primary.workflow_id if primary else None
@@ -55,8 +67,8 @@ async def get_event(
     key = primary.key if primary else produced.key if produced else None
     execution: WorkflowExecution | None = None
     if primary is None:
-        # Not in the index: a bridge that records no provenance, an evicted id, or an event
-        # still on its way. Visibility knows the workflow an event started.
+        # Not in the read model: a bridge that records no provenance, an id past the
+        # retention, or an event still on its way. Visibility knows the workflow an event started.
         owner = caller.tenant if caller.authenticated else None
         execution = await lookup.find_by_event(state.client, event_id, owner)
         if execution is None and produced is None:
@@ -78,7 +90,7 @@ async def get_event(
     if execution is None and workflow_id is not None:
         execution = await lookup.describe(state.client, workflow_id, run_id)
     process = lookup.summary(execution) if execution is not None else None
-    published = state.index.published(workflow_id, caller.may_see) if workflow_id else []
+    published = await state.store.published(workflow_id, caller.scope) if workflow_id else []
     return EventView(
         event_id=event_id,
         type=event_type,
@@ -97,6 +109,75 @@ async def get_event(
         published=published_events(published),
         handlings=[_handling(h, (h.workflow_id, h.run_id) in foreign) for h in handlings],
     )
+
+
+@router.get(
+    "/events",
+    summary="Provenance records, newest first, by business key, workflow or read position",
+    response_model=EventPage,
+    responses=problems.responses(401, 422, 503),
+)
+async def list_events(
+    state: State,
+    caller: CallerDep,
+    key: Annotated[str | None, Query(max_length=1000, description="Business key")] = None,
+    workflow_id: Annotated[
+        str | None, Query(max_length=1000, description="Workflow an event reached")
+    ] = None,
+    topic: Annotated[
+        str | None, Query(max_length=249, description="Topic it was read from")
+    ] = None,
+    partition: Annotated[int | None, Query(ge=0, description="With `topic`")] = None,
+    offset: Annotated[int | None, Query(ge=0, description="With `topic` and `partition`")] = None,
+    page_size: Annotated[int, Query(ge=1, le=1000)] = 50,
+    page_token: Annotated[
+        str | None, Query(max_length=4096, description="`next_page_token` of the previous page")
+    ] = None,
+) -> EventPage:
+    """Every record of the caller's tenant matching every given filter (a record per
+    handling: redeliveries, replays and redrives add some), in pages."""
+    read = None
+    if (topic, partition, offset) != (None, None, None):
+        if topic is None or partition is None or offset is None:
+            raise Problem(422, "validation-error", "topic, partition and offset go together")
+        read = (topic, partition, offset)
+    after = _cursor(page_token) if page_token else None
+    found = await state.store.search(
+        caller.scope, key=key, workflow_id=workflow_id, read=read, after=after,
+        limit=page_size + 1,
+    )  # fmt: skip
+    items = [
+        EventRecord(
+            **_handling(item).model_dump(),
+            event_id=item.event_id or "",
+            type=item.event_type,
+            tenant_id=item.tenant_id,
+            key=item.key,
+            status_url=event_url(item.event_id or ""),
+        )
+        for item, _ in found[:page_size]
+    ]
+    more = len(found) > page_size
+    return EventPage(items=items, next_page_token=_token(found[page_size - 1][1]) if more else None)
+
+
+def event_url(event_id: str) -> str:
+    """``/events/<event id>`` with the id escaped for a path."""
+    return "/events/" + quote(event_id, safe=":")
+
+
+def _token(cursor: Cursor) -> str:
+    at, partition, offset = cursor
+    return lookup.encode_page_token(json.dumps([at.isoformat(), partition, offset]).encode())
+
+
+def _cursor(token: str) -> Cursor:
+    """The cursor inside a ``page_token`` (a 422 for one the API did not issue)."""
+    try:
+        at, partition, offset = json.loads(lookup.decode_page_token(token))
+        return datetime.fromisoformat(at), int(partition), int(offset)
+    except (ValueError, TypeError) as exc:
+        raise Problem(422, "validation-error", "page_token is not a token we issued") from exc
 
 
 async def _foreign_runs(
@@ -163,7 +244,7 @@ def published_events(items: list[PublishedProvenance]) -> list[PublishedEvent]:
     ]
 
 
-def location(produced: ProducedEvent) -> Location | None:
+def location(produced: Reservation) -> Location | None:
     """Where the API produced an event; ``None`` until Kafka acknowledged it."""
     if produced.partition is None or produced.offset is None:
         return None

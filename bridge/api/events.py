@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
-from urllib.parse import quote
 
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Query, Request
@@ -22,7 +21,7 @@ from fastapi.responses import JSONResponse
 
 from bridge.api import lookup, problems
 from bridge.api.auth import Caller
-from bridge.api.event_view import location, status_of_outcome
+from bridge.api.event_view import event_url, location, status_of_outcome
 from bridge.api.inbound import JSON, STRUCTURED, extensions, parse_request
 from bridge.api.models import (
     EventAccepted,
@@ -32,16 +31,17 @@ from bridge.api.models import (
     StructuredEvent,
 )
 from bridge.api.problems import Problem
-from bridge.api.state import ApiState, CallerDep, ProducedEvent, State
+from bridge.api.state import ApiState, CallerDep, State
 from bridge.codec import AVRO
 from bridge.envelope import KafkaRecord, encode_event
-from bridge.errors import PermanentError, TransientError
+from bridge.errors import DatabaseUnavailable, PermanentError, TransientError
+from bridge.store import Reservation
 
 router = APIRouter(tags=["events"])
 log = logging.getLogger("ktb.api")
 
-POLL_S = 0.5
-"""How often a waiting request looks for the process in Temporal."""
+POLL_S = 0.25
+"""How often a waiting request looks for the event's provenance and process."""
 SOURCE = "ktb-api"
 
 _BINARY_HEADERS = [
@@ -85,11 +85,6 @@ POST_OPENAPI: dict[str, Any] = {
 }
 
 
-def event_url(event_id: str) -> str:
-    """``/events/<event id>`` with the id escaped for a path."""
-    return "/events/" + quote(event_id, safe=":")
-
-
 @router.post(
     "/events",
     status_code=202,
@@ -131,7 +126,7 @@ async def post_event(
         try:
             timeout = min(wait, state.settings.api_wait_max_s)
             settled = await settle(state, caller, accepted, timeout)
-        except Problem as problem:
+        except (Problem, DatabaseUnavailable) as problem:
             # The event is on Kafka: Temporal not answering the wait is not a failed request.
             log.warning("waiting for the process of %s: %s", accepted.operation_id, problem)
             settled = None
@@ -148,21 +143,40 @@ def _tenant(caller: Caller, inbound: StructuredEvent) -> str | None:
     return caller.tenant
 
 
-def _known(state: ApiState, event_id: str) -> tuple[bool, str | None]:
-    """Whether ``event_id`` was used before, and by which tenant."""
-    primary = state.index.primary(event_id)
-    if primary is not None:
-        return True, primary.tenant_id
-    earlier = state.produced.get(event_id)
+async def _earlier(state: ApiState, event_id: str) -> Reservation | None:
+    """What an earlier use of ``event_id`` was: through ``POST /events`` on any replica,
+    or an event the bridge handled (produced to Kafka some other way)."""
+    earlier = await state.store.produced(event_id)
     if earlier is not None:
-        return True, earlier.tenant_id
-    return False, None
+        return earlier
+    primary = await state.store.primary(event_id)
+    if primary is None:
+        return None
+    return Reservation(
+        event_id=event_id,
+        type=primary.event_type or "",
+        tenant_id=primary.tenant_id,
+        key=primary.key,
+        topic=primary.topic,
+        workflow_id=primary.workflow_id,
+    )
+
+
+def _duplicate(caller: Caller, earlier: Reservation) -> tuple[Reservation, bool]:
+    """The answer to an id used before: the earlier event if the caller may see it."""
+    if not caller.may_see(earlier.tenant_id):
+        raise Problem(409, "event-id-taken", f"event id {earlier.event_id!r} is already used")
+    return earlier, True
 
 
 async def produce(
     state: ApiState, caller: Caller, inbound: StructuredEvent, traceparent: str | None
-) -> tuple[ProducedEvent, bool]:
-    """Produce ``inbound`` unless its id was used before; ``(event, duplicate)``."""
+) -> tuple[Reservation, bool]:
+    """Produce ``inbound`` unless its id was used before; ``(event, duplicate)``.
+
+    The id is reserved in the database before anything is produced: of requests
+    racing on one new id (on any replica), exactly one produces it.
+    """
     tenant = _tenant(caller, inbound)
     if inbound.type not in state.catalog:
         raise Problem(
@@ -179,20 +193,9 @@ async def produce(
             f"no topic for {inbound.type!r}: no route reads it and KTB_API_TOPICS has none",
         )
     event_id = inbound.id or str(uuid.uuid4())
-    used, owner = _known(state, event_id)
-    if used:
-        if not caller.may_see(owner):
-            raise Problem(409, "event-id-taken", f"event id {event_id!r} is already used")
-        earlier = state.produced.get(event_id)
-        primary = state.index.primary(event_id, caller.may_see)
-        return earlier or ProducedEvent(
-            event_id=event_id,
-            type=inbound.type,
-            tenant_id=owner,
-            key=primary.key if primary else None,
-            topic=primary.topic if primary else topic,
-            workflow_id=primary.workflow_id if primary else None,
-        ), True
+    earlier = await _earlier(state, event_id)
+    if earlier is not None:
+        return _duplicate(caller, earlier)
     try:
         record = encode_event(
             state.catalog,
@@ -218,8 +221,10 @@ async def produce(
             exc.message,
             field=getattr(exc, "field", None),
         ) from exc
-    reserved = ProducedEvent(event_id, inbound.type, tenant, inbound.partitionkey, topic, None)
-    state.produced.put(reserved)
+    reserved = Reservation(event_id, inbound.type, tenant, inbound.partitionkey, topic, None)
+    earlier = await state.store.reserve(reserved)
+    if earlier is not None:
+        return _duplicate(caller, earlier)
     sent = False
     try:
         meta = await state.producer.send_and_wait(
@@ -231,9 +236,9 @@ async def produce(
     finally:
         # Failed or cancelled: release the id so a retry of the request can produce it.
         if not sent:
-            state.produced.forget(event_id)
+            await _release(state, event_id)
     state.metrics.api_events_produced.labels(topic).inc()
-    produced = ProducedEvent(
+    produced = Reservation(
         event_id,
         inbound.type,
         tenant,
@@ -243,8 +248,17 @@ async def produce(
         meta.partition,
         meta.offset,
     )
-    state.produced.put(produced)
+    await state.store.produced_at(produced)
     return produced, False
+
+
+async def _release(state: ApiState, event_id: str) -> None:
+    try:
+        await state.store.release(event_id)
+    except DatabaseUnavailable as exc:
+        # The id stays taken with nothing produced: a retry is answered as a duplicate.
+        log.error("could not release event id %s after a failed produce: %s", event_id,
+                  exc.message)  # fmt: skip
 
 
 async def predict_workflow(state: ApiState, record: KafkaRecord, topic: str) -> str | None:
@@ -292,7 +306,7 @@ async def settle(
     workflow_id: str | None = None
     run_id: str | None = None
     while workflow_id is None:
-        primary = state.index.primary(event_id, caller.may_see)
+        primary = await state.store.primary(event_id, caller.scope)
         if primary is not None:
             if primary.workflow_id is None:
                 return _result(
@@ -309,7 +323,7 @@ async def settle(
         remaining = deadline - loop.time()
         if remaining <= 0:
             return None
-        await state.index.wait(event_id, min(remaining, POLL_S))
+        await asyncio.sleep(min(remaining, POLL_S))
     remaining = deadline - loop.time()
     if await lookup.describe_visible(state.client, caller, workflow_id, run_id) is None:
         return None

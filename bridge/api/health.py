@@ -1,4 +1,5 @@
-"""``/healthz`` (alive), ``/readyz`` (Kafka, Temporal, provenance index) and ``/metrics``."""
+"""``/healthz`` (alive), ``/readyz`` (Kafka, Temporal, the database, the indexer) and
+``/metrics``."""
 
 from __future__ import annotations
 
@@ -55,18 +56,18 @@ async def _temporal(state: State) -> str:
 
 @router.get(
     "/readyz",
-    summary="Kafka and Temporal are reachable and the provenance index has caught up",
+    summary="Kafka, Temporal and the database answer; the indexer (if here) has caught up",
     response_model=Ready,
     responses=problems.responses(503),
 )
 async def readyz(request: Request, state: State) -> Response:
     """200 when every check passes, else a 503 problem listing the checks."""
-    kafka, temporal, paused = await asyncio.gather(_kafka(state), _temporal(state), _paused(state))
-    checks = {
-        "kafka": kafka,
-        "temporal": temporal,
-        "provenance_index": "ok" if state.follower.caught_up.is_set() else "catching up",
-    }
+    kafka, temporal, database, paused = await asyncio.gather(
+        _kafka(state), _temporal(state), state.database.ping(), _paused(state)
+    )
+    checks = {"kafka": kafka, "temporal": temporal, "database": "ok" if database else "unreachable"}
+    if state.indexer is not None:
+        checks["provenance_index"] = "ok" if state.indexer.caught_up.is_set() else "catching up"
     if all(v == "ok" for v in checks.values()):
         return JSONResponse(Ready(status="ready", checks=checks, paused=paused).model_dump())
     failing = ", ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok")

@@ -80,6 +80,23 @@ class Handling(BaseModel):
     at: str
 
 
+class EventRecord(Handling):
+    """One provenance record in a listing: which event, and that handling of it."""
+
+    event_id: str
+    type: str | None
+    tenant_id: str | None
+    key: str | None
+    status_url: str
+
+
+class EventPage(BaseModel):
+    """One page of the provenance listing, newest first."""
+
+    items: list[EventRecord]
+    next_page_token: str | None = Field(description="Pass as `page_token` for the next page")
+
+
 class ProcessSummary(BaseModel):
     """A workflow execution as visibility lists it."""
 
@@ -139,7 +156,7 @@ class EventView(BaseModel):
     tenant_id: str | None
     key: str | None
     status: EventStatus
-    produced: Location | None = Field(description="Where POST /events put it (this instance)")
+    produced: Location | None = Field(description="Where POST /events put it")
     read: Location | None = Field(description="Where the bridge read it")
     route: str | None
     action: str | None

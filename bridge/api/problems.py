@@ -17,6 +17,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bridge.errors import DatabaseUnavailable
+
 MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:ktb:problem:"
 log = logging.getLogger("ktb.api")
@@ -139,6 +141,16 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, 422, "validation-error", detail, errors=errors)
 
 
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # The driver's text (host, port) goes to the log only.
+    assert isinstance(exc, DatabaseUnavailable)
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path,
+                exc.message)  # fmt: skip
+    return problem_response(
+        request, 503, "database-unavailable", "the provenance database did not answer; try again"
+    )
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Last resort for bugs: logged with the traceback, answered in the same shape.
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
@@ -150,6 +162,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Problem, _problem)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(DatabaseUnavailable, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected)
 
 
@@ -162,7 +175,7 @@ _DESCRIPTIONS = {
     413: "Request body larger than the configured limit",
     415: "Unsupported content type",
     422: "The request does not validate",
-    503: "Kafka or Temporal is unavailable",
+    503: "Kafka, Temporal or the provenance database is unavailable",
 }
 
 

@@ -50,7 +50,7 @@ async def get_process(state: State, caller: CallerDep, workflow_id: WorkflowId) 
     """The latest run of a workflow; another tenant's is a 404."""
     execution = await visible_execution(state, caller, workflow_id)
     result, failure = await lookup.outcome(state.client, execution)
-    published = published_events(state.index.published(workflow_id, caller.may_see))
+    published = published_events(await state.store.published(workflow_id, caller.scope))
     memo = await lookup.call(execution.memo())
     trigger = memo.get("ktb")
     return ProcessView(

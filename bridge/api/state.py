@@ -1,4 +1,4 @@
-"""What the API's handlers share: settings, clients and indexes, built in the lifespan.
+"""What the API's handlers share: settings, clients and the read model, built in the lifespan.
 
 Routers reach it through the ``state`` and ``caller`` dependencies; nothing here
 runs at import time.
@@ -7,8 +7,7 @@ runs at import time.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated
 
 from aiokafka import AIOKafkaProducer
@@ -17,59 +16,19 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.client import Client
 
 from bridge.api.auth import Caller, KeyRing
-from bridge.api.index import IndexFollower, ProvenanceIndex
 from bridge.codec import SchemaCatalog
 from bridge.ingress import Ingress
 from bridge.observability.metrics import Metrics
 from bridge.routes import Router, RoutesConfig
 from bridge.settings import Settings
+from bridge.store import Database, Indexer, ProvenanceStore
 
 log = logging.getLogger("ktb.api")
-
-PRODUCED_LIMIT = 100_000
-"""Event ids produced by this instance that it remembers (see ``ProducedEvents``)."""
-
-
-@dataclass(frozen=True)
-class ProducedEvent:
-    """An event this API instance produced (or is producing: ``offset`` is ``None``)."""
-
-    event_id: str
-    type: str
-    tenant_id: str | None
-    key: str | None
-    topic: str
-    workflow_id: str | None
-    partition: int | None = None
-    offset: int | None = None
-
-
-class ProducedEvents:
-    """The ids this instance produced, newest kept; reserving an id is atomic in the loop."""
-
-    def __init__(self, limit: int = PRODUCED_LIMIT) -> None:
-        self.limit = limit
-        self._items: OrderedDict[str, ProducedEvent] = OrderedDict()
-
-    def get(self, event_id: str) -> ProducedEvent | None:
-        """What this instance produced under ``event_id``."""
-        return self._items.get(event_id)
-
-    def put(self, item: ProducedEvent) -> None:
-        """Remember (or update) an event."""
-        self._items[item.event_id] = item
-        self._items.move_to_end(item.event_id)
-        if len(self._items) > self.limit:
-            self._items.popitem(last=False)
-
-    def forget(self, event_id: str) -> None:
-        """Drop a reservation whose produce failed."""
-        self._items.pop(event_id, None)
 
 
 @dataclass
 class ApiState:
-    """Long-lived clients and indexes of one API process."""
+    """Long-lived clients of one API process."""
 
     settings: Settings
     catalog: SchemaCatalog
@@ -77,12 +36,14 @@ class ApiState:
     keys: KeyRing
     producer: AIOKafkaProducer
     client: Client
-    index: ProvenanceIndex
-    follower: IndexFollower
+    database: Database
+    store: ProvenanceStore
+    """Provenance lookups and the ids ``POST /events`` took, shared by every replica."""
+    indexer: Indexer | None
+    """The indexer running in this process (``KTB_API_INDEXER``), if any."""
     ingress: Ingress | None
     """Decodes and routes events as the bridge does (no dispatcher: it plans only)."""
     topics: dict[str, str]
-    produced: ProducedEvents = field(default_factory=ProducedEvents)
 
     @property
     def router(self) -> Router | None:

@@ -17,6 +17,7 @@ from bridge.cli import policies as cli_policies
 from bridge.cli import replay as cli_replay
 from bridge.cli import schemas as cli_schemas
 from bridge.cli.common import fail, load_settings, run
+from bridge.dev.postgres import POSTGRES_PORT
 from bridge.dev.registry import REGISTRY_PORT
 from bridge.errors import BridgeError, ConfigError, TransientError
 from bridge.observability import logs
@@ -49,6 +50,9 @@ def dev(
     temporal_port: int = 7233,
     temporal_ui_port: int = 8233,
     api_port: int = 8080,
+    postgres_port: Annotated[
+        int, typer.Option(help="Port of PostgreSQL (the provenance read model)")
+    ] = POSTGRES_PORT,
     registry_port: Annotated[
         int, typer.Option(help="Port of the Schema Registry (Apicurio, in memory)")
     ] = REGISTRY_PORT,
@@ -57,7 +61,7 @@ def dev(
         "Procfile"
     ),
     no_processes: Annotated[
-        bool, typer.Option(help="Start the services (Kafka, Temporal, registry) only")
+        bool, typer.Option(help="Start the services (Kafka, Temporal, PostgreSQL, registry) only")
     ] = False,
 ) -> None:
     """Run the whole local stack in the foreground; Ctrl-C stops everything."""
@@ -70,6 +74,7 @@ def dev(
         temporal_port=temporal_port,
         temporal_ui_port=temporal_ui_port,
         api_port=api_port,
+        postgres_port=postgres_port,
         registry_port=None if no_registry else registry_port,
         procfile=None if no_processes else procfile,
     )
@@ -136,6 +141,19 @@ def api(
         fail(exc.message, 1)
 
 
+@app.command()
+def indexer() -> None:
+    """Index the provenance topic into the database (alone; `ktb api` does it by default)."""
+    from bridge.wiring import run_indexer
+
+    settings = load_settings()
+    logs.setup(settings.log_level, console=settings.log_format == "console")
+    try:
+        asyncio.run(run_indexer(settings))
+    except BridgeError as exc:
+        fail(exc.message, 1)
+
+
 @app.command("api-key")
 def api_key(
     tenant: Annotated[str, typer.Option(help="The tenant the key belongs to")],
@@ -158,7 +176,8 @@ def provision(
         int, typer.Option(min=1, help="Replicas of each topic created")
     ] = 1,
 ) -> None:
-    """Create or grow the deployment's topics and register search attributes (idempotent)."""
+    """Create or grow the deployment's topics, register search attributes and migrate the
+    provenance database (idempotent)."""
     from bridge.wiring import provision as run_provision
 
     settings = load_settings()
@@ -173,6 +192,8 @@ def provision(
         typer.echo(f"grew {name} from {before} to {after} partitions")
     added = ", ".join(report.search_attributes) or "none missing"
     typer.echo(f"{len(report.unchanged)} topics unchanged; search attributes added: {added}")
+    migrated = ", ".join(map(str, report.migrations)) or "none missing"
+    typer.echo(f"database schema migrations applied: {migrated}")
 
 
 # --- producing and tailing -------------------------------------------------------------

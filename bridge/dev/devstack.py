@@ -1,5 +1,5 @@
-"""``ktb dev``: Kafka, Temporal, the Schema Registry and the Procfile's processes as one
-foreground tree."""
+"""``ktb dev``: Kafka, Temporal, PostgreSQL, the Schema Registry and the Procfile's
+processes as one foreground tree."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge.dev.postgres import POSTGRES_PORT, database_url
 from bridge.dev.registry import REGISTRY_PORT, registry_url
 from bridge.dev.stack import LocalStack
 from bridge.errors import ConfigError
@@ -113,6 +114,7 @@ class DevStack:
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
     api_port: int = 8080
+    postgres_port: int = POSTGRES_PORT
     registry_port: int | None = REGISTRY_PORT
     """The Schema Registry's port; ``None``: no registry."""
     procfile: Path | None = Path("Procfile")
@@ -126,6 +128,7 @@ class DevStack:
             KTB_KAFKA_BOOTSTRAP=f"localhost:{self.kafka_port}",
             KTB_TEMPORAL_ADDRESS=f"localhost:{self.temporal_port}",
             KTB_DATA_DIR=str(self.data_dir),
+            KTB_DATABASE_URL=database_url(self.postgres_port),
             KTB_API_PORT=str(self.api_port),
             KTB_API_AUTH="off",
             KTB_LOG_FORMAT="console",
@@ -146,11 +149,12 @@ class DevStack:
             temporal_port=self.temporal_port,
             temporal_ui_port=self.temporal_ui_port,
             registry_port=self.registry_port,
+            postgres_port=self.postgres_port,
         )
         what = (
-            "Kafka, Temporal and the Schema Registry"
+            "Kafka, Temporal, PostgreSQL and the Schema Registry"
             if self.registry_port
-            else "Kafka and Temporal"
+            else "Kafka, Temporal and PostgreSQL"
         )
         print(f"ktb dev: starting {what} (state in {self.data_dir})", flush=True)
         await stack.start()
@@ -200,6 +204,7 @@ class DevStack:
             f"  kafka          localhost:{self.kafka_port}{note('kafka')}",
             f"  temporal       localhost:{self.temporal_port}{note('temporal')}",
             f"  temporal ui    http://localhost:{self.temporal_ui_port}",
+            f"  postgres       {database_url(self.postgres_port)}{note('postgres')}",
         ]
         if self.registry_port is not None:
             url = registry_url(self.registry_port)

@@ -60,6 +60,10 @@ class Service:
     log: Path
     env: dict[str, str] | None = None
     cwd: Path | None = None
+    user: str | None = None
+    """Run as this system user (PostgreSQL refuses to run as root)."""
+    stop_signal: int = signal.SIGTERM
+    """What ``stop`` sends first (PostgreSQL's fast shutdown is SIGINT)."""
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -73,6 +77,7 @@ class Service:
                 stdin=subprocess.DEVNULL,
                 env=self.env,
                 cwd=self.cwd,
+                user=self.user,
                 start_new_session=True,
             )
 
@@ -81,11 +86,11 @@ class Service:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds; waits for exit."""
+        """``stop_signal``, then SIGKILL after ``timeout`` seconds; waits for exit."""
         if self.proc is None or self.proc.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            os.killpg(self.proc.pid, self.stop_signal)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

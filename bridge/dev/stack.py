@@ -1,10 +1,11 @@
 """The local stack: real Apache Kafka (KRaft), the Temporal dev server and, when asked
-for, a Schema Registry (Apicurio) as child processes.
+for, PostgreSQL (the provenance read model) and a Schema Registry (Apicurio) as child
+processes.
 
 ``LocalStack`` starts them (or reuses services already answering on their ports) for
-``ktb dev``, the tests, the benchmarks and the chaos harness; the broker, the server
-and the registry live in ``bridge.dev.kafka``, ``bridge.dev.temporal`` and
-``bridge.dev.registry``.
+``ktb dev``, the tests, the benchmarks and the chaos harness; the broker, the servers
+and the registry live in ``bridge.dev.kafka``, ``bridge.dev.temporal``,
+``bridge.dev.postgres`` and ``bridge.dev.registry``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.dev.kafka import KAFKA_VERSION, KafkaBroker, new_cluster_id, wait_kafka
+from bridge.dev.postgres import PostgresServer, database_url, wait_postgres
 from bridge.dev.processes import Service, free_port, port_open, tail
 from bridge.dev.registry import SchemaRegistry, registry_url, wait_registry
 from bridge.dev.temporal import TemporalServer, ensure_search_attributes, wait_temporal
@@ -24,9 +26,11 @@ __all__ = [
     "KAFKA_VERSION",
     "KafkaBroker",
     "LocalStack",
+    "PostgresServer",
     "SchemaRegistry",
     "Service",
     "TemporalServer",
+    "database_url",
     "ensure_search_attributes",
     "free_port",
     "new_cluster_id",
@@ -34,6 +38,7 @@ __all__ = [
     "registry_url",
     "tail",
     "wait_kafka",
+    "wait_postgres",
     "wait_registry",
     "wait_temporal",
 ]
@@ -41,8 +46,9 @@ __all__ = [
 
 @dataclass
 class LocalStack:
-    """Kafka and Temporal, and a Schema Registry when ``registry_port`` is set, for
-    ``ktb dev`` and the tests; reuses services already running."""
+    """Kafka and Temporal, PostgreSQL when ``postgres_port`` is set and a Schema Registry
+    when ``registry_port`` is, for ``ktb dev`` and the tests; reuses services already
+    running. The database gets the current schema (``bridge.store.migrations``)."""
 
     data_dir: Path
     kafka_port: int = 9092
@@ -52,9 +58,12 @@ class LocalStack:
     headless: bool = False
     temporal_in_memory: bool = False
     registry_port: int | None = None
+    postgres_port: int | None = None
+    postgres_durable: bool = True
     kafka: KafkaBroker | None = None
     temporal: TemporalServer | None = None
     registry: SchemaRegistry | None = None
+    postgres: PostgresServer | None = None
     reused: list[str] = field(default_factory=list)
 
     @property
@@ -66,6 +75,11 @@ class LocalStack:
     def temporal_address(self) -> str:
         """gRPC address of the stack's Temporal frontend."""
         return f"localhost:{self.temporal_port}"
+
+    @property
+    def database_url(self) -> str | None:
+        """The provenance database (``KTB_DATABASE_URL``); ``None`` when the stack runs none."""
+        return None if self.postgres_port is None else database_url(self.postgres_port)
 
     @property
     def schema_registry_url(self) -> str | None:
@@ -99,19 +113,38 @@ class LocalStack:
             )
             self.temporal.start()
             waits.append(self.temporal.wait_ready(timeout))
-        if self.registry_port is not None:
-            try:
+        try:
+            if self.postgres_port is not None:
+                waits.append(self._start_postgres(self.postgres_port, timeout))
+            if self.registry_port is not None:
                 waits.append(self._start_registry(self.registry_port, timeout))
-            except BaseException:
-                for wait in waits:
-                    wait.close()
-                self.stop()
-                raise
+        except BaseException:
+            for wait in waits:
+                wait.close()
+            self.stop()
+            raise
         try:
             await asyncio.gather(*waits)
         except BaseException:
             self.stop()
             raise
+
+    def _start_postgres(self, port: int, timeout: float) -> Coroutine[Any, Any, None]:
+        """Start (or reuse) PostgreSQL; what waits until it answers and migrates it."""
+        if port_open(port):
+            self.reused.append("postgres")
+            return self._migrate(wait_postgres(port, timeout))
+        self.postgres = PostgresServer(self.data_dir / "postgres", port, self.postgres_durable)
+        self.postgres.start()
+        return self._migrate(self.postgres.wait_ready(timeout))
+
+    async def _migrate(self, ready: Coroutine[Any, Any, None]) -> None:
+        from bridge.settings import Settings
+        from bridge.wiring import migrate_database
+
+        await ready
+        assert self.database_url is not None
+        await migrate_database(Settings(database_url=self.database_url))
 
     def _start_registry(self, port: int, timeout: float) -> Coroutine[Any, Any, None]:
         """Start (or reuse) the registry; what waits until it answers."""
@@ -129,10 +162,10 @@ class LocalStack:
 
     def services(self) -> Sequence[Service]:
         """The child processes this stack started (not the reused ones)."""
-        started = (self.kafka, self.temporal, self.registry)
+        started = (self.kafka, self.temporal, self.postgres, self.registry)
         return [s.service for s in started if s and s.service]
 
     def stop(self) -> None:
-        """Stop the services this stack started, the registry and Temporal first."""
+        """Stop the services this stack started, the registry first, Kafka last."""
         for svc in reversed(self.services()):
             svc.stop()

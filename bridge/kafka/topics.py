@@ -39,6 +39,8 @@ class ProvisionReport:
     grown: dict[str, tuple[int, int]] = field(default_factory=dict)
     unchanged: list[str] = field(default_factory=list)
     search_attributes: list[str] = field(default_factory=list)
+    migrations: list[int] = field(default_factory=list)
+    """Schema versions applied to the provenance database."""
 
 
 def topic_plan(

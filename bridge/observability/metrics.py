@@ -152,6 +152,17 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.indexer_records = Counter(
+            "ktb_indexer_records",
+            "Provenance records the indexer wrote (written) or passed over (skipped)",
+            ["result"],
+            registry=r,
+        )
+        self.indexer_paused = Gauge(
+            "ktb_indexer_paused",
+            "1 while the indexer waits for the database to come back",
+            registry=r,
+        )
 
 
 WORKFLOW_FINISHED = "ktb_workflow_finished"

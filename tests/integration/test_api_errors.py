@@ -158,6 +158,7 @@ async def test_other_errors_are_problems(http):
     assert (await eventually(ready))["checks"] == {
         "kafka": "ok",
         "temporal": "ok",
+        "database": "ok",
         "provenance_index": "ok",
     }
 
@@ -168,6 +169,7 @@ async def test_openapi_documents_every_route_and_error(http):
     assert "StructuredEvent" in doc["components"]["schemas"]
     expected = {
         ("post", "/events"),
+        ("get", "/events"),
         ("get", "/events/{event_id}"),
         ("get", "/processes"),
         ("get", "/processes/{workflow_id}"),

@@ -97,6 +97,7 @@ def api_process(
         KTB_SCHEMAS_DIR=str(REPO_ROOT / "schemas"),
         KTB_ROUTES_FILE=str(tmp_path / "no-routes.yaml"),
         KTB_PROVENANCE_TOPIC=f"ktb.provenance-{uid}",
+        KTB_DATABASE_URL=settings.database_url.get_secret_value(),
         KTB_API_AUTH="on",
         KTB_API_KEYS=json.dumps({hash_key(KEY): f"fuzz-{uid}"}),
         KTB_API_TOPICS=json.dumps({"com.example.order.placed": topics["orders"]}),

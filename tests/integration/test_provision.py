@@ -91,6 +91,7 @@ def test_provision_command_is_idempotent(settings: Settings, uid: str, tmp_path:
         "KTB_TEMPORAL_ADDRESS": s.temporal_address,
         "KTB_ROUTES_FILE": str(s.routes_file),
         "KTB_PROVENANCE_TOPIC": s.provenance_topic,
+        "KTB_DATABASE_URL": s.database_url.get_secret_value(),
     }
     runner = CliRunner()
     first = runner.invoke(app, ["provision", "--partitions", "2"], env=env)
@@ -101,3 +102,4 @@ def test_provision_command_is_idempotent(settings: Settings, uid: str, tmp_path:
     assert again.exit_code == 0, again.output
     assert "created" not in again.output
     assert "6 topics unchanged" in again.output  # with ktb.redrives
+    assert "database schema migrations applied: none missing" in again.output

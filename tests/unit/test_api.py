@@ -1,10 +1,10 @@
-"""Pure parts of the HTTP API: keys, CloudEvents parsing, queries, the provenance index."""
+"""Pure parts of the HTTP API: keys, CloudEvents parsing, queries, provenance batches."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -14,14 +14,14 @@ from pydantic import ValidationError
 from bridge.api.app import BodyLimit
 from bridge.api.auth import ANONYMOUS, Caller, KeyRing, hash_key, new_key
 from bridge.api.inbound import parse_request
-from bridge.api.index import MAX_HANDLINGS, ProvenanceIndex
 from bridge.api.lookup import visibility_query
 from bridge.api.models import ProcessStatus
 from bridge.api.problems import MEDIA_TYPE, Problem, problem_response
-from bridge.api.state import ProducedEvent, ProducedEvents, topic_map
-from bridge.provenance import EventProvenance, PublishedProvenance
+from bridge.api.state import topic_map
+from bridge.provenance import EventProvenance, PublishedProvenance, parse
 from bridge.routes import RoutesConfig
 from bridge.settings import Settings
+from bridge.store.provenance import HANDLING_COLUMNS, batch_of, primary_of
 
 
 def test_keys_are_configured_hashed_and_map_to_tenants():
@@ -202,52 +202,51 @@ def _published(workflow_id: str, ce_id: str, offset: int = 0) -> bytes:
         workflow_id=workflow_id,
         causation_id="e",
         tenant_id="acme",
-        at="now",
+        at=NOW,
     )
     return json.dumps(asdict(item)).encode()
 
 
-def test_index_keeps_handlings_and_published_events():
-    index = ProvenanceIndex()
-    index.add(None)
-    index.add(b"not json")
-    index.add(b'{"kind": "other"}')
-    index.add(_event("e-1", "duplicate", offset=1))
-    index.add(_event("e-1", "started", offset=2))
-    index.add(_event("e-1", "duplicate", offset=3, via="replay"))
-    assert index.records == 3
-    assert "e-1" in index and "e-2" not in index
-    assert [h.offset for h in index.handlings("e-1")] == [1, 2, 3]
-    primary = index.primary("e-1")
-    assert primary is not None and primary.offset == 2
-    index.add(_published("wf", "c-1", 5))
-    index.add(_published("wf", "c-1", 6))
-    index.add(_published("wf", "c-2", 7))
-    assert [(p.ce_id, p.offset) for p in index.published("wf")] == [("c-1", 5), ("c-2", 7)]
-    assert index.published("other") == []
-    for n in range(MAX_HANDLINGS + 5):
-        index.add(_event("e-many", offset=n))
-    assert len(index.handlings("e-many")) == MAX_HANDLINGS
+NOW = datetime.now(UTC).isoformat()
 
 
-def test_index_is_bounded():
-    index = ProvenanceIndex(max_events=2)
-    for n in range(3):
-        index.add(_event(f"e-{n}"))
-        index.add(_published(f"wf-{n}", f"c-{n}"))
-    assert "e-0" not in index and "e-1" in index and "e-2" in index
-    assert index.published("wf-0") == [] and index.published("wf-2")
+def test_batches_keep_readable_records_of_the_retention():
+    old = (datetime.now(UTC) - timedelta(days=3)).isoformat()
+    records = [
+        (None, 0, 0),
+        (b"not json", 0, 1),
+        (b'{"kind": "other"}', 0, 2),
+        (_event("", at=NOW), 0, 3),
+        (_event("e-1", at="yesterday"), 0, 4),
+        (_event("e-1", at=old), 0, 5),
+        (_event("e-1", "duplicate", at=NOW, offset=7), 1, 6),
+        (_published("wf", "c-1", 5), 2, 7),
+    ]
+    batch = batch_of(records, retention_days=2)
+    assert (batch.records, batch.skipped, batch.rows) == (8, 6, 2)
+    assert batch.days == {datetime.now(UTC).date()}
+    handling = dict(zip(HANDLING_COLUMNS, (column[0] for column in batch.handlings), strict=True))
+    assert handling["event_id"] == "e-1" and handling["outcome"] == "duplicate"
+    assert (handling["source_partition"], handling["source_offset"]) == (1, 6)
+    assert (handling["offset"], handling["at"]) == (7, datetime.fromisoformat(NOW))
+    assert batch.published[4] == ["c-1"] and batch.published[2] == [7]
 
 
-async def test_index_wait_wakes_on_the_event():
-    index = ProvenanceIndex()
-    assert await index.wait("e-1", 0.01) is False
-    waiter = asyncio.create_task(index.wait("e-1", 10))
-    await asyncio.sleep(0)
-    index.add(_event("e-1"))
-    assert await waiter is True
-    assert await index.wait("e-1", 0) is True
-    assert index._waiters == {}
+def test_primary_is_the_first_handling_that_is_not_a_repeat():
+    def handling(outcome: str) -> EventProvenance:
+        return parse(_event("e", outcome))  # type: ignore[return-value]
+
+    repeat, started = handling("duplicate"), handling("started")
+    assert primary_of([repeat, started, handling("duplicate")]) is started
+    assert primary_of([repeat]) is repeat
+    assert primary_of([]) is None
+
+
+def test_scopes_of_callers():
+    assert Caller("acme", True).scope.allows("acme")
+    assert not Caller("acme", True).scope.allows("globex")
+    assert not Caller("acme", True).scope.allows(None)
+    assert ANONYMOUS.scope.allows("globex") and ANONYMOUS.scope.allows(None)
 
 
 def test_topic_map_prefers_configured_topics():
@@ -290,15 +289,6 @@ def test_topic_map_prefers_configured_topics():
         "t.other": "other",
     }
     assert topic_map(Settings(), None) == {}
-
-
-def test_produced_events_are_bounded():
-    produced = ProducedEvents(limit=2)
-    for n in range(3):
-        produced.put(ProducedEvent(f"e-{n}", "t", None, None, "orders", None))
-    assert produced.get("e-0") is None and produced.get("e-2") is not None
-    produced.forget("e-2")
-    assert produced.get("e-2") is None
 
 
 def test_problem_response_shape():

@@ -198,6 +198,22 @@ def test_every_ktb_container_reads_the_registry(
             assert services[name]["depends_on"]["registry"]["condition"] == "service_healthy"
 
 
+def test_ktb_has_its_own_database_on_the_compose_postgres(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    creator = services["ktb-db"]
+    assert creator["restart"] == "no" and creator["environment"]["PGHOST"] == "postgres"
+    script = creator["command"][-1]
+    assert "datname = 'ktb'" in script and "CREATE DATABASE ktb" in script
+    # Provisioning migrates the schema, so it waits for the database to exist.
+    assert services["provision"]["depends_on"]["ktb-db"]["condition"] == (
+        "service_completed_successfully"
+    )
+    user = services["postgres"]["environment"]["POSTGRES_USER"]
+    for name, service in ktb_services(compose).items():
+        url = service["environment"]["KTB_DATABASE_URL"]
+        assert url.endswith(f"{user}:${{POSTGRES_PASSWORD}}@postgres:5432/ktb}}"), name
+
+
 def test_one_broker_by_default_three_with_the_cluster_profile(compose: dict[str, Any]) -> None:
     services = compose["services"]
     brokers = {n: s for n, s in services.items() if s["image"].startswith("apache/kafka:")}

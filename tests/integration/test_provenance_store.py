@@ -1,0 +1,333 @@
+"""The provenance read model in PostgreSQL: replicas racing on one id, the indexer killed
+mid-batch, the database going away and coming back. Real Kafka, Temporal and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import pytest_asyncio
+
+from bridge import kafka
+from bridge.api.auth import hash_key
+from bridge.kafka import ensure_topics
+from bridge.provenance import EventProvenance
+from bridge.settings import Settings
+from bridge.store import partitions
+from tests.integration.api_workflows import QuickOrder
+from tests.support import (
+    StackInfo,
+    eventually,
+    order_data,
+    routes_config,
+    running_api,
+    running_bridge,
+    running_worker,
+    workflow_result,
+    write_routes,
+)
+
+pytestmark = pytest.mark.integration
+CE_JSON = {"Content-Type": "application/cloudevents+json"}
+
+
+@pytest_asyncio.fixture
+async def db(stack: StackInfo) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the session's provenance database, for checking what it holds."""
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def own_settings(settings: Settings, uid: str, tmp_path: Path, **extra: Any) -> Settings:
+    """The test's own provenance topic (hence indexer group), auth off, routes if given."""
+    return settings.model_copy(
+        update={
+            "provenance_topic": f"ktb.provenance-{uid}",
+            "api_auth": False,
+            "routes_file": tmp_path / "no-routes.yaml",
+            **extra,
+        }
+    )
+
+
+async def test_two_replicas_racing_on_one_new_id_accept_it_once(
+    services, topics, settings, uid, tmp_path
+):
+    s = own_settings(
+        settings, uid, tmp_path, api_topics={"com.example.order.placed": topics["orders"]}
+    )
+    body = json.dumps(
+        {
+            "specversion": "1.0",
+            "id": f"race-{uid}",
+            "type": "com.example.order.placed",
+            "source": "tests",
+            "partitionkey": f"o-{uid}",
+            "data": order_data(f"o-{uid}"),
+        }
+    )
+    async with (
+        running_api(s) as first,
+        running_api(s) as second,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        answers = await asyncio.gather(
+            *(
+                http.post(f"{url}/events", content=body, headers=CE_JSON)
+                for url in [first, second] * 4
+            )
+        )
+        assert [a.status_code for a in answers] == [202] * 8, [a.text for a in answers]
+        assert sorted(a.json()["duplicate"] for a in answers) == [False] + [True] * 7
+
+        async def same_on_both() -> dict[str, Any]:
+            views = [(await http.get(f"{url}/events/race-{uid}")).json() for url in (first, second)]
+            assert views[0]["produced"] is not None, views
+            assert views[0] == views[1], views
+            return views[0]
+
+        view = await eventually(same_on_both)
+        accepted = next(a.json() for a in answers if not a.json()["duplicate"])
+        assert view["produced"] == accepted["produced"]
+    assert sum((await services.end_offsets(topics["orders"])).values()) == 1
+    [record] = await services.read(topics["orders"], 1)
+    assert services.decode(record).id == f"race-{uid}"
+
+
+def provenance_record(event_id: str, n: int, at: str, tenant: str, key: str) -> bytes:
+    """One provenance record of a skipped event, as a bridge writes it."""
+    return json.dumps(
+        vars(
+            EventProvenance(
+                event_id=event_id,
+                event_type="t",
+                tenant_id=tenant,
+                key=key,
+                topic="orders",
+                partition=0,
+                offset=n,
+                route=None,
+                action=None,
+                outcome="skipped",
+                workflow_id=None,
+                run_id=None,
+                detail=None,
+                at=at,
+                via="live",
+            )
+        )
+    ).encode()
+
+
+async def fill(
+    settings: Settings, prefix: str, start: int, count: int, tenant: str = "acme", key: str = "k"
+) -> None:
+    """Append ``count`` provenance records of events ``<prefix>-<n>`` dated now."""
+    now = datetime.now(UTC).isoformat()
+    producer = kafka.producer(settings, linger_ms=20)
+    await producer.start()
+    try:
+        for n in range(start, start + count):
+            value = provenance_record(f"{prefix}-{n}", n, now, tenant, key)
+            await producer.send(settings.provenance_topic, value, key=f"{prefix}-{n}".encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def test_listing_pages_through_one_tenants_records(settings, uid, tmp_path):
+    keys = {"key-a": f"a-{uid}", "key-b": f"b-{uid}"}
+    s = own_settings(
+        settings, uid, tmp_path, api_auth=True, api_keys={hash_key(k): t for k, t in keys.items()}
+    )
+    await ensure_topics(s, {s.provenance_topic: 3})
+    await fill(s, f"list-{uid}", 0, 3, tenant=f"a-{uid}", key=f"k-{uid}")
+    await fill(s, f"list-{uid}", 3, 1, tenant=f"b-{uid}", key=f"k-{uid}")
+    async with running_api(s) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        a, b = {"Authorization": "Bearer key-a"}, {"Authorization": "Bearer key-b"}
+
+        async def page(headers: dict[str, str], **params: Any) -> dict[str, Any]:
+            response = await http.get("/events", params=params, headers=headers)
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        async def all_indexed() -> bool:
+            return len((await page(a, key=f"k-{uid}"))["items"]) == 3
+
+        await eventually(all_indexed)
+        first = await page(a, key=f"k-{uid}", page_size=2)
+        second = await page(a, key=f"k-{uid}", page_size=2, page_token=first["next_page_token"])
+        assert second["next_page_token"] is None
+        listed = [item["event_id"] for item in first["items"] + second["items"]]
+        assert sorted(listed) == [f"list-{uid}-{n}" for n in range(3)]
+        assert {item["tenant_id"] for item in first["items"]} == {f"a-{uid}"}
+        assert [i["event_id"] for i in (await page(b, key=f"k-{uid}"))["items"]] == [
+            f"list-{uid}-3"
+        ]
+        # B's record is where it was read; A does not see it there.
+        assert (await page(a, topic="orders", partition=0, offset=3, key=f"k-{uid}"))["items"] == []
+        bad = await http.get("/events", params={"topic": "orders"}, headers=a)
+        assert bad.status_code == 422
+        forged = await http.get("/events", params={"page_token": "AQAAAAB4"}, headers=a)
+        assert forged.status_code == 422
+
+
+def start_indexer(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    """``ktb indexer`` as its own process (so it can be killed outright)."""
+    env = dict(
+        os.environ,
+        KTB_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
+        KTB_DATABASE_URL=settings.database_url.get_secret_value(),
+        KTB_PROVENANCE_TOPIC=settings.provenance_topic,
+        KTB_INDEXER_BATCH="100",
+    )
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "bridge", "indexer"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+async def test_indexer_killed_mid_batch_loses_and_doubles_nothing(settings, uid, tmp_path, db):
+    s = own_settings(settings, uid, tmp_path)
+    await ensure_topics(s, {s.provenance_topic: 3})
+    prefix = f"kill-{uid}"
+    counted = "SELECT count(*), count(DISTINCT event_id) FROM ktb_handlings WHERE event_id LIKE $1"
+
+    async def indexed(expected: int) -> bool:
+        total, distinct = await db.fetchrow(counted, f"{prefix}-%")
+        assert total == distinct, (total, distinct)
+        return bool(total == expected)
+
+    await fill(s, prefix, 0, 500)
+    indexer = start_indexer(s, tmp_path / "indexer.log")
+    try:
+        await eventually(lambda: indexed(500), 60)
+        # Hold the indexer inside its next transaction, then kill it there.
+        async with db.transaction():
+            await db.execute("LOCK TABLE ktb_handlings IN SHARE MODE")
+            await fill(s, prefix, 500, 1500)
+
+            async def blocked() -> bool:
+                waiting = await db.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO ktb_handlings%'"
+                )
+                return bool(waiting)
+
+            await eventually(blocked, 30)
+            os.killpg(indexer.pid, signal.SIGKILL)
+            indexer.wait(10)
+        assert await indexed(500)
+        indexer = start_indexer(s, tmp_path / "indexer.log")
+        await eventually(lambda: indexed(2000), 60)
+    finally:
+        if indexer.poll() is None:
+            os.killpg(indexer.pid, signal.SIGTERM)
+            indexer.wait(30)
+
+
+async def test_database_outage_answers_503_and_loses_nothing(
+    stack, services, topics, settings, catalog, client, uid, tmp_path
+):
+    if stack.postgres is None:
+        pytest.skip("the database is not this session's own (KTB_DATABASE_URL)")
+    task_queue = f"outage-{uid}"
+    config = routes_config(
+        [
+            {
+                "name": "quick",
+                "topic": topics["orders"],
+                "type": "com.example.order.placed",
+                "action": "start",
+                "workflow": "KtbApiTestQuick",
+                "task_queue": task_queue,
+                "workflow_id": f"outage-{uid}-{{data.order_id}}",
+                "memo": {"outcome_topic": topics["outcomes"]},
+            }
+        ]
+    )
+    s = own_settings(settings, uid, tmp_path, routes_file=write_routes(tmp_path / "r.yaml", config))
+    await ensure_topics(s, {s.provenance_topic: 3})
+    postgres = stack.postgres
+    async with (
+        running_worker(s, catalog, client, task_queue, [QuickOrder], provenance=True),
+        running_bridge(s, catalog, client, config, provenance=True),
+        running_api(s) as url,
+        httpx.AsyncClient(base_url=url, timeout=30) as http,
+    ):
+        assert postgres.service is not None
+        postgres.service.stop()
+        try:
+            lookup = await http.get(f"/events/during-{uid}")
+            assert lookup.status_code == 503, lookup.text
+            assert lookup.json()["type"] == "urn:ktb:problem:database-unavailable"
+            assert (await http.get("/readyz")).json()["checks"]["database"] == "unreachable"
+            # The bridge's own path does not need the database.
+            await services.produce(
+                topics["orders"],
+                "com.example.order.placed",
+                order_data(f"d-{uid}"),
+                key=f"d-{uid}",
+                id=f"during-{uid}",
+            )
+            result = await workflow_result(client, f"outage-{uid}-d-{uid}")
+            assert result["order_id"] == f"d-{uid}"
+
+            async def paused() -> bool:
+                return "ktb_indexer_paused 1.0" in (await http.get("/metrics")).text
+
+            await eventually(paused, 30)
+        finally:
+            postgres.start()
+            await postgres.wait_ready()
+
+        async def indexed() -> dict[str, Any]:
+            response = await http.get(f"/events/during-{uid}")
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        view = await eventually(indexed, 60)
+        assert (view["outcome"], view["workflow_id"]) == ("started", f"outage-{uid}-d-{uid}")
+        assert len(view["handlings"]) == 1
+        assert view["published"] and view["published"][0]["type"] == "com.example.order.completed"
+
+
+async def test_retention_drops_whole_days(db, uid):
+    today = datetime.now(UTC).date()
+    old, kept = today - timedelta(days=40), today - timedelta(days=29)
+    await partitions.ensure_days(db, [old, kept, today])
+    long_ago = datetime.combine(old, datetime.min.time(), UTC)
+    await db.execute(
+        "INSERT INTO ktb_produced (event_id, at, type, topic) VALUES ($1, $2, 't', 'orders')",
+        f"old-{uid}",
+        long_ago,
+    )
+    dropped = await partitions.drop_expired(db, retention_days=30)
+    assert set(dropped) >= {
+        partitions.partition_name("ktb_handlings", old),
+        partitions.partition_name("ktb_published", old),
+    }
+    days = await partitions.existing_days(db, "ktb_handlings")
+    assert old not in days and {kept, today} <= days
+    assert (
+        await db.fetchval("SELECT count(*) FROM ktb_produced WHERE event_id = $1", f"old-{uid}")
+        == 0
+    )
