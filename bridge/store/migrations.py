@@ -72,7 +72,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             workflow_id text NOT NULL,
             ce_id text NOT NULL,
             type text NOT NULL,
-            kind text NOT NULL,
+            published_kind text NOT NULL,
             topic text NOT NULL,
             partition integer NOT NULL,
             "offset" bigint NOT NULL,

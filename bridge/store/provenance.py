@@ -40,7 +40,7 @@ HANDLING_TYPES = (
     "text", "text",
 )  # fmt: skip
 PUBLISHED_COLUMNS = (
-    "at", "source_partition", "source_offset", "workflow_id", "ce_id", "type", "kind",
+    "at", "source_partition", "source_offset", "workflow_id", "ce_id", "type", "published_kind",
     "topic", "partition", "offset", "causation_id", "tenant_id",
 )  # fmt: skip
 PUBLISHED_TYPES = (
