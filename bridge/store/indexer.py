@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
@@ -63,6 +64,7 @@ class Indexer:
         await kafka.start(consumer, self.settings)
         self._consumer = consumer
         self._task = asyncio.create_task(self._run(consumer), name="ktb-indexer")
+        self._task.add_done_callback(_log_end)
 
     async def stop(self) -> None:
         """Stop indexing; a batch not yet committed is read again by the next indexer."""
@@ -109,6 +111,9 @@ class Indexer:
         except DatabaseUnavailable as exc:
             log.warning("retention postponed: %s", exc.message)
             return 30.0
+        except asyncpg.PostgresError as exc:
+            # Retention refused (permissions, a lock held too long) must not stop indexing.
+            log.error("retention failed, retrying in an hour: %s", exc)
         return EXPIRE_EVERY_S
 
     async def _write(self, batch: Batch) -> None:
@@ -153,3 +158,9 @@ class Indexer:
                 return
         self.caught_up.set()
         log.info("provenance indexer caught up (%s)", self.settings.indexer_group)
+
+
+def _log_end(task: asyncio.Task[None]) -> None:
+    """An indexer that stops by itself is a bug: say so (``ktb indexer`` exits with it)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the provenance indexer stopped", exc_info=task.exception())

@@ -185,15 +185,24 @@ class ProvenanceStore:
         if not batch.rows:
             return
         async with self.database.connection() as conn:
-            missing = batch.days - self._days
-            if missing:
-                await partitions.ensure_days(conn, missing)
-                self._days |= missing
-            async with conn.transaction():
-                if batch.handlings[0]:
-                    await conn.execute(INSERT_HANDLINGS, *batch.handlings)
-                if batch.published[0]:
-                    await conn.execute(INSERT_PUBLISHED, *batch.published)
+            try:
+                await self._write(conn, batch)
+            except asyncpg.CheckViolationError:
+                # A day's partition this process created is gone (dropped by hand, or a
+                # database restored from elsewhere): create it again and write once more.
+                self._days.clear()
+                await self._write(conn, batch)
+
+    async def _write(self, conn: asyncpg.Connection, batch: Batch) -> None:
+        missing = batch.days - self._days
+        if missing:
+            await partitions.ensure_days(conn, missing)
+            self._days |= missing
+        async with conn.transaction():
+            if batch.handlings[0]:
+                await conn.execute(INSERT_HANDLINGS, *batch.handlings)
+            if batch.published[0]:
+                await conn.execute(INSERT_PUBLISHED, *batch.published)
 
     async def expire(self) -> list[str]:
         """Drop what is older than the retention; the partitions dropped."""
