@@ -120,12 +120,23 @@ async def get_event(
 async def list_events(
     state: State,
     caller: CallerDep,
-    key: Annotated[str | None, Query(max_length=1000, description="Business key")] = None,
+    key: Annotated[
+        str | None,
+        Query(
+            max_length=visibility.MAX_CHARS, pattern=visibility.PATTERN, description="Business key"
+        ),
+    ] = None,
     workflow_id: Annotated[
-        str | None, Query(max_length=1000, description="Workflow an event reached")
+        str | None,
+        Query(
+            max_length=visibility.MAX_CHARS,
+            pattern=visibility.PATTERN,
+            description="Workflow an event reached",
+        ),
     ] = None,
     topic: Annotated[
-        str | None, Query(max_length=249, description="Topic it was read from")
+        str | None,
+        Query(max_length=249, pattern=visibility.PATTERN, description="Topic it was read from"),
     ] = None,
     partition: Annotated[int | None, Query(ge=0, description="With `topic`")] = None,
     offset: Annotated[int | None, Query(ge=0, description="With `topic` and `partition`")] = None,

@@ -302,6 +302,7 @@ async def test_database_outage_answers_503_and_loses_nothing(
         async def indexed() -> dict[str, Any]:
             response = await http.get(f"/events/during-{uid}")
             assert response.status_code == 200, response.text
+            assert response.json()["handlings"], response.text
             return response.json()
 
         view = await eventually(indexed, 60)
