@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
+from pydantic import SecretStr
 
 from bench.common import BenchContext, Row, ScenarioResult, fmt, percentile, ratio, rounded
 from bridge import kafka
@@ -162,7 +163,9 @@ async def load(url: str, rows: int) -> None:
     today = datetime.now(UTC).date()
     conn = await asyncpg.connect(url)
     try:
-        await store_partitions.ensure_days(conn, [today - timedelta(days=d) for d in range(DAYS)])
+        await store_partitions.ensure_days(
+            conn, [today - timedelta(days=d) for d in range(DAYS + 1)]
+        )
         await conn.execute("SET synchronous_commit = off")
         chunk = 1_000_000
         for start in range(0, rows, chunk):
@@ -172,7 +175,7 @@ async def load(url: str, rows: int) -> None:
                 INSERT INTO ktb_handlings (at, source_partition, source_offset, event_id,
                     tenant_id, event_type, key, topic, partition, "offset", route, action,
                     outcome, workflow_id, run_id, detail, via)
-                SELECT now() - make_interval(days => g % $3, secs => (g % 86000)::float8),
+                SELECT now() - make_interval(days => (g % $3)::int, secs => (g % 86000)::float8),
                     -1, g, 'bench-' || g, 'bench', 'com.example.order.placed',
                     'o-' || (g % 1000000), 'orders', g % 12, g,
                     'orders', CASE WHEN g % 2 = 0 THEN 'start' END,
@@ -257,7 +260,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     async with own_database(ctx) as url:
         settings = ctx.settings.model_copy(
             update={
-                "database_url": url,
+                "database_url": SecretStr(url),
                 "provenance_topic": f"ktb.provenance-bench-{uid}",
                 "data_dir": ctx.work_dir,
             }
