@@ -408,7 +408,12 @@ class Engine:
         backoff = Backoff(self.retry_initial_s, self.retry_max_s, jitter=True)
         while not state.closing:
             block = state.policies.blocks.get(item.block.key)
-            if block is None or block.letter != item.block.letter or not block.discarded:
+            if (
+                block is None
+                or block.letter != item.block.letter
+                or not block.discarded
+                or block.released
+            ):
                 return True  # released already, or blocked by another letter since
             try:
                 return await self.policies.release(tp, state, block, self._process) is not None

@@ -17,8 +17,10 @@
   ``ktb bridge resume`` tries it again, or with ``--skip`` dead-letters it.
 
 Which keys are blocked and which partitions are paused lives on ``ktb.parking``, a
-compacted topic (one entry per blocked key or paused partition, a tombstone when it
-ends). Every bridge reads it from the beginning when it starts and follows it: a
+compacted topic (one entry per blocked key or paused partition; a pause ends with a
+tombstone, a released key keeps its entry marked released, so that its failed record
+read again before its offset was committed is not dead-lettered and blocked twice).
+Every bridge reads it from the beginning when it starts and follows it: a
 partition is processed only once the state has been read to its end, so a restart,
 a rebalance or another instance finds the same blocks; a discard or a resume
 written there reaches whichever bridge holds the partition. Each step is
@@ -117,6 +119,9 @@ class Block:
     last_parked: int = -1
     """Original offset of the latest record parked (one read again is not parked twice)."""
     discarded: bool = False
+    released: bool = False
+    """The key was released. The entry stays so that its failed record, read again
+    before its offset was committed, is not dead-lettered and blocked a second time."""
     """The letter was discarded: the bridge holding the partition releases the key."""
     tenant: str | None = None
     """The blocking record's tenant (``ce_tenantid``)."""
@@ -320,12 +325,16 @@ class ParkingState:
         else:
             self.entries[name] = entry
 
-    def blocks(self, topic: str | None = None, partition: int | None = None) -> list[Block]:
-        """The blocked keys (of ``topic``, of ``partition``)."""
+    def blocks(
+        self, topic: str | None = None, partition: int | None = None, *, released: bool = False
+    ) -> list[Block]:
+        """The blocked keys (of ``topic``, of ``partition``); ``released``: with the keys
+        released since."""
         return [
             e
             for e in self.entries.values()
             if isinstance(e, Block)
+            and (released or not e.released)
             and (topic is None or e.topic == topic)
             and (partition is None or e.partition == partition)
         ]
@@ -523,10 +532,10 @@ class FailurePolicies:
         (their release is due)."""
         if self.state is None:
             return []
-        blocks = self.state.blocks(tp.topic, tp.partition)
+        blocks = self.state.blocks(tp.topic, tp.partition, released=True)
         state.policies.blocks = {b.key: b for b in blocks}
         self._gauge(tp.topic)
-        return [b for b in blocks if b.discarded]
+        return [b for b in blocks if b.discarded and not b.released]
 
     def forget(self, tp: TopicPartition) -> None:
         """``tp`` is no longer held: its parked records leave this bridge's gauge."""
@@ -538,6 +547,7 @@ class FailurePolicies:
             for tp, state in self.partitions.items()
             if tp.topic == topic
             for b in state.policies.blocks.values()
+            if not b.released
         )
         self.metrics.parked_records.labels(topic).set(total)
 
@@ -558,6 +568,10 @@ class FailurePolicies:
             return lettered
         key = record.key
         block = mine.blocks.get(key) if key is not None else None
+        if block is not None and block.released:
+            if record.offset == block.after and self.live and not _redriven(record):
+                return Result(Outcome.DEAD_LETTERED, detail=f"dead-lettered as {block.letter}")
+            block = None  # released: the key flows (a record read again is a repeat)
         if block is not None and not isinstance(record, ParkedRecord):
             if record.offset == block.after and self.live:
                 # The blocking record read again (its offset was not committed): its
@@ -624,6 +638,8 @@ class FailurePolicies:
         key = record.key
         assert key is not None
         previous = mine.blocks.get(key)
+        if previous is not None and previous.released:
+            previous = None
         letter = result.letter or f"{record.topic}.dlq:?:{record.offset}"
         if previous is None:
             block = Block(
@@ -721,8 +737,9 @@ class FailurePolicies:
                 block = replace(current, after=parked.offset, parked=max(0, current.parked - 1))
                 mine.blocks[block.key] = block
         assert self.state is not None
-        await self.state.put(block.id, None)
-        mine.blocks.pop(block.key, None)
+        done = replace(block, released=True, discarded=False, parked=0)
+        await self.state.put(block.id, done)
+        mine.blocks[block.key] = done
         self._gauge(tp.topic)
         log.info(
             "released %d parked records of a key on %s[%d]", len(records), tp.topic, tp.partition
@@ -809,10 +826,19 @@ class FailurePolicies:
     def discarded(self, tp: TopicPartition, state: PartitionState, block: Block) -> bool:
         """Take a discard written on ``ktb.parking``; whether a release is due."""
         current = state.policies.blocks.get(block.key)
-        if current is None or current.letter != block.letter or current.discarded:
+        if (
+            current is None
+            or current.letter != block.letter
+            or current.discarded
+            or current.released
+        ):
             return False
         state.policies.blocks[block.key] = replace(current, discarded=True)
         return True
+
+
+def _redriven(record: RecordLike) -> bool:
+    return _header(record.headers, REDRIVE_OF) is not None
 
 
 def _tenant(record: RecordLike) -> str | None:
