@@ -120,10 +120,10 @@ CONFIRMED = "com.example.payment.confirmed"
 class BuggyIngress(Ingress):
     """Handling a record whose event id starts with ``bug-`` raises an unexpected error."""
 
-    async def handle(self, record: RecordLike) -> Any:
+    async def handle(self, record: RecordLike, closed: asyncio.Event | None = None) -> Any:
         if dict(record.headers).get("ce_id", b"").startswith(b"bug-"):
             raise RuntimeError("a bug in the handling of one record (injected)")
-        return await super().handle(record)
+        return await super().handle(record, closed)
 
 
 class FlakyDeadLetters(DeadLetterPublisher):
@@ -253,9 +253,9 @@ class SwallowingIngress(Ingress):
     """Turns its task's cancellation into an error, as temporalio does for an update in
     flight (``WorkflowUpdateRPCTimeoutOrCancelledError``): the engine must stop anyway."""
 
-    async def handle(self, record: RecordLike) -> Any:
+    async def handle(self, record: RecordLike, closed: asyncio.Event | None = None) -> Any:
         try:
-            return await super().handle(record)
+            return await super().handle(record, closed)
         except asyncio.CancelledError:
             raise WorkflowUpdateRPCTimeoutOrCancelledError() from None
 
