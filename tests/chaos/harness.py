@@ -582,14 +582,18 @@ class Chaos:
 
     async def _release_parked(self) -> None:
         """Discard the letters blocking the parked keys, as an operator would, for as
-        long as the run lasts (the bridges act on the discards)."""
+        long as the run lasts (the bridges act on the discards). A letter is discarded only
+        once a record is parked behind it: discarded earlier, it would release nothing and
+        the key's later records would flow live, never parked."""
         wanted = {k.encode() for k in self.parked_keys}
         while True:
             await asyncio.sleep(2)
             with contextlib.suppress(Exception):  # Kafka restarts: the next round tries
                 async with read_parking(self.settings) as state:
                     blocks = [
-                        b for b in state.blocks(ORDERS) if b.key in wanted and not b.discarded
+                        b
+                        for b in state.blocks(ORDERS)
+                        if b.key in wanted and not b.discarded and b.parked > 0
                     ]
                 for block in blocks:
                     dlq, partition, offset = block.letter.rsplit(":", 2)
