@@ -9,7 +9,6 @@ event id, when a window closes, what it takes, in which order).
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from pydantic import (
 )
 
 from bridge.dedupe import EventDedupe
+from bridge.scheduling import parse_duration as parse_text_duration
 
 if TYPE_CHECKING:
     from bridge.envelope import Event
@@ -218,22 +218,23 @@ def collector_id(tenant: str | None, workflow_id: str) -> str:
 
 # --- route options --------------------------------------------------------------------
 
-_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
 
 def parse_duration(value: Any) -> timedelta:
-    """``"500ms"``, ``"2s"``, ``"1.5m"``, ``"1h"``, or a number of seconds, as a ``timedelta``."""
+    """A route option's duration: what ``start_delay`` takes (``"500ms"``, ``"2s"``,
+    ``"1h30m"``, ``"PT5M"``; ``bridge.scheduling.parse_duration``), signed so that a
+    negative one is refused by its option's rule, or a number of seconds."""
     if isinstance(value, timedelta):
         return value
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration")
     if isinstance(value, int | float):
         return timedelta(seconds=value)
-    match = _DURATION.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise ValueError(f"{value!r} is not a duration (a number with ms, s, m or h: 500ms, 2s)")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    text = value.replace(" ", "") if isinstance(value, str) else ""
+    negative = text.startswith("-")
+    duration = parse_text_duration(text[1:] if negative else text) if text else None
+    if duration is None:
+        raise ValueError(f"{value!r} is not a duration (a number with a unit: 500ms, 2s, 1h30m)")
+    return -duration if negative else duration
 
 
 def format_duration(value: timedelta) -> str:

@@ -166,6 +166,6 @@ class Ingress:
         return DeadLettered(
             Outcome.DEAD_LETTERED,
             detail=f"{exc.error_type}: {exc.message} -> {letter.topic}@{letter.offset}",
-            letter=f"{letter.topic}:{letter.partition}:{letter.offset}",
+            letter=letter.name,
             policy=policy,
         )

@@ -47,7 +47,17 @@ from aiokafka.errors import KafkaError
 
 from bridge import kafka
 from bridge.dispatch import Outcome, Result
-from bridge.dlq.publisher import ORIGINAL_OFFSET, ORIGINAL_PARTITION, ORIGINAL_TOPIC, REDRIVE_OF
+from bridge.dlq.letters import letter_header
+from bridge.dlq.publisher import (
+    ORIGINAL_OFFSET,
+    ORIGINAL_PARTITION,
+    ORIGINAL_TOPIC,
+    REDRIVE_OF,
+    letter_name,
+)
+from bridge.dlq.publisher import (
+    dlq_topic as dlq_topic_of,
+)
 from bridge.dlq.records import batches, fetching_consumer, reader
 from bridge.envelope import TENANT, RecordLike, ce_attribute
 from bridge.errors import InvalidRequestError, PauseRequested, PermanentError, TransientError
@@ -98,7 +108,8 @@ def pause_id(topic: str, partition: int) -> str:
 
 
 def _header(headers: Iterable[tuple[str, bytes]], name: str) -> str | None:
-    return next((v.decode("utf-8", "replace") for k, v in headers if k == name), None)
+    raw = letter_header(headers, name)
+    return raw.decode("utf-8", "replace") if raw is not None else None
 
 
 @dataclass(frozen=True)
@@ -640,7 +651,7 @@ class FailurePolicies:
         previous = mine.blocks.get(key)
         if previous is not None and previous.released:
             previous = None
-        letter = result.letter or f"{record.topic}.dlq:?:{record.offset}"
+        letter = result.letter or f"{dlq_topic_of(record.topic)}:?:{record.offset}"
         if previous is None:
             block = Block(
                 record.topic, record.partition, key, letter, record.offset,
@@ -882,7 +893,7 @@ async def discard(
     async with read_parking(settings, write=True) as state:
         by_letter = {b.letter: b for b in state.blocks()}
         for letter in letters:
-            name = f"{dlq_topic}:{letter.ref}"
+            name = letter_name(dlq_topic, letter.ref.partition, letter.ref.offset)
             block = by_letter.get(name)
             if block is None:
                 report.not_blocking.append(str(letter.ref))
@@ -894,11 +905,6 @@ async def discard(
                 "key": block.key.decode("utf-8", "replace"), "parked": block.parked,
             })  # fmt: skip
     return report
-
-
-def letter_name(dlq_topic: str, partition: int, offset: int) -> str:
-    """How blocks and parked records name a letter."""
-    return f"{dlq_topic}:{partition}:{offset}"
 
 
 async def parked_counts(settings: Settings, dlq_topic: str) -> dict[str, int]:

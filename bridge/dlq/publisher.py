@@ -67,6 +67,11 @@ def bounded(text: str, limit: int = MAX_MESSAGE_BYTES) -> bytes:
     return raw[:limit].decode("utf-8", "ignore").encode("utf-8")
 
 
+def letter_name(dlq_topic: str, partition: int, offset: int) -> str:
+    """How failure policies name a letter: ``<dlq topic>:<partition>:<offset>``."""
+    return f"{dlq_topic}:{partition}:{offset}"
+
+
 @dataclass(frozen=True)
 class WrittenLetter:
     """Where the publisher wrote a dead letter."""
@@ -76,6 +81,11 @@ class WrittenLetter:
     offset: int
     error_type: str
     """``too_large_to_copy`` when only the record's coordinates could be written."""
+
+    @property
+    def name(self) -> str:
+        """The letter's name (``letter_name``)."""
+        return letter_name(self.topic, self.partition, self.offset)
 
 
 class DeadLetterPublisher:
