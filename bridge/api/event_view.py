@@ -8,6 +8,7 @@ and Temporal.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime
 from typing import Annotated, Any
@@ -157,16 +158,20 @@ async def list_events(
         caller.scope, key=key, workflow_id=workflow_id, read=read, after=after,
         limit=page_size + 1,
     )  # fmt: skip
+    shown = [item for item, _ in found[:page_size]]
+    foreign = await _foreign_runs(
+        state, caller, {(i.workflow_id, i.run_id) for i in shown if i.workflow_id}
+    )
     items = [
         EventRecord(
-            **_handling(item).model_dump(),
+            **_handling(item, (item.workflow_id, item.run_id) in foreign).model_dump(),
             event_id=item.event_id or "",
             type=item.event_type,
             tenant_id=item.tenant_id,
             key=item.key,
             status_url=event_url(item.event_id or ""),
         )
-        for item, _ in found[:page_size]
+        for item in shown
     ]
     more = len(found) > page_size
     return EventPage(items=items, next_page_token=_token(found[page_size - 1][1]) if more else None)
@@ -195,15 +200,19 @@ async def _foreign_runs(
     state: ApiState, caller: Caller, runs: set[tuple[str, str | None]]
 ) -> set[tuple[str, str | None]]:
     """The (workflow id, run id) pairs among ``runs`` that belong to a tenant the caller
-    may not see. At most ``MAX_HANDLINGS`` pairs: one describe each, none with auth off."""
-    if not caller.authenticated:
+    may not see (a record written before the bridge checked targets' tenants): one
+    describe each, at once (at most a page's worth), none with auth off."""
+    if not caller.authenticated or not runs:
         return set()
-    foreign = set()
-    for workflow_id, run_id in runs:
-        execution = await lookup.describe(state.client, workflow_id, run_id)
-        if execution is not None and not lookup.visible_to(caller, execution):
-            foreign.add((workflow_id, run_id))
-    return foreign
+    pairs = list(runs)
+    executions = await asyncio.gather(
+        *(lookup.describe(state.client, workflow_id, run_id) for workflow_id, run_id in pairs)
+    )
+    return {
+        pair
+        for pair, execution in zip(pairs, executions, strict=True)
+        if execution is not None and not lookup.visible_to(caller, execution)
+    }
 
 
 def _not_found(event_id: str) -> Problem:

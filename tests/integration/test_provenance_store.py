@@ -18,6 +18,7 @@ import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
 from bridge import kafka
 from bridge.api.auth import hash_key
@@ -25,6 +26,7 @@ from bridge.kafka import ensure_topics
 from bridge.provenance import EventProvenance
 from bridge.settings import Settings
 from bridge.store import partitions
+from bridge.temporal import attributes
 from tests.integration.api_workflows import QuickOrder
 from tests.support import (
     StackInfo,
@@ -108,8 +110,11 @@ async def test_two_replicas_racing_on_one_new_id_accept_it_once(
     assert services.decode(record).id == f"race-{uid}"
 
 
-def provenance_record(event_id: str, n: int, at: str, tenant: str, key: str) -> bytes:
-    """One provenance record of a skipped event, as a bridge writes it."""
+def provenance_record(
+    event_id: str, n: int, at: str, tenant: str, key: str, workflow_id: str | None = None
+) -> bytes:
+    """One provenance record of a skipped event, as a bridge writes it (or, naming
+    ``workflow_id``, of a start)."""
     return json.dumps(
         vars(
             EventProvenance(
@@ -120,10 +125,10 @@ def provenance_record(event_id: str, n: int, at: str, tenant: str, key: str) -> 
                 topic="orders",
                 partition=0,
                 offset=n,
-                route=None,
-                action=None,
-                outcome="skipped",
-                workflow_id=None,
+                route="r" if workflow_id else None,
+                action="start" if workflow_id else None,
+                outcome="started" if workflow_id else "skipped",
+                workflow_id=workflow_id,
                 run_id=None,
                 detail=None,
                 at=at,
@@ -134,7 +139,13 @@ def provenance_record(event_id: str, n: int, at: str, tenant: str, key: str) -> 
 
 
 async def fill(
-    settings: Settings, prefix: str, start: int, count: int, tenant: str = "acme", key: str = "k"
+    settings: Settings,
+    prefix: str,
+    start: int,
+    count: int,
+    tenant: str = "acme",
+    key: str = "k",
+    workflow_id: str | None = None,
 ) -> None:
     """Append ``count`` provenance records of events ``<prefix>-<n>`` dated now."""
     now = datetime.now(UTC).isoformat()
@@ -142,7 +153,7 @@ async def fill(
     await producer.start()
     try:
         for n in range(start, start + count):
-            value = provenance_record(f"{prefix}-{n}", n, now, tenant, key)
+            value = provenance_record(f"{prefix}-{n}", n, now, tenant, key, workflow_id)
             await producer.send(settings.provenance_topic, value, key=f"{prefix}-{n}".encode())
         await producer.flush()
     finally:
@@ -334,3 +345,48 @@ async def test_retention_drops_whole_days(db, uid):
         await db.fetchval("SELECT count(*) FROM ktb_produced WHERE event_id = $1", f"old-{uid}")
         == 0
     )
+
+
+async def test_a_record_naming_another_tenants_workflow_hides_it(settings, client, uid, tmp_path):
+    """A record of tenant A that names B's workflow (written before the bridge checked
+    targets' tenants): A's listing and A's event view show the record, not B's workflow."""
+    keys = {"key-a": f"a-{uid}", "key-b": f"b-{uid}"}
+    s = own_settings(
+        settings, uid, tmp_path, api_auth=True, api_keys={hash_key(k): t for k, t in keys.items()}
+    )
+    theirs = f"theirs-{uid}"
+    handle = await client.start_workflow(
+        "NoWorkerRunsThis",
+        id=theirs,
+        task_queue=f"nobody-{uid}",
+        search_attributes=TypedSearchAttributes(
+            [SearchAttributePair(attributes.TENANT_ID, f"b-{uid}")]
+        ),
+    )
+    try:
+        await ensure_topics(s, {s.provenance_topic: 3})
+        await fill(s, f"old-{uid}", 0, 1, tenant=f"a-{uid}", key=f"k-{uid}", workflow_id=theirs)
+        async with running_api(s) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+            a, b = {"Authorization": "Bearer key-a"}, {"Authorization": "Bearer key-b"}
+
+            async def listed() -> list[dict[str, Any]]:
+                response = await http.get("/events", params={"key": f"k-{uid}"}, headers=a)
+                assert response.status_code == 200, response.text
+                return response.json()["items"]
+
+            items = await eventually(listed)
+            assert [i["event_id"] for i in items] == [f"old-{uid}-0"]
+            assert (items[0]["workflow_id"], items[0]["run_id"]) == (None, None)
+            by_workflow = await http.get("/events", params={"workflow_id": theirs}, headers=a)
+            assert by_workflow.status_code == 200, by_workflow.text
+            assert [i["workflow_id"] for i in by_workflow.json()["items"]] == [None]
+            view = await http.get(f"/events/old-{uid}-0", headers=a)
+            assert view.status_code == 200, view.text
+            assert view.json()["workflow_id"] is None
+            assert {h["workflow_id"] for h in view.json()["handlings"]} == {None}
+            # B sees neither A's record nor, through it, anything.
+            assert (await http.get(f"/events/old-{uid}-0", headers=b)).status_code == 404
+            theirs_listed = await http.get("/events", params={"workflow_id": theirs}, headers=b)
+            assert theirs_listed.json()["items"] == []
+    finally:
+        await handle.terminate()
