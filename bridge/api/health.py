@@ -67,7 +67,7 @@ async def readyz(request: Request, state: State) -> Response:
     )
     checks = {"kafka": kafka, "temporal": temporal, "database": "ok" if database else "unreachable"}
     if state.indexer is not None:
-        checks["provenance_index"] = "ok" if state.indexer.caught_up.is_set() else "catching up"
+        checks["provenance_index"] = state.indexer.state
     if all(v == "ok" for v in checks.values()):
         return JSONResponse(Ready(status="ready", checks=checks, paused=paused).model_dump())
     failing = ", ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok")

@@ -16,7 +16,7 @@ import contextlib
 import logging
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from bridge import kafka
@@ -45,6 +45,8 @@ class Indexer:
         self.caught_up = asyncio.Event()
         """Set once this indexer has written everything its partitions held when assigned."""
         self._targets: dict[TopicPartition, int] = {}
+        self._joined = False
+        """Set once the group assigned this indexer its partitions (possibly none)."""
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -52,7 +54,6 @@ class Indexer:
         """Join the indexers' group and index in the background."""
         consumer = kafka.consumer(
             self.settings,
-            self.topic,
             group_id=self.settings.indexer_group,
             auto_offset_reset="earliest",
             enable_auto_commit=False,
@@ -62,6 +63,7 @@ class Indexer:
         )
         await ensure_topics(self.settings, {self.topic: PARTITIONS})
         await kafka.start(consumer, self.settings)
+        consumer.subscribe([self.topic], listener=_Joined(self))
         self._consumer = consumer
         self._task = asyncio.create_task(self._run(consumer), name="ktb-indexer")
         self._task.add_done_callback(_log_end)
@@ -146,10 +148,17 @@ class Indexer:
             # records next writes them again, which changes nothing.
             log.info("offsets of the provenance batch not committed: %s", exc)
 
+    @property
+    def state(self) -> str:
+        """For readiness: ``ok``, ``catching up``, or ``stopped`` (the task ended: a bug)."""
+        if self._task is not None and self._task.done():
+            return "stopped"
+        return "ok" if self.caught_up.is_set() else "catching up"
+
     async def _check_caught_up(self, consumer: AIOKafkaConsumer) -> None:
-        assigned = consumer.assignment()
-        if not assigned:
+        if not self._joined:
             return
+        assigned = consumer.assignment()
         missing = [tp for tp in assigned if tp not in self._targets]
         if missing:
             self._targets.update(await consumer.end_offsets(missing))
@@ -158,6 +167,21 @@ class Indexer:
                 return
         self.caught_up.set()
         log.info("provenance indexer caught up (%s)", self.settings.indexer_group)
+
+
+class _Joined(ConsumerRebalanceListener):
+    """Marks the indexer joined: with more indexers than partitions, one that was
+    assigned none has nothing to catch up with (lookups read the shared database)."""
+
+    def __init__(self, indexer: Indexer) -> None:
+        self.indexer = indexer
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Nothing to hand over: offsets are committed after each batch's transaction."""
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        """The group's answer, possibly no partitions."""
+        self.indexer._joined = True
 
 
 def _log_end(task: asyncio.Task[None]) -> None:

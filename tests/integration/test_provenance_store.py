@@ -82,11 +82,21 @@ async def test_two_replicas_racing_on_one_new_id_accept_it_once(
             "data": order_data(f"o-{uid}"),
         }
     )
+    # One partition for two replicas' indexers: one of them is assigned none.
+    await ensure_topics(s, {s.provenance_topic: 1})
     async with (
         running_api(s) as first,
         running_api(s) as second,
         httpx.AsyncClient(timeout=30) as http,
     ):
+
+        async def both_ready() -> bool:
+            answers = [(await http.get(f"{url}/readyz")).json() for url in (first, second)]
+            indexes = sorted(a["checks"]["provenance_index"] for a in answers)
+            assert indexes in (["ok", "ok"], ["catching up", "ok"]), answers
+            return indexes == ["ok", "ok"]
+
+        await eventually(both_ready, 60)
         answers = await asyncio.gather(
             *(
                 http.post(f"{url}/events", content=body, headers=CE_JSON)
