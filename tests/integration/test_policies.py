@@ -357,3 +357,44 @@ async def test_through_the_api_a_tenant_lists_and_discards_only_its_own(
         assert answer.status_code == 200, answer.text
         assert [r["letter"] for r in answer.json()["released"]] == ["0:0"]
         await in_order(client, ids)
+
+
+async def test_through_the_api_a_tenant_resumes_only_its_own_pause(
+    services: Services,
+    settings: Settings,
+    catalog: SchemaCatalog,
+    client: Client,
+    uid: str,
+    tmp_path: Path,
+) -> None:
+    topic = await one_partition(settings, uid)
+    config = routes(topic, uid, on_failure="pause")
+    settings = api_settings(settings, uid, tmp_path, config)
+    tenant = f"a-{uid}"
+    async with (
+        running_worker(settings, catalog, client, f"tq-{uid}", [Noop]),
+        running_bridge(settings, catalog, client, config),
+        running_api(settings) as url,
+        httpx.AsyncClient(base_url=url, timeout=30, headers=bearer(KEY_A)) as a,
+        httpx.AsyncClient(base_url=url, timeout=30, headers=bearer(KEY_B)) as b,
+    ):
+        await poison(services, topic, "k", tenant)
+        await services.produce(topic, PLACED, order_data("j0"), key="j", tenant=tenant)
+
+        async def paused() -> bool:
+            return any(p.topic == topic for p in await paused_partitions(settings))
+
+        await eventually(paused, timeout=60)
+        body = {"topic": topic, "partition": 0, "skip": True}
+        refused = await b.post("/bridge/resume", json=body)
+        assert refused.status_code == 422, refused.text
+        assert await start_times(client, [f"{tenant}:wf-{uid}-j0"]) is None
+        answer = await a.post("/bridge/resume", json=body)
+        assert answer.status_code == 200 and answer.json()["decision"] == "skip", answer.text
+        await eventually(lambda: exists(client, f"{tenant}:wf-{uid}-j0"), timeout=60)
+        await eventually(lambda: at_end(services, topic), timeout=60)
+        assert [
+            x["offset"]
+            for x in (await a.get("/dlq", params={"topic": f"{topic}.dlq"})).json()["letters"]
+        ] == [0]
+        assert (await b.get("/dlq", params={"topic": f"{topic}.dlq"})).json()["letters"] == []
