@@ -46,6 +46,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from bridge import kafka
+from bridge.backoff import Backoff
 from bridge.dispatch import Outcome, Result
 from bridge.dlq.letters import letter_header
 from bridge.dlq.publisher import (
@@ -811,7 +812,7 @@ class FailurePolicies:
         """Write an entry, trying again while Kafka refuses, until the partition closes."""
         if self.state is None:
             return
-        delay = self.settings.retry_initial_s
+        backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s, jitter=True)
         while not state.closing:
             try:
                 await self.state.put(name, entry)
@@ -819,9 +820,8 @@ class FailurePolicies:
             except TransientError as exc:
                 log.warning("writing %s failed (%s); trying again", name, exc.message)
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
+                    async with asyncio.timeout(backoff.next()):
                         await state.closed.wait()
-                delay = min(delay * 2, self.settings.retry_max_s)
 
     def decided(self, tp: TopicPartition, state: PartitionState, entry: Pause) -> None:
         """Take an operator's decision written on ``ktb.parking`` for a paused partition."""

@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from bridge import kafka
+from bridge.backoff import Backoff
 from bridge.errors import DatabaseUnavailable
 from bridge.kafka import ensure_topics, stop_consumer
 from bridge.observability.metrics import Metrics
@@ -120,7 +121,7 @@ class Indexer:
 
     async def _write(self, batch: Batch) -> None:
         """Write ``batch``, waiting out the database being down (nothing is fetched meanwhile)."""
-        delay = self.settings.retry_initial_s
+        backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
         paused = False
         while True:
             try:
@@ -131,8 +132,7 @@ class Indexer:
                     log.warning("indexer paused, retrying the batch: %s", exc.message)
                     paused = True
                     self.metrics.indexer_paused.set(1)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.retry_max_s)
+                await asyncio.sleep(backoff.next())
         if paused:
             log.info("indexer resumed: the database answers again")
             self.metrics.indexer_paused.set(0)
