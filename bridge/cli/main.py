@@ -148,10 +148,7 @@ def indexer() -> None:
 
     settings = load_settings()
     logs.setup(settings.log_level, console=settings.log_format == "console")
-    try:
-        asyncio.run(run_indexer(settings))
-    except BridgeError as exc:
-        fail(exc.message, 1)
+    run(run_indexer(settings))
 
 
 @app.command("api-key")
