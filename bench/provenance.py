@@ -66,8 +66,7 @@ async def own_database(ctx: BenchContext) -> AsyncIterator[str]:
             await conn.close()
         yield server.url
     finally:
-        if server.service is not None:
-            server.service.stop()
+        server.stop()
 
 
 def record(n: int, uid: str, at: str) -> bytes:

@@ -169,3 +169,5 @@ class LocalStack:
         """Stop the services this stack started, the registry first, Kafka last."""
         for svc in reversed(self.services()):
             svc.stop()
+        if self.postgres is not None:
+            self.postgres.stop()  # stopped already; removes a cluster that is not durable

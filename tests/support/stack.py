@@ -167,8 +167,7 @@ def _database(directory: Callable[[], Path]) -> Iterator[tuple[str, PostgresServ
         asyncio.run(migrate_database(Settings(database_url=server.url)))
         yield server.url, server
     finally:
-        if server.service is not None:
-            server.service.stop()
+        server.stop()
 
 
 @contextlib.contextmanager
