@@ -55,9 +55,10 @@ async def get_event(
     tenants), and a workflow of another tenant that a record names (one written before
     the bridge checked targets' tenants) is left out, as are its published events.
     """
-    handlings = await state.store.handlings(event_id, caller.scope)
+    handlings, produced = await asyncio.gather(
+        state.store.handlings(event_id, caller.scope), state.store.produced(event_id)
+    )
     primary = primary_of(handlings)
-    produced = await state.store.produced(event_id)
     if produced is not None and not caller.may_see(produced.tenant_id):
         produced = None
     workflow_id = primary.workflow_id if primary else None
@@ -85,13 +86,22 @@ async def get_event(
     if not caller.may_see(tenant):
         raise _not_found(event_id)
     runs = {(h.workflow_id, h.run_id) for h in handlings if h.workflow_id}
-    foreign = await _foreign_runs(state, caller, runs)
+    described = await _described_runs(state, caller, runs)
+    foreign = _foreign(caller, described)
     if (workflow_id, run_id) in foreign:
         workflow_id = run_id = None
-    if execution is None and workflow_id is not None:
-        execution = await lookup.describe(state.client, workflow_id, run_id)
+    elif execution is None and workflow_id is not None:
+        execution = described.get((workflow_id, run_id))
+    published: list[PublishedProvenance] = []
+    if workflow_id is not None:
+        reading = state.store.published(workflow_id, caller.scope)
+        if execution is None:
+            execution, published = await asyncio.gather(
+                lookup.describe(state.client, workflow_id, run_id), reading
+            )
+        else:
+            published = await reading
     process = lookup.summary(execution) if execution is not None else None
-    published = await state.store.published(workflow_id, caller.scope) if workflow_id else []
     return EventView(
         event_id=event_id,
         type=event_type,
@@ -159,9 +169,8 @@ async def list_events(
         limit=page_size + 1,
     )  # fmt: skip
     shown = [item for item, _ in found[:page_size]]
-    foreign = await _foreign_runs(
-        state, caller, {(i.workflow_id, i.run_id) for i in shown if i.workflow_id}
-    )
+    runs = {(i.workflow_id, i.run_id) for i in shown if i.workflow_id}
+    foreign = _foreign(caller, await _described_runs(state, caller, runs))
     items = [
         EventRecord(
             **_handling(item, (item.workflow_id, item.run_id) in foreign).model_dump(),
@@ -196,21 +205,30 @@ def _cursor(token: str) -> Cursor:
         raise Problem(422, "validation-error", "page_token is not a token we issued") from exc
 
 
-async def _foreign_runs(
-    state: ApiState, caller: Caller, runs: set[tuple[str, str | None]]
-) -> set[tuple[str, str | None]]:
-    """The (workflow id, run id) pairs among ``runs`` that belong to a tenant the caller
-    may not see (a record written before the bridge checked targets' tenants): one
-    describe each, at once (at most a page's worth), none with auth off."""
+Run = tuple[str, str | None]
+"""A workflow id and run id a record names."""
+
+
+async def _described_runs(
+    state: ApiState, caller: Caller, runs: set[Run]
+) -> dict[Run, WorkflowExecution | None]:
+    """The runs a record names, described to tell whose they are: one describe each,
+    at once (at most a page's worth), none with auth off (every run may be seen)."""
     if not caller.authenticated or not runs:
-        return set()
+        return {}
     pairs = list(runs)
     executions = await asyncio.gather(
         *(lookup.describe(state.client, workflow_id, run_id) for workflow_id, run_id in pairs)
     )
+    return dict(zip(pairs, executions, strict=True))
+
+
+def _foreign(caller: Caller, described: dict[Run, WorkflowExecution | None]) -> set[Run]:
+    """The runs that belong to a tenant the caller may not see (a record written before
+    the bridge checked targets' tenants)."""
     return {
-        pair
-        for pair, execution in zip(pairs, executions, strict=True)
+        run
+        for run, execution in described.items()
         if execution is not None and not lookup.visible_to(caller, execution)
     }
 

@@ -143,25 +143,6 @@ def _tenant(caller: Caller, inbound: StructuredEvent) -> str | None:
     return caller.tenant
 
 
-async def _earlier(state: ApiState, event_id: str) -> Reservation | None:
-    """What an earlier use of ``event_id`` was: through ``POST /events`` on any replica,
-    or an event the bridge handled (produced to Kafka some other way)."""
-    earlier = await state.store.produced(event_id)
-    if earlier is not None:
-        return earlier
-    primary = await state.store.primary(event_id)
-    if primary is None:
-        return None
-    return Reservation(
-        event_id=event_id,
-        type=primary.event_type or "",
-        tenant_id=primary.tenant_id,
-        key=primary.key,
-        topic=primary.topic,
-        workflow_id=primary.workflow_id,
-    )
-
-
 def _duplicate(caller: Caller, earlier: Reservation) -> tuple[Reservation, bool]:
     """The answer to an id used before: the earlier event if the caller may see it."""
     if not caller.may_see(earlier.tenant_id):
@@ -193,9 +174,6 @@ async def produce(
             f"no topic for {inbound.type!r}: no route reads it and KTB_API_TOPICS has none",
         )
     event_id = inbound.id or str(uuid.uuid4())
-    earlier = await _earlier(state, event_id)
-    if earlier is not None:
-        return _duplicate(caller, earlier)
     try:
         record = encode_event(
             state.catalog,

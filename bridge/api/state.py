@@ -65,8 +65,16 @@ def topic_map(settings: Settings, config: RoutesConfig | None) -> dict[str, str]
     return out
 
 
-def get_state(request: Request) -> ApiState:
-    """The ``ApiState`` of the app serving ``request``."""
+async def get_state(request: Request) -> ApiState:
+    """The ``ApiState`` of the app serving ``request``.
+
+    Dependencies are ``async`` though they never wait: FastAPI runs a plain ``def``
+    dependency on a worker thread, a thread hop per request for nothing."""
+    return state_of(request)
+
+
+def state_of(request: Request) -> ApiState:
+    """The ``ApiState`` of the app serving ``request`` (for code outside dependencies)."""
     state: ApiState = request.app.state.ktb
     return state
 
@@ -74,12 +82,12 @@ def get_state(request: Request) -> ApiState:
 bearer = HTTPBearer(auto_error=False, description="An API key; `ktb api-key` makes one")
 
 
-def get_caller(
+async def get_caller(
     request: Request,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None,
 ) -> Caller:
     """Who is calling (401 problem for a missing or unknown key)."""
-    return get_state(request).keys.authenticate(request.headers.get("authorization"))
+    return state_of(request).keys.authenticate(request.headers.get("authorization"))
 
 
 State = Annotated[ApiState, Depends(get_state)]

@@ -60,6 +60,7 @@ class Database:
             timeout=self.timeout,
             command_timeout=self.timeout,
             max_inactive_connection_lifetime=60,
+            reset=_reset,
         )
 
     async def close(self) -> None:
@@ -101,3 +102,14 @@ class Database:
             log.warning("readiness: %s", exc.message)
             return False
         return True
+
+
+async def _reset(conn: asyncpg.Connection) -> None:
+    """Before a connection goes back to the pool: roll back a transaction left open.
+
+    asyncpg's default reset also runs ``RESET ALL; UNLISTEN *; CLOSE ALL;
+    pg_advisory_unlock_all()`` on every release, a round trip per query; ktb sets no
+    session state on pooled connections (the migration's lock is released by
+    ``migrate`` itself), so only an open transaction needs undoing."""
+    if conn.is_in_transaction():
+        await conn.reset()

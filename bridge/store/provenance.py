@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
 
+from bridge.errors import DatabaseUnavailable
 from bridge.provenance import EventProvenance, PublishedProvenance, parse
 from bridge.store import partitions
 from bridge.store.database import Database
@@ -240,7 +241,13 @@ class ProvenanceStore:
         return out
 
     async def _scoped(
-        self, table: str, column: str, value: str, scope: Scope, limit: int
+        self,
+        table: str,
+        column: str,
+        value: str,
+        scope: Scope,
+        limit: int,
+        conn: asyncpg.Connection | None = None,
     ) -> list[asyncpg.Record]:
         """Rows of ``table`` whose ``column`` is ``value``, in ``scope``, in topic order."""
         # Table and column are this module's constants, never input.
@@ -249,10 +256,13 @@ class ProvenanceStore:
             "AND ($2 OR tenant_id IS NOT DISTINCT FROM $3) "
             "ORDER BY source_partition, source_offset LIMIT $4"
         )
-        async with self.database.connection() as conn:
+        if conn is not None:
             rows: list[asyncpg.Record] = await conn.fetch(
                 query, value, scope.everyone, scope.tenant, limit
             )
+            return rows
+        async with self.database.connection() as own:
+            rows = await own.fetch(query, value, scope.everyone, scope.tenant, limit)
         return rows
 
     async def search(
@@ -308,29 +318,41 @@ class ProvenanceStore:
     # --- ids of POST /events -------------------------------------------------------
 
     async def reserve(self, item: Reservation) -> Reservation | None:
-        """Take ``item.event_id`` for ``POST /events``; ``None`` when taken now, else the
-        earlier reservation. The primary key decides: of concurrent callers on any
-        replica, exactly one takes an id."""
+        """Take ``item.event_id`` for ``POST /events``; ``None`` when taken now, else what
+        the id was used for before: an event ``POST /events`` produced (or is producing)
+        on any replica, or one the bridge handled (produced to Kafka some other way).
+
+        One statement decides, so of concurrent callers on any replica exactly one
+        takes an id. A reservation never completed (its replica died between reserving
+        and producing, or could not release it) is taken over after
+        ``STALE_RESERVATION``, unless the bridge has handled the id since."""
         async with self.database.connection() as conn:
-            taken = await conn.fetchval(
-                """
-                INSERT INTO ktb_produced (event_id, at, tenant_id, type, key, topic, workflow_id)
-                VALUES ($1, now(), $2, $3, $4, $5, $6)
-                ON CONFLICT (event_id) DO NOTHING RETURNING true
-                """,
-                item.event_id,
-                item.tenant_id,
-                item.type,
-                item.key,
-                item.topic,
-                item.workflow_id,
-            )
-            if taken:
-                return None
-            row = await conn.fetchrow(
-                "SELECT * FROM ktb_produced WHERE event_id = $1", item.event_id
-            )
-        return _reservation(row) if row is not None else None
+            # A reservation released between the insert and the read is taken again.
+            for _ in range(3):
+                taken = await conn.fetchval(RESERVE, *_reserved(item), STALE_RESERVATION)
+                if taken:
+                    return None
+                row = await conn.fetchrow(
+                    "SELECT * FROM ktb_produced WHERE event_id = $1", item.event_id
+                )
+                if row is not None:
+                    return _reservation(row)
+                handled = await self._scoped(
+                    "ktb_handlings", "event_id", item.event_id, ANYONE, MAX_HANDLINGS, conn
+                )
+                primary = primary_of([_event(r) for r in handled])
+                if primary is not None:
+                    return Reservation(
+                        event_id=item.event_id,
+                        type=primary.event_type or "",
+                        tenant_id=primary.tenant_id,
+                        key=primary.key,
+                        topic=primary.topic,
+                        workflow_id=primary.workflow_id,
+                    )
+        raise DatabaseUnavailable(
+            f"could not reserve event id {item.event_id!r}: its reservation keeps changing"
+        )
 
     async def produced(self, event_id: str) -> Reservation | None:
         """What ``POST /events`` produced (or is producing) under ``event_id``."""
@@ -358,6 +380,27 @@ class ProvenanceStore:
             await conn.execute(
                 'DELETE FROM ktb_produced WHERE event_id = $1 AND "offset" IS NULL', event_id
             )
+
+
+STALE_RESERVATION = timedelta(minutes=5)
+"""How long an id ``POST /events`` reserved but never recorded as produced stays taken:
+far longer than a produce can take (the producer gives up on a request after 40 s)."""
+RESERVE = """
+INSERT INTO ktb_produced (event_id, at, tenant_id, type, key, topic, workflow_id)
+SELECT $1, now(), $2, $3, $4, $5, $6
+WHERE NOT EXISTS (SELECT 1 FROM ktb_handlings WHERE event_id = $1)
+ON CONFLICT (event_id) DO UPDATE
+    SET at = now(), tenant_id = EXCLUDED.tenant_id, type = EXCLUDED.type, key = EXCLUDED.key,
+        topic = EXCLUDED.topic, workflow_id = EXCLUDED.workflow_id
+    WHERE ktb_produced."offset" IS NULL AND ktb_produced.at < now() - $7::interval
+RETURNING true
+"""
+"""Take an id unless the bridge handled it or another reservation holds it (stale ones
+are taken over); a row comes back only when this call took the id."""
+
+
+def _reserved(item: Reservation) -> tuple[Any, ...]:
+    return (item.event_id, item.tenant_id, item.type, item.key, item.topic, item.workflow_id)
 
 
 def _reservation(row: asyncpg.Record) -> Reservation:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ from bridge.api.auth import hash_key
 from bridge.kafka import ensure_topics
 from bridge.provenance import EventProvenance
 from bridge.settings import Settings
-from bridge.store import partitions
+from bridge.store import Database, ProvenanceStore, partitions
+from bridge.store.provenance import STALE_RESERVATION, Reservation, batch_of
 from bridge.temporal import attributes
 from tests.integration.api_workflows import QuickOrder
 from tests.support import (
@@ -400,3 +402,47 @@ async def test_a_record_naming_another_tenants_workflow_hides_it(settings, clien
             assert theirs_listed.json()["items"] == []
     finally:
         await handle.terminate()
+
+
+async def test_an_id_is_taken_once_and_a_reservation_never_completed_is_taken_over(
+    settings, db, uid
+):
+    async with Database(settings) as database:
+        store = ProvenanceStore(database)
+        held = Reservation(f"held-{uid}", "t", "acme", "k", "orders", None)
+        taken = await asyncio.gather(*(store.reserve(held) for _ in range(8)))
+        assert sum(earlier is None for earlier in taken) == 1, taken
+        assert {earlier.offset for earlier in taken if earlier is not None} == {None}
+
+        # Its replica died before producing: after STALE_RESERVATION, another takes it.
+        age = "UPDATE ktb_produced SET at = at - $2::interval WHERE event_id = $1"
+        await db.execute(age, held.event_id, timedelta(minutes=1))
+        assert await store.reserve(replace(held, tenant_id="beta")) is not None
+        await db.execute(age, held.event_id, STALE_RESERVATION)
+        assert await store.reserve(replace(held, tenant_id="beta")) is None
+        assert (await store.produced(held.event_id)).tenant_id == "beta"
+
+        # Produced: never taken over, however old.
+        await store.produced_at(replace(held, partition=0, offset=7))
+        await db.execute(age, held.event_id, STALE_RESERVATION * 10)
+        earlier = await store.reserve(replace(held, tenant_id="acme"))
+        assert earlier is not None and (earlier.tenant_id, earlier.offset) == ("beta", 7)
+
+        # An id the bridge handled (produced to Kafka some other way) is never taken.
+        await store.write(
+            batch_of(
+                [
+                    (
+                        provenance_record(
+                            f"seen-{uid}", 3, datetime.now(UTC).isoformat(), "acme", "k"
+                        ),
+                        0,
+                        1,
+                    )
+                ],
+                30,
+            )
+        )
+        earlier = await store.reserve(Reservation(f"seen-{uid}", "t", "beta", "k", "orders", None))
+        assert earlier is not None and (earlier.tenant_id, earlier.key) == ("acme", "k")
+        assert await store.produced(f"seen-{uid}") is None
