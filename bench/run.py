@@ -34,6 +34,7 @@ from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from bench.common import BenchContext, ScenarioResult
 from bridge.codec import SchemaCatalog
 from bridge.dev.stack import KAFKA_VERSION, LocalStack, ensure_search_attributes, free_port
+from bridge.routes import RoutesConfig
 from bridge.settings import REPO_ROOT, Settings
 from bridge.temporal.client import connect_temporal
 
@@ -75,7 +76,7 @@ async def services(work_dir: Path, needed: bool) -> AsyncIterator[tuple[Settings
     if not needed:
         yield Settings(), "none (in-process only)"
     elif kafka_env and temporal_env:
-        await ensure_search_attributes(temporal_env)
+        await ensure_search_attributes(temporal_env, extra=_route_attributes())
         yield Settings(), f"reused: Kafka {kafka_env}, Temporal {temporal_env}"
     else:
         stack = LocalStack(
@@ -85,6 +86,7 @@ async def services(work_dir: Path, needed: bool) -> AsyncIterator[tuple[Settings
             temporal_port=free_port(),
             headless=True,
             temporal_in_memory=True,
+            search_attributes=_route_attributes(),
         )
         print("starting a local Kafka and Temporal (in memory) on free ports ...", flush=True)
         await stack.start()
@@ -97,6 +99,11 @@ async def services(work_dir: Path, needed: bool) -> AsyncIterator[tuple[Settings
             )
         finally:
             stack.stop()
+
+
+def _route_attributes() -> dict[str, str]:
+    """The search attributes the example routes set (the storefront scenario runs them)."""
+    return RoutesConfig.load(REPO_ROOT / "routes.yaml").search_attributes()
 
 
 def _cpu_model() -> str:

@@ -260,6 +260,11 @@ class RoutesConfig(BaseModel):
         description="Per topic: how outcome and compensation events are written",
     )
 
+    def search_attributes(self) -> dict[str, str]:
+        """The custom search attributes the routes set (``search_attributes:``), by name, with
+        their Temporal type: provisioning registers them beside the bridge's own."""
+        return {name: "Keyword" for r in self.routes for name in r.search_attributes}
+
     def topic_partitions(self, default: int = 3) -> dict[str, int]:
         """Every topic to create: declared ones, route topics and their dead-letter topics."""
         out = dict(self.topics)

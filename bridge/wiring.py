@@ -207,7 +207,8 @@ async def open_registry_writer(
 async def provision(
     settings: Settings, min_partitions: int | None = None, replication_factor: int = 1
 ) -> ProvisionReport:
-    """Topics from the routes file (and ``min_partitions``), then the search attributes."""
+    """Topics from the routes file (and ``min_partitions``), then the search attributes (the
+    bridge's and those the routes set)."""
     config = RoutesConfig.load(settings.routes_file)
     report = ProvisionReport()
     await provision_topics(
@@ -215,7 +216,9 @@ async def provision(
     )
     client = await connect_temporal(settings)
     try:
-        report.search_attributes = await register_search_attributes(client)
+        report.search_attributes = await register_search_attributes(
+            client, config.search_attributes()
+        )
     except RPCError as exc:
         raise TransientError(
             f"registering search attributes in namespace {client.namespace}: {exc.message}"

@@ -41,6 +41,8 @@ class Store:
             self._conn.row_factory = sqlite3.Row
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
+            # Columns first: the schema's indexes may be on a column an older table lacks.
+            _add_new_columns(self._conn, schema)
             self._conn.executescript(schema)
         except sqlite3.Error as exc:
             raise DatabaseError(f"cannot open {path}: {exc}", database=str(path)) from exc
@@ -79,6 +81,38 @@ class Store:
         """Close the connection."""
         with self._lock:
             self._conn.close()
+
+
+def _add_new_columns(conn: sqlite3.Connection, schema: str) -> None:
+    """Add the columns ``schema`` declares that a table created by an older one lacks.
+
+    ``CREATE TABLE IF NOT EXISTS`` leaves an existing table as it is: a column a later
+    version added (nullable, or with a default) is added here, so a database kept
+    across upgrades serves the new queries.
+    """
+    declared = sqlite3.connect(":memory:")
+    try:
+        declared.executescript(schema)
+        tables = [
+            r[0] for r in declared.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        ]
+        for table in tables:
+            have = {r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')}
+            if not have:
+                continue  # a new table: the schema creates it whole
+            for _, name, kind, notnull, default, _pk in declared.execute(
+                f'PRAGMA table_info("{table}")'
+            ):
+                if name in have:
+                    continue
+                if notnull and default is None:
+                    raise sqlite3.OperationalError(
+                        f"{table}.{name} is NOT NULL without a default: cannot add it"
+                    )
+                extra = f" DEFAULT {default}" if default is not None else ""
+                conn.execute(f'ALTER TABLE "{table}" ADD COLUMN "{name}" {kind}{extra}')
+    finally:
+        declared.close()
 
 
 def as_json(value: Any) -> str:

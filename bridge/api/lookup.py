@@ -12,8 +12,9 @@ import asyncio
 import base64
 import binascii
 import logging
+import re
 import zlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 from urllib.parse import quote as url_quote
@@ -192,6 +193,25 @@ def literal(value: str) -> str:
         raise Problem(422, "validation-error", f"not a value Temporal can query: {exc}") from exc
 
 
+ATTRIBUTE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+"""What a search attribute name in a filter may be (Temporal's names, nothing to escape)."""
+
+
+def attribute_filter(text: str) -> tuple[str, str]:
+    """``Name=value`` (a filter on a route's Keyword search attribute) as its two parts; a
+    name that is not one, or a value Temporal cannot query, is a 422."""
+    name, sep, value = text.partition("=")
+    if not sep or not ATTRIBUTE_NAME.fullmatch(name):
+        raise Problem(
+            422,
+            "validation-error",
+            "attribute filters are `Name=value` with a search attribute name (letters, "
+            "digits and '_', starting with a letter)",
+        )
+    literal(value)
+    return name, value
+
+
 def visibility_query(
     *,
     workflow_type: str | None = None,
@@ -199,8 +219,10 @@ def visibility_query(
     tenant: str | None = None,
     key: str | None = None,
     event_id: str | None = None,
+    attributes_equal: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """A Temporal list filter over the bridge's search attributes."""
+    """A Temporal list filter over the bridge's search attributes, and those the routes set
+    (``attributes_equal``: checked ``attribute_filter`` pairs)."""
     clauses = []
     if workflow_type:
         clauses.append(f"WorkflowType = {literal(workflow_type)}")
@@ -212,6 +234,7 @@ def visibility_query(
         clauses.append(f"{attributes.BUSINESS_KEY.name} = {literal(key)}")
     if event_id:
         clauses.append(f"{attributes.EVENT_ID.name} = {literal(event_id)}")
+    clauses += [f"{name} = {literal(value)}" for name, value in attributes_equal]
     return " AND ".join(clauses)
 
 

@@ -86,6 +86,14 @@ async def list_processes(
             max_length=visibility.MAX_CHARS, pattern=visibility.PATTERN, description="Business key"
         ),
     ] = None,
+    attribute: Annotated[
+        list[str] | None,
+        Query(
+            max_length=10,
+            description="`Name=value`: a Keyword search attribute a route sets "
+            "(`search_attributes:`), e.g. `CustomerId=c-1`; repeat for several",
+        ),
+    ] = None,
     page_size: Annotated[int, Query(ge=1, le=1000)] = 50,
     page_token: Annotated[
         str | None, Query(max_length=4096, description="`next_page_token` of the previous page")
@@ -96,7 +104,13 @@ async def list_processes(
         if tenant is not None and tenant != caller.tenant:
             return ProcessPage(items=[], next_page_token=None)
         tenant = caller.tenant
-    query = lookup.visibility_query(workflow_type=type, status=status, tenant=tenant, key=key)
+    query = lookup.visibility_query(
+        workflow_type=type,
+        status=status,
+        tenant=tenant,
+        key=key,
+        attributes_equal=[lookup.attribute_filter(a) for a in attribute or ()],
+    )
     items, token = await lookup.list_page(state.client, query, page_size, page_token)
     return ProcessPage(items=[lookup.summary(e) for e in items], next_page_token=token)
 

@@ -65,6 +65,12 @@ class Child:
     proc: asyncio.subprocess.Process | None = None
     pump: asyncio.Task[None] | None = None
 
+    def url(self, api_port: int) -> str | None:
+        """Where it serves HTTP, when the Procfile sets its ``KTB_DEV_PORT_OFFSET`` (the
+        example services' ports are the API port plus an offset)."""
+        offset = self.env.get("KTB_DEV_PORT_OFFSET", "")
+        return f"http://localhost:{api_port + int(offset)}" if offset.isdigit() else None
+
     @property
     def metrics_port(self) -> int | None:
         """The port its ``/metrics`` is served on, when the Procfile sets one."""
@@ -143,6 +149,8 @@ class DevStack:
     async def run(self) -> int:
         """Start everything, wait for a signal or a child to die, stop everything."""
         procs = read_procfile(self.procfile) if self.procfile else []
+        routes_file = Settings().routes_file
+        config = RoutesConfig.load(routes_file) if routes_file.exists() else None
         stack = LocalStack(
             self.data_dir,
             kafka_port=self.kafka_port,
@@ -150,6 +158,7 @@ class DevStack:
             temporal_ui_port=self.temporal_ui_port,
             registry_port=self.registry_port,
             postgres_port=self.postgres_port,
+            search_attributes=config.search_attributes() if config else {},
         )
         what = (
             "Kafka, Temporal, PostgreSQL and the Schema Registry"
@@ -164,9 +173,7 @@ class DevStack:
             loop.add_signal_handler(sig, stop.set)
         code = 0
         try:
-            settings = Settings(kafka_bootstrap=stack.kafka_bootstrap)
-            if settings.routes_file.exists():
-                config = RoutesConfig.load(settings.routes_file)
+            if config is not None:
                 await ensure_topics(
                     Settings(kafka_bootstrap=stack.kafka_bootstrap), config.topic_partitions()
                 )
@@ -212,6 +219,8 @@ class DevStack:
         names = {c.name for c in self.children}
         if "api" in names:
             lines.append(f"  http api       http://localhost:{self.api_port}  (auth off)")
+        served = [(c.name, c.url(self.api_port)) for c in self.children]
+        lines += [f"  {name:<14} {where}" for name, where in served if where]
         lines += [f"  process        {c.name}" for c in self.children]
         metrics = [(c.name, c.metrics_port) for c in self.children if c.metrics_port]
         if "api" in names:

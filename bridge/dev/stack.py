@@ -11,7 +11,7 @@ and the registry live in ``bridge.dev.kafka``, ``bridge.dev.temporal``,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,9 @@ class LocalStack:
     registry_port: int | None = None
     postgres_port: int | None = None
     postgres_durable: bool = True
+    search_attributes: Mapping[str, str] = field(default_factory=dict)
+    """Custom search attributes the routes set (``RoutesConfig.search_attributes``),
+    registered in Temporal beside the bridge's own."""
     kafka: KafkaBroker | None = None
     temporal: TemporalServer | None = None
     registry: SchemaRegistry | None = None
@@ -110,6 +113,7 @@ class LocalStack:
                 self.temporal_ui_port,
                 self.headless,
                 self.temporal_in_memory,
+                self.search_attributes,
             )
             self.temporal.start()
             waits.append(self.temporal.wait_ready(timeout))
@@ -158,7 +162,7 @@ class LocalStack:
 
     async def _reuse_temporal(self, timeout: float) -> None:
         await wait_temporal(self.temporal_address, timeout)
-        await ensure_search_attributes(self.temporal_address)
+        await ensure_search_attributes(self.temporal_address, extra=self.search_attributes)
 
     def services(self) -> Sequence[Service]:
         """The child processes this stack started (not the reused ones)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,8 @@ class TemporalServer:
     ui_port: int | None = None
     headless: bool = False
     in_memory: bool = False
+    search_attributes: Mapping[str, str] = field(default_factory=dict)
+    """Custom attributes registered beside the bridge's (the routes' own, by name and type)."""
     service: Service | None = field(default=None, init=False)
 
     @property
@@ -47,7 +50,7 @@ class TemporalServer:
             args.append("--headless")
         else:
             args += ["--ui-port", str(self.ui_port or self.port + 1000)]
-        for name, kind in SEARCH_ATTRIBUTES.items():
+        for name, kind in {**self.search_attributes, **SEARCH_ATTRIBUTES}.items():
             args += ["--search-attribute", f"{name}={kind}"]
         self.service = Service("temporal", args, self.data_dir / "temporal.log")
         self.service.start()
@@ -77,10 +80,13 @@ async def wait_temporal(address: str, timeout: float, service: Service | None = 
     raise StackError(f"Temporal at {address} did not answer within {timeout:.0f}s ({last})\n{log}")
 
 
-async def ensure_search_attributes(address: str, namespace: str = "default") -> None:
-    """Register the bridge's custom search attributes on a server started elsewhere."""
+async def ensure_search_attributes(
+    address: str, namespace: str = "default", extra: Mapping[str, str] | None = None
+) -> None:
+    """Register the bridge's custom search attributes, and ``extra`` (the routes' own), on a
+    server started elsewhere."""
     from temporalio.client import Client
 
     from bridge.temporal.attributes import register_search_attributes
 
-    await register_search_attributes(await Client.connect(address, namespace=namespace))
+    await register_search_attributes(await Client.connect(address, namespace=namespace), extra)

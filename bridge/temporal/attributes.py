@@ -8,6 +8,7 @@ the HTTP API), with no lookup table of our own.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
@@ -28,15 +29,20 @@ SEARCH_ATTRIBUTES: dict[str, str] = {
 }
 
 
-async def register_search_attributes(client: Client) -> list[str]:
-    """Register the bridge's custom search attributes in the client's namespace; return new ones."""
+async def register_search_attributes(
+    client: Client, extra: Mapping[str, str] | None = None
+) -> list[str]:
+    """Register the bridge's custom search attributes, and ``extra`` (the routes' own, by
+    name and type: ``RoutesConfig.search_attributes``), in the client's namespace; return
+    the new ones."""
     namespace = client.namespace
+    wanted = {**(extra or {}), **SEARCH_ATTRIBUTES}
     listed = await client.operator_service.list_search_attributes(
         ListSearchAttributesRequest(namespace=namespace)
     )
     missing = {
         name: IndexedValueType.Value("INDEXED_VALUE_TYPE_" + _snake(kind).upper())
-        for name, kind in SEARCH_ATTRIBUTES.items()
+        for name, kind in wanted.items()
         if name not in listed.custom_attributes
     }
     if missing:

@@ -17,12 +17,17 @@ def create_app(store: Store) -> FastAPI:
     app = common.app("orders")
 
     @app.get("/orders")
-    async def list_orders(status: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Orders, most recently updated first, optionally by status."""
+    async def list_orders(
+        status: str | None = None, customer_id: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Orders, most recently updated first, optionally by status and by customer."""
         return await store.rows(
-            "SELECT * FROM orders WHERE ? IS NULL OR status = ? ORDER BY updated_at DESC LIMIT ?",
+            "SELECT * FROM orders WHERE (? IS NULL OR status = ?)"
+            " AND (? IS NULL OR customer_id = ?) ORDER BY updated_at DESC LIMIT ?",
             status,
             status,
+            customer_id,
+            customer_id,
             max(1, min(limit, 1000)),
         )
 

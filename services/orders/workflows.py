@@ -102,7 +102,10 @@ class OrderFulfillment(BridgeWorkflow):
         """Run the saga; return its outcome (a workflow cancellation is re-raised)."""
         wiring = Wiring.from_memo()
         order_id = order["order_id"]
-        saga = Saga(wiring.events(), key=order_id, data={"order_id": order_id}, owner=self)
+        # Every event the saga publishes names the customer: consumers keyed by customer
+        # (the storefront's cache, digests) need no lookup of their own.
+        data = {"order_id": order_id, "customer_id": order.get("customer_id")}
+        saga = Saga(wiring.events(), key=order_id, data=data, owner=self)
         self._saga = saga
         if self._cancel is not None:
             # Started by the cancellation itself (signal-with-start): nothing to do.
@@ -143,7 +146,11 @@ class OrderFulfillment(BridgeWorkflow):
             lambda: workflow.execute_activity(
                 CHARGE,
                 ChargeRequest(
-                    order_id, order["total_cents"], order["currency"], order["payment_token"]
+                    order_id,
+                    order["total_cents"],
+                    order["currency"],
+                    order["payment_token"],
+                    order.get("customer_id"),
                 ),
                 task_queue=wiring.payments_queue,
                 start_to_close_timeout=STEP_TIMEOUT,

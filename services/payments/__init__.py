@@ -28,6 +28,9 @@ class ChargeRequest:
     amount_cents: int
     currency: str
     token: str
+    customer_id: str | None = None
+    """Whose order it is (the storefront lists a customer's payments); ``None`` in the
+    requests of runs started before it was carried."""
 
 
 @dataclass

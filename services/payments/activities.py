@@ -39,8 +39,10 @@ CREATE TABLE IF NOT EXISTS payments (
     status TEXT NOT NULL,
     processor_ref TEXT,
     created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    customer_id TEXT
 );
+CREATE INDEX IF NOT EXISTS payments_customer ON payments (customer_id);
 CREATE TABLE IF NOT EXISTS settlements (
     settlement_id TEXT PRIMARY KEY,
     currency TEXT NOT NULL,
@@ -139,8 +141,17 @@ class Payments:
             stamp = now()
             conn.execute(
                 "INSERT INTO payments (order_id, payment_id, amount_cents, currency, status,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (req.order_id, payment_id, req.amount_cents, req.currency, status, stamp, stamp),
+                " created_at, updated_at, customer_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    req.order_id,
+                    payment_id,
+                    req.amount_cents,
+                    req.currency,
+                    status,
+                    stamp,
+                    stamp,
+                    req.customer_id,
+                ),
             )
             conn.execute(
                 "UPDATE attempts SET result = ? WHERE order_id = ? AND attempt = ?",

@@ -17,12 +17,17 @@ def create_app(store: Store) -> FastAPI:
     app = common.app("payments")
 
     @app.get("/payments")
-    async def list_payments(status: str | None = None) -> list[dict[str, Any]]:
-        """Payments, newest first, optionally by status."""
+    async def list_payments(
+        status: str | None = None, customer_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Payments, newest first, optionally by status and by customer."""
         return await store.rows(
-            "SELECT * FROM payments WHERE ? IS NULL OR status = ? ORDER BY created_at DESC",
+            "SELECT * FROM payments WHERE (? IS NULL OR status = ?)"
+            " AND (? IS NULL OR customer_id = ?) ORDER BY created_at DESC",
             status,
             status,
+            customer_id,
+            customer_id,
         )
 
     @app.get("/payments/{order_id}")

@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS shipments (
     status TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS shipments_customer ON shipments (customer_id);
 """
 
 

@@ -17,9 +17,13 @@ def create_app(store: Store) -> FastAPI:
     app = common.app("shipping")
 
     @app.get("/shipments")
-    async def list_shipments() -> list[dict[str, Any]]:
-        """Shipments, newest first."""
-        return await store.rows("SELECT * FROM shipments ORDER BY created_at DESC")
+    async def list_shipments(customer_id: str | None = None) -> list[dict[str, Any]]:
+        """Shipments, newest first, optionally by customer."""
+        return await store.rows(
+            "SELECT * FROM shipments WHERE ? IS NULL OR customer_id = ? ORDER BY created_at DESC",
+            customer_id,
+            customer_id,
+        )
 
     @app.get("/shipments/{order_id}")
     async def get_shipment(order_id: str) -> dict[str, Any]:

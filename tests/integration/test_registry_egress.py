@@ -44,7 +44,7 @@ from tests.workflows import Noop
 
 FAILED = "com.example.order.failed"
 PLACED = "com.example.order.placed"
-DATA = {"order_id": "o-1", "step": "charge_payment", "reason": "declined"}
+DATA = {"order_id": "o-1", "customer_id": "c-1", "step": "charge_payment", "reason": "declined"}
 
 
 def routes_file(path: Path, publish: dict[str, Any], routes: Sequence[Any] = ()) -> Path:

@@ -261,6 +261,7 @@ async def test_first_step_failing_publishes_failed(saga_rig: Rig):
     assert outcome.type == FAILED
     assert outcome.data == {
         "order_id": "o-3",
+        "customer_id": "cust-1",
         "step": "reserve_inventory",
         "reason": "ValidationError: sku-1: out of stock",
     }

@@ -234,6 +234,7 @@ async def test_cancel_for_unknown_order_starts_it_closed(services, shop: Shop, c
     assert outcome.causation_id == cancel
     assert outcome.data == {
         "order_id": order_id,
+        "customer_id": None,
         "step": "start",
         "reason": "cancelled: duplicate order",
     }

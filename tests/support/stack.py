@@ -26,8 +26,16 @@ from bridge.dev.stack import (
     free_port,
     wait_registry,
 )
+from bridge.routes import RoutesConfig
+from bridge.settings import REPO_ROOT
 
 APICURIO_IMAGE = "apicurio/apicurio-registry:3.3.3"
+
+
+def route_search_attributes() -> dict[str, str]:
+    """The custom search attributes the repository's routes set (``CustomerId``): the
+    tests run those routes, so every stack registers them as ``ktb provision`` would."""
+    return RoutesConfig.load(REPO_ROOT / "routes.yaml").search_attributes()
 
 
 @dataclass
@@ -99,6 +107,7 @@ def local_stack(
         registry_port=free_port() if registry else None,
         postgres_port=free_port() if postgres else None,
         postgres_durable=False,
+        search_attributes=route_search_attributes(),
     )
     try:
         asyncio.run(local.start())
@@ -114,14 +123,16 @@ def session_stack(directory: Callable[[], Path]) -> Iterator[StackInfo]:
     kafka_env = os.environ.get("KTB_KAFKA_BOOTSTRAP")
     temporal_env = os.environ.get("KTB_TEMPORAL_ADDRESS")
     if kafka_env and temporal_env:
-        asyncio.run(ensure_search_attributes(temporal_env))
+        asyncio.run(ensure_search_attributes(temporal_env, extra=route_search_attributes()))
         with _registry(directory) as url, _database(directory) as (db_url, server):
             yield StackInfo(kafka_env, temporal_env, url, db_url, postgres=server)
         return
     if os.environ.get("KTB_TEST_DOCKER", "auto") != "off" and docker_answers():
         with contextlib.ExitStack() as containers, _database(directory) as (db_url, server):
             info = _containers(containers)
-            asyncio.run(ensure_search_attributes(info.temporal_address))
+            asyncio.run(
+                ensure_search_attributes(info.temporal_address, extra=route_search_attributes())
+            )
             info.database_url, info.postgres = db_url, server
             yield info
         return

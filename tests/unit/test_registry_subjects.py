@@ -50,7 +50,7 @@ from tests.support.memory import MemoryRecord
 
 FAILED = "com.example.order.failed"
 PLACED = "com.example.order.placed"
-DATA = {"order_id": "o-1", "step": "charge_payment", "reason": "declined"}
+DATA = {"order_id": "o-1", "customer_id": "c-1", "step": "charge_payment", "reason": "declined"}
 AVRO_TOPIC = PublishSpec(format="confluent-avro", subject_strategy="topic_record")
 
 

@@ -198,3 +198,12 @@ def test_repository_routes_file_is_valid(catalog: SchemaCatalog) -> None:
 
     cfg = RoutesConfig.load(REPO_ROOT / "routes.yaml")
     assert check_routes(cfg, catalog) == []
+
+
+def test_the_routes_search_attributes_are_what_provisioning_registers() -> None:
+    from bridge.settings import REPO_ROOT
+
+    cfg = RoutesConfig.load(REPO_ROOT / "routes.yaml")
+    assert cfg.search_attributes() == {"CustomerId": "Keyword"}
+    action = Router(cfg).route(event())
+    assert action is not None and action.search_attributes == {"CustomerId": "cust-1"}
