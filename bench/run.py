@@ -65,6 +65,7 @@ SCENARIOS: dict[str, bool] = {
     "routing": False,
     "memory": True,
     "provenance": True,
+    "storefront": True,
 }
 
 

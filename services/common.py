@@ -159,8 +159,16 @@ async def consume_events(
     group_id: str,
     handle: EventHandler,
     stop: asyncio.Event,
+    *,
+    from_latest: bool = False,
+    live: asyncio.Event | None = None,
 ) -> None:
     """Consume ``topics`` as ``group_id`` until ``stop`` is set, at least once.
+
+    A group with no committed offsets starts at the beginning of each partition, or
+    with ``from_latest`` at its end (a consumer that only reacts to what happens from
+    now on, such as a cache's invalidation); ``live`` is set once partitions are
+    assigned and their positions known: every record produced after that is seen.
 
     Each record is decoded by the library's ``Decoder``, the one the bridge uses
     (every format it reads: Schema Registry framing too, with the writer schema from
@@ -169,13 +177,18 @@ async def consume_events(
     then the batch is committed: after a crash or a rebalance records are read again,
     so ``handle`` dedupes (on ``Event.id``, the ``ce_id``).
     """
-    consumer = kafka.consumer(settings, *topics, group_id=group_id, auto_offset_reset="earliest")
+    reset = "latest" if from_latest else "earliest"
+    consumer = kafka.consumer(settings, *topics, group_id=group_id, auto_offset_reset=reset)
     await kafka.start(consumer, settings)
     log.info("consuming %s as group %s", ", ".join(topics), group_id)
     try:
         async with open_decoder(settings, catalog, {}) as decoder:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=200)
+                if live is not None and not live.is_set() and consumer.assignment():
+                    for tp in consumer.assignment():
+                        await consumer.position(tp)
+                    live.set()
                 records = [r for rs in batch.values() for r in rs]
                 if not records:
                     continue

@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bridge import Settings
 
-Service = Literal["orders", "inventory", "payments", "shipping", "notifications"]
+Service = Literal["orders", "inventory", "payments", "shipping", "notifications", "storefront"]
 WorkerService = Literal["orders", "inventory", "payments", "shipping"]
 """The services whose worker is a Temporal worker only (notifications consumes Kafka and
 hosts ``CustomerDigest`` on ``notifications_queue``)."""
@@ -25,6 +25,7 @@ PORT_OFFSETS: dict[str, int] = {
     "payments": 3,
     "shipping": 4,
     "notifications": 5,
+    "storefront": 6,
 }
 
 
@@ -40,6 +41,7 @@ class ServicesConfig(BaseSettings):
     payments_port: int | None = None
     shipping_port: int | None = None
     notifications_port: int | None = None
+    storefront_port: int | None = None
 
     orders_queue: str = "orders"
     inventory_queue: str = "inventory"
@@ -53,6 +55,33 @@ class ServicesConfig(BaseSettings):
     compensation_topic: str = "orders.compensations"
     notifications_group: str = "notifications"
 
+    storefront_api_url: str | None = Field(
+        None, description="The bridge's HTTP API; default http://KTB_API_HOST:KTB_API_PORT"
+    )
+    storefront_api_key: SecretStr | None = Field(
+        None, description="The storefront's own API key; required when KTB_API_AUTH is on"
+    )
+    storefront_group: str = Field(
+        "storefront", description="Consumer group of the storefront's cache invalidation"
+    )
+    storefront_workflow_type: str = "OrderFulfillment"
+    storefront_customer_attribute: str = Field(
+        "CustomerId", description="The search attribute the start-order route sets"
+    )
+    storefront_part_timeout_s: float = Field(
+        2.0, gt=0, description="Deadline of each part of a dashboard"
+    )
+    storefront_cache_ttl_s: float = Field(30.0, gt=0, description="How long a dashboard is kept")
+    storefront_estimate_runs: int = Field(
+        50, ge=1, description="Recent runs whose median duration is the estimate"
+    )
+    cache_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("KTB_CACHE_URL", "cache_url"),
+        description="KTB_CACHE_URL: redis://... for a cache the storefronts share; "
+        "unset: each keeps its own in memory",
+    )
+
     retry_scale: float = Field(1.0, gt=0, description="Shrinks fault retry intervals (tests)")
     default_stock: int = Field(1000, ge=0, description="Stock of a SKU seen for the first time")
     gateway_failure_threshold: int = Field(5, ge=1, description="Failures that open the circuit")
@@ -65,6 +94,14 @@ class ServicesConfig(BaseSettings):
             return explicit
         base = self.port_base if self.port_base is not None else settings.api_port
         return base + PORT_OFFSETS[service]
+
+    def url(self, service: Service, settings: Settings) -> str:
+        """The base URL of ``service``'s HTTP server."""
+        return f"http://{self.host}:{self.port(service, settings)}"
+
+    def api_url(self, settings: Settings) -> str:
+        """The base URL of the bridge's HTTP API."""
+        return self.storefront_api_url or f"http://{settings.api_host}:{settings.api_port}"
 
     def task_queue(self, service: WorkerService) -> str:
         """The Temporal task queue of ``service``'s worker."""

@@ -5,7 +5,7 @@
 - ``routes``: routes configs from plain dicts, the recorder routes, routes files.
 - ``kafka``: topics and partitions of a real broker; ``Services`` produces and reads back.
 - ``temporal``: waiting on workflows the bridge starts, reading what a recorder noted.
-- ``running``: a bridge, a worker or the HTTP API running for a test.
+- ``running``: a bridge, a worker, the HTTP API or any ASGI app running for a test.
 - ``stack``: real Kafka and Temporal for a session or for one test.
 - ``certs``: throw-away TLS material.
 - ``memory``: the pipeline without Kafka or Temporal: topics in memory, a recording
@@ -30,7 +30,13 @@ from tests.support.memory import (
     replaying,
 )
 from tests.support.routes import recorder_routes, routes_config, write_routes
-from tests.support.running import bridge_process, running_api, running_bridge, running_worker
+from tests.support.running import (
+    bridge_process,
+    running_api,
+    running_bridge,
+    running_worker,
+    serving,
+)
 from tests.support.stack import StackInfo, docker_answers, local_stack, session_stack
 from tests.support.temporal import received, workflow_result
 from tests.support.waiting import eventually, until
@@ -62,6 +68,7 @@ __all__ = [
     "running_api",
     "running_bridge",
     "running_worker",
+    "serving",
     "session_stack",
     "topic_exists",
     "until",

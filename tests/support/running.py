@@ -140,21 +140,29 @@ async def running_api(
     settings: Settings, metrics: Metrics | None = None, telemetry: Telemetry | None = None
 ) -> AsyncIterator[str]:
     """The HTTP API served by uvicorn in this event loop on a free port; yields its base URL."""
+    from bridge.api import create_app
+
+    async with serving(create_app(settings, metrics=metrics, telemetry=telemetry)) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any, port: int | None = None, lifespan: str = "on") -> AsyncIterator[str]:
+    """An ASGI app served by uvicorn in this event loop (on a free port unless ``port``);
+    yields its base URL, stops it on exit."""
     import uvicorn
 
-    from bridge.api import create_app
     from bridge.dev.stack import free_port
 
-    port = free_port()
-    app = create_app(settings, metrics=metrics, telemetry=telemetry)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    port = port or free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan=lifespan)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
 
     async def started() -> bool:
         if task.done():
             task.result()
-            raise RuntimeError("the API did not start (see the log)")
+            raise RuntimeError(f"{getattr(app, 'title', 'the app')} did not start (see the log)")
         return server.started
 
     await eventually(started, 60, 0.05)

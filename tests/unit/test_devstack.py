@@ -9,6 +9,7 @@ import pytest
 from bridge.dev.devstack import Child, DevStack, read_procfile, split_env
 from bridge.errors import ConfigError
 from bridge.settings import REPO_ROOT
+from services.config import PORT_OFFSETS
 
 
 def test_leading_assignments_are_the_process_environment():
@@ -55,6 +56,23 @@ def test_endpoints_list_metrics_urls(capsys: pytest.CaptureFixture[str], tmp_pat
     assert "orders-server          http" not in out
 
 
+def test_endpoints_list_the_url_of_a_process_serving_at_an_offset_of_the_api_port(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+):
+    class Stack:
+        reused: list[str] = []
+
+    dev = DevStack(data_dir=tmp_path, api_port=8181)
+    storefront = [
+        args for name, args in read_procfile(REPO_ROOT / "Procfile") if name == "storefront"
+    ]
+    env, command = split_env(storefront[0])
+    assert int(env["KTB_DEV_PORT_OFFSET"]) == PORT_OFFSETS["storefront"]
+    dev.children = [Child("storefront", command, env)]
+    dev._print_endpoints(Stack())  # type: ignore[arg-type]
+    assert "  storefront     http://localhost:8187\n" in capsys.readouterr().out
+
+
 def test_processes_get_the_registry_url_unless_there_is_none(tmp_path: Path):
     env = DevStack(data_dir=tmp_path, registry_port=18181)._env()
     assert env["KTB_SCHEMA_REGISTRY_URL"] == "http://127.0.0.1:18181/apis/ccompat/v7"
@@ -63,7 +81,7 @@ def test_processes_get_the_registry_url_unless_there_is_none(tmp_path: Path):
 
 def test_the_registry_default_port_collides_with_no_other_default(tmp_path: Path):
     dev = DevStack(data_dir=tmp_path)
-    services = {dev.api_port + offset for offset in range(1, 6)}  # services/config.py
+    services = {dev.api_port + offset for offset in PORT_OFFSETS.values()}
     metrics = {
         port
         for _, args in read_procfile(REPO_ROOT / "Procfile")
