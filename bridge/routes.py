@@ -11,9 +11,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import cel
 import yaml
 from pydantic import (
     BaseModel,
@@ -47,6 +46,9 @@ from bridge.templates import (
     select,
 )
 from bridge.tenancy import scoped_workflow_id
+
+if TYPE_CHECKING:
+    import cel
 
 
 class ActionKind(StrEnum):
@@ -374,6 +376,8 @@ class CompiledRoute:
         self.condition: Callable[[dict[str, Any] | cel.Context], Any] | None = None
         self.condition_reads: list[tuple[str, ...]] = []
         if spec.when:
+            import cel  # imported when a route has a condition: it takes long to import
+
             try:
                 program = cel.compile(spec.when)
             except (ValueError, RuntimeError) as exc:
@@ -540,6 +544,8 @@ class Router:
             if route.condition is not None and conditions is None:
                 # Converting values to CEL dominates the cost of a condition, so the
                 # candidates share one context holding only the fields they read.
+                import cel  # loaded already: a route has a condition
+
                 try:
                     conditions = cel.Context(variables=select(context, self._reads[key]))
                 except (KeyError, ValueError, TypeError, RuntimeError) as exc:

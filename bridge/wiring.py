@@ -9,9 +9,10 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
+from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Interceptor, Worker
 
@@ -43,6 +44,7 @@ from bridge.temporal.sandbox import BRIDGE_RUNNER
 if TYPE_CHECKING:
     from bridge.registry.subjects import RegistryWriter
 
+T = TypeVar("T")
 log = logging.getLogger("ktb")
 
 
@@ -284,34 +286,55 @@ async def _api_state(
         log.warning("API authentication is OFF (KTB_API_AUTH=off): every caller sees every tenant")
     elif not settings.api_keys:
         log.warning("API authentication is on and no keys are configured: every call gets 401")
-    if telemetry is not None:
-        client = await connect_temporal(settings, telemetry.runtime, telemetry.client_interceptors)
-    else:
-        client = await connect_temporal(settings)
-    producer = kafka.producer(settings)
-    await kafka.start(producer, settings)
-    async with open_store(settings) as (database, store):
-        indexer = Indexer(settings, store, metrics) if settings.api_indexer else None
-        try:
-            if indexer is not None:
-                await indexer.start()
-            yield ApiState(
-                settings=settings,
-                catalog=catalog,
-                metrics=metrics,
-                keys=keys,
-                producer=producer,
-                client=client,
-                database=database,
-                store=store,
-                indexer=indexer,
-                ingress=ingress,
-                topics=topic_map(settings, router.config if router else None),
-            )
-        finally:
-            if indexer is not None:
-                await indexer.stop()
-            await producer.stop()
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def temporal() -> Client:
+            if telemetry is not None:
+                return await connect_temporal(
+                    settings, telemetry.runtime, telemetry.client_interceptors
+                )
+            return await connect_temporal(settings)
+
+        async def producer() -> AIOKafkaProducer:
+            started = kafka.producer(settings)
+            stack.push_async_callback(started.stop)
+            await kafka.start(started, settings)
+            return started
+
+        async def store() -> tuple[Database, ProvenanceStore, Indexer | None]:
+            database, store = await stack.enter_async_context(open_store(settings))
+            if not settings.api_indexer:
+                return database, store, None
+            indexer = Indexer(settings, store, metrics)
+            stack.push_async_callback(indexer.stop)
+            await indexer.start()
+            return database, store, indexer
+
+        # Connected at once: start-up takes the slowest connection, not their sum. All
+        # end before a failure is raised, so what the others opened is closed with the stack.
+        connected = await asyncio.gather(temporal(), producer(), store(), return_exceptions=True)
+        client, kafka_producer = _ok(connected[0]), _ok(connected[1])
+        database, provenance, indexer = _ok(connected[2])
+        yield ApiState(
+            settings=settings,
+            catalog=catalog,
+            metrics=metrics,
+            keys=keys,
+            producer=kafka_producer,
+            client=client,
+            database=database,
+            store=provenance,
+            indexer=indexer,
+            ingress=ingress,
+            topics=topic_map(settings, router.config if router else None),
+        )
+
+
+def _ok(result: T | BaseException) -> T:
+    """A result of ``gather(..., return_exceptions=True)``, or its exception raised."""
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 @contextlib.asynccontextmanager

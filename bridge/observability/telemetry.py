@@ -17,10 +17,9 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import temporalio.client
-import temporalio.worker
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import Tracer
 from prometheus_client import ProcessCollector, start_http_server
@@ -40,9 +39,12 @@ from temporalio.runtime import (
 )
 
 from bridge.errors import ConfigError
-from bridge.observability.metrics import Metrics, WorkerMetrics
+from bridge.observability.metrics import Metrics
 from bridge.observability.tracing import Tracing, setup_tracing
 from bridge.settings import Settings
+
+if TYPE_CHECKING:
+    import temporalio.worker
 
 log = logging.getLogger("ktb.telemetry")
 
@@ -275,6 +277,8 @@ class Telemetry:
 
     def worker_interceptors(self) -> list[temporalio.worker.Interceptor]:
         """For every worker of the process: workflow and activity metrics."""
+        from bridge.observability.worker_metrics import WorkerMetrics
+
         return [WorkerMetrics(self.metrics)]
 
     @property

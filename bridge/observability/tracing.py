@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -26,11 +27,13 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from temporalio.contrib.opentelemetry import TracingInterceptor
 
 from bridge.dispatch import Outcome, Result
 from bridge.envelope import RecordLike
 from bridge.settings import Settings
+
+if TYPE_CHECKING:
+    from temporalio.contrib.opentelemetry import TracingInterceptor
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -78,6 +81,10 @@ def setup_tracing(
                 OTLPSpanExporter(endpoint=settings.otlp_endpoint, timeout=EXPORT_TIMEOUT_S)
             )
         )
+    # Imported here: it loads the SDK's worker machinery, which a process that does
+    # not trace (or runs no worker) should not pay for at start-up.
+    from temporalio.contrib.opentelemetry import TracingInterceptor
+
     tracer = provider.get_tracer(TRACER_NAME)
     return Tracing(provider, tracer, TracingInterceptor(tracer))
 

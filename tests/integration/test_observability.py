@@ -31,9 +31,10 @@ from temporalio.worker import Worker
 from bridge.consumer import BridgeConsumer
 from bridge.dev.stack import free_port
 from bridge.observability.logs import JsonFormatter
-from bridge.observability.metrics import Metrics, WorkerMetrics
+from bridge.observability.metrics import Metrics
 from bridge.observability.telemetry import Telemetry, open_telemetry
 from bridge.observability.tracing import trace_id_of
+from bridge.observability.worker_metrics import WorkerMetrics
 from bridge.sdk.faults import FaultInterceptor
 from bridge.settings import Settings
 from bridge.wiring import open_bridge, open_worker

@@ -23,8 +23,9 @@ from bridge.dev.stack import free_port
 from bridge.dispatch import Outcome, Result
 from bridge.errors import ConfigError
 from bridge.observability import tracing
-from bridge.observability.metrics import DURATION_BUCKETS, Metrics, WorkerMetrics
+from bridge.observability.metrics import DURATION_BUCKETS, Metrics
 from bridge.observability.telemetry import SdkMetrics, open_telemetry, shared_runtime
+from bridge.observability.worker_metrics import WorkerMetrics
 from bridge.settings import Settings
 
 
