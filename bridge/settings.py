@@ -125,6 +125,18 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='API key hashes to tenants: {"sha256:<hex of sha256(key)>": "tenant"}',
     )
+    api_session_secret: SecretStr | None = Field(
+        None,
+        description="Signs console sessions; every replica behind one address needs the same "
+        "(unset: a random one per process, so sessions end when it stops)",
+    )
+    api_session_ttl_s: float = Field(
+        8 * 3600, gt=0, description="How long a console sign-in lasts (seconds)"
+    )
+    console_temporal_ui_url: str | None = Field(
+        None,
+        description="The Temporal UI the console links runs to, e.g. http://localhost:8233",
+    )
     api_max_body_bytes: int = Field(1_048_576, ge=1, description="Larger request bodies get 413")
     api_topics: dict[str, str] = Field(
         default_factory=dict,

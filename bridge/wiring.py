@@ -17,7 +17,7 @@ from temporalio.service import RPCError
 from temporalio.worker import Interceptor, Worker
 
 from bridge import kafka
-from bridge.api.auth import KeyRing
+from bridge.api.auth import KeyRing, SessionSigner
 from bridge.api.state import ApiState, topic_map
 from bridge.codec import SchemaCatalog
 from bridge.consumer import BridgeConsumer
@@ -271,6 +271,15 @@ async def open_api_state(
             yield state
 
 
+def session_signer(settings: Settings) -> SessionSigner:
+    """The signer of the console's sessions, with the configured secret if there is one."""
+    secret = settings.api_session_secret
+    return SessionSigner(
+        secret.get_secret_value().encode() if secret is not None else None,
+        settings.api_session_ttl_s,
+    )
+
+
 @contextlib.asynccontextmanager
 async def _api_state(
     settings: Settings,
@@ -281,7 +290,7 @@ async def _api_state(
     ingress: Ingress | None,
 ) -> AsyncIterator[ApiState]:
     """The API's clients around its ``ingress``, closed on exit."""
-    keys = KeyRing(settings.api_keys, enabled=settings.api_auth)
+    keys = KeyRing(settings.api_keys, enabled=settings.api_auth, sessions=session_signer(settings))
     if not settings.api_auth:
         log.warning("API authentication is OFF (KTB_API_AUTH=off): every caller sees every tenant")
     elif not settings.api_keys:

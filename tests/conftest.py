@@ -16,10 +16,12 @@ from temporalio.client import Client
 
 from bridge.codec import SchemaCatalog
 from bridge.dev.stack import LocalStack
-from bridge.kafka import ensure_topics
 from bridge.settings import REPO_ROOT, Settings
 from tests.support import Services, StackInfo, local_stack, session_stack
+from tests.support.browser import SKIPPED_BROWSER, screenshots
+from tests.support.kafka import unique_topics
 from tests.support.memory import MemoryKafka
+from tests.support.stack import stack_settings
 
 
 @pytest.fixture(scope="session")
@@ -58,17 +60,7 @@ def uid() -> str:
 def settings(stack: StackInfo, uid: str) -> Settings:
     """Settings pointing at the test services (the registry too), with a unique
     consumer group."""
-    return Settings(
-        kafka_bootstrap=stack.kafka_bootstrap,
-        temporal_address=stack.temporal_address,
-        schema_registry_url=stack.schema_registry_url,
-        database_url=stack.database_url,
-        group_id=f"test-{uid}",
-        commit_interval_s=0.2,
-        retry_initial_s=0.1,
-        retry_max_s=1.0,
-        shutdown_timeout_s=10,
-    )
+    return stack_settings(stack, f"test-{uid}")
 
 
 @pytest_asyncio.fixture
@@ -87,16 +79,7 @@ async def services(
 @pytest_asyncio.fixture
 async def topics(settings: Settings, uid: str) -> dict[str, str]:
     """Unique topic names for one test, created with 3 partitions (DLQs with 1)."""
-    names = {
-        "orders": f"orders-{uid}",
-        "payments": f"payments-{uid}",
-        "outcomes": f"orders.outcomes-{uid}",
-        "compensations": f"orders.compensations-{uid}",
-    }
-    spec = {n: 3 for n in names.values()}
-    spec.update({f"{names['orders']}.dlq": 1, f"{names['payments']}.dlq": 1})
-    await ensure_topics(settings, spec)
-    return names
+    return await unique_topics(settings, uid)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -113,3 +96,25 @@ def private_stack(tmp_path: Path) -> Iterator[LocalStack]:
     """A Kafka + Temporal pair of this test's own, for tests that stop or kill them."""
     with local_stack(tmp_path / "stack") as local:
         yield local
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say loudly when the browser tests were skipped for want of a Chromium (CI installs
+    one), and where the screenshots of the ones that ran are."""
+    skipped = [
+        report
+        for report in terminalreporter.stats.get("skipped", [])
+        if SKIPPED_BROWSER in str(getattr(report, "longrepr", ""))
+    ]
+    if skipped:
+        terminalreporter.write_sep(
+            "!", f"{SKIPPED_BROWSER}: {len(skipped)} console tests did not run", red=True, bold=True
+        )
+        terminalreporter.write_line(
+            "Install Debian's `chromium` (apt-get install chromium) or set KTB_CHROMIUM.",
+            red=True,
+        )
+    if screenshots:
+        terminalreporter.write_line(
+            f"console screenshots: {screenshots[0].parent} ({len(screenshots)} files)"
+        )

@@ -16,7 +16,20 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bridge.api import dlq, event_view, events, health, policies, problems, processes, replays
+from bridge.api import (
+    console,
+    dlq,
+    docs,
+    event_view,
+    events,
+    health,
+    overview,
+    policies,
+    problems,
+    processes,
+    replays,
+    session,
+)
 from bridge.api.models import StructuredEvent
 from bridge.observability.metrics import Metrics
 from bridge.observability.telemetry import Telemetry
@@ -30,6 +43,8 @@ ROUTERS: list[APIRouter] = [
     replays.router,
     dlq.router,
     policies.router,
+    overview.router,
+    session.router,
 ]
 """The API's areas, in OpenAPI order."""
 
@@ -39,8 +54,10 @@ Produce CloudEvents onto Kafka, look up what the bridge did with an event, and
 follow the Temporal processes events start.
 
 Authentication: `Authorization: Bearer <API key>`; each key belongs to one tenant,
-which sees only its own events and processes (another tenant's are 404). Errors
-are `application/problem+json` (RFC 9457).
+which sees only its own events and processes (another tenant's are 404). The
+console (`/console`) signs in once with a key (`POST /session`) and then sends a
+session cookie, with `X-CSRF-Token` on state-changing requests. Errors are
+`application/problem+json` (RFC 9457).
 """
 
 
@@ -72,10 +89,15 @@ def create_app(
         description=DESCRIPTION,
         version="0.1.0",
         lifespan=lifespan,
+        # Served by docs.install from a package's files: FastAPI's own load from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     problems.install(app)
     for router in (*ROUTERS, *routers):
         app.include_router(router)
+    docs.install(app)
+    console.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

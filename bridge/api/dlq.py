@@ -6,16 +6,24 @@ letters (``ce_tenantid``).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from bridge.api import problems
 from bridge.api.problems import Problem
 from bridge.api.replays import TOPIC, guard
 from bridge.api.state import CallerDep, State
-from bridge.dlq import MAX_PAGE_LIMIT, PAGE_LIMIT, Cursor, LetterRef, letter_page, redrive
+from bridge.dlq import (
+    MAX_PAGE_LIMIT,
+    PAGE_LIMIT,
+    Cursor,
+    LetterRef,
+    letter_page,
+    redrive,
+    show,
+)
 from bridge.errors import InvalidRequestError
 from bridge.policies import parked_counts
 
@@ -182,6 +190,37 @@ async def get_dlq(
         ],
         next_cursor=page.next_cursor.encode() if page.next_cursor else None,
     )
+
+
+@router.get(
+    "/dlq/{topic}/letters/{letter}",
+    summary="One dead letter in full: its record's headers and data (decoded when possible)",
+    responses={
+        200: {
+            "description": "The letter as `ktb dlq show` prints it",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+        **problems.responses(401, 404, 422, 503),
+    },
+)
+async def get_letter(
+    state: State,
+    caller: CallerDep,
+    topic: Annotated[str, Path(pattern=TOPIC, description="Dead-letter topic, e.g. orders.dlq")],
+    letter: Annotated[str, Path(pattern=LETTER, description="`OFFSET` or `PARTITION:OFFSET`")],
+) -> dict[str, Any]:
+    """The letter's error headers and its original record; another tenant's is a 404."""
+    tenant = caller.tenant if caller.authenticated else None
+
+    async def shown() -> dict[str, Any]:
+        try:
+            return await show(state.settings, topic, LetterRef.parse(letter), state.catalog,
+                              tenant=tenant)  # fmt: skip
+        except InvalidRequestError as exc:
+            # No such letter, or another tenant's: the same answer.
+            raise Problem(404, "not-found", exc.message) from exc
+
+    return await guard(shown())
 
 
 @router.post(

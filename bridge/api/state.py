@@ -12,10 +12,10 @@ from typing import Annotated
 
 from aiokafka import AIOKafkaProducer
 from fastapi import Depends, Request, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.client import Client
 
-from bridge.api.auth import Caller, KeyRing
+from bridge.api.auth import CSRF_HEADER, SESSION_COOKIE, Caller, KeyRing
 from bridge.codec import SchemaCatalog
 from bridge.ingress import Ingress
 from bridge.observability.metrics import Metrics
@@ -80,14 +80,27 @@ def state_of(request: Request) -> ApiState:
 
 
 bearer = HTTPBearer(auto_error=False, description="An API key; `ktb api-key` makes one")
+session_cookie = APIKeyCookie(
+    name=SESSION_COOKIE,
+    auto_error=False,
+    description="The console's session (`POST /session`); state-changing requests made "
+    f"with it also send `{CSRF_HEADER}`",
+)
 
 
 async def get_caller(
     request: Request,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None,
+    _session: Annotated[str | None, Security(session_cookie)] = None,
 ) -> Caller:
-    """Who is calling (401 problem for a missing or unknown key)."""
-    return state_of(request).keys.authenticate(request.headers.get("authorization"))
+    """Who is calling: the bearer key, else the session cookie (401 problem for a missing
+    or unknown key or an ended session, 403 for a cookie request without its CSRF token)."""
+    return state_of(request).keys.authenticate(
+        request.headers.get("authorization"),
+        request.cookies.get(SESSION_COOKIE),
+        request.method,
+        request.headers.get(CSRF_HEADER),
+    )
 
 
 State = Annotated[ApiState, Depends(get_state)]

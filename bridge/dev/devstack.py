@@ -137,6 +137,7 @@ class DevStack:
             KTB_DATABASE_URL=database_url(self.postgres_port),
             KTB_API_PORT=str(self.api_port),
             KTB_API_AUTH="off",
+            KTB_CONSOLE_TEMPORAL_UI_URL=f"http://localhost:{self.temporal_ui_port}",
             KTB_LOG_FORMAT="console",
             # Only the processes whose Procfile line sets a port serve /metrics.
             KTB_METRICS_PORT="0",
@@ -219,6 +220,8 @@ class DevStack:
         names = {c.name for c in self.children}
         if "api" in names:
             lines.append(f"  http api       http://localhost:{self.api_port}  (auth off)")
+            lines.append(f"  console        http://localhost:{self.api_port}/console")
+            lines.append(f"  api docs       http://localhost:{self.api_port}/docs")
         served = [(c.name, c.url(self.api_port)) for c in self.children]
         lines += [f"  {name:<14} {where}" for name, where in served if where]
         lines += [f"  process        {c.name}" for c in self.children]

@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -167,6 +168,63 @@ async def topic_partitions(settings: Settings, topic: str) -> list[int]:
         if entry["topic"] == topic and entry["error_code"] == 0 and entry["partitions"]:
             return sorted(p["partition"] for p in entry["partitions"])
     raise InvalidRequestError(f"topic {topic!r} does not exist", topic=topic)
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    """How far a consumer group is behind on one partition."""
+
+    topic: str
+    partition: int
+    committed: int | None
+    """The group's committed offset; ``None`` if it committed none."""
+    end: int
+
+    @property
+    def lag(self) -> int:
+        """Records from the committed offset (the start, without one) to the end."""
+        return self.end - (self.committed or 0)
+
+
+async def consumer_lag(settings: Settings, group: str, topics: list[str]) -> list[PartitionLag]:
+    """``group``'s lag on every partition of the existing ones among ``topics``."""
+    admin = kafka.admin(settings)
+    try:
+        await admin.start()
+        described = await admin.describe_topics()
+        committed = await admin.list_consumer_group_offsets(group)
+    except KafkaError as exc:
+        raise TransientError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+    finally:
+        await admin.close()
+    tps = [
+        TopicPartition(entry["topic"], p["partition"])
+        for entry in described
+        if entry["topic"] in topics and entry["error_code"] == 0
+        for p in entry["partitions"]
+    ]
+    if not tps:
+        return []
+    reader = kafka.consumer(settings)
+    await kafka.start(reader, settings)
+    try:
+        ends = await reader.end_offsets(tps)
+    except KafkaError as exc:
+        raise TransientError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+    finally:
+        await kafka.stop_consumer(reader)
+    return sorted(
+        (
+            PartitionLag(
+                tp.topic,
+                tp.partition,
+                committed[tp].offset if tp in committed and committed[tp].offset >= 0 else None,
+                int(end),
+            )
+            for tp, end in ends.items()
+        ),
+        key=lambda x: (x.topic, x.partition),
+    )
 
 
 async def ensure_topics(settings: Settings, topics: Mapping[str, int]) -> list[str]:

@@ -315,6 +315,18 @@ class ProvenanceStore:
             for row in rows
         ]
 
+    async def activity(self, scope: Scope, since: datetime) -> list[tuple[datetime, str, int]]:
+        """Handlings in ``scope`` since ``since``, counted per minute and outcome, oldest
+        minute first: ``(minute, outcome, records)``."""
+        query = (
+            "SELECT date_trunc('minute', at) AS minute, outcome, count(*) AS records "
+            "FROM ktb_handlings WHERE at >= $1 AND ($2 OR tenant_id IS NOT DISTINCT FROM $3) "
+            "GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+        async with self.database.connection() as conn:
+            rows = await conn.fetch(query, since, scope.everyone, scope.tenant)
+        return [(row["minute"], row["outcome"], int(row["records"])) for row in rows]
+
     # --- ids of POST /events -------------------------------------------------------
 
     async def reserve(self, item: Reservation) -> Reservation | None:

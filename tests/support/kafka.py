@@ -154,3 +154,18 @@ class Services:
     async def workflow_ids(self, query: str) -> list[str]:
         """Workflow ids matching a visibility query."""
         return [wf.id async for wf in self.client.list_workflows(query)]
+
+
+async def unique_topics(settings: Settings, uid: str) -> dict[str, str]:
+    """Topic names ending in ``uid``, created with 3 partitions (dead-letter topics with 1):
+    ``orders``, ``payments``, ``outcomes``, ``compensations``."""
+    names = {
+        "orders": f"orders-{uid}",
+        "payments": f"payments-{uid}",
+        "outcomes": f"orders.outcomes-{uid}",
+        "compensations": f"orders.compensations-{uid}",
+    }
+    spec = {n: 3 for n in names.values()}
+    spec.update({f"{names['orders']}.dlq": 1, f"{names['payments']}.dlq": 1})
+    await kafka.ensure_topics(settings, spec)
+    return names

@@ -27,7 +27,7 @@ from bridge.dev.stack import (
     wait_registry,
 )
 from bridge.routes import RoutesConfig
-from bridge.settings import REPO_ROOT
+from bridge.settings import REPO_ROOT, Settings
 
 APICURIO_IMAGE = "apicurio/apicurio-registry:3.3.3"
 
@@ -51,6 +51,22 @@ class StackInfo:
     local: LocalStack | None = None
     postgres: PostgresServer | None = None
     """The session's PostgreSQL when this session started it (outage tests stop it)."""
+
+
+def stack_settings(info: StackInfo, group_id: str) -> Settings:
+    """Settings pointing at the test services (the registry and the database too), with
+    consumer group ``group_id`` and the quick commits and retries tests want."""
+    return Settings(
+        kafka_bootstrap=info.kafka_bootstrap,
+        temporal_address=info.temporal_address,
+        schema_registry_url=info.schema_registry_url,
+        database_url=info.database_url,
+        group_id=group_id,
+        commit_interval_s=0.2,
+        retry_initial_s=0.1,
+        retry_max_s=1.0,
+        shutdown_timeout_s=10,
+    )
 
 
 def docker_answers() -> bool:

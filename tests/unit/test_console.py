@@ -1,0 +1,106 @@
+"""Pure parts of the console: session tokens and CSRF, the page at every console path,
+and ``/docs`` and the console's assets served from this process (no other host)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+
+from bridge.api.app import create_app
+from bridge.api.auth import CSRF_HEADER, Caller, KeyRing, SessionSigner, hash_key
+from bridge.api.problems import Problem
+from bridge.settings import Settings
+
+EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", re.IGNORECASE)
+
+
+def test_a_session_token_is_signed_and_expires():
+    signer = SessionSigner(b"s" * 32, ttl_s=60)
+    token, session = signer.issue("sha256:abc", now=1000)
+    assert session.expires == 1060 and len(session.csrf) >= 24
+    assert signer.verify(token, now=1059) == session
+    assert signer.verify(token, now=1060) is None
+    payload, _, mac = token.partition(".")
+    assert signer.verify(f"{payload}x.{mac}", now=1001) is None
+    assert signer.verify(f"{payload}.{mac[:-2]}", now=1001) is None
+    assert signer.verify("garbage", now=1001) is None
+    assert SessionSigner(b"t" * 32).verify(token, now=1001) is None
+    # A well-signed payload that is not a session is refused, not an error.
+    bad = "e30"  # base64url of "{}"
+    assert signer.verify(f"{bad}.{signer._mac(bad)}", now=1001) is None
+
+
+def test_a_session_stands_for_its_key_and_needs_its_csrf_token_to_change_anything():
+    ring = KeyRing({hash_key("k1"): "acme"}, sessions=SessionSigner(b"s" * 32))
+    token, session, tenant = ring.sign_in("k1")
+    assert tenant == "acme"
+    assert ring.authenticate(None, token, "GET") == Caller("acme", True)
+    assert ring.authenticate(None, token, "POST", session.csrf) == Caller("acme", True)
+    for method, csrf in (("POST", None), ("POST", "wrong"), ("DELETE", ""), ("PATCH", None)):
+        with pytest.raises(Problem) as refused:
+            ring.authenticate(None, token, method, csrf)
+        assert refused.value.status == 403 and CSRF_HEADER in (refused.value.detail or "")
+    # The bearer header wins over a cookie and needs no CSRF token (no browser sends it).
+    other = KeyRing({hash_key("k1"): "acme", hash_key("k2"): "globex"}, sessions=ring.sessions)
+    assert other.authenticate("Bearer k2", token, "POST") == Caller("globex", True)
+    # Removing the key ends its sessions.
+    removed = KeyRing({hash_key("k2"): "globex"}, sessions=ring.sessions)
+    with pytest.raises(Problem) as ended:
+        removed.authenticate(None, token, "GET")
+    assert ended.value.status == 401
+    with pytest.raises(Problem) as unknown:
+        ring.sign_in("nope")
+    assert unknown.value.status == 401
+    assert KeyRing({}, enabled=False).authenticate(None, "anything", "POST").authenticated is False
+
+
+@pytest.fixture(scope="module")
+def app_client() -> TestClient:
+    """The app without its lifespan: the console's page and assets and /docs need no
+    services."""
+    return TestClient(create_app(Settings()))
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/console",
+        "/console/",
+        "/console/events/ev-1",
+        "/console/processes/acme:order-1",
+        "/console/dlq/orders.dlq",
+        "/console/replays/replay-0123456789ab",
+    ],
+)
+def test_every_console_path_is_the_one_page(app_client: TestClient, path: str):
+    response = app_client.get(path)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert '<meta name="viewport"' in response.text
+    assert "/console/assets/console.js" in response.text
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "connect-src 'self'" in policy
+    assert not EXTERNAL.search(response.text)
+
+
+def test_console_assets_are_served_and_reach_no_other_host(app_client: TestClient):
+    for name, kind in (("console.js", "javascript"), ("console.css", "text/css")):
+        response = app_client.get(f"/console/assets/{name}")
+        assert response.status_code == 200 and kind in response.headers["content-type"]
+        assert not re.search(r"https?://(?!www\.w3\.org/2000/svg)", response.text), name
+    assert "prefers-color-scheme: dark" in app_client.get("/console/assets/console.css").text
+    assert app_client.get("/console/assets/__init__.py").status_code == 404
+
+
+def test_docs_load_swagger_ui_from_this_server(app_client: TestClient):
+    page = app_client.get("/docs")
+    assert page.status_code == 200
+    assert not EXTERNAL.search(page.text)
+    assets = re.findall(r"""(?:src|href)=["']?([^"' >]+)""", page.text)
+    assert "/docs/assets/swagger-ui-bundle.js" in assets
+    for asset in assets:
+        assert asset.startswith("/docs/assets/"), asset
+        assert app_client.get(asset).status_code == 200, asset
+    assert app_client.get("/redoc").status_code == 404
