@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -44,6 +45,8 @@ from tests.support import (
 
 pytestmark = pytest.mark.integration
 CE_JSON = {"Content-Type": "application/cloudevents+json"}
+OUTAGE_S = 20.0
+"""How long the outage test keeps the database down."""
 
 
 @pytest_asyncio.fixture
@@ -298,6 +301,7 @@ async def test_database_outage_answers_503_and_loses_nothing(
     ):
         assert postgres.service is not None
         postgres.service.stop()
+        down_at = time.monotonic()
         try:
             lookup = await http.get(f"/events/during-{uid}")
             assert lookup.status_code == 503, lookup.text
@@ -318,6 +322,18 @@ async def test_database_outage_answers_503_and_loses_nothing(
                 return "ktb_indexer_paused 1.0" in (await http.get("/metrics")).text
 
             await eventually(paused, 30)
+            # The outage lasts OUTAGE_S whatever the checks took: the indexer keeps
+            # retrying its held batch, and a record arriving late in the outage joins it.
+            await asyncio.sleep(max(0.0, OUTAGE_S - 5 - (time.monotonic() - down_at)))
+            await services.produce(
+                topics["orders"],
+                "com.example.order.placed",
+                order_data(f"late-{uid}"),
+                key=f"late-{uid}",
+                id=f"late-{uid}",
+            )
+            await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
+            assert (await http.get(f"/events/late-{uid}")).status_code == 503
         finally:
             postgres.start()
             await postgres.wait_ready()
@@ -334,6 +350,16 @@ async def test_database_outage_answers_503_and_loses_nothing(
         assert (view["outcome"], view["workflow_id"]) == ("started", f"outage-{uid}-d-{uid}")
         assert len(view["handlings"]) == 1
         assert view["published"] and view["published"][0]["type"] == "com.example.order.completed"
+
+        async def late_indexed() -> dict[str, Any]:
+            response = await http.get(f"/events/late-{uid}")
+            assert response.status_code == 200, response.text
+            assert response.json()["published"], response.text
+            return response.json()
+
+        late = await eventually(late_indexed, 60)
+        assert (late["outcome"], late["workflow_id"]) == ("started", f"outage-{uid}-late-{uid}")
+        assert len(late["handlings"]) == 1
 
 
 async def test_retention_drops_whole_days(db, uid):
