@@ -472,3 +472,28 @@ async def test_an_id_is_taken_once_and_a_reservation_never_completed_is_taken_ov
         earlier = await store.reserve(Reservation(f"seen-{uid}", "t", "beta", "k", "orders", None))
         assert earlier is not None and (earlier.tenant_id, earlier.key) == ("acme", "k")
         assert await store.produced(f"seen-{uid}") is None
+
+
+async def test_records_read_again_after_the_database_commit_change_nothing(settings, db, uid):
+    # The indexer commits Kafka offsets after the database transaction: an indexer that
+    # dies between the two reads the batch again, and writes it again.
+    now = datetime.now(UTC).isoformat()
+    records = [
+        (provenance_record(f"again-{uid}-{n}", n, now, "acme", "k", f"wf-{uid}-{n}"), 0, n)
+        for n in range(50)
+    ]
+    async with Database(settings) as database:
+        store = ProvenanceStore(database)
+        await store.write(batch_of(records, 30))
+        before = await db.fetch(
+            "SELECT * FROM ktb_handlings WHERE event_id LIKE $1 ORDER BY source_offset",
+            f"again-{uid}-%",
+        )
+        await store.write(batch_of(records, 30))
+        await store.write(batch_of(records[10:20], 30))
+        after = await db.fetch(
+            "SELECT * FROM ktb_handlings WHERE event_id LIKE $1 ORDER BY source_offset",
+            f"again-{uid}-%",
+        )
+    assert len(before) == 50
+    assert [dict(r) for r in after] == [dict(r) for r in before]
