@@ -60,6 +60,7 @@ from bridge.envelope import (
     trace_headers,
 )
 from bridge.errors import (
+    BridgeError,
     ConfigError,
     DecodeError,
     SchemaMismatchError,
@@ -601,3 +602,42 @@ def _time(text: str) -> datetime:
         return datetime.fromisoformat(text)
     except ValueError as exc:
         raise DecodeError(f"the envelope's time {text!r} is not RFC 3339 or epoch ms") from exc
+
+
+def _record(record: RecordLike) -> dict[str, Any]:
+    return {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "key": record.key.decode("utf-8", "replace") if record.key is not None else None,
+        "headers": headers_dict(record.headers),
+    }
+
+
+def _with_event(out: dict[str, Any], event: Event) -> dict[str, Any]:
+    out["data"] = event.data
+    if not any(name.startswith("ce_") for name in out["headers"]):
+        # No CloudEvents headers: show the envelope the bridge gives the record.
+        out["event"] = {"id": event.id, "type": event.type, "source": event.source}
+    return out
+
+
+def render(catalog: SchemaCatalog, record: RecordLike) -> dict[str, Any]:
+    """One record as ``ktb tail`` prints it (a JSON object), decoded without a registry."""
+    out = _record(record)
+    try:
+        return _with_event(out, Decoder(catalog).decode_now(record))
+    except BridgeError as exc:
+        out["error"] = exc.message
+    return out
+
+
+async def render_decoded(decoder: Decoder, record: RecordLike) -> dict[str, Any]:
+    """One record as ``ktb tail`` prints it and the console shows it: ``data`` as the
+    bridge reads it, or ``error``."""
+    out = _record(record)
+    try:
+        return _with_event(out, await decoder.decode(record))
+    except BridgeError as exc:
+        out["error"] = exc.message
+    return out

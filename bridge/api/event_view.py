@@ -29,7 +29,11 @@ from bridge.api.models import (
     PublishedEvent,
 )
 from bridge.api.problems import Problem
+from bridge.api.replays import guard
 from bridge.api.state import ApiState, CallerDep, State
+from bridge.decoding import Decoder, render_decoded
+from bridge.dlq.records import record_at
+from bridge.envelope import ce_attribute
 from bridge.provenance import EventProvenance, PublishedProvenance
 from bridge.store import Reservation
 from bridge.store.provenance import Cursor, primary_of
@@ -120,6 +124,50 @@ async def get_event(
         published=published_events(published),
         handlings=[_handling(h, (h.workflow_id, h.run_id) in foreign) for h in handlings],
     )
+
+
+@router.get(
+    "/events/{event_id}/record",
+    summary="The event's record as the bridge read it: headers and data, decoded",
+    responses={
+        200: {
+            "description": "The record as `ktb tail` prints it: coordinates, key, headers, "
+            "and `data` (or `error` when it does not decode)",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+        **problems.responses(401, 404, 422, 503),
+    },
+)
+async def get_event_record(
+    state: State,
+    caller: CallerDep,
+    event_id: Annotated[str, Path(min_length=1, max_length=256, pattern=visibility.PATTERN)],
+) -> dict[str, Any]:
+    """Read back from Kafka where the bridge read it (or, not read yet, where ``POST
+    /events`` put it); another tenant's event, or a record gone with retention, is a 404."""
+    handlings, produced = await asyncio.gather(
+        state.store.handlings(event_id, caller.scope), state.store.produced(event_id)
+    )
+    primary = primary_of(handlings)
+    where = _read_location(primary)
+    if where is None and produced is not None and caller.may_see(produced.tenant_id):
+        where = location(produced)
+    if where is None:
+        raise _not_found(event_id)
+    record, missing = await guard(record_at(state.settings, where.topic, where.partition,
+                                            where.offset))  # fmt: skip
+    if record is None:
+        raise Problem(404, "not-found", f"the record of {event_id!r} cannot be read: {missing}")
+    decoder = state.ingress.decoder if state.ingress is not None else Decoder(state.catalog)
+    view = await render_decoded(decoder, record)
+    # The coordinates came from the caller's own records; the record there must still be
+    # the event (and, when it names one, of a tenant the caller may see) to be shown.
+    shown_id = ce_attribute(record.headers, "id") or (view.get("event") or {}).get("id")
+    tenant = ce_attribute(record.headers, "tenantid")
+    if shown_id != event_id or (tenant is not None and not caller.may_see(tenant)):
+        raise Problem(404, "not-found", f"{where.topic}[{where.partition}]@{where.offset} "
+                      f"no longer holds {event_id!r}")  # fmt: skip
+    return view
 
 
 @router.get(

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from bridge.api import problems
-from bridge.api.auth import SCHEME, SESSION_COOKIE, Session
+from bridge.api.auth import SESSION_COOKIE, Session
 from bridge.api.problems import Problem
 from bridge.api.state import ApiState, State
 
@@ -107,7 +107,7 @@ async def post_session(
 @router.delete("/session", summary="Sign out: clears the session cookie", status_code=204)
 async def delete_session(request: Request) -> Response:
     """Clear the cookie; signing out needs no session (an ended one may be cleared too)."""
-    response = Response(status_code=204, headers={"WWW-Authenticate": SCHEME})
+    response = Response(status_code=204)
     response.delete_cookie(
         SESSION_COOKIE,
         path="/",

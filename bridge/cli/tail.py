@@ -11,56 +11,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any
 
 from aiokafka import TopicPartition
 
 from bridge import kafka
 from bridge.codec import SchemaCatalog
-from bridge.decoding import Decoder, EnvelopeSpec, open_decoder
-from bridge.envelope import Event, headers_dict
-from bridge.errors import BridgeError, ConfigError
+from bridge.decoding import Decoder, EnvelopeSpec, open_decoder, render_decoded
+from bridge.errors import ConfigError
 from bridge.kafka import stop_consumer
 from bridge.routes import RoutesConfig
 from bridge.settings import Settings
-
-
-def _record(record: Any) -> dict[str, Any]:
-    return {
-        "topic": record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-        "key": record.key.decode("utf-8", "replace") if record.key is not None else None,
-        "headers": headers_dict(record.headers),
-    }
-
-
-def _with_event(out: dict[str, Any], event: Event) -> dict[str, Any]:
-    out["data"] = event.data
-    if not any(name.startswith("ce_") for name in out["headers"]):
-        # No CloudEvents headers: show the envelope the bridge gives the record.
-        out["event"] = {"id": event.id, "type": event.type, "source": event.source}
-    return out
-
-
-def render(catalog: SchemaCatalog, record: Any) -> dict[str, Any]:
-    """One record as the JSON object ``ktb tail`` prints, decoded without a registry."""
-    out = _record(record)
-    try:
-        return _with_event(out, Decoder(catalog).decode_now(record))
-    except BridgeError as exc:
-        out["error"] = exc.message
-    return out
-
-
-async def render_decoded(decoder: Decoder, record: Any) -> dict[str, Any]:
-    """One record as ``ktb tail`` prints it: ``data`` as the bridge reads it, or ``error``."""
-    out = _record(record)
-    try:
-        return _with_event(out, await decoder.decode(record))
-    except BridgeError as exc:
-        out["error"] = exc.message
-    return out
 
 
 def _envelopes(settings: Settings) -> dict[str, EnvelopeSpec]:

@@ -32,7 +32,7 @@ from bridge.dlq.letters import (
 )
 from bridge.dlq.marks import read_marks
 from bridge.dlq.publisher import KEPT_HEADERS
-from bridge.dlq.records import batches, reader
+from bridge.dlq.records import batches, reader, record_at
 from bridge.envelope import ce_attribute
 from bridge.errors import InvalidRequestError
 from bridge.kafka.topics import topic_partitions
@@ -299,22 +299,9 @@ async def read_original(settings: Settings, letter: Letter) -> Original:
         return Original(
             topic, partition or 0, offset or 0, None, "no original coordinates recorded"
         )
-    where = f"{topic}[{partition}]@{offset}"
-    try:
-        partitions = await topic_partitions(settings, topic)
-    except InvalidRequestError:
-        return Original(topic, partition, offset, None, f"topic {topic!r} no longer exists")
-    if partition not in partitions:
-        return Original(topic, partition, offset, None, f"{topic} has no partition {partition}")
-    record = None
-    async with reader(settings, topic) as consumer:
-        tp = TopicPartition(topic, partition)
-        end = (await consumer.end_offsets([tp]))[tp]
-        if offset < end:
-            async for records in batches(consumer, tp, offset, offset + 1):
-                record = next((r for r in records if r.offset == offset), record)
+    record, missing = await record_at(settings, topic, partition, offset)
     if record is None:
-        return Original(topic, partition, offset, None, f"{where} is gone (beyond retention)")
+        return Original(topic, partition, offset, None, missing)
     # The letter names its record by key and event id (a letter that had to drop
     # them names it by coordinates alone).
     letter_id = ce_attribute(letter.headers, "id")
@@ -322,7 +309,11 @@ async def read_original(settings: Settings, letter: Letter) -> Original:
         letter_id is not None and ce_attribute(record.headers, "id") != letter_id
     ):
         return Original(
-            topic, partition, offset, None, f"{where} holds another record than the letter names"
+            topic,
+            partition,
+            offset,
+            None,
+            f"{topic}[{partition}]@{offset} holds another record than the letter names",
         )
     return Original(topic, partition, offset, record)
 

@@ -16,8 +16,9 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from bridge import kafka
-from bridge.errors import TransientError
+from bridge.errors import InvalidRequestError, TransientError
 from bridge.kafka import stop_consumer
+from bridge.kafka.topics import topic_partitions
 from bridge.settings import Settings
 
 READ_TIMEOUT_S = 30.0
@@ -81,3 +82,27 @@ async def batches(
             position, deadline = moved, time.monotonic() + timeout
         elif time.monotonic() > deadline:
             raise TransientError(f"timed out reading {tp.topic}[{tp.partition}]")
+
+
+async def record_at(
+    settings: Settings, topic: str, partition: int, offset: int
+) -> tuple[ConsumerRecord[bytes, bytes] | None, str | None]:
+    """The record at ``topic[partition]@offset``, or ``None`` and why it cannot be read
+    (no such topic or partition, or the offset is past the end or beyond retention)."""
+    where = f"{topic}[{partition}]@{offset}"
+    try:
+        partitions = await topic_partitions(settings, topic)
+    except InvalidRequestError:
+        return None, f"topic {topic!r} no longer exists"
+    if partition not in partitions:
+        return None, f"{topic} has no partition {partition}"
+    record = None
+    async with reader(settings, topic) as consumer:
+        tp = TopicPartition(topic, partition)
+        end = (await consumer.end_offsets([tp]))[tp]
+        if offset < end:
+            async for records in batches(consumer, tp, offset, offset + 1):
+                record = next((r for r in records if r.offset == offset), record)
+    if record is None:
+        return None, f"{where} is gone (beyond retention)"
+    return record, None

@@ -31,6 +31,7 @@ from tests.integration.api_workflows import PaidOrder, QuickOrder
 from tests.integration.test_api_tenancy import order_routes
 from tests.integration.test_replay_api import replay_worker
 from tests.support import (
+    Services,
     StackInfo,
     eventually,
     order_data,
@@ -96,8 +97,13 @@ async def console(
     uid = uuid.uuid4().hex[:10]
     settings = stack_settings(stack, f"console-{uid}")
     topics = await unique_topics(settings, uid)
-    await ensure_topics(settings, {f"ktb.provenance-{uid}": 3})
-    config = routes_config(order_routes(topics, uid, scoped=True))
+    topics.update({"paused": f"paused-{uid}", "parked": f"parked-{uid}"})
+    await ensure_topics(
+        settings,
+        {f"ktb.provenance-{uid}": 3, **{t: 1 for t in (topics["paused"], topics["parked"])}},
+    )
+    await ensure_topics(settings, {f"{topics[t]}.dlq": 1 for t in ("paused", "parked")})
+    config = routes_config([*order_routes(topics, uid, scoped=True), *policy_routes(topics, uid)])
     settings = settings.model_copy(
         update={
             "provenance_topic": f"ktb.provenance-{uid}",
@@ -120,6 +126,35 @@ async def console(
         running_api(settings) as url,
     ):
         yield Console(url, uid, topics, settings)
+
+
+def policy_routes(topics: dict[str, str], uid: str) -> list[dict[str, Any]]:
+    """A start route on a topic that pauses at a failing record, and one on a topic that
+    parks a failing record's key."""
+    return [
+        {
+            "name": f"{policy}-start",
+            "topic": topics[name],
+            "type": PLACED,
+            "action": "start",
+            "workflow": "KtbApiTestQuick",
+            "task_queue": f"api-{uid}",
+            "workflow_id": f"{name}-{uid}-{{data.order_id}}",
+            "memo": {"outcome_topic": topics["outcomes"]},
+            "on_failure": policy,
+        }
+        for name, policy in (("paused", "pause"), ("parked", "park_key"))
+    ]
+
+
+async def poison(console: Console, services: Services, topic: str, key: str) -> None:
+    """A record of tenant A that does not decode."""
+    headers = [
+        ("ce_specversion", b"1.0"), ("ce_id", f"poison-{topic}".encode()),
+        ("ce_source", b"tests"), ("ce_type", PLACED.encode()),
+        ("content-type", b"application/avro"), ("ce_tenantid", console.tenant(KEY_A).encode()),
+    ]  # fmt: skip
+    await services.produce_raw(topic, b"not avro at all", headers, key=key.encode())
 
 
 @contextlib.asynccontextmanager
@@ -235,6 +270,9 @@ async def test_an_event_timeline_and_its_process_followed_live(browser, console)
             timeline = page.get_by_role("list", name="What happened to the event")
             await expect(timeline).to_contain_text(f"Read from {console.topics['orders']}")
             await expect(timeline).to_contain_text("Route start → start")
+            record = page.get_by_role("region", name="Record")
+            await expect(record).to_contain_text('"payment_token": "tok_visa"')  # decoded data
+            await expect(record).to_contain_text(f'"ce_tenantid": "{console.tenant(KEY_A)}"')
             await timeline.get_by_role("link", name=workflow_id).click()
             await expect(page).to_have_url(f"{console.url}/console/processes/{quote(workflow_id)}")
             await expect(page.locator("#process-status")).to_have_text("running")
@@ -260,10 +298,23 @@ async def test_an_event_timeline_and_its_process_followed_live(browser, console)
             await page.goto("/console/processes?status=completed")
             await expect(page.get_by_role("link", name=workflow_id)).to_be_visible()
 
+            # By business key: the records of the key, each linked to its event.
+            await page.goto("/console/events")
+            await page.get_by_label("Look up by").select_option("key")
+            await page.get_by_label("Business key").fill(order_id)
+            await page.get_by_role("button", name="Look up").click()
+            found = page.get_by_role("link", name=f"ev-{order_id}")
+            await expect(found).to_have_count(1)
+            await expect(page.get_by_role("link", name=f"pay-{order_id}")).to_have_count(1)
+
     # Another tenant: neither the event nor the process is there.
     async with page_of(browser, console, KEY_B) as page:
         await page.goto(f"/console/events/ev-{order_id}")
         await expect(page.get_by_role("alert")).to_contain_text("Not found")
+        status = await page.evaluate(
+            "async (url) => (await fetch(url)).status", f"/events/ev-{order_id}/record"
+        )
+        assert status == 404
         await page.goto(f"/console/processes/{quote(workflow_id)}")
         await expect(page.get_by_role("alert")).to_contain_text("Not found")
         await page.goto("/console/processes")
@@ -368,6 +419,74 @@ async def test_a_replay_from_the_page_dry_run_first_then_confirmed(browser, cons
     async with page_of(browser, console, KEY_B) as page:
         await page.goto(f"/console/replays/{replay_id}")
         await expect(page.get_by_role("alert")).to_contain_text("Not found")
+
+
+async def test_a_paused_partition_skipped_and_a_parked_key_released_from_the_pages(
+    browser, console, catalog, client
+):
+    from playwright.async_api import expect
+
+    uid = console.uid
+    paused, parked = console.topics["paused"], console.topics["parked"]
+    services = Services(console.settings, catalog, client)
+    await services.start()
+    try:
+        await poison(console, services, paused, "k")
+        await poison(console, services, parked, "k")
+        # The same key after the poison record: parked behind its letter.
+        await services.produce(parked, PLACED, order_data(f"pk-{uid}"), key="k",
+                               tenant=console.tenant(KEY_A))  # fmt: skip
+    finally:
+        await services.stop()
+    async with api(console, KEY_A) as http:
+
+        async def parked_now() -> list[dict[str, Any]]:
+            return (await http.get("/parked", params={"topic": parked})).json()["records"]
+
+        await eventually(parked_now, timeout=60)
+        async with page_of(browser, console, KEY_A) as page:
+            await page.goto("/console")
+            pauses = page.get_by_role("region", name="Paused partitions")
+            row = pauses.get_by_role("row").filter(has_text=paused)
+            await expect(row).to_have_count(1)
+            await expect(page.get_by_role("region", name="Parked keys")).to_contain_text(parked)
+            await page.screenshot(path=screenshot_path("overview-paused-parked"), full_page=True)
+            await row.get_by_role("button", name="Skip").click()
+            dialog = page.get_by_role("dialog")
+            await expect(dialog).to_contain_text("1 record will move to the dead-letter topic")
+            await dialog.get_by_role("button", name="Skip it").click()
+            await expect(page.get_by_role("status")).to_have_text(f"Partition {paused} [0]: skip.")
+            # The bridge acts on the decision; the overview (refreshed) no longer lists it.
+            await expect(row).to_have_count(0)
+
+            await (
+                page.get_by_role("region", name="Parked keys")
+                .get_by_role("link", name=parked)
+                .click()
+            )
+            await expect(
+                page.get_by_role("heading", name=f"Dead letters of {parked}.dlq")
+            ).to_be_visible()
+            parked_list = page.get_by_role("region", name=f"Parked on {parked}")
+            await expect(parked_list.get_by_role("row")).to_have_count(2)  # header and one
+            letters = page.locator("input[data-letter]")
+            await expect(letters).to_have_count(1)
+            await letters.check()
+            await page.get_by_role("button", name="Discard selected").click()
+            await expect(dialog).to_contain_text("keys they block are released")
+            await dialog.get_by_role("button", name="Discard").click()
+            await expect(page.get_by_role("status")).to_have_text("Discarded 1; released keys: 1.")
+
+        async def released() -> bool:
+            return await parked_now() == []
+
+        await eventually(released, timeout=60)
+
+        async def started() -> bool:
+            response = await http.get(f"/processes/{console.tenant(KEY_A)}:parked-{uid}-pk-{uid}")
+            return response.status_code == 200
+
+        await eventually(started, timeout=60)
 
 
 async def test_state_changing_requests_need_the_csrf_token(browser, console):

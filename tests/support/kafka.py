@@ -13,8 +13,8 @@ from aiokafka.structs import ConsumerRecord
 from temporalio.client import Client
 
 from bridge import kafka
-from bridge.cli.tail import render
 from bridge.codec import SchemaCatalog
+from bridge.decoding import render
 from bridge.envelope import Event, decode_consumed, encode_event
 from bridge.kafka import stop_consumer
 from bridge.settings import Settings

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from bridge.cli.main import _publish_spec, app
-from bridge.cli.tail import render
 from bridge.codec import SchemaCatalog
+from bridge.decoding import render
 from bridge.errors import ConfigError
 from bridge.routes import PublishSpec, SubjectStrategy
 from bridge.settings import REPO_ROOT

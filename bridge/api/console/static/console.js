@@ -76,6 +76,12 @@ function fill(el, ...children) {
   return append(el, children);
 }
 
+// A control with its label beside it (not wrapped: a wrapped select's options would
+// become part of the label's accessible name).
+function lab(attrs, text, control) {
+  return h("div", { class: "field" }, h("label", attrs, text), control);
+}
+
 function link(href, text) { return h("a", { href, "data-link": true }, text); }
 function code(text) { return h("code", {}, text); }
 function muted(text) { return h("span", { class: "muted" }, text); }
@@ -141,7 +147,7 @@ function statusBadge(status) {
 // ---- routing ----------------------------------------------------------------------
 
 const routes = [
-  [/^\/console\/?$/, overviewPage, 5000],
+  [/^\/console\/?$/, overviewPage, 10000],
   [/^\/console\/events\/?$/, eventSearchPage],
   [/^\/console\/events\/(.+)$/, eventPage],
   [/^\/console\/processes\/?$/, processesPage],
@@ -239,7 +245,7 @@ function showSignIn(message) {
   } },
   h("h1", {}, "Sign in"),
   h("p", {}, "Sign in with your tenant's API key (", code("ktb api-key"), " makes one). The console keeps a session cookie, not the key."),
-  h("label", { for: "api-key" }, "API key", key),
+  lab({ for: "api-key" }, "API key", key),
   h("p", {}, h("button", { type: "submit", class: "primary" }, "Sign in")),
   error);
   fill(document.getElementById("main"), form);
@@ -308,8 +314,8 @@ async function resume(p, skip, after) {
   if (!await confirmDialog(text, skip ? "Skip it" : "Retry")) return;
   try {
     const r = await api("POST", "/bridge/resume", { topic: p.topic, partition: p.partition, skip });
-    say(`Partition ${r.topic} [${r.partition}]: ${r.decision}.`);
     await after();
+    say(`Partition ${r.topic} [${r.partition}]: ${r.decision}.`);
   } catch (err) { say(err.message, true); }
 }
 
@@ -363,7 +369,7 @@ function chart(activity, minutes) {
 async function eventSearchPage() {
   const params = new URLSearchParams(location.search);
   const by = params.get("by") || "id";
-  const field = (name, label, attrs) => h("label", { for: `f-${name}` }, label,
+  const field = (name, label, attrs) => lab({ for: `f-${name}` }, label,
     h("input", { id: `f-${name}`, name, value: params.get(name) || "", ...(attrs || {}) }));
   const byField = h("select", { id: "f-by", name: "by" },
     [["id", "Event id"], ["position", "Topic, partition, offset"], ["key", "Business key"]]
@@ -374,7 +380,7 @@ async function eventSearchPage() {
     if (data.by === "id" && data.id) { navigate(`/console/events/${enc(data.id)}`); return; }
     navigate(`/console/events${query(data)}`);
   } },
-  h("label", { for: "f-by" }, "Look up by", byField),
+  lab({ for: "f-by" }, "Look up by", byField),
   field("id", "Event id"), field("topic", "Topic"), field("partition", "Partition", { inputmode: "numeric" }),
   field("offset", "Offset", { inputmode: "numeric" }), field("key", "Business key"),
   h("button", { type: "submit", class: "primary" }, "Look up"));
@@ -391,8 +397,20 @@ async function eventSearchPage() {
   return out;
 }
 
+async function recordSection(eventId) {
+  let r;
+  try { r = await api("GET", `/events/${enc(eventId)}/record`); } catch (err) {
+    return h("section", { id: "record", "aria-labelledby": "h-record" }, h("h2", { id: "h-record" }, "Record"), muted(err.message));
+  }
+  return h("section", { id: "record", "aria-labelledby": "h-record" }, h("h2", { id: "h-record" }, "Record"),
+    h("p", { class: "muted" }, `${r.topic} [${r.partition}] @ ${r.offset}, key ${r.key ?? "none"}`),
+    h("div", { class: "two" },
+      h("div", {}, h("h3", {}, "Data"), r.error ? h("p", { class: "warn" }, r.error) : json(r.data)),
+      h("div", {}, h("h3", {}, "Headers"), json(r.headers))));
+}
+
 async function eventPage(eventId) {
-  const e = await api("GET", `/events/${enc(eventId)}`);
+  const [e, record] = await Promise.all([api("GET", `/events/${enc(eventId)}`), recordSection(eventId)]);
   const steps = [];
   if (e.produced) steps.push(h("li", {}, h("strong", {}, "Produced "), `through the API to ${loc(e.produced)}`));
   if (e.read) steps.push(h("li", {}, h("strong", {}, "Read "), `from ${loc(e.read)}`));
@@ -419,6 +437,7 @@ async function eventPage(eventId) {
     h("h1", {}, "Event ", code(e.event_id)),
     facts([["Type", e.type], ["Tenant", e.tenant_id], ["Business key", e.key], ["Status", statusBadge(e.status)]]),
     h("h2", {}, "Timeline"), h("ol", { class: "timeline", "aria-label": "What happened to the event" }, steps),
+    record,
     e.key ? h("p", {}, link(`/console/events${query({ by: "key", key: e.key })}`, "Every record of this business key")) : null,
     h("h2", {}, "Every handling"),
     table(["Via", "Read at", "Route", "Action", "Outcome", "Process", "At"], e.handlings.map((x) =>
@@ -432,13 +451,13 @@ const STATUSES = ["", "running", "completed", "failed", "canceled", "terminated"
 
 async function processesPage() {
   const params = new URLSearchParams(location.search);
-  const input = (name, label) => h("label", { for: `p-${name}` }, label, h("input", { id: `p-${name}`, name, value: params.get(name) || "" }));
+  const input = (name, label) => lab({ for: `p-${name}` }, label, h("input", { id: `p-${name}`, name, value: params.get(name) || "" }));
   const form = h("form", { class: "filters", onsubmit: (e) => {
     e.preventDefault();
     navigate(`/console/processes${query(Object.fromEntries(new FormData(form).entries()))}`);
   } },
   input("type", "Type"),
-  h("label", { for: "p-status" }, "Status", h("select", { id: "p-status", name: "status" },
+  lab({ for: "p-status" }, "Status", h("select", { id: "p-status", name: "status" },
     STATUSES.map((s) => h("option", { value: s, selected: s === (params.get("status") || "") }, s || "any")))),
   session.authentication ? null : input("tenant", "Tenant"),
   input("key", "Business key"),
@@ -535,9 +554,9 @@ async function dlqPage(topic) {
     e.preventDefault();
     navigate(`/console/dlq/${enc(topic)}${query(Object.fromEntries(new FormData(form).entries()))}`);
   } },
-  h("label", { for: "d-error" }, "Error type", h("input", { id: "d-error", name: "error_type", value: errorType })),
-  h("label", { for: "d-since" }, "Failed from", h("input", { id: "d-since", name: "since", type: "datetime-local", value: since })),
-  h("label", { for: "d-until" }, "Failed before", h("input", { id: "d-until", name: "until", type: "datetime-local", value: until })),
+  lab({ for: "d-error" }, "Error type", h("input", { id: "d-error", name: "error_type", value: errorType })),
+  lab({ for: "d-since" }, "Failed from", h("input", { id: "d-since", name: "since", type: "datetime-local", value: since })),
+  lab({ for: "d-until" }, "Failed before", h("input", { id: "d-until", name: "until", type: "datetime-local", value: until })),
   h("button", { type: "submit", class: "primary" }, "Filter"));
   const movable = (l) => !l.redriven && !l.copy_of;
   const boxes = new Map();
@@ -653,7 +672,7 @@ function reportTable(report) {
 async function replayFormPage() {
   const o = overviewCache || await loadOverview();
   const topics = h("datalist", { id: "topics" }, o.topics.map((t) => h("option", { value: t })));
-  const field = (name, label, attrs) => h("label", { for: `r-${name}` }, label, h("input", { id: `r-${name}`, name, ...(attrs || {}) }));
+  const field = (name, label, attrs) => lab({ for: `r-${name}` }, label, h("input", { id: `r-${name}`, name, ...(attrs || {}) }));
   const result = h("section", { id: "dry-run", "aria-live": "polite" });
   const form = h("form", { class: "filters", onsubmit: async (e) => {
     e.preventDefault();
@@ -681,7 +700,7 @@ async function replayFormPage() {
   field("from", "From (offset, ISO time or earliest)", { required: true, value: "earliest" }),
   field("to", "To (offset, ISO time or now)", { value: "now" }),
   field("routes", "Routes (comma-separated; empty: all)"),
-  h("label", { for: "r-mode" }, "Mode", h("select", { id: "r-mode", name: "mode" },
+  lab({ for: "r-mode" }, "Mode", h("select", { id: "r-mode", name: "mode" },
     h("option", { value: "idempotent" }, "idempotent"), h("option", { value: "fresh" }, "fresh"))),
   h("button", { type: "submit", class: "primary" }, "Dry run"));
   return [h("h1", {}, "Replay a topic range"),
