@@ -87,11 +87,15 @@ class Storefront:
             return body, CacheStatus(hit=False, collapsed=True)
         task = asyncio.create_task(self._fetch_at_generation(key, customer_id))
         self._inflight[key] = task
-        task.add_done_callback(lambda _: self._inflight.pop(key, None))
+        task.add_done_callback(lambda done: self._forget(key, done))
         body, stored = await asyncio.shield(task)
         return body, CacheStatus(
             hit=False, stored=stored, ttl_s=self.config.storefront_cache_ttl_s if stored else None
         )
+
+    def _forget(self, key: str, task: asyncio.Task[tuple[bytes, bool]]) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
 
     async def _fetch_at_generation(self, key: str, customer_id: str) -> tuple[bytes, bool]:
         try:
@@ -127,10 +131,13 @@ class Storefront:
     async def evict(self, customer_id: str) -> None:
         """Evict a customer's dashboard, retrying while the cache does not answer: an
         outcome event is only done with once its customer's entry is gone."""
+        key = self.cache_key(customer_id)
+        # A request from now on must not join a fetch that may have read the old state.
+        self._inflight.pop(key, None)
         attempt = 0
         while True:
             try:
-                await self.cache.evict(self.cache_key(customer_id))
+                await self.cache.evict(key)
                 return
             except CacheUnavailable as exc:
                 wait = EVICT_RETRY_S[min(attempt, len(EVICT_RETRY_S) - 1)]

@@ -3,6 +3,8 @@ running median, and how a dashboard joins its parts (tenant scoping included).""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,9 +12,13 @@ import pytest
 from bridge import ConfigError
 from bridge.api.lookup import attribute_filter, visibility_query
 from bridge.api.problems import Problem
+from services.config import ServicesConfig
+from services.storefront import Dashboard
 from services.storefront.cache import CacheStatus, MemoryCache, open_cache
 from services.storefront.dashboard import Aggregator, Parts
 from services.storefront.estimate import RunningMedian
+from services.storefront.server import Storefront
+from tests.support import until
 
 T0 = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
 
@@ -149,3 +155,52 @@ def test_process_listings_filter_on_a_routes_search_attribute():
         with pytest.raises(Problem) as caught:
             attribute_filter(bad)
         assert caught.value.status == 422
+
+
+class SlowBuild:
+    """An aggregator whose builds wait for ``release``; counts them."""
+
+    def __init__(self) -> None:
+        self.builds = 0
+        self.release = asyncio.Event()
+
+    async def build(self, customer_id: str) -> Dashboard:
+        self.builds += 1
+        n = self.builds
+        await self.release.wait()
+        return Dashboard(
+            customer_id=customer_id, generated_at=T0, orders=[], partial=False,
+            errors={"build": str(n)},
+        )  # fmt: skip
+
+
+def _storefront(build: SlowBuild) -> Storefront:
+    front = Storefront(
+        ServicesConfig(storefront_cache_ttl_s=60),
+        upstreams=None,  # type: ignore[arg-type]
+        cache=MemoryCache(),
+        aggregator=build,  # type: ignore[arg-type]
+        key_prefix="test",
+    )
+    front.live.set()
+    return front
+
+
+async def test_concurrent_misses_share_one_fetch_and_an_eviction_starts_a_new_one():
+    build = SlowBuild()
+    front = _storefront(build)
+    first = asyncio.create_task(front.dashboard("c-1"))
+    second = asyncio.create_task(front.dashboard("c-1"))
+    await until(lambda: build.builds == 1)
+    # An outcome event of c-1 while the fetch runs: what it read may be old.
+    await front.evict("c-1")
+    third = asyncio.create_task(front.dashboard("c-1"))
+    await until(lambda: build.builds == 2)
+    build.release.set()
+    (body1, status1), (body2, status2), (body3, status3) = await asyncio.gather(
+        first, second, third
+    )
+    assert body1 == body2 and status2.collapsed and not status1.stored
+    assert json.loads(body3)["errors"] == {"build": "2"} and status3.stored
+    body, status = await front.dashboard("c-1")
+    assert (body, status.hit) == (body3, True)
