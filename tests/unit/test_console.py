@@ -4,6 +4,7 @@ and ``/docs`` and the console's assets served from this process (no other host).
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
@@ -104,3 +105,38 @@ def test_docs_load_swagger_ui_from_this_server(app_client: TestClient):
         assert asset.startswith("/docs/assets/"), asset
         assert app_client.get(asset).status_code == 200, asset
     assert app_client.get("/redoc").status_code == 404
+
+
+def _with_keys(app_client: TestClient, keys: KeyRing) -> TestClient:
+    """The session routes need only the keys and the settings of the app's state."""
+    app_client.app.state.ktb = SimpleNamespace(keys=keys, settings=Settings())  # type: ignore[attr-defined]
+    return app_client
+
+
+def test_with_authentication_off_there_is_no_sign_in(app_client: TestClient):
+    client = _with_keys(app_client, KeyRing({}, enabled=False))
+    view = client.get("/session").json()
+    assert (view["authentication"], view["signed_in"], view["csrf_token"]) == (False, False, None)
+    refused = client.post("/session", json={"api_key": "anything"})
+    assert refused.status_code == 409 and "set-cookie" not in refused.headers
+
+
+def test_signing_in_sets_a_strict_http_only_cookie_and_signing_out_clears_it(
+    app_client: TestClient,
+):
+    client = _with_keys(app_client, KeyRing({hash_key("k1"): "acme"}))
+    assert client.post("/session", json={"api_key": "nope"}).status_code == 401
+    form = client.post(
+        "/session", content='{"api_key": "k1"}', headers={"Content-Type": "text/plain"}
+    )
+    assert form.status_code == 422 and "set-cookie" not in form.headers
+    signed = client.post("/session", json={"api_key": "k1"})
+    assert signed.status_code == 200
+    cookie = signed.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "k1" not in cookie
+    view = client.get("/session").json()
+    assert (view["signed_in"], view["tenant"]) == (True, "acme")
+    assert view["csrf_token"] == signed.json()["csrf_token"]
+    out = client.delete("/session")
+    assert out.status_code == 204 and "max-age=0" in out.headers["set-cookie"].lower()
+    assert client.get("/session").json()["signed_in"] is False
