@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bridge import ConfigError
+from bridge import ConfigError, Settings
 from bridge.api.lookup import attribute_filter, visibility_query
 from bridge.api.problems import Problem
 from services.config import ServicesConfig
@@ -17,7 +17,7 @@ from services.storefront import Dashboard
 from services.storefront.cache import CacheStatus, MemoryCache, open_cache
 from services.storefront.dashboard import Aggregator, Parts
 from services.storefront.estimate import RunningMedian
-from services.storefront.server import Storefront
+from services.storefront.server import Storefront, open_storefront
 from tests.support import until
 
 T0 = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
@@ -204,3 +204,9 @@ async def test_concurrent_misses_share_one_fetch_and_an_eviction_starts_a_new_on
     assert json.loads(body3)["errors"] == {"build": "2"} and status3.stored
     body, status = await front.dashboard("c-1")
     assert (body, status.hit) == (body3, True)
+
+
+async def test_with_authentication_on_the_storefront_needs_a_key_of_its_own():
+    with pytest.raises(ConfigError, match="KTB_SERVICES_STOREFRONT_API_KEY"):
+        async with open_storefront(Settings(api_auth=True), ServicesConfig()):
+            pass
