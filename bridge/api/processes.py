@@ -100,6 +100,8 @@ async def list_processes(
     ] = None,
 ) -> ProcessPage:
     """Processes matching every given filter; a tenant only ever lists its own."""
+    # Every filter is checked (422) before anything is answered, an empty page included.
+    attributes_equal = [lookup.attribute_filter(a) for a in attribute or ()]
     if caller.authenticated:
         if tenant is not None and tenant != caller.tenant:
             return ProcessPage(items=[], next_page_token=None)
@@ -109,7 +111,7 @@ async def list_processes(
         status=status,
         tenant=tenant,
         key=key,
-        attributes_equal=[lookup.attribute_filter(a) for a in attribute or ()],
+        attributes_equal=attributes_equal,
     )
     items, token = await lookup.list_page(state.client, query, page_size, page_token)
     return ProcessPage(items=[lookup.summary(e) for e in items], next_page_token=token)

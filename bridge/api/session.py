@@ -79,7 +79,7 @@ async def get_session(request: Request, state: State) -> SessionView:
     "/session",
     summary="Sign in with an API key: sets the session cookie",
     response_model=SessionView,
-    responses=problems.responses(401, 409, 422),
+    responses=problems.responses(400, 401, 409, 422),
 )
 async def post_session(
     request: Request, response: Response, state: State, body: SignIn

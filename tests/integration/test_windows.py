@@ -171,7 +171,9 @@ async def test_a_batch_of_250_events_makes_three_runs_with_every_event_once(
 ) -> None:
     topic = topics["orders"]
     workflow_id = f"settle-{uid}"
-    route = window_route(topic, uid, workflow_id, batch={"max_events": 100, "max_wait": "5s"})
+    # max_wait is long enough for the first 200 events to arrive on a loaded machine (each
+    # is a signal-with-start): the full batches close at max_events, the last at max_wait.
+    route = window_route(topic, uid, workflow_id, batch={"max_events": 100, "max_wait": "30s"})
     produced = await produce(services, topic, numbered(uid, range(250)))
     async with (
         running_worker(settings, catalog, client, f"tq-{uid}", [WindowRun]),
