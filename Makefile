@@ -18,9 +18,11 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/ktb dev
 
-## test: unit, integration and chaos tests against real Kafka and Temporal
+## test: unit, integration and chaos tests against real Kafka and Temporal; TEST_WORKERS=N
+## sessions in parallel (each with its own services), 0 for one session
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 ## lint: ruff (lint + format check) and mypy
 lint: $(STAMP)
