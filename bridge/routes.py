@@ -374,6 +374,8 @@ class CompiledRoute:
         self.spec = spec
         self.name = spec.name
         self.condition: Callable[[dict[str, Any] | cel.Context], Any] | None = None
+        self.condition_context: Callable[..., cel.Context] | None = None
+        """Builds the context ``condition`` evaluates in (``None`` without a condition)."""
         self.condition_reads: list[tuple[str, ...]] = []
         if spec.when:
             import cel  # imported when a route has a condition: it takes long to import
@@ -383,6 +385,7 @@ class CompiledRoute:
             except (ValueError, RuntimeError) as exc:
                 raise ConfigError(f"route {spec.name!r}, field when: {exc}") from exc
             self.condition = program.execute
+            self.condition_context = cel.Context
             self.condition_reads = condition_paths(spec.when)
         try:
             self.workflow_id = Template.parse(spec.workflow_id)
@@ -541,13 +544,13 @@ class Router:
         context = event.as_context()
         conditions: cel.Context | None = None
         for route in candidates:
-            if route.condition is not None and conditions is None:
+            if route.condition_context is not None and conditions is None:
                 # Converting values to CEL dominates the cost of a condition, so the
                 # candidates share one context holding only the fields they read.
-                import cel  # loaded already: a route has a condition
-
                 try:
-                    conditions = cel.Context(variables=select(context, self._reads[key]))
+                    conditions = route.condition_context(
+                        variables=select(context, self._reads[key])
+                    )
                 except (KeyError, ValueError, TypeError, RuntimeError) as exc:
                     raise RouteError(f"route {route.name!r}: condition failed: {exc}") from exc
             if route.matches(conditions if conditions is not None else context):

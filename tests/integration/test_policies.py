@@ -10,9 +10,11 @@ failing record until ``resume`` tries it again or ``resume --skip`` dead-letters
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -312,6 +314,21 @@ async def test_a_paused_partition_waits_for_resume_and_resume_skip(
         assert refused.status_code == 422  # not paused any more
 
 
+@contextlib.asynccontextmanager
+async def two_tenants(
+    settings: Settings, catalog: SchemaCatalog, client: Client, config: RoutesConfig, uid: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """A worker, a bridge and the API on ``config``; HTTP clients of tenants A and B."""
+    async with (
+        running_worker(settings, catalog, client, f"tq-{uid}", [Noop]),
+        running_bridge(settings, catalog, client, config),
+        running_api(settings) as url,
+        httpx.AsyncClient(base_url=url, timeout=30, headers=bearer(KEY_A)) as a,
+        httpx.AsyncClient(base_url=url, timeout=30, headers=bearer(KEY_B)) as b,
+    ):
+        yield a, b
+
+
 async def test_through_the_api_a_tenant_lists_and_discards_only_its_own(
     services: Services,
     settings: Settings,
@@ -324,13 +341,7 @@ async def test_through_the_api_a_tenant_lists_and_discards_only_its_own(
     config = routes(topic, uid)
     settings = api_settings(settings, uid, tmp_path, config)
     tenant = f"a-{uid}"
-    async with (
-        running_worker(settings, catalog, client, f"tq-{uid}", [Noop]),
-        running_bridge(settings, catalog, client, config),
-        running_api(settings) as url,
-        httpx.AsyncClient(base_url=url, timeout=30, headers=bearer(KEY_A)) as a,
-        httpx.AsyncClient(base_url=url, timeout=30, headers=bearer(KEY_B)) as b,
-    ):
+    async with two_tenants(settings, catalog, client, config, uid) as (a, b):
         await poison(services, topic, "k", tenant)
         ids = []
         for n in range(2):
@@ -371,13 +382,7 @@ async def test_through_the_api_a_tenant_resumes_only_its_own_pause(
     config = routes(topic, uid, on_failure="pause")
     settings = api_settings(settings, uid, tmp_path, config)
     tenant = f"a-{uid}"
-    async with (
-        running_worker(settings, catalog, client, f"tq-{uid}", [Noop]),
-        running_bridge(settings, catalog, client, config),
-        running_api(settings) as url,
-        httpx.AsyncClient(base_url=url, timeout=30, headers=bearer(KEY_A)) as a,
-        httpx.AsyncClient(base_url=url, timeout=30, headers=bearer(KEY_B)) as b,
-    ):
+    async with two_tenants(settings, catalog, client, config, uid) as (a, b):
         await poison(services, topic, "k", tenant)
         await services.produce(topic, PLACED, order_data("j0"), key="j", tenant=tenant)
 

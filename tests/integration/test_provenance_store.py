@@ -338,28 +338,20 @@ async def test_database_outage_answers_503_and_loses_nothing(
             postgres.start()
             await postgres.wait_ready()
 
-        async def indexed() -> dict[str, Any]:
-            response = await http.get(f"/events/during-{uid}")
-            assert response.status_code == 200, response.text
-            assert response.json()["handlings"], response.text
-            # The workflow's outcome is a provenance record of its own, indexed in a later batch.
-            assert response.json()["published"], response.text
-            return response.json()
+        for event_id, order in ((f"during-{uid}", f"d-{uid}"), (f"late-{uid}", f"late-{uid}")):
 
-        view = await eventually(indexed, 60)
-        assert (view["outcome"], view["workflow_id"]) == ("started", f"outage-{uid}-d-{uid}")
-        assert len(view["handlings"]) == 1
-        assert view["published"] and view["published"][0]["type"] == "com.example.order.completed"
+            async def indexed(event_id: str = event_id) -> dict[str, Any]:
+                response = await http.get(f"/events/{event_id}")
+                assert response.status_code == 200, response.text
+                assert response.json()["handlings"], response.text
+                # The workflow's outcome is a provenance record of its own, indexed later.
+                assert response.json()["published"], response.text
+                return response.json()
 
-        async def late_indexed() -> dict[str, Any]:
-            response = await http.get(f"/events/late-{uid}")
-            assert response.status_code == 200, response.text
-            assert response.json()["published"], response.text
-            return response.json()
-
-        late = await eventually(late_indexed, 60)
-        assert (late["outcome"], late["workflow_id"]) == ("started", f"outage-{uid}-late-{uid}")
-        assert len(late["handlings"]) == 1
+            view = await eventually(indexed, 60)
+            assert (view["outcome"], view["workflow_id"]) == ("started", f"outage-{uid}-{order}")
+            assert len(view["handlings"]) == 1
+            assert view["published"][0]["type"] == "com.example.order.completed"
 
 
 async def test_retention_drops_whole_days(db, uid):
