@@ -13,62 +13,63 @@ module. ``services/`` (the example domain) imports only from here.
   Kafka clients (``kafka.consumer(settings, ...)``), all built from ``Settings``.
 
 Workflow code imports this package inside ``workflow.unsafe.imports_passed_through()``,
-so importing it must stay cheap and free of side effects: the composition roots
-(``bridge.wiring``, which reach the consumer, the HTTP API and replay) load on
-first use of ``run_worker``, ``open_worker`` or ``stop_on_signals``, never on
-``import bridge``.
+so importing it must stay cheap and free of side effects: each name loads its module
+on first use (``bridge.lazy``). The composition roots (``bridge.wiring``, which
+reach the consumer, the HTTP API and replay) load on first use of ``run_worker``,
+``open_worker`` or ``stop_on_signals``, never on ``import bridge``; a process that
+reads one part of the package (the HTTP API, a workflow) loads only that part.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from bridge import kafka
-from bridge.codec import SchemaCatalog
-from bridge.decoding import Decoder, open_decoder
-from bridge.dispatch import Dispatcher, Outcome, Result
-from bridge.envelope import (
-    Event,
-    KafkaRecord,
-    RecordLike,
-    decode_consumed,
-    decode_record,
-    encode_event,
-)
-from bridge.errors import BridgeError, ConfigError, PermanentError, TransientError
-from bridge.ingress import Ingress
-from bridge.observability.logs import setup as setup_logging
-from bridge.observability.metrics import Metrics
-from bridge.observability.telemetry import Telemetry, open_telemetry
-from bridge.routes import Action, ActionKind, Router, RoutesConfig
-from bridge.sdk import (
-    AuthorizationError,
-    BridgeWorkflow,
-    CircuitBreaker,
-    CircuitOpenError,
-    Compensation,
-    DatabaseError,
-    EventDedupe,
-    ExternalServiceError,
-    Fault,
-    FaultInterceptor,
-    NetworkError,
-    Published,
-    Publisher,
-    PublishRequest,
-    Retry,
-    Saga,
-    SagaEvents,
-    SagaOutcome,
-    ValidationError,
-    publish,
-    retry_policy,
-    trigger,
-)
-from bridge.settings import Settings
+from bridge import lazy, sdk
 
 if TYPE_CHECKING:
+    from bridge import kafka
+    from bridge.codec import SchemaCatalog
+    from bridge.decoding import Decoder, open_decoder
+    from bridge.dispatch import Dispatcher, Outcome, Result
+    from bridge.envelope import (
+        Event,
+        KafkaRecord,
+        RecordLike,
+        decode_consumed,
+        decode_record,
+        encode_event,
+    )
+    from bridge.errors import BridgeError, ConfigError, PermanentError, TransientError
+    from bridge.ingress import Ingress
+    from bridge.observability.logs import setup as setup_logging
+    from bridge.observability.metrics import Metrics
+    from bridge.observability.telemetry import Telemetry, open_telemetry
+    from bridge.routes import Action, ActionKind, Router, RoutesConfig
+    from bridge.sdk import (
+        AuthorizationError,
+        BridgeWorkflow,
+        CircuitBreaker,
+        CircuitOpenError,
+        Compensation,
+        DatabaseError,
+        EventDedupe,
+        ExternalServiceError,
+        Fault,
+        FaultInterceptor,
+        NetworkError,
+        Published,
+        Publisher,
+        PublishRequest,
+        Retry,
+        Saga,
+        SagaEvents,
+        SagaOutcome,
+        ValidationError,
+        publish,
+        retry_policy,
+        trigger,
+    )
+    from bridge.settings import Settings
     from bridge.wiring import open_worker, run_worker, stop_on_signals
 
 # Grouped by role, sorted within each group (the groups read better than one sorted list).
@@ -134,17 +135,29 @@ __all__ = [  # noqa: RUF022
     "kafka",
 ]
 
-_WIRING = frozenset({"open_worker", "run_worker", "stop_on_signals"})
-
-
-def __getattr__(name: str) -> Any:
-    """Load the composition roots on first use (see the module docstring)."""
-    if name in _WIRING:
-        value = getattr(importlib.import_module("bridge.wiring"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'bridge' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy.exports(
+    __name__,
+    globals(),
+    {
+        "bridge.envelope": [
+            "RecordLike",
+            "Event",
+            "KafkaRecord",
+            "decode_record",
+            "decode_consumed",
+            "encode_event",
+        ],
+        "bridge.codec": ["SchemaCatalog"],
+        "bridge.decoding": ["Decoder", "open_decoder"],
+        "bridge.routes": ["Action", "ActionKind", "Router", "RoutesConfig"],
+        "bridge.dispatch": ["Dispatcher", "Outcome", "Result"],
+        "bridge.ingress": ["Ingress"],
+        "bridge.settings": ["Settings"],
+        "bridge.errors": ["BridgeError", "ConfigError", "PermanentError", "TransientError"],
+        "bridge.sdk": sdk.__all__,
+        "bridge.wiring": ["open_worker", "run_worker", "stop_on_signals"],
+        "bridge.observability.metrics": ["Metrics"],
+        "bridge.observability.telemetry": ["Telemetry", "open_telemetry"],
+    },
+    {"setup_logging": "bridge.observability.logs:setup", "kafka": "bridge.kafka"},
+)

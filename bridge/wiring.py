@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from aiokafka import AIOKafkaProducer
 from temporalio.client import Client
 from temporalio.service import RPCError
-from temporalio.worker import Interceptor, Worker
 
 from bridge import kafka
 from bridge.api.auth import KeyRing, SessionSigner
@@ -39,9 +38,10 @@ from bridge.store import LATEST_VERSION, Database, Indexer, ProvenanceStore, mig
 from bridge.store.database import redacted
 from bridge.temporal.attributes import register_search_attributes
 from bridge.temporal.client import connect_temporal
-from bridge.temporal.sandbox import BRIDGE_RUNNER
 
 if TYPE_CHECKING:
+    from temporalio.worker import Interceptor, Worker
+
     from bridge.registry.subjects import RegistryWriter
 
 T = TypeVar("T")
@@ -145,6 +145,11 @@ async def open_worker(
 ) -> AsyncIterator[Worker]:
     """A running worker wired from settings, with the publishing activity, the window
     collector (routes with ``debounce`` or ``batch`` target its task queue) and the metrics."""
+    # Here, not at the top: the HTTP API's process uses this module but runs no worker.
+    from temporalio.worker import Worker
+
+    from bridge.temporal.sandbox import BRIDGE_RUNNER
+
     catalog = SchemaCatalog.from_dir(settings.schemas_dir)
     publishing = publishing_formats(settings)
     client = await connect_temporal(settings, telemetry.runtime, telemetry.client_interceptors)

@@ -9,38 +9,43 @@ counts each record once (``report``). A replay runs in the foreground
 (``workflow``).
 """
 
-from bridge.errors import ReplayError
-from bridge.replay.lookups import Known, KnownWorkflows, ReplayDispatcher
-from bridge.replay.plan import (
-    Bound,
-    PartitionRange,
-    ReplayMode,
-    ReplayPlan,
-    ReplayRequest,
-    format_ms,
-    new_generation,
-    parse_bound,
-    resolve_plan,
-)
-from bridge.replay.report import ReplayCheckpoint, ReplayReport, progress_line
-from bridge.replay.runner import (
-    ProgressCallback,
-    ReplayRunner,
-    replay_ingress,
-    replay_router,
-    run_replay,
-)
-from bridge.replay.workflow import (
-    ID_PREFIX,
-    REPLAY_RUNNER,
-    ReplayActivities,
-    ReplayStatus,
-    ReplayWorkflow,
-    last_heartbeat,
-    replay_status,
-    run_replay_worker,
-    start_replay,
-)
+from typing import TYPE_CHECKING
+
+from bridge import lazy
+
+if TYPE_CHECKING:
+    from bridge.errors import ReplayError
+    from bridge.replay.lookups import Known, KnownWorkflows, ReplayDispatcher
+    from bridge.replay.plan import (
+        Bound,
+        PartitionRange,
+        ReplayMode,
+        ReplayPlan,
+        ReplayRequest,
+        format_ms,
+        new_generation,
+        parse_bound,
+        resolve_plan,
+    )
+    from bridge.replay.report import ReplayCheckpoint, ReplayReport, progress_line
+    from bridge.replay.runner import (
+        ProgressCallback,
+        ReplayRunner,
+        replay_ingress,
+        replay_router,
+        run_replay,
+    )
+    from bridge.replay.workflow import (
+        ID_PREFIX,
+        ReplayActivities,
+        ReplayStatus,
+        ReplayWorkflow,
+        last_heartbeat,
+        replay_status,
+        run_replay_worker,
+        start_replay,
+    )
+    from bridge.temporal.sandbox import BRIDGE_RUNNER as REPLAY_RUNNER
 
 # Grouped by role, sorted within each group (the groups read better than one sorted list).
 __all__ = [  # noqa: RUF022
@@ -80,3 +85,43 @@ __all__ = [  # noqa: RUF022
     "run_replay_worker",
     "start_replay",
 ]
+
+__getattr__, __dir__ = lazy.exports(
+    __name__,
+    globals(),
+    {
+        "bridge.errors": ["ReplayError"],
+        "bridge.replay.lookups": ["Known", "KnownWorkflows", "ReplayDispatcher"],
+        "bridge.replay.plan": [
+            "Bound",
+            "PartitionRange",
+            "ReplayMode",
+            "ReplayPlan",
+            "ReplayRequest",
+            "format_ms",
+            "new_generation",
+            "parse_bound",
+            "resolve_plan",
+        ],
+        "bridge.replay.report": ["ReplayCheckpoint", "ReplayReport", "progress_line"],
+        "bridge.replay.runner": [
+            "ProgressCallback",
+            "ReplayRunner",
+            "replay_ingress",
+            "replay_router",
+            "run_replay",
+        ],
+        "bridge.replay.workflow": [
+            "ID_PREFIX",
+            "ReplayActivities",
+            "ReplayStatus",
+            "ReplayWorkflow",
+            "last_heartbeat",
+            "replay_status",
+            "run_replay_worker",
+            "start_replay",
+        ],
+    },
+    # The workflow lives in the ``bridge`` package: ``bridge.temporal.sandbox`` says why.
+    {"REPLAY_RUNNER": "bridge.temporal.sandbox:BRIDGE_RUNNER"},
+)

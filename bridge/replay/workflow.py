@@ -32,7 +32,6 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.converter import value_to_type
     from temporalio.exceptions import ApplicationError
     from temporalio.service import RPCError, RPCStatusCode
-    from temporalio.worker import Worker
 
     from bridge.errors import BridgeError
     from bridge.observability.metrics import Metrics
@@ -42,7 +41,6 @@ with workflow.unsafe.imports_passed_through():
     from bridge.replay.runner import ReplayRunner, replay_ingress
     from bridge.settings import Settings
     from bridge.temporal.client import connect_temporal
-    from bridge.temporal.sandbox import BRIDGE_RUNNER
 
 log = logging.getLogger("ktb.replay")
 
@@ -52,8 +50,6 @@ PROGRESS_SIGNAL = "ktb_replay_progress"
 STATUS_QUERY = "ktb_replay_status"
 MEMO_KEY = "ktb_replay"
 ID_PREFIX = "ktb-replay-"
-REPLAY_RUNNER = BRIDGE_RUNNER
-"""The workflow lives in the ``bridge`` package: ``bridge.temporal.sandbox`` says why."""
 
 
 @dataclass
@@ -311,7 +307,11 @@ def _root_message(exc: BaseException) -> str:
 
 async def run_replay_worker(settings: Settings, metrics: Metrics | None = None) -> None:
     """Poll the replay task queue until SIGTERM/SIGINT (``/metrics`` on ``KTB_METRICS_PORT``)."""
-    # Here, not at the top: wiring imports the API, whose replay router imports this module.
+    # Here, not at the top: wiring imports the API, whose replay router imports this module
+    # (and the API, which starts and reads replays, never loads the worker machinery).
+    from temporalio.worker import Worker
+
+    from bridge.temporal.sandbox import BRIDGE_RUNNER
     from bridge.wiring import stop_on_signals
 
     with open_telemetry(settings, "replay-worker", metrics) as telemetry:
@@ -322,7 +322,7 @@ async def run_replay_worker(settings: Settings, metrics: Metrics | None = None) 
             task_queue=settings.replay_task_queue,
             workflows=[ReplayWorkflow],
             activities=[activities.replay_range],
-            workflow_runner=REPLAY_RUNNER,
+            workflow_runner=BRIDGE_RUNNER,
             interceptors=telemetry.worker_interceptors(),
         )
         stop = asyncio.Event()

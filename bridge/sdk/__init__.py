@@ -7,22 +7,27 @@ activities and mapped onto Temporal retries by ``FaultInterceptor`` on the worke
 all of it: ``from bridge import BridgeWorkflow, Saga, ValidationError``.
 """
 
-from bridge.sdk.egress import Published, Publisher, PublishRequest
-from bridge.sdk.faults import (
-    AuthorizationError,
-    CircuitBreaker,
-    CircuitOpenError,
-    DatabaseError,
-    ExternalServiceError,
-    Fault,
-    FaultInterceptor,
-    NetworkError,
-    Retry,
-    ValidationError,
-    retry_policy,
-)
-from bridge.sdk.saga import Compensation, Saga, SagaEvents, SagaOutcome
-from bridge.sdk.workflow import BridgeWorkflow, EventDedupe, publish, trigger
+from typing import TYPE_CHECKING
+
+from bridge import lazy
+
+if TYPE_CHECKING:
+    from bridge.sdk.egress import Published, Publisher, PublishRequest
+    from bridge.sdk.faults import (
+        AuthorizationError,
+        CircuitBreaker,
+        CircuitOpenError,
+        DatabaseError,
+        ExternalServiceError,
+        Fault,
+        FaultInterceptor,
+        NetworkError,
+        Retry,
+        ValidationError,
+        retry_policy,
+    )
+    from bridge.sdk.saga import Compensation, Saga, SagaEvents, SagaOutcome
+    from bridge.sdk.workflow import BridgeWorkflow, EventDedupe, publish, trigger
 
 # Grouped by role, sorted within each group (the groups read better than one sorted list).
 __all__ = [  # noqa: RUF022
@@ -53,3 +58,26 @@ __all__ = [  # noqa: RUF022
     "Published",
     "Publisher",
 ]
+
+__getattr__, __dir__ = lazy.exports(
+    __name__,
+    globals(),
+    {
+        "bridge.sdk.egress": ["Published", "Publisher", "PublishRequest"],
+        "bridge.sdk.faults": [
+            "AuthorizationError",
+            "CircuitBreaker",
+            "CircuitOpenError",
+            "DatabaseError",
+            "ExternalServiceError",
+            "Fault",
+            "FaultInterceptor",
+            "NetworkError",
+            "Retry",
+            "ValidationError",
+            "retry_policy",
+        ],
+        "bridge.sdk.saga": ["Compensation", "Saga", "SagaEvents", "SagaOutcome"],
+        "bridge.sdk.workflow": ["BridgeWorkflow", "EventDedupe", "publish", "trigger"],
+    },
+)

@@ -1,9 +1,9 @@
 """The workflow sandbox of workers that run the library's own workflows.
 
 The window collector (``bridge.sdk.window``) and the replay workflow live in the
-``bridge`` package, whose ``__init__`` loads I/O modules (Kafka clients, settings):
-the sandbox uses those modules as they are (the workflows touch none of them)
-instead of importing them again per run, which it would refuse.
+``bridge`` package, whose modules reach I/O modules (Kafka clients, settings): the
+sandbox uses those modules as they are (the workflows touch none of them) instead
+of importing them again per run, which it would refuse.
 """
 
 from __future__ import annotations

@@ -96,19 +96,29 @@ def test_the_workflow_sdk_is_reexported_whole() -> None:
         assert getattr(bridge, name) is getattr(bridge.sdk, name), name
 
 
-def test_importing_bridge_leaves_the_composition_roots_unloaded() -> None:
-    # Workflow code imports bridge (passed through the sandbox): it must not pull in
-    # the consumer, the HTTP API or replay, nor depend on their import order.
-    probe = (
-        "import sys, bridge; "
-        "loaded = [m for m in ('bridge.wiring', 'bridge.api', 'bridge.replay', 'fastapi') "
-        "if m in sys.modules]; "
-        "print(','.join(loaded))"
-    )
+def _loaded_after(imports: str, modules: list[str]) -> list[str]:
+    """Which of ``modules`` a fresh interpreter has loaded after ``imports``."""
+    probe = f"import sys; {imports}; print(','.join(m for m in {modules!r} if m in sys.modules))"
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
     )
-    assert done.stdout.strip() == ""
+    return [m for m in done.stdout.strip().split(",") if m]
+
+
+def test_importing_bridge_leaves_the_composition_roots_unloaded() -> None:
+    # Workflow code imports bridge (passed through the sandbox): it must not pull in
+    # the consumer, the HTTP API or replay, nor depend on their import order.
+    roots = ["bridge.wiring", "bridge.api", "bridge.replay", "fastapi"]
+    assert _loaded_after("import bridge", [*roots, "bridge.kafka", "temporalio"]) == []
+    # A public name loads its own module (and what that needs), not the whole surface.
+    assert _loaded_after("from bridge import BridgeWorkflow", [*roots, "bridge.ingress"]) == []
+
+
+def test_the_api_process_never_loads_the_worker_machinery() -> None:
+    # `ktb api` starts and reads replays and lookups but runs no worker: its start-up
+    # does not pay for the SDK's worker and sandbox.
+    imports = "import bridge.cli.main, bridge.api.server, bridge.wiring"
+    assert _loaded_after(imports, ["bridge.api.app", "temporalio.worker"]) == ["bridge.api.app"]
 
 
 def _imports(path: Path) -> Iterator[tuple[int, str, list[str]]]:
