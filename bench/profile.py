@@ -52,7 +52,7 @@ STAGES = (
 )
 
 
-ROOT_FRAMES = ("bridge/__main__.py", "bridge/cli.py", "bridge/runtime.py", "runpy", "typer/",
+ROOT_FRAMES = ("bridge/__main__.py", "bridge/cli/", "bridge/wiring.py", "runpy", "typer/",
                "click/", "asyncio/runners.py", "<module>")  # fmt: skip
 WAITING = "event loop waiting in select (idle)"
 
@@ -60,7 +60,8 @@ WAITING = "event loop waiting in select (idle)"
 def stage_of(stack: str) -> str:
     """The stage one sampled stack belongs to.
 
-    Every stack starts in ``bridge/cli.py``; those start-up frames are left out
+    Every stack starts in ``bridge/cli/`` (and ``bridge/wiring.py``, which runs the
+    consumer); those start-up frames are left out
     before the rules are applied, so a stack is the stage of what it is doing.
     """
     frames = [f for f in stack.split(";") if f and not any(r in f for r in ROOT_FRAMES)]
