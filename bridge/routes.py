@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from bridge.codec import SchemaCatalog
+from bridge.conditions import FastCondition, Undecided, compile_fast, convertible
 from bridge.decoding import EnvelopeSpec
 from bridge.envelope import Event
 from bridge.errors import ConfigError, RouteError
@@ -377,6 +378,8 @@ class CompiledRoute:
         self.condition_context: Callable[..., cel.Context] | None = None
         """Builds the context ``condition`` evaluates in (``None`` without a condition)."""
         self.condition_reads: list[tuple[str, ...]] = []
+        self.fast_condition: FastCondition | None = None
+        """The condition in Python where it is in the subset ``bridge.conditions`` compiles."""
         if spec.when:
             import cel  # imported when a route has a condition: it takes long to import
 
@@ -387,6 +390,10 @@ class CompiledRoute:
             self.condition = program.execute
             self.condition_context = cel.Context
             self.condition_reads = condition_paths(spec.when)
+            fast = compile_fast(spec.when)
+            # It may read only what the CEL context would hold (the reads plan's paths).
+            if fast is not None and set(fast[1]) <= set(self.condition_reads):
+                self.fast_condition = fast[0]
         try:
             self.workflow_id = Template.parse(spec.workflow_id)
             self.reason = Template.parse(spec.reason)
@@ -491,6 +498,10 @@ class Router:
             key: reads_plan(p for route in candidates for p in route.condition_reads)
             for key, candidates in self._index.items()
         }
+        self._fast = {
+            key for key, candidates in self._index.items()
+            if any(route.fast_condition is not None for route in candidates)
+        }  # fmt: skip
 
     @classmethod
     def from_file(cls, path: Path) -> Router:
@@ -543,14 +554,23 @@ class Router:
             return None
         context = event.as_context()
         conditions: cel.Context | None = None
+        reads = self._reads[key]
+        # Python conditions may answer only when CEL would have converted every field
+        # the candidates read: then skipping the conversion skips no error.
+        fast = key in self._fast and convertible(context, reads)
         for route in candidates:
+            if fast and route.fast_condition is not None:
+                try:
+                    if route.fast_condition(context):
+                        return route, context
+                    continue
+                except Undecided:
+                    pass  # CEL decides, with its own errors
             if route.condition_context is not None and conditions is None:
                 # Converting values to CEL dominates the cost of a condition, so the
                 # candidates share one context holding only the fields they read.
                 try:
-                    conditions = route.condition_context(
-                        variables=select(context, self._reads[key])
-                    )
+                    conditions = route.condition_context(variables=select(context, reads))
                 except (KeyError, ValueError, TypeError, RuntimeError) as exc:
                     raise RouteError(f"route {route.name!r}: condition failed: {exc}") from exc
             if route.matches(conditions if conditions is not None else context):
