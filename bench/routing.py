@@ -49,7 +49,7 @@ from bridge.settings import REPO_ROOT
 
 NAME = "routing"
 ROUTES = REPO_ROOT / "bench" / "routes.yaml"
-TARGET = 20_000
+TARGET = 50_000
 REGISTRY_TARGET = 0.10
 """Most extra cost per event of the registry case over the local catalogue's."""
 ORDERS = "com.example.order."

@@ -103,6 +103,13 @@ class _Parser:
         self.paths: list[tuple[str, ...]] = []
         self._booleans: dict[int, FastCondition] = {}
         """Nodes that return a ``bool`` or raise, by id (held, so ids stay theirs)."""
+        self._constants: dict[int, tuple[Any, Evaluator]] = {}
+        """Literal nodes by id: their value (and the node, held)."""
+
+    def constant(self, value: Any) -> Evaluator:
+        node = _constant(value)
+        self._constants[id(node)] = (value, node)
+        return node
 
     def boolean(self, node: Evaluator) -> FastCondition:
         """``node`` as a condition: its value must be a ``bool`` (else ``Undecided``)."""
@@ -147,6 +154,9 @@ class _Parser:
             following = self.peek()
             if following[0] == "op" and (following[1] in _ORDERING or following[1] in _EQUALITY):
                 raise _Unsupported  # chained relations
+            constant = self._constants.get(id(right))
+            if constant is not None:
+                return self.known(_compare_literal(text, left, constant[0]))
             return self.known(_compare(text, left, right))
         return left
 
@@ -161,7 +171,7 @@ class _Parser:
             if kind != "int":
                 raise _Unsupported
             self.position += 1
-            return _constant(_int_literal("-" + text))
+            return self.constant(_int_literal("-" + text))
         return self.member()
 
     def member(self) -> Evaluator:
@@ -173,13 +183,13 @@ class _Parser:
             return self.size_method(node)
         self.position += 1
         if kind == "int":
-            return _constant(_int_literal(text))
+            return self.constant(_int_literal(text))
         if kind == "str":
-            return _constant(text[1:-1])
+            return self.constant(text[1:-1])
         if kind != "ident":
             raise _Unsupported
         if text in ("true", "false"):
-            return _constant(text == "true")
+            return self.constant(text == "true")
         if text == "size" and self.peek() == ("op", "("):
             self.position += 1
             node = self.expression()
@@ -288,6 +298,32 @@ def _not(node: FastCondition) -> FastCondition:
     return lambda context: not node(context)
 
 
+def _compare_literal(op: str, left: Evaluator, literal: Any) -> FastCondition:
+    """``_compare`` with a literal on the right: its type is known once."""
+    ordering = op in _ORDERING
+    apply = _ORDERING[op] if ordering else _EQUALITY[op]
+    kind = type(literal)
+    if kind is int:
+
+        def integer(context: Mapping[str, Any]) -> bool:
+            value = left(context)
+            if type(value) is not int or not INT_MIN <= value <= INT_MAX:
+                raise _UNDECIDED
+            return bool(apply(value, literal))
+
+        return integer
+    if kind is str or (kind is bool and not ordering):
+
+        def same_kind(context: Mapping[str, Any]) -> bool:
+            value = left(context)
+            if type(value) is not kind:
+                raise _UNDECIDED
+            return bool(apply(value, literal))
+
+        return same_kind
+    return _compare(op, left, _constant(literal))
+
+
 def _compare(op: str, left: Evaluator, right: Evaluator) -> FastCondition:
     ordering = op in _ORDERING
     apply = _ORDERING[op] if ordering else _EQUALITY[op]
@@ -312,9 +348,12 @@ def convertible(value: Any, plan: ReadsPlan | None) -> bool:
     """Whether the parts of ``value`` that ``plan`` selects certainly convert to CEL
     values (plain strings, integers, floats, booleans, nulls, bytes, lists and maps
     with string keys); ``False`` when unsure."""
-    if plan is None or not isinstance(value, Mapping):
+    if plan is None or not (type(value) is dict or isinstance(value, Mapping)):
         return _plain(value, 0)
-    return all(convertible(value[name], sub) for name, sub in plan.items() if name in value)
+    for name, sub in plan.items():
+        if name in value and not convertible(value[name], sub):
+            return False
+    return True
 
 
 _SCALARS = frozenset({int, float, bool, type(None), bytes})
@@ -322,18 +361,48 @@ _MAX_DEPTH = 32
 
 
 def _plain(value: Any, depth: int) -> bool:
+    # Loops rather than all(), and a list's records checked in its own loop: this runs
+    # on every event whose conditions read a list.
     kind = type(value)
-    if kind is str:
-        return value.isascii() or _utf8(value)
     if kind in _SCALARS:
         return True
+    if kind is str:
+        return value.isascii() or _utf8(value)
     if depth >= _MAX_DEPTH:
         return False
     if kind is list:
-        return all(_plain(item, depth + 1) for item in value)
-    if kind is dict:
-        return all(type(k) is str and _plain(v, depth + 1) for k, v in value.items())
-    return False
+        items = value
+    elif kind is dict:
+        if not _keys(value):
+            return False
+        items = value.values()
+    else:
+        return False
+    for item in items:
+        kind = type(item)
+        if kind in _SCALARS:
+            continue
+        if kind is str:
+            if item.isascii() or _utf8(item):
+                continue
+            return False
+        if kind is dict and depth + 1 < _MAX_DEPTH:
+            if not _keys(item):
+                return False
+            for inner in item.values():
+                kind = type(inner)
+                if kind in _SCALARS or (kind is str and inner.isascii()):
+                    continue
+                if not _plain(inner, depth + 2):
+                    return False
+            continue
+        if not _plain(item, depth + 1):
+            return False
+    return True
+
+
+def _keys(value: dict[Any, Any]) -> bool:
+    return all(type(key) is str and (key.isascii() or _utf8(key)) for key in value)
 
 
 def _utf8(text: str) -> bool:

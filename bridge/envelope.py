@@ -56,14 +56,36 @@ def ce_attributes(headers: Headers) -> dict[str, str]:
     attrs: dict[str, str] = {}
     try:
         for name, raw in headers:
-            lname = name.lower()
-            if lname[:3] == "ce_":
-                attrs[lname[3:]] = raw.decode("utf-8")
-            elif lname == "content-type":
-                attrs["datacontenttype"] = raw.decode("utf-8")
+            role = _ROLES.get(name) or _role(name)
+            if role[0] is _CE:
+                attrs[role[1]] = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DecodeError(f"CloudEvent header is not UTF-8: {exc}") from exc
     return attrs
+
+
+_CE = "ce"
+_TRACE = "trace"
+_ROLES: dict[str, tuple[str, str]] = {}
+"""What each header name seen carries: (``_CE``, attribute), (``_TRACE``, trace header)
+or ("", ""). Records of a topic repeat a few names; this spares lower-casing them."""
+_ROLES_MAX = 1024
+"""Names remembered at most: producers may send header names without end."""
+
+
+def _role(name: str) -> tuple[str, str]:
+    lname = name.lower()
+    if lname[:3] == "ce_":
+        role = (_CE, lname[3:])
+    elif lname == "content-type":
+        role = (_CE, "datacontenttype")
+    elif lname in (TRACEPARENT, TRACESTATE):
+        role = (_TRACE, lname)
+    else:
+        role = ("", "")
+    if len(_ROLES) < _ROLES_MAX:
+        _ROLES[name] = role
+    return role
 
 
 def ce_attribute(headers: Headers, name: str) -> str | None:
@@ -161,7 +183,7 @@ def decode_data(
     catalog: SchemaCatalog, type_name: str, content_type: str | None, body: bytes
 ) -> Any:
     """Decode and validate event data by content type and CloudEvents type."""
-    ct = (content_type or AVRO).split(";", 1)[0].strip().lower()
+    ct = AVRO if content_type == AVRO else (content_type or AVRO).split(";", 1)[0].strip().lower()
     if ct == AVRO:
         return catalog.decode(body, expected_type=type_name)[1]
     if ct == JSON or ct.endswith("+json"):
@@ -229,9 +251,9 @@ def trace_headers(headers: Headers) -> dict[str, str]:
     """The W3C trace context headers of a record (``traceparent``, ``tracestate``)."""
     trace: dict[str, str] = {}
     for name, raw in headers:
-        lname = name.lower()
-        if lname in (TRACEPARENT, TRACESTATE):
-            trace[lname] = raw.decode("utf-8", "replace")
+        role = _ROLES.get(name) or _role(name)
+        if role[0] is _TRACE:
+            trace[role[1]] = raw.decode("utf-8", "replace")
     return trace
 
 
@@ -255,7 +277,12 @@ def event_from_attributes(
             time = datetime.fromisoformat(attrs["time"])
         except ValueError as exc:
             raise DecodeError(f"ce_time is not an RFC 3339 timestamp: {attrs['time']!r}") from exc
-    extensions = {k: v for k, v in attrs.items() if k not in _KNOWN_ATTRS}
+    # Most events carry no extension attributes: one set difference tells.
+    extensions = (
+        {k: v for k, v in attrs.items() if k not in _KNOWN_ATTRS}
+        if attrs.keys() - _KNOWN_ATTRS
+        else {}
+    )
     return Event(
         id=attrs["id"],
         type=attrs["type"],

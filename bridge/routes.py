@@ -8,7 +8,7 @@ turns a matching ``Event`` into a plain ``Action`` value.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -409,6 +409,22 @@ class CompiledRoute:
         arg_exprs = [spec.args] if isinstance(spec.args, str) else list(spec.args)
         self.arg_paths = [tuple(a.split(".")) for a in arg_exprs]
         self.window = window_policy(spec.debounce, spec.batch)
+        kind = spec.action
+        self.starting = kind in STARTING
+        # A windowed start sends its event into the window as a message, like a signal.
+        self.sends_message = self.window is not None or kind in (
+            ActionKind.SIGNAL,
+            ActionKind.SIGNAL_WITH_START,
+            ActionKind.UPDATE_WITH_START,
+        )
+        self.constant = {
+            "kind": kind, "route": self.name, "workflow_type": spec.workflow,
+            "task_queue": spec.task_queue, "signal": spec.signal, "update": spec.update,
+            "id_reuse_policy": spec.id_reuse_policy,
+            "id_conflict_policy": spec.id_conflict_policy, "on_duplicate": spec.on_duplicate,
+            "rate_limit": spec.rate_limit, "window": self.window,
+        }  # fmt: skip
+        """The fields of this route's actions that do not depend on the event."""
         for path in self.arg_paths:
             if path[0] not in ROOT_NAMES:
                 raise ConfigError(
@@ -430,7 +446,6 @@ class CompiledRoute:
 
     def build(self, event: Event, context: Mapping[str, Any]) -> Action:
         """Build the action for an event that matched this route."""
-        spec = self.spec
         try:
             workflow_id = self.workflow_id.render(context)
             args = tuple(lookup(context, p) for p in self.arg_paths)
@@ -444,38 +459,36 @@ class CompiledRoute:
             ) from exc
         except RouteError as exc:
             raise RouteError(f"route {self.name!r}: {exc.message}") from exc
-        if spec.tenant_scoped_ids:
+        if self.spec.tenant_scoped_ids:
             workflow_id = scoped_workflow_id(event.tenant_id, workflow_id)
-        kind = spec.action
         message: tuple[Any, ...] = ()
-        if self.window is not None or kind in (
-            ActionKind.SIGNAL,
-            ActionKind.SIGNAL_WITH_START,
-            ActionKind.UPDATE_WITH_START,
-        ):
-            # A windowed start sends its event into the window as a message, like a signal.
+        if self.sends_message:
             message = (bridge_signal(event, args[0] if len(args) == 1 else list(args)),)
-        return Action(
-            kind=kind,
-            route=self.name,
-            workflow_id=workflow_id,
-            event_id=event.id,
-            workflow_type=spec.workflow,
-            task_queue=spec.task_queue,
-            args=args if kind in STARTING else (),
-            message=message,
-            signal=spec.signal,
-            update=spec.update,
-            id_reuse_policy=spec.id_reuse_policy,
-            id_conflict_policy=spec.id_conflict_policy,
-            on_duplicate=spec.on_duplicate,
-            search_attributes=extra_sa,
-            memo=memo,
-            reason=reason,
-            schedule=schedule,
-            rate_limit=spec.rate_limit,
-            window=self.window,
+        return new_action(
+            {
+                **self.constant,
+                "workflow_id": workflow_id,
+                "event_id": event.id,
+                "args": args if self.starting else (),
+                "message": message,
+                "search_attributes": extra_sa,
+                "memo": memo,
+                "reason": reason,
+                "schedule": schedule,
+            }
         )
+
+
+ACTION_FIELDS = frozenset(f.name for f in fields(Action))
+
+
+def new_action(values: dict[str, Any]) -> Action:
+    """``Action(**values)`` for a value of every field, without the frozen dataclass's
+    ``object.__setattr__`` per field (most of the cost of building an action). Only
+    for values built as ``Action`` takes them: it has no validation to skip."""
+    action = object.__new__(Action)
+    action.__dict__.update(values)
+    return action
 
 
 class Router:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.errors import ConfigError
@@ -32,12 +32,61 @@ def lookup(context: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
+_MISSING = object()
+
+
+def getter(path: tuple[str, ...]) -> Callable[[Mapping[str, Any]], Any]:
+    """``lookup`` of one path, with plain dicts one or two levels deep read directly."""
+    if len(path) == 1:
+        (name,) = path
+
+        def one(context: Mapping[str, Any]) -> Any:
+            if type(context) is dict:
+                value = context.get(name, _MISSING)
+                if value is not _MISSING:
+                    return value
+            return lookup(context, path)
+
+        return one
+    if len(path) == 2:
+        root, name = path
+
+        def two(context: Mapping[str, Any]) -> Any:
+            if type(context) is dict:
+                parent = context.get(root)
+                if type(parent) is dict:
+                    value = parent.get(name, _MISSING)
+                    if value is not _MISSING:
+                        return value
+            return lookup(context, path)
+
+        return two
+    return lambda context: lookup(context, path)
+
+
 @dataclass(frozen=True)
 class Template:
     """A ``"order-{data.order_id}"`` string template, parsed once."""
 
     source: str
     parts: tuple[tuple[str, tuple[str, ...] | None], ...]
+    _format: str = field(init=False, repr=False, compare=False)
+    """The literals with a ``{}`` per field: rendering is one ``str.format``."""
+    _getters: tuple[tuple[Callable[[Mapping[str, Any]], Any], tuple[str, ...]], ...] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        pieces = []
+        getters = []
+        for literal, path in self.parts:
+            if path is None:
+                pieces.append(literal.replace("{", "{{").replace("}", "}}"))
+            else:
+                pieces.append("{}")
+                getters.append((getter(path), path))
+        object.__setattr__(self, "_format", "".join(pieces))
+        object.__setattr__(self, "_getters", tuple(getters))
 
     @classmethod
     def parse(cls, text: str) -> Template:
@@ -61,13 +110,13 @@ class Template:
 
     def render(self, context: Mapping[str, Any]) -> str:
         """Fill the template; ``KeyError`` names a missing field path."""
-        out = []
-        for literal, path in self.parts:
-            if path is None:
-                out.append(literal)
-            else:
-                out.append(str(_present(context, path)))
-        return "".join(out)
+        values = []
+        for get, path in self._getters:
+            value = get(context)
+            if value is None or value == "":
+                raise KeyError(".".join(path))
+            values.append(str(value))
+        return self._format.format(*values)
 
     def value(self, context: Mapping[str, Any]) -> Any:
         """The field's own value (a number stays a number) when the template is one

@@ -6,8 +6,15 @@ import pytest
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.v1.event import CloudEvent
 
+from bridge import envelope
 from bridge.codec import SchemaCatalog
-from bridge.envelope import ce_attribute, ce_attributes, decode_record, encode_event
+from bridge.envelope import (
+    ce_attribute,
+    ce_attributes,
+    decode_record,
+    encode_event,
+    trace_headers,
+)
 from bridge.errors import DecodeError, SchemaMismatchError, TenantError
 from bridge.tenancy import valid_tenant
 from tests.support import order_data
@@ -106,6 +113,15 @@ def test_one_parser_for_names_and_repeats() -> None:
     assert ce_attribute(headers, "tenantid") == "globex"
     assert ce_attribute(headers, "datacontenttype") == "x/y"
     assert ce_attribute(headers, "id") is None
+
+
+def test_header_names_without_end_are_still_read() -> None:
+    # What each header name carries is remembered for a bounded number of names.
+    for n in range(envelope._ROLES_MAX + 10):
+        headers = [(f"X-Unique-{n}", b"v"), ("CE_Id", b"e"), ("TraceParent", TRACE.encode())]
+        assert ce_attributes(headers) == {"id": "e"}
+        assert trace_headers(headers) == {"traceparent": TRACE}
+    assert len(envelope._ROLES) <= envelope._ROLES_MAX
 
 
 @pytest.mark.parametrize("tenant", ["", "a:b", "a/b", "-a", "a b", "ä", "x" * 65, "a\x00"])

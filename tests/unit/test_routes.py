@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -11,7 +13,7 @@ from bridge.dispatch import DryRun
 from bridge.envelope import Event
 from bridge.errors import ConfigError, RouteError
 from bridge.replay.lookups import FreshIds
-from bridge.routes import ActionKind, Router, RoutesConfig, check_routes
+from bridge.routes import Action, ActionKind, Router, RoutesConfig, check_routes
 from bridge.templates import Template, condition_paths
 from tests.support import order_data
 
@@ -162,6 +164,44 @@ def test_template_parse() -> None:
     assert t.render({"data": {"order_id": "7"}, "key": "k"}) == "order-7-k"
     with pytest.raises(ConfigError):
         Template.parse("{data.x!r}")
+
+
+def test_template_renders_as_the_field_paths_read() -> None:
+    # Plain dicts are read directly, anything else through ``lookup``: same values.
+    t = Template.parse("{{x}}-{data.order_id}-{data.items.0.sku}-{key}-{data.n}")
+    context: dict[str, Any] = {
+        "data": {"order_id": "o-1", "items": [{"sku": "s"}], "n": 0}, "key": "k"
+    }  # fmt: skip
+    assert t.render(context) == "{x}-o-1-s-k-0"
+    assert t.render(MappingProxyType({**context, "data": MappingProxyType(context["data"])})) == (
+        "{x}-o-1-s-k-0"
+    )
+    for missing in ({**context, "data": {"order_id": ""}}, {**context, "data": None}):
+        with pytest.raises(KeyError, match=r"data\.order_id"):
+            t.render(missing)
+    with pytest.raises(KeyError, match="key"):
+        t.render({**context, "key": None})
+
+
+def test_actions_have_every_field_of_their_type() -> None:
+    routes = [
+        {**START, "name": "start"},
+        {"name": "signal", "topic": "orders", "type": PLACED, "action": "signal",
+         "workflow_id": "o-{data.order_id}", "signal": "s"},
+        {"name": "sws", "topic": "orders", "type": PLACED, "action": "signal_with_start",
+         "workflow": "W", "task_queue": "q", "workflow_id": "o-{data.order_id}", "signal": "s",
+         "args": ["data", "key"], "search_attributes": {"Region": "eu"},
+         "memo": {"who": "{data.customer_id}"}, "priority": 2},
+        {"name": "terminate", "topic": "orders", "type": PLACED, "action": "terminate",
+         "workflow_id": "o-{data.order_id}"},
+    ]  # fmt: skip
+    for spec in routes:
+        action = Router(config(spec)).route(event())
+        assert action is not None
+        assert set(vars(action)) == {f.name for f in dataclasses.fields(Action)}
+        assert Action(**vars(action)) == action
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            action.route = "other"  # type: ignore[misc]
 
 
 def test_condition_paths_ignore_strings_and_methods() -> None:
