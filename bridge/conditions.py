@@ -402,7 +402,12 @@ def _plain(value: Any, depth: int) -> bool:
 
 
 def _keys(value: dict[Any, Any]) -> bool:
-    return all(type(key) is str and (key.isascii() or _utf8(key)) for key in value)
+    """Whether every key is a string CEL takes (one joined text, not a loop)."""
+    try:
+        keys = "".join(value)
+    except TypeError:  # a key that is no string
+        return False
+    return keys.isascii() or _utf8(keys)
 
 
 def _utf8(text: str) -> bool:

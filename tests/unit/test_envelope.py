@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import UTC, datetime
+
 import pytest
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.v1.event import CloudEvent
@@ -9,10 +12,12 @@ from cloudevents.core.v1.event import CloudEvent
 from bridge import envelope
 from bridge.codec import SchemaCatalog
 from bridge.envelope import (
+    Event,
     ce_attribute,
     ce_attributes,
     decode_record,
     encode_event,
+    event_from_attributes,
     trace_headers,
 )
 from bridge.errors import DecodeError, SchemaMismatchError, TenantError
@@ -113,6 +118,28 @@ def test_one_parser_for_names_and_repeats() -> None:
     assert ce_attribute(headers, "tenantid") == "globex"
     assert ce_attribute(headers, "datacontenttype") == "x/y"
     assert ce_attribute(headers, "id") is None
+
+
+def test_every_field_of_an_event_comes_from_its_own_attribute() -> None:
+    attrs = {
+        "specversion": "1.0", "id": "i", "type": "t", "source": "s",
+        "time": "2026-01-02T03:04:05+00:00", "subject": "sub", "tenantid": "acme",
+        "correlationid": "c", "causationid": "ca", "datacontenttype": "x/y", "myext": "e",
+    }  # fmt: skip
+    event = event_from_attributes(
+        attrs, {"d": 1}, trace={"traceparent": TRACE, "tracestate": "ts"}, key=b"k",
+        topic="top", partition=2, offset=3, timestamp_ms=4,
+    )  # fmt: skip
+    assert event == Event(
+        id="i", type="t", source="s", data={"d": 1},
+        time=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), subject="sub", tenant_id="acme",
+        correlation_id="c", causation_id="ca", traceparent=TRACE, tracestate="ts",
+        content_type="x/y", key="k", topic="top", partition=2, offset=3, timestamp_ms=4,
+        extensions={"myext": "e"},
+    )  # fmt: skip
+    assert type(event) is Event
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.id = "other"  # type: ignore[misc]
 
 
 def test_header_names_without_end_are_still_read() -> None:
