@@ -348,12 +348,28 @@ def convertible(value: Any, plan: ReadsPlan | None) -> bool:
     """Whether the parts of ``value`` that ``plan`` selects certainly convert to CEL
     values (plain strings, integers, floats, booleans, nulls, bytes, lists and maps
     with string keys); ``False`` when unsure."""
-    if plan is None or not (type(value) is dict or isinstance(value, Mapping)):
-        return _plain(value, 0)
-    for name, sub in plan.items():
-        if name in value and not convertible(value[name], sub):
-            return False
-    return True
+    return _plain(value, 0) if plan is None else checker(plan)(value)
+
+
+def checker(plan: ReadsPlan) -> Callable[[Any], bool]:
+    """``convertible`` for one plan, its walk over the plan laid out once."""
+    steps = [(name, None if sub is None else checker(sub)) for name, sub in plan.items()]
+
+    def check(value: Any) -> bool:
+        if not (type(value) is dict or isinstance(value, Mapping)):
+            return _plain(value, 0)
+        for name, sub in steps:
+            if name not in value:
+                continue
+            part = value[name]
+            if sub is None:
+                if type(part) not in _SCALARS and not _plain(part, 0):
+                    return False
+            elif not sub(part):
+                return False
+        return True
+
+    return check
 
 
 _SCALARS = frozenset({int, float, bool, type(None), bytes})

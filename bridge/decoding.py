@@ -52,12 +52,11 @@ from bridge.envelope import (
     STRUCTURED,
     Event,
     RecordLike,
-    ce_attributes,
     check_attributes,
     decode_data,
     event_from_attributes,
     headers_dict,
-    trace_headers,
+    read_headers,
 )
 from bridge.errors import (
     BridgeError,
@@ -347,18 +346,19 @@ class Decoder:
         value = record.value
         if value is None:
             raise DecodeError("record has no value (tombstone)")
-        headers = record.headers
-        attrs = ce_attributes(headers)
+        attrs, trace = read_headers(record.headers)
         if len(attrs) > 1 or (attrs and "datacontenttype" not in attrs):
-            return self._binary(record, value, attrs)
+            return self._binary(record, value, attrs, trace)
         content_type = attrs.get("datacontenttype", "")
         if content_type[: len(STRUCTURED_CONTENT_TYPE)].lower() == STRUCTURED_CONTENT_TYPE:
-            return self._structured(record, value)
-        return self._foreign(record, value, content_type)
+            return self._structured(record, value, trace)
+        return self._foreign(record, value, content_type, trace)
 
     # --- CloudEvents ------------------------------------------------------------------
 
-    def _binary(self, record: RecordLike, value: bytes, attrs: dict[str, str]) -> Event:
+    def _binary(
+        self, record: RecordLike, value: bytes, attrs: dict[str, str], trace: dict[str, str]
+    ) -> Event:
         check_attributes(attrs, BINARY)
         type_name = attrs["type"]
         schema_id = registry_schema_id(value)
@@ -367,9 +367,9 @@ class Decoder:
             data = self._registry_data(writer, value, type_name, record.topic)
         else:
             data = decode_data(self.catalog, type_name, attrs.get("datacontenttype"), value)
-        return self._event(record, attrs, data)
+        return self._event(record, attrs, data, trace)
 
-    def _structured(self, record: RecordLike, value: bytes) -> Event:
+    def _structured(self, record: RecordLike, value: bytes, trace: dict[str, str]) -> Event:
         body = _json_object(value, "structured-mode CloudEvent")
         attrs = {
             str(k).lower(): v if isinstance(v, str) else json.dumps(v)
@@ -390,13 +390,15 @@ class Decoder:
                 self.catalog.check(self.catalog.get(type_name), data)
             elif not isinstance(data, Mapping):
                 raise SchemaMismatchError(f"{type_name}: data must be an object")
-        return self._event(record, attrs, data)
+        return self._event(record, attrs, data, trace)
 
-    def _event(self, record: RecordLike, attrs: Mapping[str, str], data: Any) -> Event:
+    def _event(
+        self, record: RecordLike, attrs: Mapping[str, str], data: Any, trace: dict[str, str]
+    ) -> Event:
         return event_from_attributes(
             attrs,
             data,
-            trace=trace_headers(record.headers),
+            trace=trace,
             key=record.key,
             topic=record.topic,
             partition=record.partition,
@@ -406,7 +408,9 @@ class Decoder:
 
     # --- records without CloudEvents headers ------------------------------------------
 
-    def _foreign(self, record: RecordLike, value: bytes, content_type: str) -> Event:
+    def _foreign(
+        self, record: RecordLike, value: bytes, content_type: str, trace: dict[str, str]
+    ) -> Event:
         envelope = self.envelope(record.topic)
         context: dict[str, Any] = {
             "headers": headers_dict(record.headers) if envelope.reads_headers else {},
@@ -458,7 +462,6 @@ class Decoder:
             time = _time(envelope.time(context))
         elif record.timestamp:
             time = datetime.fromtimestamp(record.timestamp / 1000, UTC)
-        trace = trace_headers(record.headers)
         return Event(
             id=event_id,
             type=type_name,

@@ -53,15 +53,24 @@ def ce_attributes(headers: Headers) -> dict[str, str]:
     event headers (bridge, replay, redrive, DLQ listings, provenance) goes through
     here, so they all see the same id and tenant. ``DecodeError`` if a value is not UTF-8.
     """
+    return read_headers(headers)[0]
+
+
+def read_headers(headers: Headers) -> tuple[dict[str, str], dict[str, str]]:
+    """``ce_attributes`` and ``trace_headers`` of one record in one pass over its headers
+    (the decoder needs both); ``DecodeError`` as ``ce_attributes``."""
     attrs: dict[str, str] = {}
+    trace: dict[str, str] = {}
     try:
         for name, raw in headers:
             role = _ROLES.get(name) or _role(name)
             if role[0] is _CE:
                 attrs[role[1]] = raw.decode("utf-8")
+            elif role[0] is _TRACE:
+                trace[role[1]] = raw.decode("utf-8", "replace")
     except UnicodeDecodeError as exc:
         raise DecodeError(f"CloudEvent header is not UTF-8: {exc}") from exc
-    return attrs
+    return attrs, trace
 
 
 _CE = "ce"

@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from bridge.codec import SchemaCatalog
-from bridge.conditions import FastCondition, Undecided, compile_fast, convertible
+from bridge.conditions import FastCondition, Undecided, checker, compile_fast
 from bridge.decoding import EnvelopeSpec
 from bridge.envelope import Event
 from bridge.errors import ConfigError, RouteError
@@ -42,7 +42,7 @@ from bridge.templates import (
     ROOT_NAMES,
     Template,
     condition_paths,
-    lookup,
+    getter,
     reads_plan,
     select,
 )
@@ -408,6 +408,7 @@ class CompiledRoute:
             raise ConfigError(f"route {spec.name!r}: {exc.message}") from exc
         arg_exprs = [spec.args] if isinstance(spec.args, str) else list(spec.args)
         self.arg_paths = [tuple(a.split(".")) for a in arg_exprs]
+        self.arg_getters = [getter(p) for p in self.arg_paths]
         self.window = window_policy(spec.debounce, spec.batch)
         kind = spec.action
         self.starting = kind in STARTING
@@ -448,9 +449,13 @@ class CompiledRoute:
         """Build the action for an event that matched this route."""
         try:
             workflow_id = self.workflow_id.render(context)
-            args = tuple(lookup(context, p) for p in self.arg_paths)
-            extra_sa = {k: t.render(context) for k, t in self.search_attributes.items()}
-            memo = {k: t.render(context) for k, t in self.memo.items()}
+            args = tuple([get(context) for get in self.arg_getters])
+            extra_sa = (
+                {k: t.render(context) for k, t in self.search_attributes.items()}
+                if self.search_attributes
+                else {}
+            )
+            memo = {k: t.render(context) for k, t in self.memo.items()} if self.memo else {}
             reason = self.reason.render(context)
             schedule = self.schedule.resolve(context)
         except KeyError as exc:
@@ -511,10 +516,11 @@ class Router:
             key: reads_plan(p for route in candidates for p in route.condition_reads)
             for key, candidates in self._index.items()
         }
-        self._fast = {
-            key for key, candidates in self._index.items()
+        self._convertible = {
+            key: checker(self._reads[key]) for key, candidates in self._index.items()
             if any(route.fast_condition is not None for route in candidates)
         }  # fmt: skip
+        """Per (topic, type) with a fast condition: whether an event's fields convert."""
 
     @classmethod
     def from_file(cls, path: Path) -> Router:
@@ -570,7 +576,8 @@ class Router:
         reads = self._reads[key]
         # Python conditions may answer only when CEL would have converted every field
         # the candidates read: then skipping the conversion skips no error.
-        fast = key in self._fast and convertible(context, reads)
+        convertible = self._convertible.get(key)
+        fast = convertible is not None and convertible(context)
         for route in candidates:
             if fast and route.fast_condition is not None:
                 try:
