@@ -48,6 +48,9 @@ EXPRESSIONS = [
     "true || data.missing == 1",
     "data.flag == 1 || true",
     "data.total_cents > 0 && data.missing == 1",
+    "false && data.currency",
+    "data.flag || data.total_cents",
+    "data.flag && data.currency",
     "type == 'com.example.order.placed'",
     "tenant == 'acme' && key != ''",
     "data.currency.size() == 3",
@@ -195,3 +198,16 @@ def test_first_match_order_is_kept_across_fast_and_cel_conditions() -> None:
     assert [r.fast_condition is not None for r in router.routes] == [False, True, False, True]
     action = router.route(route_event(order_data("o-1")))
     assert action is not None and action.route == "cel-yes"
+
+
+def test_routes_of_other_keys_in_between_keep_the_file_order() -> None:
+    routes = [
+        {**START, "name": "big", "when": "data.total_cents >= 1000"},
+        {**START, "name": "payments", "topic": "payments", "when": "data.total_cents > 0"},
+        {**START, "name": "cancelled", "type": "com.example.order.cancelled"},
+        {**START, "name": "any"},
+        {**START, "name": "never", "when": "data.total_cents > 0"},
+    ]
+    router = Router(RoutesConfig.parse({"routes": routes}))
+    small, large = order_data("o-1", total=10), order_data("o-2", total=5000)
+    assert [router.route(route_event(d)).route for d in (small, large)] == ["any", "big"]  # type: ignore[union-attr]
