@@ -133,13 +133,16 @@ class Ingress:
             self.metrics.events_routed.labels(
                 result.route or "", result.action or "", result.outcome.value
             ).inc()
-            log.info(
-                "event %s", result.outcome.value,
-                extra={"event_id": event.id, "workflow_id": result.workflow_id,
-                       "run_id": result.run_id, "route": result.route,
-                       "tenant_id": event.tenant_id, "topic": record.topic,
-                       "partition": record.partition, "offset": record.offset},
-            )  # fmt: skip
+            # Routine outcomes are counted (ktb_events_routed_total) and kept in provenance;
+            # their line is DEBUG so that it costs nothing per event unless asked for.
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "event %s", result.outcome.value,
+                    extra={"event_id": event.id, "workflow_id": result.workflow_id,
+                           "run_id": result.run_id, "route": result.route,
+                           "tenant_id": event.tenant_id, "topic": record.topic,
+                           "partition": record.partition, "offset": record.offset},
+                )  # fmt: skip
         if self.provenance is not None:
             await self.provenance.event(record, event, result)
         return result

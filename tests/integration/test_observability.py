@@ -318,7 +318,7 @@ async def test_bridge_log_line_for_a_started_workflow_is_json(
     logger = logging.getLogger("ktb.ingress")
     level = logger.level
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG)  # the per-event line is DEBUG: routine outcomes are counted
 
     async def logged() -> dict[str, Any]:
         lines = [json.loads(line) for line in stream.getvalue().splitlines()]
