@@ -11,6 +11,7 @@ consumer retries; anything that rejects the action itself raises
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,10 +37,12 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from bridge.concurrency import ActionLimit
 from bridge.envelope import Event
 from bridge.errors import (
     ActionRejectedError,
     PayloadTooLargeError,
+    PermanentError,
     TransientError,
     UpdateRejectedError,
     WorkflowClosedError,
@@ -127,14 +130,41 @@ class Dispatcher:
     A workflow of another tenant is a ``TenantMismatchError``.
     """
 
-    def __init__(self, client: Client, rpc_timeout: timedelta = timedelta(seconds=10)) -> None:
+    def __init__(
+        self,
+        client: Client,
+        rpc_timeout: timedelta = timedelta(seconds=10),
+        limit: ActionLimit | None = None,
+    ) -> None:
         self.client = client
         self.rpc_timeout = rpc_timeout
+        self.limit = limit or ActionLimit()
+        """How many actions are in Temporal at once (``bridge.concurrency``)."""
         self.runs = CheckedRuns()
         """Running runs already checked against a tenant (signals and closes are pinned)."""
 
     async def execute(self, action: Action, event: Event) -> Result:
-        """Perform ``action``; return what happened or raise a bridge error."""
+        """Perform ``action`` in a slot of ``limit``; return what happened or raise a
+        bridge error. Temporal's answer time feeds the limit, a transient failure
+        lowers it; an update waits for a worker as well, so its time is not Temporal's."""
+        async with self.limit.slot():
+            started = time.monotonic()
+            try:
+                result = await self._perform(action, event)
+            except TransientError:
+                self.limit.failed()
+                raise
+            except PermanentError:
+                self._answered(action, started)
+                raise
+            self._answered(action, started)
+            return result
+
+    def _answered(self, action: Action, started: float) -> None:
+        if action.kind is not ActionKind.UPDATE_WITH_START:
+            self.limit.observe(time.monotonic() - started)
+
+    async def _perform(self, action: Action, event: Event) -> Result:
         try:
             if action.window is not None:
                 return await self._collect(action, event, action.window)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -32,9 +32,14 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".ktb")
 
     group_id: str = "ktb-bridge"
-    # Near the concurrency at which a single Temporal frontend stops getting faster
-    # (16-128 measured); far above it, queued calls time out and are retried.
-    max_in_flight: int = Field(64, ge=1, description="Records being acted on at once")
+    # Records acted on at once, those waiting for a Temporal slot included; the number
+    # of actions in Temporal at once is temporal_in_flight (bridge/concurrency.py).
+    max_in_flight: int = Field(1024, ge=1, description="Records being acted on at once")
+    temporal_in_flight: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto",
+        description="Actions in Temporal at once: auto adapts it to Temporal's answer times "
+        "(between 16 and max_in_flight), a number fixes it",
+    )
     max_buffered: int = Field(10000, ge=1, description="Records fetched but not done")
     # The consumer holds each partition's last fetch until every record in it is taken,
     # so this bounds memory beside max_buffered; a record larger than it is still fetched.

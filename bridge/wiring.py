@@ -19,6 +19,7 @@ from bridge import kafka
 from bridge.api.auth import KeyRing, SessionSigner
 from bridge.api.state import ApiState, topic_map
 from bridge.codec import SchemaCatalog
+from bridge.concurrency import ActionLimit
 from bridge.consumer import BridgeConsumer
 from bridge.decoding import open_decoder
 from bridge.dispatch import Dispatcher
@@ -90,6 +91,19 @@ async def run_bridge(settings: Settings, metrics: Metrics | None = None) -> None
         log.info("bridge stopped after %d records", consumer.processed)
 
 
+def action_limit(settings: Settings, metrics: Metrics) -> ActionLimit:
+    """The bridge's gate of actions in Temporal (``KTB_TEMPORAL_IN_FLIGHT``), its limit
+    exported as ``ktb_temporal_in_flight_limit``."""
+    fixed = settings.temporal_in_flight
+    limit = ActionLimit(
+        None if fixed == "auto" else fixed,
+        minimum=min(16, settings.max_in_flight),
+        maximum=settings.max_in_flight,
+    )
+    metrics.temporal_in_flight_limit.set_function(lambda: limit.limit)
+    return limit
+
+
 @contextlib.asynccontextmanager
 async def open_bridge(settings: Settings, telemetry: Telemetry) -> AsyncIterator[BridgeConsumer]:
     """A bridge instance wired from settings; ``await consumer.run()`` consumes until ``stop()``."""
@@ -104,7 +118,11 @@ async def open_bridge(settings: Settings, telemetry: Telemetry) -> AsyncIterator
         ingress = Ingress(
             catalog,
             router,
-            Dispatcher(client, timedelta(seconds=settings.temporal_rpc_timeout_s)),
+            Dispatcher(
+                client,
+                timedelta(seconds=settings.temporal_rpc_timeout_s),
+                action_limit(settings, telemetry.metrics),
+            ),
             DeadLetterPublisher(producer),
             telemetry.metrics,
             provenance=ProvenanceWriter(provenance, settings.provenance_topic),

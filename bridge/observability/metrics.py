@@ -37,6 +37,11 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge("ktb_in_flight", "Records fetched and not yet done", registry=r)
+        self.temporal_in_flight_limit = Gauge(
+            "ktb_temporal_in_flight_limit",
+            "Actions the bridge lets into Temporal at once (adaptive unless fixed)",
+            registry=r,
+        )
         self.rebalances = Counter(
             "ktb_rebalances",
             "Partition assignments this bridge received from its consumer group (one a rebalance)",

@@ -21,6 +21,7 @@ from temporalio.client import Client
 from temporalio.converter import PayloadConverter
 from temporalio.service import RPCError, RPCStatusCode
 
+from bridge.concurrency import ActionLimit
 from bridge.dispatch import Dispatcher, Executor, Outcome, Result
 from bridge.envelope import Event
 from bridge.routes import Action, ActionKind
@@ -158,7 +159,8 @@ class ReplayDispatcher(Dispatcher):
     """The live dispatcher with a bound on Temporal actions and, for idempotent
     replays, one shortcut.
 
-    At most ``actions`` actions run at once, however many records are in flight.
+    At most ``actions`` actions run at once, however many records are in flight (a
+    fixed ``ActionLimit``).
     A start whose route rejects duplicate ids and ignores duplicates answers
     "duplicate" for any id that already exists, running or closed: with
     ``lookups`` on, such ids are found by batched visibility queries, so a range
@@ -174,10 +176,9 @@ class ReplayDispatcher(Dispatcher):
         known: KnownWorkflows | None = None,
         rpc_timeout: timedelta = timedelta(seconds=10),
     ) -> None:
-        super().__init__(client, rpc_timeout)
+        super().__init__(client, rpc_timeout, ActionLimit(actions))
         self.known = known or KnownWorkflows(client)
         self.lookups = lookups
-        self._actions = asyncio.Semaphore(actions)
 
     async def execute(self, action: Action, event: Event) -> Result:
         """Answer known duplicates from visibility; carry out everything else as live."""
@@ -197,8 +198,7 @@ class ReplayDispatcher(Dispatcher):
                     event_id=action.event_id,
                 )
                 return self._result(Outcome.DUPLICATE, action, known.run_id, "already exists")
-        async with self._actions:
-            return await super().execute(action, event)
+        return await super().execute(action, event)
 
 
 class FreshIds:

@@ -1,0 +1,131 @@
+"""The gate of actions in Temporal: slots in arrival order, and the adaptive limit's rules."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from bridge.concurrency import PROBE_WINDOWS, WINDOW_MIN, ActionLimit
+
+
+async def test_a_fixed_limit_admits_that_many_and_wakes_waiters_in_arrival_order() -> None:
+    limit = ActionLimit(2)
+    await limit.acquire()
+    await limit.acquire()
+    order: list[int] = []
+
+    async def waiter(n: int) -> None:
+        await limit.acquire()
+        order.append(n)
+
+    waiters = [asyncio.create_task(waiter(n)) for n in range(3)]
+    await asyncio.sleep(0)
+    assert (limit.in_flight, limit.waiting, order) == (2, 3, [])
+    limit.release()
+    limit.release()
+    await asyncio.sleep(0)
+    assert order == [0, 1]
+    limit.release()
+    await asyncio.gather(*waiters)
+    assert order == [0, 1, 2]
+    assert limit.in_flight == 2
+
+
+async def test_a_cancelled_waiter_leaves_the_line_and_a_granted_one_hands_its_slot_on() -> None:
+    limit = ActionLimit(1)
+    await limit.acquire()
+    cancelled = asyncio.create_task(limit.acquire())
+    granted_then_cancelled = asyncio.create_task(limit.acquire())
+    last = asyncio.create_task(limit.acquire())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.sleep(0)
+    assert limit.waiting == 2
+    limit.release()  # granted to the second, which is cancelled before it runs
+    granted_then_cancelled.cancel()
+    await asyncio.gather(cancelled, granted_then_cancelled, return_exceptions=True)
+    await asyncio.wait_for(last, 1)
+    assert (limit.in_flight, limit.waiting) == (1, 0)
+
+
+async def test_slot_releases_on_error() -> None:
+    limit = ActionLimit(1)
+    with pytest.raises(RuntimeError):
+        async with limit.slot():
+            raise RuntimeError("boom")
+    assert limit.in_flight == 0
+
+
+def test_bad_limits_are_refused() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        ActionLimit(0)
+    with pytest.raises(ValueError, match="minimum"):
+        ActionLimit(minimum=32, maximum=16)
+
+
+def run_windows(limit: ActionLimit, latency: Callable[[int], float], windows: int) -> list[int]:
+    """Drive ``windows`` full windows, each with every slot in use, answering each
+    call after ``latency(in_flight)`` seconds; the limit after each window."""
+    seen = []
+    for _ in range(windows):
+        size = max(WINDOW_MIN, limit.limit)
+        while limit.in_flight < limit.limit:
+            limit._take()  # as acquire() does when a slot is free
+        in_use = limit.in_flight
+        for _ in range(size):
+            limit.observe(latency(in_use))
+        while limit.in_flight:
+            limit.release()
+        seen.append(limit.limit)
+    return seen
+
+
+def test_the_limit_grows_while_nothing_queues() -> None:
+    limit = ActionLimit(minimum=16, maximum=1024)
+    seen = run_windows(limit, lambda in_flight: 0.020, 40)  # a server far from its knee
+    assert seen[0] > 16
+    assert seen[-1] >= 4 * 16
+
+
+def test_a_saturated_server_keeps_the_limit_near_the_minimum() -> None:
+    # A server answering 250 calls/s whatever the concurrency: latency is queueing.
+    limit = ActionLimit(minimum=16, maximum=1024)
+    seen = run_windows(limit, lambda in_flight: in_flight / 250, 3 * PROBE_WINDOWS)
+    assert max(seen) <= 40, seen
+    assert seen[-1] >= 16
+
+
+def test_the_limit_only_grows_while_it_is_used() -> None:
+    limit = ActionLimit(minimum=16, maximum=1024)
+    for _ in range(10 * WINDOW_MIN):
+        limit._take()
+        limit.observe(0.010)
+        limit.release()  # one call at a time: the limit does not bind
+    assert limit.limit == 16
+
+
+def test_transient_failures_halve_the_limit_down_to_the_minimum() -> None:
+    limit = ActionLimit(minimum=16, maximum=1024, initial=256)
+    for _ in range(256):
+        limit.failed()
+    assert limit.limit == 128
+    for _ in range(10 * 128):
+        limit.failed()
+    assert limit.limit == 16
+
+
+def test_a_probe_window_runs_at_the_minimum_and_returns() -> None:
+    limit = ActionLimit(minimum=16, maximum=1024)
+    seen = run_windows(limit, lambda in_flight: 0.020, PROBE_WINDOWS + 2)
+    assert seen[PROBE_WINDOWS - 1] == 16  # the probe window
+    assert seen[PROBE_WINDOWS] >= seen[PROBE_WINDOWS - 2]  # back where it was, or above
+
+
+def test_a_fixed_limit_never_moves() -> None:
+    limit = ActionLimit(8)
+    assert run_windows(limit, lambda in_flight: 0.001, 5) == [8] * 5
+    for _ in range(100):
+        limit.failed()
+    assert limit.limit == 8
