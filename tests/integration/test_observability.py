@@ -345,7 +345,7 @@ async def test_bridge_log_line_for_a_started_workflow_is_json(
     assert line["route"] == "start-order"
     assert line["topic"] == topics["orders"]
     assert isinstance(line["partition"], int) and isinstance(line["offset"], int)
-    assert line["level"] == "info" and line["logger"] == "ktb.ingress"
+    assert line["level"] == "debug" and line["logger"] == "ktb.ingress"
 
 
 async def test_ktb_bridge_process_serves_metrics_on_its_port(
