@@ -9,8 +9,9 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import typer
 
@@ -21,6 +22,8 @@ except ImportError:  # a platform without a uvloop build: asyncio's own loop
 
 from bridge.errors import BridgeError, ConfigError, InvalidRequestError
 from bridge.settings import Settings
+
+T = TypeVar("T")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -59,14 +62,21 @@ def done(code: int = 0) -> NoReturn:
     raise typer.Exit(code)
 
 
+def run_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to its end on uvloop where it is installed, as every ``ktb`` command does.
+
+    libuv's loop spends less per I/O callback and per wake-up from another thread (the
+    Temporal SDK answers from its own) than asyncio's, and a busy bridge pays those per
+    event; uvicorn picks the same loop for ``ktb api``.
+    """
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop if uvloop else None) as runner:
+        return runner.run(coro)
+
+
 def run(coro: Any) -> Any:
-    """Run ``coro`` on uvloop where it is installed; bad input exits 2, other bridge
-    errors 1. libuv's loop spends less per I/O callback and per wake-up from another
-    thread (the Temporal SDK answers from its own) than asyncio's, and a busy bridge
-    pays those per event; uvicorn picks the same loop for ``ktb api``."""
+    """Run ``coro`` (``run_loop``); bad input exits 2, other bridge errors 1."""
     try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop if uvloop else None) as runner:
-            return runner.run(coro)
+        return run_loop(coro)
     except InvalidRequestError as exc:
         fail(exc.message, 2)
     except ConfigError as exc:

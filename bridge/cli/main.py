@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
 import sys
@@ -16,7 +15,7 @@ from bridge.cli import dlq as cli_dlq
 from bridge.cli import policies as cli_policies
 from bridge.cli import replay as cli_replay
 from bridge.cli import schemas as cli_schemas
-from bridge.cli.common import fail, load_settings, run
+from bridge.cli.common import fail, load_settings, run, run_loop
 from bridge.dev.postgres import POSTGRES_PORT
 from bridge.dev.registry import REGISTRY_PORT
 from bridge.errors import BridgeError, ConfigError, TransientError
@@ -79,7 +78,7 @@ def dev(
         procfile=None if no_processes else procfile,
     )
     try:
-        code = asyncio.run(stack.run())
+        code = run_loop(stack.run())
     except BridgeError as exc:
         fail(exc.message, 1)
     raise typer.Exit(code)
@@ -100,7 +99,7 @@ def bridge(
     settings = load_settings(routes_file=routes, group_id=group_id, max_in_flight=max_in_flight)
     logs.setup(settings.log_level, console=settings.log_format == "console")
     try:
-        asyncio.run(run_bridge(settings))
+        run_loop(run_bridge(settings))
     except ConfigError as exc:
         fail(exc.message, 1)
 
@@ -122,7 +121,7 @@ def worker(
         fail(f"cannot import {module}: {exc}")
     if not hasattr(target, "main"):
         fail(f"{module} has no main(settings)")
-    asyncio.run(target.main(settings))
+    run_loop(target.main(settings))
 
 
 @app.command()
@@ -180,7 +179,7 @@ def provision(
     settings = load_settings()
     logs.setup(settings.log_level, console=settings.log_format == "console")
     try:
-        report = asyncio.run(run_provision(settings, partitions, replication_factor))
+        report = run_loop(run_provision(settings, partitions, replication_factor))
     except BridgeError as exc:
         fail(exc.message, 1)
     for name, count in sorted(report.created.items()):
@@ -262,7 +261,7 @@ def produce(
         fail(exc.message)
     event_id = id or str(uuid.uuid4())
     try:
-        sent = asyncio.run(
+        sent = run_loop(
             _produce(
                 settings, topic, spec, type, parsed, event_id, source, key, tenant, no_cloudevents
             )
@@ -367,7 +366,7 @@ def tail(
 
     settings = load_settings()
     try:
-        count = asyncio.run(
+        count = run_loop(
             tail_topic(
                 settings,
                 topic,
