@@ -7,7 +7,9 @@ Events are produced first; then a bridge process (``ktb bridge``) starts their
 workflows while ``py-spy record`` samples it. Each sampled Python stack is put in
 the first stage it touches (the Temporal SDK, provenance, logging, decoding,
 routing, ...), and the CPU time of the process's main thread and of its other
-threads (the Temporal SDK's Rust core among them) is given per event.
+threads (the Temporal SDK's Rust core among them) is given per event. The bridge
+runs on uvloop, whose loop is C code: its own work (socket reads and writes,
+callbacks, timers) shows as "event loop", a Python-level stage no more.
 """
 
 from __future__ import annotations
@@ -73,7 +75,10 @@ def stage_of(stack: str) -> str:
         return WAITING
     if "Thread.run " in inner:
         return "other Python threads"
-    return "event loop" if frames else "native threads (no Python frames)"
+    if frames:
+        return "event loop"
+    # uvloop runs the loop in C: the main thread's stack ends in its run call.
+    return "event loop" if "asyncio/runners.py" in stack else "native threads (no Python frames)"
 
 
 def summarise(raw: Path) -> list[tuple[str, float]]:
