@@ -112,7 +112,7 @@ class ActionLimit:
         except BaseException:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # granted while being cancelled: hand it on
-            else:
+            elif waiter in self._waiters:  # _wake passes over (and drops) cancelled ones
                 self._waiters.remove(waiter)
             raise
 

@@ -50,6 +50,22 @@ async def test_a_cancelled_waiter_leaves_the_line_and_a_granted_one_hands_its_sl
     assert (limit.in_flight, limit.waiting) == (1, 0)
 
 
+async def test_a_waiter_cancelled_before_a_release_passes_it_over_and_stays_cancelled() -> None:
+    # The task's cancellation cancels its future at once; a release may then run before
+    # the task sees it, dropping the cancelled future from the line itself.
+    limit = ActionLimit(1)
+    await limit.acquire()
+    cancelled = asyncio.create_task(limit.acquire())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    limit.release()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert (limit.in_flight, limit.waiting) == (0, 0)
+    await asyncio.wait_for(limit.acquire(), 1)
+    assert limit.in_flight == 1
+
+
 async def test_slot_releases_on_error() -> None:
     limit = ActionLimit(1)
     with pytest.raises(RuntimeError):
