@@ -25,6 +25,15 @@ from bridge.settings import REPO_ROOT, Settings
 MIB = 1024 * 1024
 
 
+def log_tail(log: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a child process's log, introduced by its path."""
+    try:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        tail = "(no log)"
+    return f"last lines of {log}:\n{tail}"
+
+
 class BridgeProcessError(RuntimeError):
     """The bridge process exited or did not come up; the message ends with its log."""
 
@@ -90,11 +99,7 @@ class BridgeProcess:
             raise BridgeProcessError(self._failure("exited"))
 
     def _failure(self, what: str) -> str:
-        try:
-            tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
-        except OSError:
-            tail = "(no log)"
-        return f"the bridge process {what}; last lines of {self.log}:\n{tail}"
+        return f"the bridge process {what}; {log_tail(self.log)}"
 
     @property
     def pid(self) -> int:
@@ -126,6 +131,11 @@ class BridgeProcess:
         """The value of an unlabelled gauge."""
         samples = (await self.metrics()).get(name, [])
         return samples[0][1] if samples else 0.0
+
+    async def total(self, name: str, **labels: str) -> float:
+        """The sum of ``name``'s samples whose labels include ``labels`` (0 when none)."""
+        samples = (await self.metrics()).get(name, [])
+        return sum(v for found, v in samples if labels.items() <= found.items())
 
     async def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM (finish, commit), SIGKILL after ``timeout`` seconds."""

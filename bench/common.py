@@ -12,7 +12,7 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +27,7 @@ from bridge import kafka
 from bridge.codec import SchemaCatalog
 from bridge.envelope import KafkaRecord, encode_event
 from bridge.kafka import ensure_topics
+from bridge.pacing import TokenBucket
 from bridge.settings import Settings
 
 PLACED = "com.example.order.placed"
@@ -259,6 +260,30 @@ def start_route(topic: str, uid: str) -> dict[str, Any]:
     }
 
 
+async def await_count(client: Client, query: str, expected: int, timeout: float) -> int:
+    """Wait (up to ``timeout`` seconds) until visibility counts ``expected`` workflows.
+
+    Returns the last count, which is below ``expected`` only when the time ran out.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        count = (await client.count_workflows(query)).count
+        if count >= expected or time.monotonic() > deadline:
+            return count
+        await asyncio.sleep(0.5)
+
+
+async def executions(client: Client, query: str) -> list[tuple[str, float]]:
+    """``(workflow id, start time)`` of every execution ``query`` matches.
+
+    A workflow id started twice (two runs) appears twice.
+    """
+    return [
+        (wf.id, timestamp(wf.start_time))
+        async for wf in client.list_workflows(query, page_size=1000)
+    ]
+
+
 async def start_times(
     client: Client, query: str, expected: int, timeout: float
 ) -> dict[str, float]:
@@ -266,13 +291,85 @@ async def start_times(
 
     Waits (up to ``timeout`` seconds) until visibility lists ``expected`` of them.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        count = (await client.count_workflows(query)).count
-        if count >= expected or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.5)
-    out: dict[str, float] = {}
-    async for wf in client.list_workflows(query, page_size=1000):
-        out[wf.id] = timestamp(wf.start_time)
-    return out
+    await await_count(client, query, expected, timeout)
+    return dict(await executions(client, query))
+
+
+@dataclass(frozen=True)
+class StartCheck:
+    """How the workflows a run started compare with the ids its events should start."""
+
+    expected: int
+    listed: int
+    missing: tuple[str, ...]
+    duplicated: tuple[str, ...]
+    unexpected: tuple[str, ...]
+
+    @property
+    def exactly_once(self) -> bool:
+        """Every expected id started exactly once, and nothing else."""
+        return not (self.missing or self.duplicated or self.unexpected)
+
+    def raise_unless_exactly_once(self, what: str) -> None:
+        """``RuntimeError`` naming what went wrong (a few ids of each kind) unless exactly once."""
+        if self.exactly_once:
+            return
+        problems = [
+            f"{len(ids)} {kind} (e.g. {', '.join(ids[:3])})"
+            for kind, ids in (
+                ("missing", self.missing),
+                ("started more than once", self.duplicated),
+                ("not expected", self.unexpected),
+            )
+            if ids
+        ]
+        raise RuntimeError(
+            f"{what}: {self.listed} workflows listed for {self.expected} events; "
+            + "; ".join(problems)
+        )
+
+
+def check_starts(expected: Iterable[str], listed: Iterable[str]) -> StartCheck:
+    """Compare the workflow ids listed (one per execution) with the ids expected."""
+    wanted = set(expected)
+    counts: dict[str, int] = {}
+    for workflow_id in listed:
+        counts[workflow_id] = counts.get(workflow_id, 0) + 1
+    return StartCheck(
+        expected=len(wanted),
+        listed=sum(counts.values()),
+        missing=tuple(sorted(wanted - counts.keys())),
+        duplicated=tuple(sorted(w for w, n in counts.items() if n > 1 and w in wanted)),
+        unexpected=tuple(sorted(counts.keys() - wanted)),
+    )
+
+
+async def paced(
+    items: Iterable[T],
+    call: Callable[[T], Awaitable[object]],
+    rate: float,
+    concurrency: int,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> int:
+    """``call`` each item, at most ``concurrency`` at once and ``rate`` calls per second.
+
+    A token bucket of one token (the bridge's own ``TokenBucket``): the n-th call is
+    due n / ``rate`` seconds after the first, whichever caller makes it, so a slow
+    call delays only its caller. Returns the number of calls made.
+    """
+    bucket = TokenBucket(rate, 1, clock)
+    queue = iter(items)
+    made = 0
+
+    async def caller() -> None:
+        nonlocal made
+        for item in queue:
+            delay = bucket.reserve()
+            if delay > 0:
+                await sleep(delay)
+            await call(item)
+            made += 1
+
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return made

@@ -10,6 +10,13 @@ round shows the bridge at its default ``max_in_flight``. Both rates are measured
 the same way, on the server side: the span between the first and the last
 workflow start time Temporal recorded. No worker polls the task queues, so the
 server's effort per start is the same on both sides.
+
+CPU per start: the bridge process's CPU time (psutil, every thread) from its first
+start to its last, per event. After each bridge round a direct caller in a
+process of its own (``bench.direct``) makes the same number of starts, paced to
+the rate that round reached, at the same concurrency, and its CPU time is counted
+the same way; the ratio of the two is what the bridge costs per start on top of
+the SDK call itself.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from bench.common import (
     BenchContext,
     Row,
     ScenarioResult,
+    await_count,
     consumer_record,
     create_topic,
     fmt,
@@ -37,12 +45,14 @@ from bench.common import (
     start_times,
     write_routes,
 )
+from bench.direct import run_direct
 from bridge.ingress import Ingress
 from bridge.routes import Router, RoutesConfig
 from bridge.temporal.requests import event_memo, search_attributes
 
 NAME = "throughput"
 TARGET = 0.9
+CPU_TARGET = 1.5
 
 
 def start_requests(ctx: BenchContext, topic: str, uid: str, count: int) -> list[dict[str, Any]]:
@@ -107,10 +117,11 @@ async def bridge_rate(
     try:
         # CPU is counted from the first start on, so connecting and joining the group
         # do not count as work per event.
-        started = await _first_starts(ctx, bridge, query)
+        started = await first_starts(ctx, query, bridge)
         cpu_before = bridge.cpu_seconds()
-        times = await start_times(ctx.client, query, count, timeout=120 + count / 20)
+        await await_count(ctx.client, query, count, timeout=120 + count / 20)
         cpu = bridge.cpu_seconds() - cpu_before
+        times = await start_times(ctx.client, query, count, timeout=10)
     finally:
         await bridge.stop()
     if len(times) < count:
@@ -118,41 +129,84 @@ async def bridge_rate(
     return span_rate(times.values()), cpu / max(1, count - started) * 1e6
 
 
-async def _first_starts(ctx: BenchContext, bridge: BridgeProcess, query: str) -> int:
-    """Wait for the bridge's first workflow start; return how many exist by then."""
+async def direct_cpu(
+    ctx: BenchContext, count: int, rate: float, concurrency: int
+) -> tuple[float, float]:
+    """CPU microseconds per start of a direct caller process, and the rate it reached.
+
+    ``count`` starts paced to ``rate`` per second with ``concurrency`` callers
+    (``bench.direct``); the rate is measured on the server side like the others.
+    """
+    uid = ctx.uid()
+    requests = start_requests(ctx, f"bench-direct-{uid}", uid, count)
+    measured = await run_direct(
+        ctx.settings, requests, rate, concurrency, ctx.work_dir, f"direct-{uid}",
+        timeout=120 + 2 * count / rate,
+    )  # fmt: skip
+    times = await start_times(ctx.client, f"TaskQueue = 'bench-{uid}'", count, timeout=60)
+    if measured.starts != count or len(times) < count:
+        raise RuntimeError(
+            f"the direct caller made {measured.starts} starts; {len(times)} of {count} listed"
+        )
+    return measured.cpu_us_per_start, span_rate(times.values())
+
+
+async def first_starts(ctx: BenchContext, query: str, *bridges: BridgeProcess) -> int:
+    """Wait for the bridges' first workflow start; return how many exist by then."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        bridge.check()
+        for bridge in bridges:
+            bridge.check()
         started = (await ctx.client.count_workflows(query)).count
         if started:
             return started
         await asyncio.sleep(0.05)
-    raise RuntimeError("the bridge started no workflow within 120 s")
+    raise RuntimeError("no bridge started a workflow within 120 s")
+
+
+async def sweep(ctx: BenchContext, count: int) -> dict[int, float]:
+    """Raw starts per second of ``count`` direct calls at each concurrency of the sweep."""
+    concurrencies = (32, 128) if ctx.quick else (16, 64, 256)
+    return {c: await raw_rate(ctx, count, c) for c in concurrencies}
+
+
+def best_concurrency(per_concurrency: dict[int, float]) -> int:
+    """The concurrency with the highest raw rate."""
+    return max(per_concurrency, key=lambda c: per_concurrency[c])
 
 
 async def run(ctx: BenchContext) -> ScenarioResult:
     """Sweep the raw concurrency, then alternate raw and bridge rounds; best of each.
 
     The bridge runs with ``max_in_flight`` set to the raw side's best concurrency
-    (the same concurrency on both sides). One more bridge round with the default
-    ``max_in_flight`` shows what the default does on this server.
+    (the same concurrency on both sides); after each bridge round a direct caller
+    process repeats its starts at its rate, for the CPU per start of both. One more
+    bridge round with the default ``max_in_flight`` shows what the default does on
+    this server.
     """
     count = ctx.size(600, 3000)
-    sweep = (32, 128) if ctx.quick else (16, 64, 256)
     rounds = 1 if ctx.quick else 2
-    per_concurrency = {c: await raw_rate(ctx, count // 2, c) for c in sweep}
-    best = max(per_concurrency, key=lambda c: per_concurrency[c])
+    per_concurrency = await sweep(ctx, count // 2)
+    best = best_concurrency(per_concurrency)
     raws: list[float] = []
     bridges: list[float] = []
     cpu_per_event: list[float] = []
+    direct_cpu_per_start: list[float] = []
+    direct_rates: list[float] = []
     for _ in range(rounds):
         raws.append(await raw_rate(ctx, count, best))
         rate, cpu = await bridge_rate(ctx, count, best)
         bridges.append(rate)
         cpu_per_event.append(cpu)
+        direct_cpu_us, direct_rate = await direct_cpu(ctx, count, rate, best)
+        direct_cpu_per_start.append(direct_cpu_us)
+        direct_rates.append(direct_rate)
     default_rate, _ = await bridge_rate(ctx, count)
     raw, bridge = max(raws), max(bridges)
     r = ratio(bridge, raw)
+    bridge_cpu, direct_cpu_us = min(cpu_per_event), min(direct_cpu_per_start)
+    cpu_ratio = ratio(bridge_cpu, direct_cpu_us)
+    cpu_met = cpu_ratio <= CPU_TARGET
     default = ctx.settings.max_in_flight
     return ScenarioResult(
         NAME,
@@ -167,7 +221,14 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             "raw_sweep_per_s": {str(c): rounded(v) for c, v in per_concurrency.items()},
             "raw_rounds_per_s": [rounded(v) for v in raws],
             "bridge_rounds_per_s": [rounded(v) for v in bridges],
-            "bridge_cpu_us_per_event": rounded(min(cpu_per_event)),
+            "bridge_cpu_us_per_event": rounded(bridge_cpu),
+            "raw_cpu_us_per_start": rounded(direct_cpu_us),
+            "cpu_ratio": rounded(cpu_ratio, 2),
+            "cpu_target": f"<= {CPU_TARGET}x",
+            "cpu_met": cpu_met,
+            "bridge_cpu_rounds_us": [rounded(v) for v in cpu_per_event],
+            "raw_cpu_rounds_us": [rounded(v) for v in direct_cpu_per_start],
+            "raw_paced_rounds_per_s": [rounded(v) for v in direct_rates],
             "bridge_default_max_in_flight": default,
             "bridge_default_per_s": rounded(default_rate),
             "bridge_default_ratio": rounded(ratio(default_rate, raw), 3),
@@ -187,9 +248,24 @@ async def run(ctx: BenchContext) -> ScenarioResult:
                 fmt(raw, "/s"),
                 f"{ratio(default_rate, raw):.2f}",
             ),
+            Row(
+                "process CPU per start (all threads; direct caller paced to the bridge's rate)",
+                fmt(bridge_cpu, "us"),
+                fmt(direct_cpu_us, "us (direct start_workflow process)"),
+                f"{cpu_ratio:.2f}x",
+                f"<= {CPU_TARGET}x",
+                cpu_met,
+            ),
         ],
         [
             "raw sweep: " + ", ".join(f"c={c}: {fmt(v, '/s')}" for c, v in per_concurrency.items()),
-            f"bridge process CPU per event: {fmt(min(cpu_per_event), 'us')}",
+            "CPU per start, per round (bridge / direct caller at the bridge's rate): "
+            + ", ".join(
+                f"{fmt(b, 'us')} / {fmt(d, 'us')} at {fmt(rt, '/s')}"
+                f" (direct reached {fmt(dr, '/s')})"
+                for b, d, rt, dr in zip(
+                    cpu_per_event, direct_cpu_per_start, bridges, direct_rates, strict=True
+                )
+            ),
         ],
     )

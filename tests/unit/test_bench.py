@@ -1,0 +1,98 @@
+"""Benchmark helpers of pure logic: pacing of direct calls, the exactly-once check of a
+round's workflows, and the direct caller's CPU per start."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bench.common import check_starts, paced
+from bench.direct import DirectRun
+
+
+class FrozenClock:
+    """A clock that never moves: every reservation is due later than the one before."""
+
+    def __call__(self) -> float:
+        return 50.0
+
+
+async def test_paced_calls_are_due_one_per_interval_and_bounded_in_concurrency() -> None:
+    delays: list[float] = []
+    called: list[int] = []
+    in_flight = 0
+    most_in_flight = 0
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+        await asyncio.sleep(0)
+
+    async def call(item: int) -> None:
+        nonlocal in_flight, most_in_flight
+        in_flight += 1
+        most_in_flight = max(most_in_flight, in_flight)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        in_flight -= 1
+        called.append(item)
+
+    made = await paced(range(20), call, rate=4.0, concurrency=3, clock=FrozenClock(), sleep=sleep)
+
+    assert made == 20
+    assert sorted(called) == list(range(20))
+    # The first call goes at once; the n-th is due n / rate seconds after it.
+    assert sorted(delays) == pytest.approx([n / 4.0 for n in range(1, 20)])
+    assert most_in_flight == 3
+
+
+async def test_paced_calls_share_one_schedule_across_callers() -> None:
+    delays: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+
+    async def call(item: int) -> None:
+        return None
+
+    made = await paced(range(5), call, rate=10.0, concurrency=8, clock=FrozenClock(), sleep=sleep)
+
+    assert made == 5
+    assert sorted(delays) == pytest.approx([0.1, 0.2, 0.3, 0.4])
+
+
+def test_every_expected_id_once_is_exactly_once() -> None:
+    check = check_starts(["a", "b", "c"], ["c", "a", "b"])
+
+    assert check.exactly_once
+    assert (check.expected, check.listed) == (3, 3)
+    check.raise_unless_exactly_once("round")
+
+
+def test_missing_duplicated_and_unexpected_ids_are_named() -> None:
+    check = check_starts(["a", "b", "c", "d"], ["a", "a", "c", "x"])
+
+    assert not check.exactly_once
+    assert check.missing == ("b", "d")
+    assert check.duplicated == ("a",)
+    assert check.unexpected == ("x",)
+    with pytest.raises(RuntimeError) as raised:
+        check.raise_unless_exactly_once("scale, 2 bridges")
+    message = str(raised.value)
+    assert message.startswith("scale, 2 bridges: 4 workflows listed for 4 events")
+    assert "2 missing (e.g. b, d)" in message
+    assert "1 started more than once (e.g. a)" in message
+    assert "1 not expected (e.g. x)" in message
+
+
+def test_a_count_that_matches_can_still_hide_a_duplicate() -> None:
+    # As many executions as events, yet one id twice and another never.
+    check = check_starts(["a", "b"], ["a", "a"])
+
+    assert check.listed == check.expected
+    assert check.missing == ("b",)
+    assert check.duplicated == ("a",)
+
+
+def test_direct_run_cpu_per_start() -> None:
+    assert DirectRun(starts=400, cpu_s=0.5, seconds=2.0).cpu_us_per_start == pytest.approx(1250.0)
