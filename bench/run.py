@@ -66,6 +66,7 @@ SCENARIOS: dict[str, bool] = {
     "memory": True,
     "provenance": True,
     "storefront": True,
+    "scale": True,
 }
 
 

@@ -1,14 +1,16 @@
 """Benchmark helpers of pure logic: pacing of direct calls, the exactly-once check of a
-round's workflows, and the direct caller's CPU per start."""
+round's workflows, and the per-event CPU figures of the scale scenario."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
 from bench.common import check_starts, paced
 from bench.direct import DirectRun
+from bench.scale import BridgeShare, Round
 
 
 class FrozenClock:
@@ -92,6 +94,40 @@ def test_a_count_that_matches_can_still_hide_a_duplicate() -> None:
     assert check.listed == check.expected
     assert check.missing == ("b",)
     assert check.duplicated == ("a",)
+
+
+def test_cpu_per_event_of_a_round_weights_each_bridge_by_its_events() -> None:
+    shares = (
+        BridgeShare(events=300, cpu_s=0.3, rebalances=2, repeated=4),
+        BridgeShare(events=100, cpu_s=0.2, rebalances=1, repeated=0),
+    )
+    measured = Round(instances=2, per_s=200.0, seconds=2.0, cpu_window_s=2.5, bridges=shares)
+
+    assert shares[0].cpu_us_per_event == pytest.approx(1000.0)
+    assert shares[1].cpu_us_per_event == pytest.approx(2000.0)
+    assert measured.cpu_us_per_event == pytest.approx(1250.0)
+    summary = measured.summary()
+    assert summary["cpu_us_per_event"] == 1250.0
+    assert summary["bridges"] == [
+        {
+            "events": 300,
+            "cpu_us_per_event": 1000.0,
+            "cpu_s_per_s": 0.12,
+            "rebalances": 2,
+            "repeated_starts": 4,
+        },
+        {
+            "events": 100,
+            "cpu_us_per_event": 2000.0,
+            "cpu_s_per_s": 0.08,
+            "rebalances": 1,
+            "repeated_starts": 0,
+        },
+    ]
+
+
+def test_a_bridge_that_handled_nothing_has_no_cpu_per_event() -> None:
+    assert math.isnan(BridgeShare(events=0, cpu_s=0.1, rebalances=1, repeated=0).cpu_us_per_event)
 
 
 def test_direct_run_cpu_per_start() -> None:

@@ -1,0 +1,247 @@
+"""Scale-out: one bridge process, then two in one consumer group, against raw starts.
+
+N order events with distinct keys (spread over the partitions by the producer's
+key hash) are produced to a fresh 6-partition topic; then one bridge process
+(``ktb bridge``, default settings) starts their workflows. Then the same number
+of events on a fresh topic, read by two bridge processes in one fresh consumer
+group. Both rates are measured on the server side, as in the throughput scenario:
+the span between the first and the last start time Temporal recorded. The raw
+ceiling is direct ``start_workflow`` calls (``bench.throughput.raw_rate``) at
+the throughput scenario's best concurrency in this run (swept here when that
+scenario did not run), on the same server.
+
+The two processes are launched at the same moment, after the events are in the
+topic, and their rebalance is part of the measured span. The group's first
+member may get every partition and start work alone (at once when the broker's
+``group.initial.rebalance.delay.ms`` is 0, as on the local stack); the second
+member's join makes the first hand half of them over when it next heartbeats
+(every 3 s by default), finishing or abandoning what it has in flight and
+committing. The span begins with the first start either process made, so the
+time one worked alone and the hand-over both count. Starts a process repeats
+after the hand-over (Temporal answers them as duplicates: the id exists) are
+counted and reported.
+
+After each round every expected workflow id must be listed exactly once, and
+nothing else: the scenario fails otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+
+from bench.bridge_process import BridgeProcess
+from bench.common import (
+    BenchContext,
+    Row,
+    ScenarioResult,
+    await_count,
+    check_starts,
+    create_topic,
+    executions,
+    fmt,
+    order_records,
+    produce_all,
+    ratio,
+    rounded,
+    span_rate,
+    start_route,
+    write_routes,
+)
+from bench.throughput import best_concurrency, first_starts, raw_rate, sweep
+
+NAME = "scale"
+PARTITIONS = 6
+TARGET = 0.95
+
+
+@dataclass(frozen=True)
+class BridgeShare:
+    """One bridge process's part of a round, from its first start to the round's end."""
+
+    events: int
+    cpu_s: float
+    rebalances: int
+    repeated: int
+
+    @property
+    def cpu_us_per_event(self) -> float:
+        """Process CPU microseconds per event this process handled."""
+        return self.cpu_s / self.events * 1e6 if self.events else math.nan
+
+
+@dataclass(frozen=True)
+class Round:
+    """What one round of ``instances`` bridge processes measured."""
+
+    instances: int
+    per_s: float
+    seconds: float
+    cpu_window_s: float
+    bridges: tuple[BridgeShare, ...]
+
+    @property
+    def cpu_us_per_event(self) -> float:
+        """All processes' CPU microseconds per event handled."""
+        events = sum(b.events for b in self.bridges)
+        return sum(b.cpu_s for b in self.bridges) / events * 1e6 if events else math.nan
+
+    def summary(self) -> dict[str, object]:
+        """The round for the results file."""
+        return {
+            "per_s": rounded(self.per_s),
+            "seconds": rounded(self.seconds, 2),
+            "cpu_us_per_event": rounded(self.cpu_us_per_event),
+            "bridges": [
+                {
+                    "events": b.events,
+                    "cpu_us_per_event": rounded(b.cpu_us_per_event),
+                    "cpu_s_per_s": rounded(b.cpu_s / self.cpu_window_s, 3),
+                    "rebalances": b.rebalances,
+                    "repeated_starts": b.repeated,
+                }
+                for b in self.bridges
+            ],
+        }
+
+
+async def _handled(bridge: BridgeProcess) -> float:
+    return await bridge.total("ktb_events_routed_total")
+
+
+async def _share(bridge: BridgeProcess, handled_before: float, cpu_s: float) -> BridgeShare:
+    return BridgeShare(
+        events=round(await _handled(bridge) - handled_before),
+        cpu_s=cpu_s,
+        rebalances=round(await bridge.total("ktb_rebalances_total")),
+        repeated=round(await bridge.total("ktb_events_routed_total", result="duplicate")),
+    )
+
+
+async def bridges_round(ctx: BenchContext, count: int, instances: int) -> Round:
+    """``count`` events produced first, then started by ``instances`` bridges in one group.
+
+    Raises ``RuntimeError`` unless every event's workflow was started exactly once.
+    """
+    uid = ctx.uid()
+    topic = f"bench-scale-{uid}"
+    await create_topic(ctx.settings, topic, PARTITIONS)
+    await produce_all(ctx.settings, topic, order_records(ctx.catalog, uid, count))
+    routes = write_routes(ctx.work_dir / f"routes-{uid}.yaml", [start_route(topic, uid)])
+    settings = ctx.settings.model_copy(update={"group_id": f"bench-{uid}"})
+    bridges = [
+        BridgeProcess(settings, routes, ctx.work_dir / f"bridge-{uid}-{n}.log")
+        for n in range(instances)
+    ]
+    query = f"TaskQueue = 'bench-{uid}'"
+    try:
+        # Launched together; a failure to come up stops the other's start too.
+        async with asyncio.TaskGroup() as group:
+            for bridge in bridges:
+                group.create_task(bridge.start())
+        await first_starts(ctx, query, *bridges)
+        cpu_before = [bridge.cpu_seconds() for bridge in bridges]
+        window_start = time.monotonic()
+        handled_before = [await _handled(bridge) for bridge in bridges]
+        listed_count = await await_count(ctx.client, query, count, timeout=120 + count / 20)
+        cpu = [
+            bridge.cpu_seconds() - before
+            for bridge, before in zip(bridges, cpu_before, strict=True)
+        ]
+        window = time.monotonic() - window_start
+        shares = tuple(
+            [
+                await _share(bridge, handled, cpu_s)
+                for bridge, handled, cpu_s in zip(bridges, handled_before, cpu, strict=True)
+            ]
+        )
+    finally:
+        await asyncio.gather(*(bridge.stop() for bridge in bridges))
+    listed = await executions(ctx.client, query)
+    expected = [f"bench-{uid}-{uid}-{n:06d}" for n in range(count)]
+    check = check_starts(expected, (workflow_id for workflow_id, _ in listed))
+    check.raise_unless_exactly_once(
+        f"scale, {instances} bridge process(es), {listed_count} counted"
+    )
+    times = [started for _, started in listed]
+    return Round(instances, span_rate(times), max(times) - min(times), window, shares)
+
+
+async def run(ctx: BenchContext) -> ScenarioResult:
+    """Per round: one bridge, raw starts, two bridges; best of each over the rounds."""
+    count = ctx.size(1200, 6000)
+    rounds = 1 if ctx.quick else 2
+    notes = []
+    earlier = ctx.results.get("throughput")
+    if earlier is not None and earlier.metrics.get("concurrency"):
+        concurrency = int(earlier.metrics["concurrency"])
+    else:
+        per_concurrency = await sweep(ctx, count // 2)
+        concurrency = best_concurrency(per_concurrency)
+        notes.append(
+            "raw concurrency swept here: "
+            + ", ".join(f"c={c}: {fmt(v, '/s')}" for c, v in per_concurrency.items())
+        )
+    ones: list[Round] = []
+    twos: list[Round] = []
+    raws: list[float] = []
+    for _ in range(rounds):
+        ones.append(await bridges_round(ctx, count, 1))
+        raws.append(await raw_rate(ctx, count, concurrency))
+        twos.append(await bridges_round(ctx, count, 2))
+    one = max(ones, key=lambda r: r.per_s)
+    two = max(twos, key=lambda r: r.per_s)
+    raw = max(raws)
+    r = ratio(two.per_s, raw)
+    met = r >= TARGET
+    repeated = sum(b.repeated for b in two.bridges)
+    split = " / ".join(f"{b.events:,}" for b in two.bridges)
+    notes.append(
+        f"two bridges: events handled {split} (from the first start), "
+        f"rebalances {' / '.join(str(b.rebalances) for b in two.bridges)}, "
+        f"repeated starts {repeated}; every workflow started exactly once in every round"
+    )
+    notes.append(
+        f"bridge CPU per event: one {fmt(one.cpu_us_per_event, 'us')}, "
+        f"two {' / '.join(fmt(b.cpu_us_per_event, 'us') for b in two.bridges)}"
+    )
+    return ScenarioResult(
+        NAME,
+        {
+            "one_per_s": rounded(one.per_s),
+            "two_per_s": rounded(two.per_s),
+            "raw_per_s": rounded(raw),
+            "ratio": rounded(r, 3),
+            "one_ratio": rounded(ratio(one.per_s, raw), 3),
+            "target": f">= {TARGET}",
+            "met": met,
+            "events": count,
+            "partitions": PARTITIONS,
+            "raw_concurrency": concurrency,
+            "exactly_once": True,
+            "one": one.summary(),
+            "two": two.summary(),
+            "one_rounds_per_s": [rounded(x.per_s) for x in ones],
+            "two_rounds_per_s": [rounded(x.per_s) for x in twos],
+            "raw_rounds_per_s": [rounded(x) for x in raws],
+        },
+        [
+            Row(
+                f"events/s, 1 bridge ({count:,} events, {PARTITIONS} partitions)",
+                fmt(one.per_s, "/s"),
+                fmt(raw, "/s (direct starts)"),
+                f"{ratio(one.per_s, raw):.2f}",
+            ),
+            Row(
+                "events/s, 2 bridges in one group (rebalance included)",
+                fmt(two.per_s, "/s"),
+                fmt(raw, "/s (direct starts)"),
+                f"{r:.2f}",
+                f">= {TARGET}",
+                met,
+            ),
+        ],
+        notes,
+    )
