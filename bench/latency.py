@@ -35,8 +35,10 @@ from bench.throughput import raw_rate, start_requests
 from bridge import kafka
 
 NAME = "latency"
-P50_TARGET_MS = 10.0
-P99_TARGET_MS = 50.0
+P50_EXTRA_MS = 3.0
+"""The bridge's p50 may exceed the direct call's by this much."""
+P99_FACTOR = 2.5
+"""The bridge's p99 may be this many times the direct call's."""
 WARM_UP = 20
 
 
@@ -153,8 +155,10 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     rate = measured / 2
     raw = await raw_latencies(ctx, rate, max(10, seconds / 2))
     bridge = await bridge_latencies(ctx, rate, seconds)
-    p50_met = bridge["p50_ms"] <= P50_TARGET_MS
-    p99_met = bridge["p99_ms"] <= P99_TARGET_MS
+    p50_limit = raw["p50_ms"] + P50_EXTRA_MS
+    p99_limit = raw["p99_ms"] * P99_FACTOR
+    p50_met = bridge["p50_ms"] <= p50_limit
+    p99_met = bridge["p99_ms"] <= p99_limit
     notes.append(
         f"bridge histogram cross-check (record timestamp -> start returned): "
         f"p50 ~{bridge['bridge_histogram_p50_ms']} ms, p99 ~{bridge['bridge_histogram_p99_ms']} ms"
@@ -166,7 +170,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             "p50_ms": bridge["p50_ms"],
             "p99_ms": bridge["p99_ms"],
             "max_ms": bridge["max_ms"],
-            "target": f"p50 <= {P50_TARGET_MS} ms, p99 <= {P99_TARGET_MS} ms",
+            "target": f"p50 <= direct p50 + {P50_EXTRA_MS:g} ms, p99 <= {P99_FACTOR:g}x direct p99",
             "met": p50_met and p99_met,
             "ceiling_per_s": rounded(measured),
             "seconds": seconds,
@@ -179,7 +183,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
                 fmt(bridge["p50_ms"], "ms", 1),
                 fmt(raw["p50_ms"], "ms (direct call)", 1),
                 "",
-                f"<= {P50_TARGET_MS:g} ms",
+                f"<= direct + {P50_EXTRA_MS:g} ms ({p50_limit:.1f} ms)",
                 p50_met,
             ),
             Row(
@@ -187,7 +191,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
                 fmt(bridge["p99_ms"], "ms", 1),
                 fmt(raw["p99_ms"], "ms (direct call)", 1),
                 "",
-                f"<= {P99_TARGET_MS:g} ms",
+                f"<= {P99_FACTOR:g}x direct ({p99_limit:.1f} ms)",
                 p99_met,
             ),
             Row(

@@ -36,7 +36,7 @@ from bridge.codec import SchemaCatalog
 from bridge.envelope import KafkaRecord
 
 NAME = "signals"
-TARGET = 0.9
+TARGET = 0.95
 SIGNAL = "payment_confirmed"
 
 

@@ -5,11 +5,12 @@ bridge would send for each event (workflow type, deterministic id, the event dat
 as argument, the bridge's memo and search attributes, the same id policies), at
 the best of several concurrencies. Bridge: the same number of events is produced
 to a topic first, then a bridge process (``run_bridge``, as ``ktb bridge``) starts
-them, with ``max_in_flight`` equal to the raw side's best concurrency; one more
-round shows the bridge at its default ``max_in_flight``. Both rates are measured
-the same way, on the server side: the span between the first and the last
-workflow start time Temporal recorded. No worker polls the task queues, so the
-server's effort per start is the same on both sides.
+them, with its concurrency fixed to the raw side's best (``KTB_MAX_IN_FLIGHT`` and
+``KTB_TEMPORAL_IN_FLIGHT``); one more round shows the bridge at its default settings
+(the adaptive limit of actions in Temporal), which is what the target is about.
+Both rates are measured the same way, on the server side: the span between the
+first and the last workflow start time Temporal recorded. No worker polls the task
+queues, so the server's effort per start is the same on both sides.
 
 CPU per start: the bridge process's CPU time (psutil, every thread) from its first
 start to its last, per event. After each bridge round a direct caller in a
@@ -51,7 +52,8 @@ from bridge.routes import Router, RoutesConfig
 from bridge.temporal.requests import event_memo, search_attributes
 
 NAME = "throughput"
-TARGET = 0.9
+TARGET = 0.95
+"""Bridge ÷ raw starts/s at the bridge's default settings."""
 CPU_TARGET = 1.5
 
 
@@ -102,7 +104,8 @@ async def bridge_rate(
 ) -> tuple[float, float]:
     """Starts per second through a bridge process, and its CPU microseconds per event.
 
-    ``max_in_flight`` sets ``KTB_MAX_IN_FLIGHT``; ``None`` keeps the default.
+    ``max_in_flight`` fixes ``KTB_MAX_IN_FLIGHT`` and ``KTB_TEMPORAL_IN_FLIGHT``;
+    ``None`` keeps the defaults (the adaptive limit).
     """
     uid = ctx.uid()
     topic = f"bench-tp-{uid}"
@@ -110,7 +113,11 @@ async def bridge_rate(
     await produce_all(ctx.settings, topic, order_records(ctx.catalog, uid, count))
     routes = write_routes(ctx.work_dir / f"routes-{uid}.yaml", [start_route(topic, uid)])
     settings = ctx.settings.model_copy(update={"group_id": f"bench-{uid}"})
-    env = {} if max_in_flight is None else {"KTB_MAX_IN_FLIGHT": str(max_in_flight)}
+    env = (
+        {}
+        if max_in_flight is None
+        else {"KTB_MAX_IN_FLIGHT": str(max_in_flight), "KTB_TEMPORAL_IN_FLIGHT": str(max_in_flight)}
+    )
     bridge = BridgeProcess(settings, routes, ctx.work_dir / f"bridge-{uid}.log", env)
     query = f"TaskQueue = 'bench-{uid}'"
     await bridge.start()
@@ -214,8 +221,8 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             "raw_per_s": rounded(raw),
             "bridge_per_s": rounded(bridge),
             "ratio": rounded(r, 3),
-            "target": f">= {TARGET}",
-            "met": r >= TARGET,
+            "target": f">= {TARGET} at default settings",
+            "met": ratio(default_rate, raw) >= TARGET,
             "events": count,
             "concurrency": best,
             "raw_sweep_per_s": {str(c): rounded(v) for c, v in per_concurrency.items()},
@@ -239,14 +246,14 @@ async def run(ctx: BenchContext) -> ScenarioResult:
                 fmt(bridge, "/s"),
                 fmt(raw, "/s"),
                 f"{r:.2f}",
-                f">= {TARGET}",
-                r >= TARGET,
             ),
             Row(
-                f"starts/s, bridge at its default max_in_flight {default}",
+                f"starts/s, bridge at its default settings (adaptive; max_in_flight {default})",
                 fmt(default_rate, "/s"),
                 fmt(raw, "/s"),
                 f"{ratio(default_rate, raw):.2f}",
+                f">= {TARGET}",
+                ratio(default_rate, raw) >= TARGET,
             ),
             Row(
                 "process CPU per start (all threads; direct caller paced to the bridge's rate)",
