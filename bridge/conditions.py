@@ -43,7 +43,6 @@ class _Unsupported(Exception):
     """The expression is outside the subset ``compile_fast`` handles."""
 
 
-_UNDECIDED = Undecided()
 _TOKEN = re.compile(
     r"\s*(?:"
     r"(?P<str>'[^'\\\n]*'|\"[^\"\\\n]*\")"
@@ -245,7 +244,7 @@ def _field(path: tuple[str, ...]) -> Evaluator:
         def two(context: Mapping[str, Any]) -> Any:
             value = context[root]
             if type(value) is not dict or name not in value:
-                raise _UNDECIDED
+                raise Undecided
             return value[name]
 
         return two
@@ -254,7 +253,7 @@ def _field(path: tuple[str, ...]) -> Evaluator:
         value: Any = context
         for part in path:
             if type(value) is not dict or part not in value:
-                raise _UNDECIDED
+                raise Undecided
             value = value[part]
         return value
 
@@ -269,7 +268,7 @@ def _size(node: Evaluator) -> Evaluator:
     def size(context: Mapping[str, Any]) -> int:
         value = node(context)
         if type(value) is not list and type(value) is not dict:
-            raise _UNDECIDED
+            raise Undecided
         return len(value)
 
     return size
@@ -279,7 +278,7 @@ def _boolean(node: Evaluator) -> FastCondition:
     def boolean(context: Mapping[str, Any]) -> bool:
         value = node(context)
         if type(value) is not bool:
-            raise _UNDECIDED
+            raise Undecided
         return value
 
     return boolean
@@ -308,7 +307,7 @@ def _compare_literal(op: str, left: Evaluator, literal: Any) -> FastCondition:
         def integer(context: Mapping[str, Any]) -> bool:
             value = left(context)
             if type(value) is not int or not INT_MIN <= value <= INT_MAX:
-                raise _UNDECIDED
+                raise Undecided
             return bool(apply(value, literal))
 
         return integer
@@ -317,7 +316,7 @@ def _compare_literal(op: str, left: Evaluator, literal: Any) -> FastCondition:
         def same_kind(context: Mapping[str, Any]) -> bool:
             value = left(context)
             if type(value) is not kind:
-                raise _UNDECIDED
+                raise Undecided
             return bool(apply(value, literal))
 
         return same_kind
@@ -333,12 +332,12 @@ def _compare(op: str, left: Evaluator, right: Evaluator) -> FastCondition:
         b = right(context)
         kind = type(a)
         if kind is not type(b):
-            raise _UNDECIDED
+            raise Undecided
         if kind is int:
             if not (INT_MIN <= a <= INT_MAX and INT_MIN <= b <= INT_MAX):
-                raise _UNDECIDED
+                raise Undecided
         elif kind is not str and (ordering or kind is not bool):
-            raise _UNDECIDED
+            raise Undecided
         return bool(apply(a, b))
 
     return compare

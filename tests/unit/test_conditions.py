@@ -211,3 +211,22 @@ def test_routes_of_other_keys_in_between_keep_the_file_order() -> None:
     router = Router(RoutesConfig.parse({"routes": routes}))
     small, large = order_data("o-1", total=10), order_data("o-2", total=5000)
     assert [router.route(route_event(d)).route for d in (small, large)] == ["any", "big"]  # type: ignore[union-attr]
+
+
+def test_an_undecided_answer_keeps_no_traceback_of_earlier_events() -> None:
+    # Each undecided answer raises its own exception: one shared instance would chain
+    # every raise's frames (and the events they hold) onto its traceback.
+    compiled = compile_fast("data.amount > 100")
+    assert compiled is not None
+    condition, _ = compiled
+    seen = []
+    for _ in range(3):
+        with pytest.raises(Undecided) as raised:
+            condition({"data": {"amount": 12.5}})
+        seen.append(raised.value)
+    assert len({id(e) for e in seen}) == 3
+    depth = 0
+    tb = seen[-1].__traceback__
+    while tb is not None:
+        depth, tb = depth + 1, tb.tb_next
+    assert depth <= 3
