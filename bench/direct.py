@@ -34,6 +34,7 @@ import psutil
 
 from bench.bridge_process import log_tail
 from bench.common import paced
+from bridge.cli.common import run_loop
 from bridge.settings import REPO_ROOT, Settings
 from bridge.temporal.client import connect_temporal
 
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, required=True, help="starts at once, at most")
     args = parser.parse_args(argv)
     requests: list[dict[str, Any]] = pickle.loads(args.requests.read_bytes())
-    measured = asyncio.run(call(Settings(), requests, args.rate, args.concurrency))
+    measured = run_loop(call(Settings(), requests, args.rate, args.concurrency))
     args.result.write_text(json.dumps(asdict(measured)))
 
 

@@ -12,7 +12,6 @@ jars, the Temporal dev server in memory), stopped at the end.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import importlib
 import json
@@ -32,6 +31,7 @@ import temporalio
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 
 from bench.common import BenchContext, ScenarioResult
+from bridge.cli.common import run_loop
 from bridge.codec import SchemaCatalog
 from bridge.dev.stack import KAFKA_VERSION, LocalStack, ensure_search_attributes, free_port
 from bridge.routes import RoutesConfig
@@ -250,4 +250,4 @@ def main(argv: list[str] | None = None) -> None:
     command = "make bench" + (" QUICK=1" if args.quick else "")
     if args.scenario:
         command += f" SCENARIO={','.join(names)}" if len(names) > 1 else f" SCENARIO={names[0]}"
-    sys.exit(asyncio.run(run(names, args.quick, args.out.resolve(), command)))
+    sys.exit(run_loop(run(names, args.quick, args.out.resolve(), command)))

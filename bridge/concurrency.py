@@ -1,27 +1,27 @@
 """How many actions a process has in Temporal at once: fixed, or adapted to its latency.
 
 The dispatcher takes a slot of its ``ActionLimit`` for every action it carries out,
-live, replayed or sent through the HTTP API alike, and gives it back with how long
-Temporal took to answer. Records past the limit wait for a slot in arrival order;
-a record's key keeps its order because its next record is not taken before.
+live or replayed, and reports how long Temporal took to answer. Records past the
+limit wait for a slot in arrival order; a record's key keeps its order because its
+next record is not taken before.
 
 With a fixed limit (``KTB_TEMPORAL_IN_FLIGHT=N``) that is all. The adaptive limit
 (``auto``, the default) follows Temporal's answer times the way TCP Vegas follows
 round trips, so the right concurrency for a server is found, not configured:
 
-- ``floor`` is the lowest latency seen lately: an answer with nothing queued ahead.
+- ``floor`` is the fastest answer seen: a call with nothing queued ahead of it.
 - Once per window (as many answers as the limit, at least ``WINDOW_MIN``), the
-  median latency of the window tells how many calls wait in Temporal's queues:
+  median answer time of the window tells how many calls wait in Temporal's queues:
   ``limit * (1 - floor / median)``.
 - Fewer than ``alpha`` waiting while the limit is in use: the limit grows (by a
   tenth while nothing queues at all, else by one); more than ``beta`` waiting: it
-  shrinks by one; a call that failed as transient (Temporal unavailable or
-  throttling) halves it. ``alpha``/``beta`` grow with the log of the limit, as in
-  Vegas, so a large limit tolerates a few more calls queued.
-- Every ``PROBE_WINDOWS`` windows the limit drops to its minimum for one window,
-  whose median becomes the floor, and then returns to where it was: a server that
-  became slower for good is not read as a queue forever, and one whose queue the
-  limit grew into is not read as a floor.
+  shrinks by a tenth. A window with a call refused for overload (Temporal
+  unavailable, throttling, a deadline missed) halves it. ``alpha``/``beta`` grow
+  with the log of the limit, as in Vegas.
+- The floor only falls, so sustained load never passes for a new normal. Should
+  the limit sit at its minimum and still read a queue for ``STUCK_WINDOWS``
+  windows, the server has become slower for good: the floor is measured afresh
+  there, at the least concurrency the limit allows.
 
 Below the server's knee the limit does not bind and latency is what the server
 gives; past it, the limit keeps a handful of calls queued in Temporal instead of
@@ -39,8 +39,10 @@ from contextlib import asynccontextmanager
 
 WINDOW_MIN = 16
 """Fewest answers a window takes before the limit moves."""
-PROBE_WINDOWS = 50
-"""Windows after which the floor is measured afresh."""
+STUCK_WINDOWS = 10
+"""Windows at the minimum, still reading a queue, before the floor is measured afresh."""
+DECREASE = 0.1
+"""Share of the limit taken off per window while too many calls queue."""
 GROWTH = 0.1
 """Share of the limit added per window while nothing queues."""
 
@@ -73,9 +75,7 @@ class ActionLimit:
         self._failed = False
         self.floor: float | None = None
         """The lowest latency seen lately (seconds), ``None`` before the first window."""
-        self._windows = 0
-        self._probing: float | None = None
-        """While a window runs at the minimum to measure the floor: the limit to return to."""
+        self._stuck = 0
 
     @property
     def limit(self) -> int:
@@ -130,7 +130,8 @@ class ActionLimit:
             self._adapt()
 
     def failed(self) -> None:
-        """A call failed as transient: Temporal is unavailable or throttling."""
+        """A call was refused for overload: Temporal unavailable, throttling, or a
+        deadline missed."""
         if self.adaptive:
             self._failed = True
             self._samples.append(math.nan)
@@ -152,31 +153,29 @@ class ActionLimit:
         samples = [s for s in self._samples if not math.isnan(s)]
         failed, peak, limit = self._failed, self._peak, self._limit
         self._samples, self._failed, self._peak = [], False, self.in_flight
-        if self._probing is not None:
-            limit, self._probing = self._probing, None
-            if samples and not failed:
-                self.floor = statistics.median(samples)
-            self._set(limit)
         if failed:
             self._set(limit / 2)
             return
         if not samples:
             return
         median = statistics.median(samples)
-        self._windows += 1
         if self.floor is None or median < self.floor:
             self.floor = median
-        if self._windows % PROBE_WINDOWS == 0:
-            self._probing = limit
-            self._set(self.minimum)
-            return
         queued = limit * (1 - self.floor / median) if median > 0 else 0.0
         scale = math.log10(max(limit, 10.0))
         alpha, beta = 3 * scale, 6 * scale
+        if queued > beta:
+            if limit > self.minimum:
+                self._stuck = 0
+                self._set(limit * (1 - DECREASE))
+                return
+            self._stuck += 1
+            if self._stuck >= STUCK_WINDOWS:
+                self.floor, self._stuck = median, 0
+            return
+        self._stuck = 0
         if queued < alpha and peak >= 0.9 * limit:
             self._set(limit + (max(1.0, limit * GROWTH) if queued < 1 else 1.0))
-        elif queued > beta:
-            self._set(limit - 1.0)
 
     def _set(self, limit: float) -> None:
         self._limit = min(max(limit, float(self.minimum)), float(self.maximum))

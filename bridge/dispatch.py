@@ -66,6 +66,7 @@ from bridge.temporal.requests import (
     event_memo,
     failure_message,
     namespace_missing,
+    overloaded,
     payload_bytes,
     schedule_options,
     search_attributes,
@@ -145,24 +146,21 @@ class Dispatcher:
 
     async def execute(self, action: Action, event: Event) -> Result:
         """Perform ``action`` in a slot of ``limit``; return what happened or raise a
-        bridge error. Temporal's answer time feeds the limit, a transient failure
-        lowers it; an update waits for a worker as well, so its time is not Temporal's."""
+        bridge error. Temporal's answer time feeds the limit (an update's, to the
+        accepted stage, includes its worker's); a call refused for overload lowers it."""
         async with self.limit.slot():
             started = time.monotonic()
             try:
                 result = await self._perform(action, event)
-            except TransientError:
-                self.limit.failed()
+            except TransientError as exc:
+                if overloaded(exc.__cause__):
+                    self.limit.failed()
                 raise
             except PermanentError:
-                self._answered(action, started)
+                self.limit.observe(time.monotonic() - started)
                 raise
-            self._answered(action, started)
-            return result
-
-    def _answered(self, action: Action, started: float) -> None:
-        if action.kind is not ActionKind.UPDATE_WITH_START:
             self.limit.observe(time.monotonic() - started)
+            return result
 
     async def _perform(self, action: Action, event: Event) -> Result:
         try:

@@ -8,14 +8,17 @@ the first time the name is read (``from bridge import Saga`` included); the valu
 is then cached in the package's namespace, so later reads cost nothing.
 
 The import goes through ``__import__``, not ``importlib``: inside Temporal's
-workflow sandbox that is the hook which passes ``bridge`` modules through, so a
-name first read by workflow code is the same object the worker registered.
+workflow sandbox that is the hook which passes modules through, and a name first
+read inside a sandbox is always imported as passed through (whatever the worker's
+runner passes through), so the value cached for every later reader is the
+process's own, never a sandbox's copy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 
@@ -39,7 +42,8 @@ def exports(
         if target is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         module, _, attribute = target.partition(":")
-        __import__(module)
+        with _passed_through():
+            __import__(module)
         value = sys.modules[module]
         if attribute:
             value = getattr(value, attribute)
@@ -50,3 +54,18 @@ def exports(
         return sorted({*namespace, *where})
 
     return getattr_, dir_
+
+
+@contextlib.contextmanager
+def _passed_through() -> Iterator[None]:
+    """Inside Temporal's workflow sandbox, pass the import through; else nothing.
+
+    ``temporalio.workflow`` is only looked up, never imported: without it loaded there
+    is no sandbox, and ``import bridge`` stays free of Temporal.
+    """
+    workflow = sys.modules.get("temporalio.workflow")
+    if workflow is not None and workflow.unsafe.in_sandbox():
+        with workflow.unsafe.imports_passed_through():
+            yield
+    else:
+        yield

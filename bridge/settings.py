@@ -83,6 +83,16 @@ class Settings(BaseSettings):
     )
 
     @model_validator(mode="after")
+    def _temporal_in_flight_within_max(self) -> Settings:
+        fixed = self.temporal_in_flight
+        if fixed != "auto" and fixed > self.max_in_flight:
+            raise ValueError(
+                f"temporal_in_flight ({fixed}) cannot exceed max_in_flight "
+                f"({self.max_in_flight}): no more records than that are acted on at once"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _rebalance_budget(self) -> Settings:
         if self.heartbeat_interval_s * 3 > self.session_timeout_s:
             raise ValueError(

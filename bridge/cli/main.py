@@ -89,7 +89,7 @@ def bridge(
     ctx: typer.Context,
     routes: Annotated[Path | None, typer.Option(help="Routes file")] = None,
     group_id: Annotated[str | None, typer.Option(help="Kafka consumer group")] = None,
-    max_in_flight: Annotated[int | None, typer.Option(help="Concurrent actions")] = None,
+    max_in_flight: Annotated[int | None, typer.Option(help="Records acted on at once")] = None,
 ) -> None:
     """Run one bridge instance (several instances in one group share partitions)."""
     if ctx.invoked_subcommand is not None:

@@ -128,6 +128,18 @@ def classify(exc: RPCError, action: Action) -> Exception:
     )
 
 
+OVERLOAD_CODES = frozenset(
+    {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.RESOURCE_EXHAUSTED}
+)
+"""What Temporal answers when it cannot take more calls (or none at all) right now."""
+
+
+def overloaded(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is Temporal refusing a call for load or unavailability, as
+    opposed to a transient error of one call (cancelled, internal, permissions)."""
+    return isinstance(exc, RPCError) and exc.status in OVERLOAD_CODES
+
+
 def namespace_missing(exc: RPCError) -> bool:
     """NOT_FOUND for the namespace, not the workflow.
 
