@@ -8,7 +8,7 @@ turns a matching ``Event`` into a plain ``Action`` value.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -482,9 +482,6 @@ class CompiledRoute:
                 "schedule": schedule,
             }
         )
-
-
-ACTION_FIELDS = frozenset(f.name for f in fields(Action))
 
 
 def new_action(values: dict[str, Any]) -> Action:
