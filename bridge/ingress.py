@@ -144,7 +144,7 @@ class Ingress:
                            "partition": record.partition, "offset": record.offset},
                 )  # fmt: skip
         if self.provenance is not None:
-            await self.provenance.event(record, event, result)
+            self.provenance.event(record, event, result)
         return result
 
     async def dead_letter(

@@ -30,7 +30,7 @@ from bridge.kafka.topics import ProvisionReport, provision_topics, topic_plan
 from bridge.observability.metrics import Metrics
 from bridge.observability.telemetry import Telemetry, open_telemetry
 from bridge.policies import open_policies
-from bridge.provenance import ProvenanceWriter
+from bridge.provenance import MAX_RECORD_BYTES, ProvenanceWriter
 from bridge.routes import PublishSpec, Router, RoutesConfig
 from bridge.sdk.egress import Publisher
 from bridge.sdk.window import with_collector
@@ -110,11 +110,16 @@ async def open_bridge(settings: Settings, telemetry: Telemetry) -> AsyncIterator
     catalog = SchemaCatalog.from_dir(settings.schemas_dir)
     router = Router.from_file(settings.routes_file)
     client = await connect_temporal(settings, telemetry.runtime, telemetry.client_interceptors)
-    # Provenance gets a producer of its own: one record per event, batched over a
-    # longer linger than dead letters need, and never queued behind them.
-    recorder = started_producer(settings, linger_ms=settings.provenance_linger_ms)
+    # Provenance gets a producer of its own, never queued behind dead letters; its
+    # records are batches of items (bridge.provenance), so a batch holds several.
+    recorder = started_producer(settings, max_batch_size=2 * MAX_RECORD_BYTES)
     decoding = open_decoder(settings, catalog, router.config.envelope)
-    async with started_producer(settings) as producer, recorder as provenance, decoding as decoder:
+    async with (
+        started_producer(settings) as producer,
+        recorder as provenance_producer,
+        decoding as decoder,
+        ProvenanceWriter.for_settings(provenance_producer, settings) as provenance,
+    ):
         ingress = Ingress(
             catalog,
             router,
@@ -125,7 +130,7 @@ async def open_bridge(settings: Settings, telemetry: Telemetry) -> AsyncIterator
             ),
             DeadLetterPublisher(producer),
             telemetry.metrics,
-            provenance=ProvenanceWriter(provenance, settings.provenance_topic),
+            provenance=provenance,
             tracer=telemetry.tracer,
             decoder=decoder,
         )
@@ -173,6 +178,7 @@ async def open_worker(
     client = await connect_temporal(settings, telemetry.runtime, telemetry.client_interceptors)
     async with (
         started_producer(settings) as producer,
+        ProvenanceWriter.for_settings(producer, settings) as provenance,
         open_registry_writer(settings, catalog, publishing) as registry,
     ):
         publisher = Publisher(
@@ -180,7 +186,7 @@ async def open_worker(
             catalog,
             settings.source,
             telemetry.metrics,
-            ProvenanceWriter(producer, settings.provenance_topic),
+            provenance,
             publishing,
             registry,
         )

@@ -240,15 +240,17 @@ def event_url(event_id: str) -> str:
 
 
 def _token(cursor: Cursor) -> str:
-    at, partition, offset = cursor
-    return lookup.encode_page_token(json.dumps([at.isoformat(), partition, offset]).encode())
+    at, partition, offset, index = cursor
+    return lookup.encode_page_token(json.dumps([at.isoformat(), partition, offset, index]).encode())
 
 
 def _cursor(token: str) -> Cursor:
     """The cursor inside a ``page_token`` (a 422 for one the API did not issue)."""
     try:
-        at, partition, offset = json.loads(lookup.decode_page_token(token))
-        return datetime.fromisoformat(at), int(partition), int(offset)
+        at, partition, offset, *index = json.loads(lookup.decode_page_token(token))
+        # Tokens issued before batches of items had no index: their rows all have 0.
+        (index_,) = index or [0]
+        return datetime.fromisoformat(at), int(partition), int(offset), int(index_)
     except (ValueError, TypeError) as exc:
         raise Problem(422, "validation-error", "page_token is not a token we issued") from exc
 

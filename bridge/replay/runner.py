@@ -310,10 +310,11 @@ async def _replay_ingress(
         return
     if client is None:
         raise ReplayError("a replay that acts needs a Temporal client")
-    # One provenance record per event, thousands a second: with 16 KB batches (the
-    # default) sends queue behind the one produce request in flight per partition.
+    # Provenance batches of hundreds of items, thousands a second: with 16 KB batches
+    # (the default) sends queue behind the one produce request in flight per partition.
     producer = kafka.producer(settings, max_batch_size=PRODUCER_BATCH_BYTES)
     await kafka.start(producer, settings)
+    provenance = ProvenanceWriter.for_settings(producer, settings, via="replay")
     try:
         # Fresh ids are new by construction: only idempotent replays look them up first.
         dispatcher = ReplayDispatcher(
@@ -328,13 +329,14 @@ async def _replay_ingress(
             fresh_ids(dispatcher, request),
             DeadLetterPublisher(producer),
             metrics,
-            ProvenanceWriter(producer, settings.provenance_topic, via="replay"),
+            provenance,
             decoder=decoder,
             # A replay is held to its own --rate: a route's tokens would also hold
             # back the duplicates an idempotent replay answers without Temporal.
             rate_limits=False,
         )
     finally:
+        await provenance.close()
         await producer.stop()
 
 

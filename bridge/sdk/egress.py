@@ -175,7 +175,7 @@ class Publisher:
         if req.kind == COMPENSATION:
             self.metrics.compensations.labels(info.workflow_type, req.name).inc()
         if self.provenance is not None:
-            await self.provenance.published(
+            self.provenance.published(
                 ce_id=ce_id, type=req.type, topic=req.topic, partition=meta.partition,
                 offset=meta.offset, published_kind=req.kind, workflow_id=info.workflow_id or "",
                 causation_id=req.causation_id, tenant_id=req.tenant_id,

@@ -99,6 +99,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX ktb_produced_at ON ktb_produced (at);
         """,
     ),
+    Migration(
+        2,
+        "provenance items batched per record",
+        """
+        -- A provenance record may carry several items: a row's place in the topic is
+        -- its record's partition and offset and its index in the record. Rows written
+        -- before were single items: index 0.
+        ALTER TABLE ktb_handlings ADD COLUMN source_index integer NOT NULL DEFAULT 0;
+        ALTER TABLE ktb_handlings DROP CONSTRAINT ktb_handlings_pkey;
+        ALTER TABLE ktb_handlings
+            ADD PRIMARY KEY (source_partition, source_offset, source_index, at);
+        ALTER TABLE ktb_published ADD COLUMN source_index integer NOT NULL DEFAULT 0;
+        ALTER TABLE ktb_published DROP CONSTRAINT ktb_published_pkey;
+        ALTER TABLE ktb_published
+            ADD PRIMARY KEY (source_partition, source_offset, source_index, at);
+        """,
+    ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

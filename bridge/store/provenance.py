@@ -1,9 +1,9 @@
 """The read model's writes (the indexer's batches) and queries (the API's lookups).
 
-Records are read back as the values the bridge wrote (``EventProvenance``,
+Items are read back as the values the bridge wrote (``EventProvenance``,
 ``PublishedProvenance``), in the order they were appended to the provenance topic:
-a record's key is the event id (or the workflow id), so all records of one event
-sit in one partition in order.
+all items of one event id (or workflow id) sit in one partition, and a row's place is
+its record's partition and offset and its index in the record (batches carry several).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from bridge.errors import DatabaseUnavailable
-from bridge.provenance import EventProvenance, PublishedProvenance, parse
+from bridge.provenance import EventProvenance, PublishedProvenance, parse_record
 from bridge.store import partitions
 from bridge.store.database import Database
 
@@ -31,21 +31,21 @@ REPEATS = ("duplicate", "dry_run")
 """Outcomes that repeat an earlier handling rather than tell the event's effect."""
 
 HANDLING_COLUMNS = (
-    "at", "source_partition", "source_offset", "event_id", "tenant_id", "event_type", "key",
-    "topic", "partition", "offset", "route", "action", "outcome", "workflow_id", "run_id",
-    "detail", "via",
+    "at", "source_partition", "source_offset", "source_index", "event_id", "tenant_id",
+    "event_type", "key", "topic", "partition", "offset", "route", "action", "outcome",
+    "workflow_id", "run_id", "detail", "via",
 )  # fmt: skip
 HANDLING_TYPES = (
-    "timestamptz", "int4", "int8", "text", "text", "text", "text",
+    "timestamptz", "int4", "int8", "int4", "text", "text", "text", "text",
     "text", "int4", "int8", "text", "text", "text", "text", "text",
     "text", "text",
 )  # fmt: skip
 PUBLISHED_COLUMNS = (
-    "at", "source_partition", "source_offset", "workflow_id", "ce_id", "type", "published_kind",
-    "topic", "partition", "offset", "causation_id", "tenant_id",
+    "at", "source_partition", "source_offset", "source_index", "workflow_id", "ce_id", "type",
+    "published_kind", "topic", "partition", "offset", "causation_id", "tenant_id",
 )  # fmt: skip
 PUBLISHED_TYPES = (
-    "timestamptz", "int4", "int8", "text", "text", "text", "text",
+    "timestamptz", "int4", "int8", "int4", "text", "text", "text", "text",
     "text", "int4", "int8", "text", "text",
 )  # fmt: skip
 
@@ -75,8 +75,9 @@ class Scope:
         return self.everyone or tenant == self.tenant
 
 
-Cursor = tuple[datetime, int, int]
-"""Where a listing stopped: a record's time and place in the provenance topic."""
+Cursor = tuple[datetime, int, int, int]
+"""Where a listing stopped: an item's time and place in the provenance topic (partition,
+offset, index in its record)."""
 ANYONE = Scope(None, everyone=True)
 """Every tenant's records (the duplicate-id check, and callers with auth off)."""
 
@@ -103,13 +104,25 @@ class Batch:
     published: list[list[Any]] = field(default_factory=lambda: [[] for _ in PUBLISHED_COLUMNS])
     days: set[date] = field(default_factory=set)
     records: int = 0
+    """Provenance items read (a batch record holds several)."""
     skipped: int = 0
-    """Records unreadable, without an event id, or older than the retention."""
+    """Items unreadable, without an event id, or older than the retention."""
 
     def add(self, value: bytes | None, partition: int, offset: int, first_day: date) -> None:
-        """Add one provenance record read at ``partition``/``offset``."""
+        """Add the items of one provenance record read at ``partition``/``offset``."""
+        items = parse_record(value) if value else [None]
+        for index, item in enumerate(items):
+            self._add(item, partition, offset, index, first_day)
+
+    def _add(
+        self,
+        item: EventProvenance | PublishedProvenance | None,
+        partition: int,
+        offset: int,
+        index: int,
+        first_day: date,
+    ) -> None:
         self.records += 1
-        item = parse(value) if value else None
         at = _time(item.at) if item is not None else None
         if item is None or at is None or partitions.day_of(at) < first_day:
             self.skipped += 1
@@ -119,14 +132,14 @@ class Batch:
                 self.skipped += 1
                 return
             row: tuple[Any, ...] = (
-                at, partition, offset, item.event_id, item.tenant_id, item.event_type, item.key,
-                item.topic, item.partition, item.offset, item.route, item.action, item.outcome,
-                item.workflow_id, item.run_id, item.detail, item.via,
+                at, partition, offset, index, item.event_id, item.tenant_id, item.event_type,
+                item.key, item.topic, item.partition, item.offset, item.route, item.action,
+                item.outcome, item.workflow_id, item.run_id, item.detail, item.via,
             )  # fmt: skip
             columns = self.handlings
         else:
             row = (
-                at, partition, offset, item.workflow_id, item.ce_id, item.type,
+                at, partition, offset, index, item.workflow_id, item.ce_id, item.type,
                 item.published_kind, item.topic, item.partition, item.offset, item.causation_id,
                 item.tenant_id,
             )  # fmt: skip
@@ -254,7 +267,7 @@ class ProvenanceStore:
         query = (
             f"SELECT * FROM {table} WHERE {column} = $1 "
             "AND ($2 OR tenant_id IS NOT DISTINCT FROM $3) "
-            "ORDER BY source_partition, source_offset LIMIT $4"
+            "ORDER BY source_partition, source_offset, source_index LIMIT $4"
         )
         if conn is not None:
             rows: list[asyncpg.Record] = await conn.fetch(
@@ -297,21 +310,22 @@ class ProvenanceStore:
             clauses.append(f"topic = {arg(topic)} AND partition = {arg(partition)}")
             clauses.append(f'"offset" = {arg(offset)}')
         if after is not None:
-            at, source_partition, source_offset = after
-            clauses.append(
-                f"(at, source_partition, source_offset) < "
-                f"({arg(at)}, {arg(source_partition)}, {arg(source_offset)})"
-            )
+            place = ", ".join(arg(value) for value in after)
+            clauses.append(f"(at, source_partition, source_offset, source_index) < ({place})")
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         # Every value is a parameter; the clauses are this function's own text.
         query = (
             f"SELECT * FROM ktb_handlings {where} "
-            f"ORDER BY at DESC, source_partition DESC, source_offset DESC LIMIT {arg(limit)}"
+            "ORDER BY at DESC, source_partition DESC, source_offset DESC, source_index DESC "
+            f"LIMIT {arg(limit)}"
         )
         async with self.database.connection() as conn:
             rows = await conn.fetch(query, *args)
         return [
-            (_event(row), (row["at"], row["source_partition"], row["source_offset"]))
+            (
+                _event(row),
+                (row["at"], row["source_partition"], row["source_offset"], row["source_index"]),
+            )
             for row in rows
         ]
 
@@ -429,7 +443,7 @@ def _reservation(row: asyncpg.Record) -> Reservation:
 
 
 def batch_of(records: Iterable[tuple[bytes | None, int, int]], retention_days: int) -> Batch:
-    """A batch of ``(value, partition, offset)`` provenance records."""
+    """The items of ``(value, partition, offset)`` provenance records, as one batch."""
     batch = Batch()
     first_day = partitions.cutoff(retention_days)
     for value, partition, offset in records:

@@ -20,6 +20,7 @@ import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
+from pydantic import SecretStr
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
 from bridge import kafka
@@ -27,7 +28,7 @@ from bridge.api.auth import hash_key
 from bridge.kafka import ensure_topics
 from bridge.provenance import EventProvenance
 from bridge.settings import Settings
-from bridge.store import Database, ProvenanceStore, partitions
+from bridge.store import Database, ProvenanceStore, migrations, partitions
 from bridge.store.provenance import STALE_RESERVATION, Reservation, batch_of
 from bridge.temporal import attributes
 from tests.integration.api_workflows import QuickOrder
@@ -489,3 +490,52 @@ async def test_records_read_again_after_the_database_commit_change_nothing(setti
         )
     assert len(before) == 50
     assert [dict(r) for r in after] == [dict(r) for r in before]
+
+
+async def test_a_read_model_of_single_items_migrates_and_takes_batches(
+    settings, db, uid, monkeypatch
+):
+    # A database at schema 1 (one item per record), with rows, is migrated to batches
+    # of items: its rows keep their place (index 0) and a batch record's items are
+    # each kept once, in order, however often the record is read.
+    name = f"upgrade_{uid}".replace("-", "_")
+    await db.execute(f'CREATE DATABASE "{name}"')
+    url = settings.database_url.get_secret_value().rsplit("/", 1)[0] + "/" + name
+    own = settings.model_copy(update={"database_url": SecretStr(url)})
+    now = datetime.now(UTC).isoformat()
+    try:
+        async with Database(own) as database:
+            async with database.connection() as conn:
+                monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:1])
+                assert await migrations.migrate(conn) == [1]
+                monkeypatch.undo()
+                # A row as schema 1's indexer wrote it, in a day's partition of then.
+                await partitions.ensure_days(conn, [partitions.day_of(datetime.now(UTC))])
+                await conn.execute(
+                    "INSERT INTO ktb_handlings (at, source_partition, source_offset, event_id, "
+                    'tenant_id, topic, partition, "offset", outcome, via) '
+                    "VALUES (now(), 0, 7, 'e-1', 'acme', 'orders', 0, 1, 'skipped', 'live')"
+                )
+                assert await migrations.migrate(conn) == [2]
+            store = ProvenanceStore(database)
+            items = [
+                json.loads(provenance_record(event_id, n, now, "acme", "k", f"wf-{n}"))
+                for n, event_id in enumerate(["e-2", "e-1", "e-2"], 2)
+            ]
+            batch = json.dumps({"kind": "batch", "items": items}).encode()
+            for _ in range(2):
+                await store.write(batch_of([(batch, 0, 8)], 30))
+            e1 = await store.handlings("e-1")
+            e2 = await store.handlings("e-2")
+            async with database.connection() as conn:
+                places = await conn.fetch(
+                    "SELECT source_offset, source_index FROM ktb_handlings "
+                    "ORDER BY source_offset, source_index"
+                )
+        assert [(r["source_offset"], r["source_index"]) for r in places] == [
+            (7, 0), (8, 0), (8, 1), (8, 2)
+        ]  # fmt: skip
+        assert [(h.offset, h.outcome) for h in e1] == [(1, "skipped"), (3, "started")]
+        assert [h.offset for h in e2] == [2, 4]
+    finally:
+        await db.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

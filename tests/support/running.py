@@ -49,6 +49,7 @@ async def running_bridge(
     producer = kafka.producer(settings)
     await producer.start()
     router = Router(config)
+    writer = ProvenanceWriter.for_settings(producer, settings) if provenance else None
     async with open_decoder(settings, catalog, config.envelope) as decoder:
         ingress = Ingress(
             catalog,
@@ -56,9 +57,7 @@ async def running_bridge(
             Dispatcher(client, timedelta(seconds=settings.temporal_rpc_timeout_s)),
             DeadLetterPublisher(producer),
             metrics or Metrics(),
-            provenance=ProvenanceWriter(producer, settings.provenance_topic)
-            if provenance
-            else None,
+            provenance=writer,
             decoder=decoder,
         )
         async with open_policies(settings, ingress, producer, ingress.metrics) as policies:
@@ -69,6 +68,8 @@ async def running_bridge(
             finally:
                 consumer.stop()
                 await asyncio.wait_for(task, 60)
+    if writer is not None:
+        await writer.close()
     await producer.stop()
 
 
@@ -87,13 +88,8 @@ async def running_worker(
     registered, as ``open_worker`` registers them."""
     producer = kafka.producer(settings)
     await producer.start()
-    publisher = Publisher(
-        producer,
-        catalog,
-        "tests",
-        metrics or Metrics(),
-        ProvenanceWriter(producer, settings.provenance_topic) if provenance else None,
-    )
+    writer = ProvenanceWriter.for_settings(producer, settings) if provenance else None
+    publisher = Publisher(producer, catalog, "tests", metrics or Metrics(), writer)
     worker = Worker(
         client,
         task_queue=task_queue,
@@ -105,6 +101,8 @@ async def running_worker(
         async with worker:
             yield worker
     finally:
+        if writer is not None:
+            await writer.close()
         await producer.stop()
 
 

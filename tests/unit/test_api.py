@@ -228,8 +228,26 @@ def test_batches_keep_readable_records_of_the_retention():
     handling = dict(zip(HANDLING_COLUMNS, (column[0] for column in batch.handlings), strict=True))
     assert handling["event_id"] == "e-1" and handling["outcome"] == "duplicate"
     assert (handling["source_partition"], handling["source_offset"]) == (1, 6)
+    assert handling["source_index"] == 0
     assert (handling["offset"], handling["at"]) == (7, datetime.fromisoformat(NOW))
-    assert batch.published[4] == ["c-1"] and batch.published[2] == [7]
+    assert batch.published[5] == ["c-1"] and batch.published[2] == [7]
+
+
+def test_a_batch_record_gives_each_item_its_index():
+    items = [
+        json.loads(_event("e-1", at=NOW)),
+        "not an item",
+        {"kind": "event", "unknown": 1},
+        json.loads(_published("wf", "c-1")),
+        json.loads(_event("e-2", "duplicate", at=NOW)),
+    ]
+    value = json.dumps({"kind": "batch", "items": items}).encode()
+    batch = batch_of([(value, 2, 40), (_event("e-3", at=NOW), 2, 41)], retention_days=2)
+    assert (batch.records, batch.skipped, batch.rows) == (6, 2, 4)
+    places = list(zip(batch.handlings[1], batch.handlings[2], batch.handlings[3], strict=True))
+    assert batch.handlings[4] == ["e-1", "e-2", "e-3"]
+    assert places == [(2, 40, 0), (2, 40, 4), (2, 41, 0)]
+    assert (batch.published[2], batch.published[3], batch.published[5]) == ([40], [3], ["c-1"])
 
 
 def test_primary_is_the_first_handling_that_is_not_a_repeat():
