@@ -38,7 +38,7 @@ from bridge.settings import Settings
 from bridge.store import LATEST_VERSION, Database, Indexer, ProvenanceStore, migrate, schema_version
 from bridge.store.database import redacted
 from bridge.temporal.attributes import register_search_attributes
-from bridge.temporal.client import connect_temporal
+from bridge.temporal.client import connect_temporal, running_worker
 
 if TYPE_CHECKING:
     from temporalio.worker import Interceptor, Worker
@@ -167,7 +167,8 @@ async def open_worker(
     interceptors: Sequence[Interceptor] = (),
 ) -> AsyncIterator[Worker]:
     """A running worker wired from settings, with the publishing activity, the window
-    collector (routes with ``debounce`` or ``batch`` target its task queue) and the metrics."""
+    collector (routes with ``debounce`` or ``batch`` target its task queue) and the metrics;
+    started as ``running_worker`` starts it, waiting out a Temporal that is down."""
     # Here, not at the top: the HTTP API's process uses this module but runs no worker.
     from temporalio.worker import Worker
 
@@ -175,7 +176,6 @@ async def open_worker(
 
     catalog = SchemaCatalog.from_dir(settings.schemas_dir)
     publishing = publishing_formats(settings)
-    client = await connect_temporal(settings, telemetry.runtime, telemetry.client_interceptors)
     async with (
         started_producer(settings) as producer,
         ProvenanceWriter.for_settings(producer, settings) as provenance,
@@ -190,15 +190,20 @@ async def open_worker(
             publishing,
             registry,
         )
-        worker = Worker(
-            client,
-            task_queue=task_queue,
-            workflows=with_collector(workflows),
-            activities=[publisher.publish, *activities],
-            interceptors=[*telemetry.worker_interceptors(), *interceptors],
-            workflow_runner=BRIDGE_RUNNER,
-        )
-        async with worker:
+
+        def build(client: Client) -> Worker:
+            return Worker(
+                client,
+                task_queue=task_queue,
+                workflows=with_collector(workflows),
+                activities=[publisher.publish, *activities],
+                interceptors=[*telemetry.worker_interceptors(), *interceptors],
+                workflow_runner=BRIDGE_RUNNER,
+            )
+
+        async with running_worker(
+            settings, task_queue, build, telemetry.runtime, telemetry.client_interceptors
+        ) as worker:
             yield worker
 
 

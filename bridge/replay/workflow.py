@@ -40,7 +40,7 @@ with workflow.unsafe.imports_passed_through():
     from bridge.replay.report import ReplayCheckpoint, ReplayReport
     from bridge.replay.runner import ReplayRunner, replay_ingress
     from bridge.settings import Settings
-    from bridge.temporal.client import connect_temporal
+    from bridge.temporal.client import running_worker
 
 log = logging.getLogger("ktb.replay")
 
@@ -315,18 +315,26 @@ async def run_replay_worker(settings: Settings, metrics: Metrics | None = None) 
     from bridge.wiring import stop_on_signals
 
     with open_telemetry(settings, "replay-worker", metrics) as telemetry:
-        client = await connect_temporal(settings, telemetry.runtime, telemetry.client_interceptors)
-        activities = ReplayActivities(settings, client, telemetry.metrics)
-        worker = Worker(
-            client,
-            task_queue=settings.replay_task_queue,
-            workflows=[ReplayWorkflow],
-            activities=[activities.replay_range],
-            workflow_runner=BRIDGE_RUNNER,
-            interceptors=telemetry.worker_interceptors(),
-        )
+
+        def build(client: Client) -> Worker:
+            activities = ReplayActivities(settings, client, telemetry.metrics)
+            return Worker(
+                client,
+                task_queue=settings.replay_task_queue,
+                workflows=[ReplayWorkflow],
+                activities=[activities.replay_range],
+                workflow_runner=BRIDGE_RUNNER,
+                interceptors=telemetry.worker_interceptors(),
+            )
+
         stop = asyncio.Event()
         stop_on_signals(stop.set)
-        async with worker:
+        async with running_worker(
+            settings,
+            settings.replay_task_queue,
+            build,
+            telemetry.runtime,
+            telemetry.client_interceptors,
+        ):
             log.info("replay worker polling task queue %s", settings.replay_task_queue)
             await stop.wait()
