@@ -199,7 +199,8 @@ class ProvenanceWriter:
             self._timer.cancel()
             self._timer = None
         if self._flushing is not None:
-            await asyncio.shield(self._flushing)
+            # Waited for, not awaited: its failure is its own callback's to log.
+            await asyncio.wait([self._flushing])
         await self._flush()
 
     async def close(self) -> None:
