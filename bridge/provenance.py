@@ -75,14 +75,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def parse(value: bytes) -> EventProvenance | PublishedProvenance | None:
-    """Read a single-item provenance record back; ``None`` for anything unrecognised."""
-    try:
-        return _item(json.loads(value))
-    except ValueError:
-        return None
-
-
 def parse_record(value: bytes) -> list[EventProvenance | PublishedProvenance | None]:
     """The items of one provenance record, in the order written: several for a batch,
     one for a single item; ``None`` stands for each item not recognised (an unreadable
@@ -116,8 +108,10 @@ LINGER_S = 0.2
 sets it per process)."""
 FLUSH_ITEMS = 500
 """Items buffered that trigger a flush before the linger is over."""
-MAX_RECORD_BYTES = 512 * 1024
-"""A batch record above this is split (Kafka refuses records above ~1 MB by default)."""
+MAX_BUFFERED = 20 * FLUSH_ITEMS
+"""Items held while sends are stuck; more are dropped (and counted in the log)."""
+MAX_RECORD_BYTES = 256 * 1024
+"""A batch record above this is split (Kafka refuses batches above ~1 MB by default)."""
 
 
 class ProvenanceWriter:
@@ -147,6 +141,8 @@ class ProvenanceWriter:
         self._timer: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
         self._closed = False
+        self._dropped = 0
+        self._unkeyed = 0
 
     @classmethod
     def for_settings(
@@ -169,7 +165,13 @@ class ProvenanceWriter:
 
     def _add(self, key: str | None, item: Any) -> None:
         if self._closed:
-            log.warning("provenance writer closed: dropped a %s record", item.kind)
+            log.warning("provenance writer closed: dropped a %s item", item.kind)
+            return
+        if len(self._items) >= MAX_BUFFERED:
+            # Sends are stuck (Kafka away): keep memory bounded, say what was lost.
+            self._dropped += 1
+            if self._dropped == 1:
+                log.warning("provenance buffer full (%d items): dropping items", MAX_BUFFERED)
             return
         # Flat dataclasses of scalars: their __dict__ is the item, no deep copy.
         self._items.append((key, vars(item)))
@@ -187,21 +189,21 @@ class ProvenanceWriter:
             self._flushing.add_done_callback(_log_failed_flush)
 
     async def _flush(self) -> None:
-        # One flush at a time keeps each partition's batches in the order written;
-        # items added meanwhile go in the next round of the loop.
+        # One flush task at a time keeps each partition's batches in the order
+        # written; items added meanwhile go in the next round of the loop.
         while self._items:
             items, self._items = self._items, []
+            if self._dropped:
+                log.warning("provenance buffer: %d items dropped while full", self._dropped)
+                self._dropped = 0
             await self._send(items)
 
     async def flush(self) -> None:
         """Send everything buffered now (its acknowledgement is not awaited)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._flush_soon()
         if self._flushing is not None:
             # Waited for, not awaited: its failure is its own callback's to log.
             await asyncio.wait([self._flushing])
-        await self._flush()
 
     async def close(self) -> None:
         """Send what is buffered and take no more items; with Kafka away, what is still
@@ -211,8 +213,12 @@ class ProvenanceWriter:
         try:
             await asyncio.wait_for(self.flush(), self.close_timeout_s)
         except TimeoutError:
+            if self._flushing is not None:
+                self._flushing.cancel()
             log.warning(
-                "provenance not sent within %.0fs of closing; given up", self.close_timeout_s
+                "provenance not sent within %.0fs of closing: %d items given up",
+                self.close_timeout_s,
+                len(self._items),
             )
 
     async def _send(self, items: list[tuple[str | None, dict[str, Any]]]) -> None:
@@ -224,18 +230,32 @@ class ProvenanceWriter:
         groups: dict[int, list[dict[str, Any]]] = {}
         count = len(partitions)
         for key, item in items:
-            # The partition Kafka's default partitioner gives a record keyed ``key``.
-            slot = (murmur2(key.encode()) & 0x7FFFFFFF) % count if key else 0
+            if key:
+                # The partition Kafka's default partitioner gives a record keyed ``key``.
+                slot = (murmur2(key.encode()) & 0x7FFFFFFF) % count
+            else:
+                # No key, no order to keep: spread them.
+                slot = self._unkeyed = (self._unkeyed + 1) % count
             groups.setdefault(partitions[slot], []).append(item)
         for partition, group in groups.items():
-            for value in _records(group):
+            await self._send_partition(partition, group)
+
+    async def _send_partition(self, partition: int, items: list[dict[str, Any]]) -> None:
+        for start in range(0, len(items), FLUSH_ITEMS):
+            for value in _records(items[start : start + FLUSH_ITEMS]):
                 try:
                     delivery = await self.producer.send(
                         self.topic, value=value, partition=partition
                     )
                 except KafkaError as exc:
-                    log.warning("could not record provenance: %s", exc)
-                    continue
+                    # The partition is stuck: the rest of its items would each wait as long.
+                    log.warning(
+                        "could not record %d provenance items to partition %d: %s",
+                        len(items) - start,
+                        partition,
+                        exc,
+                    )
+                    return
                 delivery.add_done_callback(_log_failed_delivery)
 
     def event(self, record: RecordLike, event: Event | None, result: Result) -> None:

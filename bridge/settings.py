@@ -187,7 +187,7 @@ class Settings(BaseSettings):
         None, description="Consumer group of the indexer; default ktb-indexer.<provenance topic>"
     )
     indexer_batch: int = Field(
-        5000, ge=1, le=100_000, description="Provenance records written per transaction at most"
+        5000, ge=1, le=100_000, description="Provenance records (of items) per transaction at most"
     )
 
     @property

@@ -145,7 +145,7 @@ class Metrics:
         )
         self.indexer_records = Counter(
             "ktb_indexer_records",
-            "Provenance records the indexer wrote (written) or passed over (skipped)",
+            "Provenance items the indexer wrote (written) or passed over (skipped)",
             ["result"],
             registry=r,
         )

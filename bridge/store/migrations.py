@@ -105,7 +105,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         """
         -- A provenance record may carry several items: a row's place in the topic is
         -- its record's partition and offset and its index in the record. Rows written
-        -- before were single items: index 0.
+        -- before were single items: index 0. The new keys are built on every day's
+        -- partition under an exclusive lock: give up rather than queue every lookup
+        -- behind a lock that long-running reads keep from being granted.
+        SET LOCAL lock_timeout = '5s';
         ALTER TABLE ktb_handlings ADD COLUMN source_index integer NOT NULL DEFAULT 0;
         ALTER TABLE ktb_handlings DROP CONSTRAINT ktb_handlings_pkey;
         ALTER TABLE ktb_handlings

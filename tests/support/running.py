@@ -50,27 +50,29 @@ async def running_bridge(
     await producer.start()
     router = Router(config)
     writer = ProvenanceWriter.for_settings(producer, settings) if provenance else None
-    async with open_decoder(settings, catalog, config.envelope) as decoder:
-        ingress = Ingress(
-            catalog,
-            router,
-            Dispatcher(client, timedelta(seconds=settings.temporal_rpc_timeout_s)),
-            DeadLetterPublisher(producer),
-            metrics or Metrics(),
-            provenance=writer,
-            decoder=decoder,
-        )
-        async with open_policies(settings, ingress, producer, ingress.metrics) as policies:
-            consumer = BridgeConsumer(settings, ingress, router.topics, policies=policies)
-            task = asyncio.create_task(consumer.run())
-            try:
-                yield consumer
-            finally:
-                consumer.stop()
-                await asyncio.wait_for(task, 60)
-    if writer is not None:
-        await writer.close()
-    await producer.stop()
+    try:
+        async with open_decoder(settings, catalog, config.envelope) as decoder:
+            ingress = Ingress(
+                catalog,
+                router,
+                Dispatcher(client, timedelta(seconds=settings.temporal_rpc_timeout_s)),
+                DeadLetterPublisher(producer),
+                metrics or Metrics(),
+                provenance=writer,
+                decoder=decoder,
+            )
+            async with open_policies(settings, ingress, producer, ingress.metrics) as policies:
+                consumer = BridgeConsumer(settings, ingress, router.topics, policies=policies)
+                task = asyncio.create_task(consumer.run())
+                try:
+                    yield consumer
+                finally:
+                    consumer.stop()
+                    await asyncio.wait_for(task, 60)
+    finally:
+        if writer is not None:
+            await writer.close()
+        await producer.stop()
 
 
 @contextlib.asynccontextmanager

@@ -11,6 +11,7 @@ import pytest
 from fastapi import FastAPI, Request
 from pydantic import ValidationError
 
+from bridge.api import event_view, lookup
 from bridge.api.app import BodyLimit
 from bridge.api.auth import ANONYMOUS, Caller, KeyRing, hash_key, new_key
 from bridge.api.inbound import parse_request
@@ -18,7 +19,7 @@ from bridge.api.lookup import visibility_query
 from bridge.api.models import ProcessStatus
 from bridge.api.problems import MEDIA_TYPE, Problem, problem_response
 from bridge.api.state import topic_map
-from bridge.provenance import EventProvenance, PublishedProvenance, parse
+from bridge.provenance import EventProvenance, PublishedProvenance, parse_record
 from bridge.routes import RoutesConfig
 from bridge.settings import Settings
 from bridge.store.provenance import HANDLING_COLUMNS, batch_of, primary_of
@@ -252,7 +253,9 @@ def test_a_batch_record_gives_each_item_its_index():
 
 def test_primary_is_the_first_handling_that_is_not_a_repeat():
     def handling(outcome: str) -> EventProvenance:
-        return parse(_event("e", outcome))  # type: ignore[return-value]
+        (item,) = parse_record(_event("e", outcome))
+        assert isinstance(item, EventProvenance)
+        return item
 
     repeat, started = handling("duplicate"), handling("started")
     assert primary_of([repeat, started, handling("duplicate")]) is started
@@ -363,3 +366,14 @@ def test_api_key_command_prints_a_key_and_its_hash():
 def test_api_keys_map_to_well_formed_tenants(tenant: str) -> None:
     with pytest.raises(ValueError, match="tenant"):
         Settings(api_keys={hash_key("k"): tenant})
+
+
+def test_page_tokens_carry_the_place_in_a_record_and_older_tokens_still_page():
+    at = datetime.now(UTC)
+    cursor = (at, 2, 40, 3)
+    assert event_view._cursor(event_view._token(cursor)) == cursor
+    older = lookup.encode_page_token(json.dumps([at.isoformat(), 2, 40]).encode())
+    assert event_view._cursor(older) == (at, 2, 40, 0)
+    for bad in ([at.isoformat(), 2], [at.isoformat(), 2, 40, 1, 5], "x"):
+        with pytest.raises(Problem):
+            event_view._cursor(lookup.encode_page_token(json.dumps(bad).encode()))

@@ -7,25 +7,37 @@ import json
 from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaTimeoutError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import ConsumerRecord
 
 from bridge import provenance
 from bridge.dispatch import Outcome, Result
 from bridge.provenance import ProvenanceWriter, parse_record
+from tests.support.waiting import until
 
 
 class Producer:
-    """Takes sends as a producer would and keeps them (partition, value) in order."""
+    """Takes sends as a producer would and keeps them (partition, value) in order;
+    while ``open`` is clear, sends wait (a Kafka that does not answer); a partition in
+    ``failing`` refuses them."""
 
     def __init__(self, partitions: int = 3) -> None:
         self.partitions = set(range(partitions))
         self.sent: list[tuple[int, bytes]] = []
+        self.open = asyncio.Event()
+        self.open.set()
+        self.failing: set[int] = set()
+        self.refused = 0
 
     async def partitions_for(self, topic: str) -> set[int]:
         return self.partitions
 
     async def send(self, topic: str, *, value: bytes, partition: int) -> asyncio.Future[Any]:
+        await self.open.wait()
+        if partition in self.failing:
+            self.refused += 1
+            raise KafkaTimeoutError()
         self.sent.append((partition, value))
         delivered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         delivered.set_result(None)
@@ -78,10 +90,7 @@ async def test_the_linger_sends_what_waited_and_a_full_buffer_does_not_wait():
     producer = Producer(partitions=1)
     writer = _writer(producer, linger_s=0.01)
     writer.event(_record("a"), None, RESULT)
-    for _ in range(100):
-        if producer.sent:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: bool(producer.sent))
     assert producer.items() == [(0, "a")]
 
     slow = _writer(producer)
@@ -127,3 +136,54 @@ async def test_a_closed_writer_drops_with_a_warning(caplog: pytest.LogCaptureFix
     await writer.flush()
     assert producer.sent == []
     assert "provenance writer closed" in caplog.text
+
+
+async def test_items_added_while_a_send_waits_follow_in_a_later_batch_in_order():
+    producer = Producer(partitions=1)
+    producer.open.clear()
+    writer = _writer(producer, linger_s=0.001)
+    writer.event(_record("e", 1), None, RESULT)
+    await until(lambda: writer._items == [])  # taken by the flush, whose send waits
+    writer.event(_record("e", 2), None, RESULT)
+    writer.event(_record("e", 3), None, RESULT)
+    producer.open.set()
+    await writer.close()
+    assert len(producer.sent) == 2
+    assert [item.offset for _, item in producer.parsed()] == [1, 2, 3]
+
+
+async def test_close_gives_up_on_a_kafka_that_does_not_answer(caplog: pytest.LogCaptureFixture):
+    producer = Producer()
+    producer.open.clear()
+    writer = ProvenanceWriter(producer, "t", linger_s=60.0, close_timeout_s=0.05)  # type: ignore[arg-type]
+    writer.event(_record("e"), None, RESULT)
+    await writer.close()
+    assert writer._flushing is not None
+    await until(writer._flushing.done)
+    assert producer.sent == [] and "given up" in caplog.text
+
+
+async def test_a_stuck_partition_drops_its_round_and_the_buffer_is_bounded(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    monkeypatch.setattr(provenance, "FLUSH_ITEMS", 4)
+    producer = Producer(partitions=2)
+    producer.failing = {0}
+    writer = _writer(producer)
+    ids = [f"e-{i}" for i in range(6)]
+    for event_id in ids * 3:
+        writer.event(_record(event_id), None, RESULT)
+    await writer.flush()
+    partitioner = DefaultPartitioner()
+    on_one = [i for i in ids if partitioner(i.encode(), [0, 1], [0, 1]) == 1]
+    assert 3 * (len(ids) - len(on_one)) > provenance.FLUSH_ITEMS  # several records for 0
+    assert producer.refused == 1  # the stuck partition is tried once per round
+    assert sorted(i for _, i in producer.items()) == sorted(on_one * 3)
+
+    monkeypatch.setattr(provenance, "MAX_BUFFERED", 5)
+    producer.open.clear()
+    for n in range(8):
+        writer.event(_record("f", n), None, RESULT)
+    producer.open.set()
+    await writer.close()
+    assert "dropping items" in caplog.text and "3 items dropped while full" in caplog.text
