@@ -25,6 +25,10 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    # asyncpg's protocol raises this when the connection broke under an operation (a
+    # commit as the server shut down: "cannot switch to state ...; another operation
+    # is in progress"); the pool drops the connection and the next acquire reconnects.
+    asyncpg.exceptions.InternalClientError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.InsufficientResourcesError,

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta, timezone
 
+import asyncpg
+import pytest
+
+from bridge.errors import DatabaseUnavailable
+from bridge.settings import Settings
 from bridge.store import partitions
-from bridge.store.database import redacted
+from bridge.store.database import Database, redacted
 from bridge.store.migrations import LATEST_VERSION, MIGRATIONS
 
 
@@ -29,3 +36,39 @@ def test_passwords_stay_out_of_messages():
     assert redacted("postgresql://postgres@127.0.0.1:5432/ktb") == (
         "postgresql://postgres@127.0.0.1:5432/ktb"
     )
+
+
+class _Pool:
+    """Hands out one stand-in connection, as ``asyncpg.Pool.acquire`` does."""
+
+    @contextlib.asynccontextmanager
+    async def acquire(self, timeout: float) -> AsyncIterator[object]:
+        yield object()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncpg.exceptions.InternalClientError(
+            "cannot switch to state 15; another operation (2) is in progress"
+        ),
+        ConnectionRefusedError(111, "Connect call failed"),
+        asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed"),
+    ],
+)
+async def test_a_connection_broken_under_an_operation_is_the_database_unavailable(error):
+    # A commit as the server shut down raised asyncpg's InternalClientError and, not
+    # counted as an outage, stopped the indexer's retention and with it the indexer.
+    database = Database(Settings(database_url="postgresql://postgres@db:5432/ktb"))
+    database._pool = _Pool()  # type: ignore[assignment]
+    with pytest.raises(DatabaseUnavailable, match="postgres@db:5432/ktb is unavailable"):
+        async with database.connection():
+            raise error
+
+
+async def test_a_statement_the_database_refuses_is_not_an_outage():
+    database = Database(Settings(database_url="postgresql://postgres@db:5432/ktb"))
+    database._pool = _Pool()  # type: ignore[assignment]
+    with pytest.raises(asyncpg.exceptions.UndefinedColumnError):
+        async with database.connection():
+            raise asyncpg.exceptions.UndefinedColumnError("column x does not exist")
