@@ -81,7 +81,7 @@ def start_requests(ctx: BenchContext, topic: str, uid: str, count: int) -> list[
                 "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
                 "search_attributes": search_attributes(event, action),
-                "memo": {"ktb": event_memo(event, action.route)},
+                "memo": {"ktb": event_memo(event, action, "started")},
             }
         )
     return requests

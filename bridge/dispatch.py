@@ -217,18 +217,19 @@ class Dispatcher:
 
     # --- starts ----------------------------------------------------------------------
 
-    def _start_kwargs(self, action: Action, event: Event) -> dict[str, Any]:
+    def _start_kwargs(self, action: Action, event: Event, outcome: Outcome) -> dict[str, Any]:
+        """The start request's options; ``outcome``: the event's when the call starts it."""
         return {
             "id": action.workflow_id,
             "task_queue": action.task_queue or "",
             "id_reuse_policy": REUSE_POLICIES[action.id_reuse_policy],
             "search_attributes": search_attributes(event, action),
-            "memo": {"ktb": event_memo(event, action.route), **action.memo},
+            "memo": {"ktb": event_memo(event, action, outcome.value), **action.memo},
             **schedule_options(action),
         }
 
     async def _start(self, action: Action, event: Event) -> Result:
-        kwargs = self._start_kwargs(action, event)
+        kwargs = self._start_kwargs(action, event, Outcome.STARTED)
         if action.kind is ActionKind.SIGNAL_WITH_START:
             kwargs["start_signal"] = action.signal
             kwargs["start_signal_args"] = list(action.message)
@@ -269,7 +270,7 @@ class Dispatcher:
             action.workflow_type or "",
             *action.args,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            **self._start_kwargs(action, event),
+            **self._start_kwargs(action, event, Outcome.UPDATED),
         )
         try:
             # The SDK asks again while the update is only admitted (no worker has taken
@@ -320,7 +321,7 @@ class Dispatcher:
         id is scoped by the event's tenant whatever the route says (``collector_id``).
         """
         await self._target(action, event)
-        kwargs = self._start_kwargs(action, event)
+        kwargs = self._start_kwargs(action, event, Outcome.SIGNALLED)
         attributes = {pair.key.name: str(pair.value) for pair in kwargs["search_attributes"]}
         item = window_event(action, event, policy, kwargs["memo"], attributes)
         collector = collector_id(event.tenant_id, action.workflow_id)

@@ -71,6 +71,9 @@ async def get_event(
     read: Location | None = _read_location(primary)
     event_type = primary.event_type if primary else produced.type if produced else None
     key = primary.key if primary else produced.key if produced else None
+    route = primary.route if primary else None
+    action = primary.action if primary else None
+    outcome = primary.outcome if primary else None
     execution: WorkflowExecution | None = None
     if primary is None:
         # Not in the read model: a bridge that records no provenance, an id past the
@@ -85,6 +88,9 @@ async def get_event(
         workflow_id, run_id = execution.id, execution.run_id
         memo = (await lookup.call(execution.memo())).get("ktb") or {}
         event_type, key = memo.get("event_type"), memo.get("key")
+        # The workflow this event started: its memo says what the bridge did (the route,
+        # and the action and outcome in workflows started by the current bridge).
+        route, action, outcome = memo.get("route"), memo.get("action"), memo.get("outcome")
         if memo.get("topic") is not None:
             read = Location(topic=memo["topic"], partition=memo["partition"], offset=memo["offset"])
     if not caller.may_see(tenant):
@@ -114,9 +120,9 @@ async def get_event(
         status=_event_status(primary, process),
         produced=location(produced) if produced else None,
         read=read,
-        route=primary.route if primary else None,
-        action=primary.action if primary else None,
-        outcome=primary.outcome if primary else None,
+        route=route,
+        action=action,
+        outcome=outcome,
         detail=primary.detail if primary else None,
         workflow_id=workflow_id,
         run_id=run_id,

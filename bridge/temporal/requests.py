@@ -55,8 +55,11 @@ CONFLICT_POLICIES = {
 }
 
 
-def event_memo(event: Event, route: str) -> dict[str, Any]:
-    """Where the triggering event came from; workflows and the API read it back."""
+def event_memo(event: Event, action: Action, outcome: str) -> dict[str, Any]:
+    """Where the triggering event came from and what the bridge did with it: the route,
+    its action and ``outcome``, the event's outcome when this call starts the workflow.
+    Workflows and the API read it back (``GET /events/{id}`` before or without provenance).
+    """
     return {
         "event_id": event.id,
         "event_type": event.type,
@@ -66,7 +69,9 @@ def event_memo(event: Event, route: str) -> dict[str, Any]:
         "partition": event.partition,
         "offset": event.offset,
         "key": event.key,
-        "route": route,
+        "route": action.route,
+        "action": action.kind.value,
+        "outcome": outcome,
     }
 
 

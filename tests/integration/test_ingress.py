@@ -374,6 +374,18 @@ async def test_every_action_kind(services, topics, settings, catalog, client, ui
             )
         await eventually(lambda: _true(bridge.processed == 5))
         assert await client.get_workflow_handle(f"wf-{uid}-b").query("received") == [5]
+        # Each started workflow's memo says what its first event did (GET /events/{id}
+        # answers from it while provenance is not indexed).
+        memos = {
+            name: await (
+                await client.get_workflow_handle(f"wf-{uid}-{name}").describe()
+            ).memo_value("ktb")
+            for name in ("a", "b")
+        }
+        assert [(m["route"], m["action"], m["outcome"]) for m in memos.values()] == [
+            ("sws", "signal_with_start", "started"),
+            ("uws", "update_with_start", "updated"),
+        ]
 
         # cancel "a", terminate "b"; repeating the cancel is a no-op, not a dead letter.
         for _ in range(2):
