@@ -290,6 +290,13 @@ async def test_an_event_timeline_and_its_process_followed_live(browser, console)
             await expect(page.locator("#process-outcome")).to_contain_text(f"p-{uid}")
             await page.screenshot(path=screenshot_path("process-live"), full_page=True)
 
+            # The worker's record of the outcome it published reaches the read model within
+            # a provenance linger (KTB_PROVENANCE_LINGER_MS) of the process closing.
+            async def outcome_recorded() -> bool:
+                view = (await http.get(f"/events/ev-{order_id}")).json()
+                return "com.example.order.completed" in {p["type"] for p in view["published"]}
+
+            await eventually(outcome_recorded)
             await page.goto(f"/console/events/ev-{order_id}")
             await expect(timeline).to_contain_text("Published outcome com.example.order.completed")
             await page.screenshot(path=screenshot_path("event-timeline"), full_page=True)
