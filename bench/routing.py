@@ -51,6 +51,12 @@ from bridge.settings import REPO_ROOT, Settings
 NAME = "routing"
 ROUTES = REPO_ROOT / "bench" / "routes.yaml"
 TARGET = 50_000
+"""Events/s per core on the machine the target was set on, where the Avro decode of these
+bodies ran at ``REFERENCE_DECODE`` per core."""
+REFERENCE_DECODE = 241_000
+TARGET_RATIO = TARGET / REFERENCE_DECODE
+"""The target against the Avro decode measured in the same run: per-core speed on this
+machine varies from day to day by up to three times, the ratio much less."""
 REGISTRY_TARGET = 0.10
 """Most extra cost per event of the registry case over the local catalogue's."""
 ORDERS = "com.example.order."
@@ -211,7 +217,10 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             await registry.aclose()
     routing, via = max(local), max(remote)
     baseline = max(decode_rate(ctx.catalog, batch) for _ in range(passes))
-    met = routing >= TARGET
+    # The target as a share of the same run's decode rate: a machine three times slower
+    # per core on the day does not miss it, nor a faster one meet it, by speed alone.
+    met = routing / baseline >= TARGET_RATIO
+    at_reference = routing / baseline * REFERENCE_DECODE
     # Each pass pairs the two cases back to back; the median pair is robust to a busy
     # machine slowing one pass (best-of rates alone moved the ratio by +-15 %).
     extra = statistics.median(a / b for a, b in zip(local, remote, strict=True)) - 1
@@ -224,7 +233,9 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             "per_s_per_core": rounded(routing),
             "us_per_event": rounded(1e6 / routing, 2),
             "avro_decode_per_s_per_core": rounded(baseline),
-            "target": f">= {TARGET}",
+            "per_s_per_core_at_reference_speed": rounded(at_reference),
+            "target": f">= {TARGET} at the reference speed (Avro decode {REFERENCE_DECODE}/s), "
+            f"a ratio to decode of >= {TARGET_RATIO:.3f}",
             "met": met,
             "events": count,
             "routes": len(router.routes),
@@ -244,8 +255,8 @@ async def run(ctx: BenchContext) -> ScenarioResult:
                 f"events/s per core ({len(router.routes)} routes, {count:,} events)",
                 fmt(routing, "/s"),
                 fmt(baseline, "/s (Avro decode only)"),
-                f"{ratio(routing, baseline):.2f}",
-                f">= {TARGET:,}/s",
+                f"{ratio(routing, baseline):.3f}",
+                f">= {TARGET_RATIO:.3f} ({TARGET:,}/s at decode {REFERENCE_DECODE:,}/s)",
                 met,
             ),
             Row(
@@ -258,6 +269,8 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             ),
         ],
         [
+            f"routing {at_reference:,.0f}/s per core at the reference speed (this run's "
+            f"ratio to the Avro decode times the decode's {REFERENCE_DECODE:,}/s)",
             f"{len(hits)} of {len(router.routes)} routes hit by the event mix",
             f"registry case: {extra:+.1%} cost per event (median of {passes} paired passes); "
             f"registry requests: {first_sight} "
@@ -292,7 +305,7 @@ def main() -> None:
     print(
         f"routing {routing:,.0f} /s per core, Avro decode {baseline:,.0f} /s: ratio "
         f"{routing / baseline:.3f} (median of paired passes {paired:.3f}; "
-        f"{TARGET:,}/s at the decode's 240,000/s is {TARGET / 240_000:.3f})"
+        f"the target: {TARGET_RATIO:.3f}, {TARGET:,}/s at the decode's {REFERENCE_DECODE:,}/s)"
     )
 
 
