@@ -56,6 +56,7 @@ from bridge.envelope import (
     decode_data,
     event_from_attributes,
     headers_dict,
+    new_event,
     read_headers,
 )
 from bridge.errors import (
@@ -462,7 +463,7 @@ class Decoder:
             time = _time(envelope.time(context))
         elif record.timestamp:
             time = datetime.fromtimestamp(record.timestamp / 1000, UTC)
-        return Event(
+        return new_event(
             id=event_id,
             type=type_name,
             source=source,
@@ -470,6 +471,8 @@ class Decoder:
             time=time,
             subject=subject,
             tenant_id=tenant,
+            correlation_id=None,
+            causation_id=None,
             traceparent=trace.get("traceparent"),
             tracestate=trace.get("tracestate"),
             content_type=data_type,
@@ -478,6 +481,7 @@ class Decoder:
             partition=record.partition,
             offset=record.offset,
             timestamp_ms=record.timestamp,
+            extensions={},
         )
 
     # --- Schema Registry framing --------------------------------------------------------

@@ -292,7 +292,7 @@ def event_from_attributes(
         if attrs.keys() - _KNOWN_ATTRS
         else {}
     )
-    return _new_event(
+    return new_event(
         attrs["id"],
         attrs["type"],
         attrs["source"],
@@ -315,7 +315,7 @@ def event_from_attributes(
 
 
 def _positional_constructor(cls: type[Event]) -> Callable[..., Event]:
-    """A constructor of ``cls`` taking a value for every field, in field order.
+    """A constructor of ``cls`` taking a value for every field, in field order or by name.
 
     It sets the slots as the frozen dataclass's ``__init__`` does, without its
     per-field lookups and keyword matching (half the cost of building an event,
@@ -335,7 +335,8 @@ def _positional_constructor(cls: type[Event]) -> Callable[..., Event]:
     return constructor
 
 
-_new_event = _positional_constructor(Event)
+new_event = _positional_constructor(Event)
+"""``Event(...)`` on a record's path: every field given, in order or by name."""
 
 
 def decode_consumed(catalog: SchemaCatalog, record: RecordLike) -> Event:
