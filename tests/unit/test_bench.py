@@ -1,5 +1,6 @@
 """Benchmark helpers of pure logic: pacing of direct calls, the exactly-once check of a
-round's workflows, and the per-event CPU figures of the scale scenario."""
+round's workflows, the per-event CPU figures of the scale scenario, and the raw rate a
+bridge round is compared with."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from bench.common import check_starts, paced
 from bench.direct import DirectRun
 from bench.scale import BridgeShare, Round
+from bench.throughput import interpolated
 
 
 class FrozenClock:
@@ -132,3 +134,11 @@ def test_a_bridge_that_handled_nothing_has_no_cpu_per_event() -> None:
 
 def test_direct_run_cpu_per_start() -> None:
     assert DirectRun(starts=400, cpu_s=0.5, seconds=2.0).cpu_us_per_start == pytest.approx(1250.0)
+
+
+def test_a_bridge_round_is_compared_with_the_raw_rate_of_its_moment() -> None:
+    # Raw rounds at slots 0 and 3 of a round; the server slowed from 120 to 90 a second.
+    assert interpolated(120.0, 90.0, 0, 3) == 120.0
+    assert interpolated(120.0, 90.0, 1, 3) == 110.0
+    assert interpolated(120.0, 90.0, 2, 3) == 100.0
+    assert interpolated(120.0, 90.0, 3, 3) == 90.0
