@@ -16,6 +16,8 @@ import asyncio
 import time
 from typing import Any
 
+from aiokafka import ConsumerRebalanceListener
+
 from bench.bridge_process import BridgeProcess, histogram_quantile
 from bench.common import (
     BenchContext,
@@ -120,6 +122,58 @@ def _delta(
     return [(labels, value - earlier.get(labels.get("le"), 0.0)) for labels, value in after]
 
 
+async def kafka_hop(ctx: BenchContext, rate: float, seconds: float) -> dict[str, Any]:
+    """Latencies of the Kafka hop alone: records produced at ``rate`` (as the bridge round
+    produces them) to a consumer in a group reading ``read_committed``, as the bridge
+    reads; record timestamp to the record in hand. What any Kafka-fed start pays here."""
+    uid = ctx.uid()
+    topic = f"bench-hop-{uid}"
+    await create_topic(ctx.settings, topic)
+    count = int(rate * seconds)
+    records = order_records(ctx.catalog, uid, WARM_UP + count)
+    consumer = kafka.consumer(
+        ctx.settings, group_id=f"bench-hop-{uid}", auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )  # fmt: skip
+    joined = asyncio.Event()
+
+    class Joined(ConsumerRebalanceListener):
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            return None
+
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            joined.set()
+
+    producer = kafka.producer(ctx.settings, linger_ms=0)
+    received: dict[bytes | None, float] = {}
+    """Milliseconds per record key (every record has its own)."""
+
+    async def consume() -> None:
+        while len(received) < len(records):
+            batch = await consumer.getmany(timeout_ms=100)
+            now = time.time()
+            for consumed in batch.values():
+                for record in consumed:
+                    received[record.key] = (now - record.timestamp / 1000) * 1000
+
+    await consumer.start()
+    await producer.start()
+    try:
+        consumer.subscribe([topic], listener=Joined())
+        reading = asyncio.create_task(consume())
+        await asyncio.wait_for(joined.wait(), 30)  # in its group, as a running bridge is
+        await open_loop(producer, topic, records, rate)
+        try:
+            await asyncio.wait_for(reading, 60)
+        except TimeoutError:
+            raise RuntimeError(f"hop: {len(received)} of {len(records)} read") from None
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    warm = {record.key for record in records[:WARM_UP]}
+    return summary([ms for key, ms in received.items() if key not in warm])
+
+
 async def raw_latencies(ctx: BenchContext, rate: float, seconds: float) -> dict[str, Any]:
     """Latencies of direct ``start_workflow`` calls issued at ``rate`` for ``seconds``."""
     uid = ctx.uid()
@@ -155,6 +209,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     rate = measured / 2
     raw = await raw_latencies(ctx, rate, max(10, seconds / 2))
     bridge = await bridge_latencies(ctx, rate, seconds)
+    hop = await kafka_hop(ctx, rate, max(10, seconds / 2))
     p50_limit = raw["p50_ms"] + P50_EXTRA_MS
     p99_limit = raw["p99_ms"] * P99_FACTOR
     p50_met = bridge["p50_ms"] <= p50_limit
@@ -162,6 +217,10 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     notes.append(
         f"bridge histogram cross-check (record timestamp -> start returned): "
         f"p50 ~{bridge['bridge_histogram_p50_ms']} ms, p99 ~{bridge['bridge_histogram_p99_ms']} ms"
+    )
+    notes.append(
+        f"the Kafka hop alone (record timestamp -> a group consumer has it, read_committed, "
+        f"same rate): p50 {hop['p50_ms']} ms, p99 {hop['p99_ms']} ms"
     )
     label = f"at {fmt(rate, '/s')} for {seconds} s"
     return ScenarioResult(
@@ -176,6 +235,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             "seconds": seconds,
             "bridge": bridge,
             "raw": raw,
+            "kafka_hop": hop,
         },
         [
             Row(
