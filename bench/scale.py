@@ -53,7 +53,14 @@ from bench.common import (
     start_route,
     write_routes,
 )
-from bench.throughput import best_concurrency, first_starts, interpolated, raw_rate, sweep
+from bench.throughput import (
+    best_concurrency,
+    first_starts,
+    interpolated,
+    raw_rate,
+    rounds_note,
+    sweep,
+)
 
 NAME = "scale"
 PARTITIONS = 6
@@ -209,14 +216,11 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     r, one_ratio = max(two_ratios), max(one_ratios)
     met = r >= TARGET
     notes.append(
-        "rounds in order, raw / 1 bridge / 2 bridges / raw; ratios against the raw rate "
-        "interpolated to each bridge round: "
-        + ", ".join(
-            f"{fmt(rw, '/s')} / {fmt(o.per_s, '/s')} ({o_r:.2f}) / {fmt(t.per_s, '/s')} "
-            f"({t_r:.2f}) / {fmt(rc, '/s')}"
-            for rw, o, o_r, t, t_r, rc in zip(
-                raws, ones, one_ratios, twos, two_ratios, closing, strict=True
-            )
+        rounds_note(
+            ["1 bridge", "2 bridges"],
+            raws,
+            [([o.per_s for o in ones], one_ratios), ([t.per_s for t in twos], two_ratios)],
+            closing,
         )
         + f"; best rounds against the best raw round alone: 1 bridge "
         f"{ratio(one.per_s, raw):.2f}, 2 bridges {ratio(two.per_s, raw):.2f}"

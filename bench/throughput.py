@@ -193,6 +193,25 @@ def interpolated(before: float, after: float, slot: int, slots: int) -> float:
     return before + (after - before) * slot / slots
 
 
+def rounds_note(
+    names: list[str],
+    raws: list[float],
+    sides: list[tuple[list[float], list[float]]],
+    closing: list[float],
+) -> str:
+    """Each round in order: the opening raw rate, each bridge side's rate with its ratio to
+    the interpolated raw rate (``sides``: rates and ratios per round, in ``names`` order),
+    the closing raw rate."""
+    rounds = []
+    for n, (opening, last) in enumerate(zip(raws, closing, strict=True)):
+        middle = [f"{fmt(rates[n], '/s')} ({ratios[n]:.2f})" for rates, ratios in sides]
+        rounds.append(" / ".join([fmt(opening, "/s"), *middle, fmt(last, "/s")]))
+    return (
+        f"rounds in order, raw / {' / '.join(names)} / raw; ratios against the raw rate "
+        "interpolated to each bridge round: " + ", ".join(rounds)
+    )
+
+
 async def run(ctx: BenchContext) -> ScenarioResult:
     """Sweep the raw concurrency, then rounds of raw, bridge at default settings, bridge
     at the raw side's best concurrency, raw again; each bridge round against the raw rate
@@ -293,14 +312,11 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         ],
         [
             "raw sweep: " + ", ".join(f"c={c}: {fmt(v, '/s')}" for c, v in per_concurrency.items()),
-            f"rounds in order, raw / bridge at default settings / bridge at concurrency {best} "
-            "/ raw; ratios against the raw rate interpolated to each bridge round: "
-            + ", ".join(
-                f"{fmt(rw, '/s')} / {fmt(d, '/s')} ({dr:.2f}) / {fmt(b, '/s')} ({br:.2f}) / "
-                f"{fmt(rc, '/s')}"
-                for rw, d, dr, b, br, rc in zip(
-                    raws, defaults, default_ratios, bridges, fixed_ratios, closing, strict=True
-                )
+            rounds_note(
+                ["bridge at default settings", f"bridge at concurrency {best}"],
+                raws,
+                [(defaults, default_ratios), (bridges, fixed_ratios)],
+                closing,
             ),
             f"best round against best raw round alone: bridge {ratio(bridge, raw):.2f}, "
             f"default settings {ratio(default_rate, raw):.2f}",

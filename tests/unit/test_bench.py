@@ -12,7 +12,7 @@ import pytest
 from bench.common import check_starts, paced
 from bench.direct import DirectRun
 from bench.scale import BridgeShare, Round
-from bench.throughput import interpolated
+from bench.throughput import interpolated, rounds_note
 
 
 class FrozenClock:
@@ -142,3 +142,13 @@ def test_a_bridge_round_is_compared_with_the_raw_rate_of_its_moment() -> None:
     assert interpolated(120.0, 90.0, 1, 3) == 110.0
     assert interpolated(120.0, 90.0, 2, 3) == 100.0
     assert interpolated(120.0, 90.0, 3, 3) == 90.0
+
+
+def test_the_rounds_note_names_each_side_with_its_ratio_between_the_raw_rounds() -> None:
+    sides = [([77.0, 65.0], [0.81, 0.91]), ([83.0, 64.0], [0.89, 0.88])]
+    note = rounds_note(["default", "fixed"], [98.0, 69.0], sides, [91.0, 75.0])
+    assert note == (
+        "rounds in order, raw / default / fixed / raw; ratios against the raw rate interpolated "
+        "to each bridge round: 98 /s / 77 /s (0.81) / 83 /s (0.89) / 91 /s, "
+        "69 /s / 65 /s (0.91) / 64 /s (0.88) / 75 /s"
+    )
