@@ -40,6 +40,7 @@ from bench.common import (
     BenchContext,
     Row,
     ScenarioResult,
+    await_committed,
     await_count,
     check_starts,
     create_topic,
@@ -155,7 +156,10 @@ async def bridges_round(ctx: BenchContext, count: int, instances: int) -> Round:
         cpu_before = [bridge.cpu_seconds() for bridge in bridges]
         window_start = time.monotonic()
         handled_before = [await _handled(bridge) for bridge in bridges]
-        listed_count = await await_count(ctx.client, query, count, timeout=120 + count / 20)
+        # Waited for on Kafka, not on Temporal's visibility (``await_committed``).
+        behind = await await_committed(
+            ctx.settings, settings.group_id, topic, timeout=120 + count / 20
+        )
         cpu = [
             bridge.cpu_seconds() - before
             for bridge, before in zip(bridges, cpu_before, strict=True)
@@ -169,11 +173,12 @@ async def bridges_round(ctx: BenchContext, count: int, instances: int) -> Round:
         )
     finally:
         await asyncio.gather(*(bridge.stop() for bridge in bridges))
+    await await_count(ctx.client, query, count, timeout=10)  # visibility catches up
     listed = await executions(ctx.client, query)
     expected = [f"bench-{uid}-{uid}-{n:06d}" for n in range(count)]
     check = check_starts(expected, (workflow_id for workflow_id, _ in listed))
     check.raise_unless_exactly_once(
-        f"scale, {instances} bridge process(es), {listed_count} counted"
+        f"scale, {instances} bridge process(es), {behind} records left uncommitted"
     )
     times = [started for _, started in listed]
     return Round(instances, span_rate(times), max(times) - min(times), window, shares)

@@ -14,7 +14,9 @@ other, and each bridge round is compared with the raw rate interpolated to its p
 between the two raw rounds; each side's best round counts.
 Both rates are measured the same way, on the server side: the span between the
 first and the last workflow start time Temporal recorded. No worker polls the task
-queues, so the server's effort per start is the same on both sides.
+queues, so the server's effort per start is the same on both sides; and while a bridge
+round runs, the harness waits on the group's committed offsets in Kafka, never on
+Temporal's visibility, whose counts cost the server CPU (``bench.common.await_committed``).
 
 CPU per start: the bridge process's CPU time (psutil, every thread) from its first
 start to its last, per event. After each bridge round a direct caller in a
@@ -37,7 +39,7 @@ from bench.common import (
     BenchContext,
     Row,
     ScenarioResult,
-    await_count,
+    await_committed,
     consumer_record,
     create_topic,
     fmt,
@@ -130,7 +132,8 @@ async def bridge_rate(
         # do not count as work per event.
         started = await first_starts(ctx, query, bridge)
         cpu_before = bridge.cpu_seconds()
-        await await_count(ctx.client, query, count, timeout=120 + count / 20)
+        # Waited for on Kafka, not on Temporal's visibility (``await_committed``).
+        await await_committed(ctx.settings, settings.group_id, topic, timeout=120 + count / 20)
         cpu = bridge.cpu_seconds() - cpu_before
         times = await start_times(ctx.client, query, count, timeout=10)
     finally:
