@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.structs import OffsetAndMetadata
 
 from bridge import kafka
 from bridge.errors import ConfigError, InvalidRequestError, TransientError
@@ -213,6 +214,14 @@ async def consumer_lag(settings: Settings, group: str, topics: list[str]) -> lis
         raise TransientError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
     finally:
         await kafka.stop_consumer(reader)
+    return partition_lags(committed, ends)
+
+
+def partition_lags(
+    committed: Mapping[TopicPartition, OffsetAndMetadata], ends: Mapping[TopicPartition, int]
+) -> list[PartitionLag]:
+    """The lag on every partition of ``ends`` (end offsets) given a group's ``committed``
+    offsets (as ``list_consumer_group_offsets`` answers), by topic and partition."""
     return sorted(
         (
             PartitionLag(
