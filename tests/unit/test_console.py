@@ -3,6 +3,7 @@ and ``/docs`` and the console's assets served from this process (no other host).
 
 from __future__ import annotations
 
+import json
 import re
 from types import SimpleNamespace
 
@@ -124,16 +125,18 @@ def test_with_authentication_off_there_is_no_sign_in(app_client: TestClient):
 def test_signing_in_sets_a_strict_http_only_cookie_and_signing_out_clears_it(
     app_client: TestClient,
 ):
-    client = _with_keys(app_client, KeyRing({hash_key("k1"): "acme"}))
+    # A key long enough that the cookie's random characters cannot contain it by chance.
+    key = "console-sign-in-key-7f3c9a"
+    client = _with_keys(app_client, KeyRing({hash_key(key): "acme"}))
     assert client.post("/session", json={"api_key": "nope"}).status_code == 401
     form = client.post(
-        "/session", content='{"api_key": "k1"}', headers={"Content-Type": "text/plain"}
+        "/session", content=json.dumps({"api_key": key}), headers={"Content-Type": "text/plain"}
     )
     assert form.status_code == 422 and "set-cookie" not in form.headers
-    signed = client.post("/session", json={"api_key": "k1"})
+    signed = client.post("/session", json={"api_key": key})
     assert signed.status_code == 200
     cookie = signed.headers["set-cookie"].lower()
-    assert "httponly" in cookie and "samesite=strict" in cookie and "k1" not in cookie
+    assert "httponly" in cookie and "samesite=strict" in cookie and key not in cookie
     view = client.get("/session").json()
     assert (view["signed_in"], view["tenant"]) == (True, "acme")
     assert view["csrf_token"] == signed.json()["csrf_token"]
