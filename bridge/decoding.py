@@ -26,7 +26,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-from collections.abc import AsyncIterator, Mapping
+import operator
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +86,8 @@ its decoded data, its coordinates and timestamp (ms), the writer schema's full n
 TENANT_ROOTS = frozenset({"headers", "key"})
 TYPE_ROOTS = ENVELOPE_ROOTS - {"data"}
 READER_SUBJECT_ROOTS = frozenset({"topic", "type"})
+COORDINATES = frozenset({"topic", "partition", "offset"})
+"""Context fields every consumed record has a value for."""
 LOAD_ATTEMPTS = 3
 """Registry lookups one record may need in turn: its writer schema, its reader subject."""
 _JSON_START = frozenset(b"{")
@@ -273,7 +276,11 @@ class _Field(Renderer):
 
 
 class _Formatted(Renderer):
-    """Fields of the context itself and text between them (``{topic}-{partition}-{offset}``)."""
+    """Fields of the context itself and text between them (``{topic}-{partition}-{offset}``).
+
+    A record's coordinates are always there; only the other fields (the key, the
+    schema) are checked for a value, and the values are read in one ``itemgetter``.
+    """
 
     def __init__(self, name: str, template: Template) -> None:
         super().__init__(name, template)
@@ -286,13 +293,20 @@ class _Formatted(Renderer):
                 pieces.append("{" + str(len(self.fields)) + "}")
                 self.fields.append(path[0])
         self.format = "".join(pieces)
+        self.checked = [f for f in self.fields if f not in COORDINATES]
+        self.values: Callable[[Mapping[str, Any]], Any] = operator.itemgetter(*self.fields)
+        self.single = len(self.fields) == 1
 
     def __call__(self, context: Mapping[str, Any]) -> str:
-        values = [context.get(f) for f in self.fields]
-        for field, value in zip(self.fields, values, strict=True):
+        for field in self.checked:
+            value = context.get(field)
             if value is None or value == "":
                 raise self.missing(field)
-        return self.format.format(*values)
+        try:
+            values = self.values(context)
+        except KeyError as exc:
+            raise self.missing(str(exc.args[0])) from None
+        return self.format.format(values) if self.single else self.format.format(*values)
 
 
 class Decoder:
@@ -463,25 +477,25 @@ class Decoder:
             time = _time(envelope.time(context))
         elif record.timestamp:
             time = datetime.fromtimestamp(record.timestamp / 1000, UTC)
-        return new_event(
-            id=event_id,
-            type=type_name,
-            source=source,
-            data=data,
-            time=time,
-            subject=subject,
-            tenant_id=tenant,
-            correlation_id=None,
-            causation_id=None,
-            traceparent=trace.get("traceparent"),
-            tracestate=trace.get("tracestate"),
-            content_type=data_type,
-            key=context["key"],
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            timestamp_ms=record.timestamp,
-            extensions={},
+        return new_event(  # positional, in field order: keywords cost a third more here
+            event_id,  # id
+            type_name,  # type
+            source,
+            data,
+            time,
+            subject,
+            tenant,  # tenant_id
+            None,  # correlation_id
+            None,  # causation_id
+            trace.get("traceparent"),
+            trace.get("tracestate"),
+            data_type,  # content_type
+            context["key"],
+            record.topic,
+            record.partition,
+            record.offset,
+            record.timestamp,  # timestamp_ms
+            {},  # extensions
         )
 
     # --- Schema Registry framing --------------------------------------------------------

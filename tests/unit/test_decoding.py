@@ -117,6 +117,21 @@ async def test_outbox_relay_shape(catalog: SchemaCatalog) -> None:
     assert event.data == order_data("o-9")
 
 
+async def test_formatted_templates_fill_coordinates_and_refuse_a_missing_key(
+    catalog: SchemaCatalog,
+) -> None:
+    spec = EnvelopeSpec(id="{key}@{topic}/{partition}/{offset}", subject="order-{key}")
+    decoder = Decoder(catalog, {TOPIC: spec})
+    value = catalog.encode(PLACED, order_data("o-1"))
+    event = await decoder.decode(record(value, offset=0))
+    assert (event.id, event.subject) == (f"o-1@{TOPIC}/1/0", "order-o-1")
+    for key in (None, b""):
+        with pytest.raises(
+            DecodeError, match=r"envelope's id .* has no value: the record has no 'key'"
+        ):
+            await decoder.decode(record(value, key=key))
+
+
 async def test_plain_json_is_checked_against_the_local_schema(catalog: SchemaCatalog) -> None:
     decoder = Decoder(catalog, {TOPIC: EnvelopeSpec(type=PLACED)})
     with pytest.raises(SchemaMismatchError) as caught:
