@@ -19,6 +19,7 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.dev.processes import tail
 from bridge.dev.stack import free_port
 from bridge.settings import REPO_ROOT, Settings
 
@@ -27,11 +28,7 @@ MIB = 1024 * 1024
 
 def log_tail(log: Path, lines: int = 20) -> str:
     """The last ``lines`` lines of a child process's log, introduced by its path."""
-    try:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        tail = "(no log)"
-    return f"last lines of {log}:\n{tail}"
+    return f"last lines of {log}:\n{tail(log, lines)}"
 
 
 class BridgeProcessError(RuntimeError):

@@ -111,7 +111,7 @@ async def profile(events: int, raw: Path, rate: int) -> None:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with tempfile.TemporaryDirectory(prefix="ktb-bench-profile-") as tmp:
         work = Path(tmp)
-        async with services(work, True) as (settings, stack):
+        async with services(work, True) as (settings, stack, _):
             print(f"stack: {stack}")
             client = await connect_temporal(settings)
             catalog = SchemaCatalog.from_dir(settings.schemas_dir)

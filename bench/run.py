@@ -17,10 +17,12 @@ import importlib
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from bench.common import BenchContext, ScenarioResult
 from bridge.cli.common import run_loop
 from bridge.codec import SchemaCatalog
+from bridge.dev.processes import Service, tail
 from bridge.dev.stack import KAFKA_VERSION, LocalStack, ensure_search_attributes, free_port
 from bridge.routes import RoutesConfig
 from bridge.settings import REPO_ROOT, Settings
@@ -71,15 +74,18 @@ SCENARIOS: dict[str, bool] = {
 
 
 @contextlib.asynccontextmanager
-async def services(work_dir: Path, needed: bool) -> AsyncIterator[tuple[Settings, str]]:
-    """Settings for the stack to measure on, and how it was obtained."""
+async def services(
+    work_dir: Path, needed: bool
+) -> AsyncIterator[tuple[Settings, str, LocalStack | None]]:
+    """Settings for the stack to measure on, how it was obtained, and the stack this run
+    started (``None`` when it started none)."""
     kafka_env = os.environ.get("KTB_KAFKA_BOOTSTRAP")
     temporal_env = os.environ.get("KTB_TEMPORAL_ADDRESS")
     if not needed:
-        yield Settings(), "none (in-process only)"
+        yield Settings(), "none (in-process only)", None
     elif kafka_env and temporal_env:
         await ensure_search_attributes(temporal_env, extra=_route_attributes())
-        yield Settings(), f"reused: Kafka {kafka_env}, Temporal {temporal_env}"
+        yield Settings(), f"reused: Kafka {kafka_env}, Temporal {temporal_env}", None
     else:
         stack = LocalStack(
             work_dir / "stack",
@@ -98,6 +104,7 @@ async def services(work_dir: Path, needed: bool) -> AsyncIterator[tuple[Settings
                     kafka_bootstrap=stack.kafka_bootstrap, temporal_address=stack.temporal_address
                 ),
                 f"own: Kafka {stack.kafka_bootstrap}, Temporal {stack.temporal_address} in memory",
+                stack,
             )
         finally:
             stack.stop()
@@ -137,6 +144,23 @@ async def machine(ctx_settings: Settings, stack: str, client: Any) -> dict[str, 
     return info
 
 
+def exited(services: Sequence[Service]) -> list[str]:
+    """The names of those of ``services`` that are no longer running."""
+    return [svc.name for svc in services if not svc.alive()]
+
+
+def stack_report(services: Sequence[Service], lines: int = 15) -> str:
+    """Each of the run's own services: running or its exit code, and its log's last lines."""
+    if not services:
+        return "this run started no services: the stack's logs are where it runs"
+    parts = []
+    for svc in services:
+        code = None if svc.proc is None else svc.proc.poll()
+        state = "running" if code is None else f"exited with {code}"
+        parts.append(f"{svc.name} ({state}), last lines of {svc.log}:\n{tail(svc.log, lines)}")
+    return "\n".join(parts)
+
+
 def table(results: list[ScenarioResult], missing: dict[str, str]) -> str:
     """The results as a Markdown table, baseline beside the bridge's figure."""
     head = ["scenario", "measure", "bridge", "baseline", "ratio", "target", "met"]
@@ -147,7 +171,7 @@ def table(results: list[ScenarioResult], missing: dict[str, str]) -> str:
             cells = [result.name, row.measure, row.bridge, row.baseline, row.ratio, row.target, met]
             lines.append("| " + " | ".join(cells) + " |")
     for name, why in missing.items():
-        lines.append(f"| {name} | {why} | missing | | | | |")
+        lines.append(f"| {name} | {why} | | | | | **no** |")
     return "\n".join(lines)
 
 
@@ -162,15 +186,24 @@ def _json_ready(result: ScenarioResult, date: str, quick: bool) -> dict[str, Any
 
 
 async def run(names: list[str], quick: bool, out: Path, command: str) -> int:
-    """Run ``names`` in order; print the table; write (merge into) the results file."""
+    """Run ``names`` in order; print the table; write (merge into) the results file.
+
+    A scenario that fails is recorded as failed with its error and the run goes on
+    with the next, unless a service of the run's own stack has exited: the rest are
+    then recorded as not run. After a failure, or an error that ends the run, the run's
+    directory (the stack's logs, the bridge processes' logs) is kept and named; a run
+    with a failed scenario exits with 1.
+    """
     date = datetime.now(UTC).isoformat(timespec="seconds")
     runners = {name: _module_runner(name) for name in names}
     missing = {name: f"bench/{name}.py does not exist" for name, r in runners.items() if r is None}
+    failed: dict[str, str] = {}
     needed = any(SCENARIOS[n] for n in names if runners[n] is not None)
     results: list[ScenarioResult] = []
-    with tempfile.TemporaryDirectory(prefix="ktb-bench-") as tmp:
-        work_dir = Path(tmp)
-        async with services(work_dir, needed) as (settings, stack):
+    work_dir = Path(tempfile.mkdtemp(prefix="ktb-bench-"))
+    try:
+        async with services(work_dir, needed) as (settings, stack, local):
+            own = [] if local is None else local.services()
             client = await connect_temporal(settings) if needed else None
             ctx = BenchContext(
                 settings=settings,
@@ -185,17 +218,35 @@ async def run(names: list[str], quick: bool, out: Path, command: str) -> int:
                 if runner is None:
                     print(f"[{name}] missing: {missing[name]}", flush=True)
                     continue
+                gone = exited(own)
+                if gone:
+                    failed[name] = f"not run: the stack's {', '.join(gone)} had exited"
+                    print(f"[{name}] {failed[name]}", flush=True)
+                    continue
                 print(f"[{name}] running ({'quick' if quick else 'full'} size) ...", flush=True)
                 started = time.monotonic()
-                result = await runner(ctx)
+                try:
+                    result = await runner(ctx)
+                except Exception as exc:  # one scenario's failure is reported, not the run's end
+                    failed[name] = f"failed: {type(exc).__name__}: {exc}"
+                    traceback.print_exc()
+                    print(f"[{name}] {failed[name]}\n{stack_report(own)}", flush=True)
+                    continue
                 result.seconds = time.monotonic() - started
                 ctx.results[name] = result
                 results.append(result)
                 for row in result.rows:
                     print(f"[{name}] {row.measure}: {row.bridge} vs {row.baseline}", flush=True)
                 print(f"[{name}] done in {result.seconds:.0f} s", flush=True)
+    except BaseException:
+        print(f"\nkept: {work_dir} (the stack's and the bridges' logs)", file=sys.stderr)
+        raise
+    if failed:
+        print(f"\nkept for the failure: {work_dir} (the stack's and the bridges' logs)")
+    else:
+        shutil.rmtree(work_dir, ignore_errors=True)
     print()
-    print(table(results, missing))
+    print(table(results, {**missing, **failed}))
     for result in results:
         for note in result.notes:
             print(f"- {result.name}: {note}")
@@ -209,9 +260,11 @@ async def run(names: list[str], quick: bool, out: Path, command: str) -> int:
         document[result.name] = _json_ready(result, date, quick)
     for name, why in missing.items():
         document[name] = {"status": "missing", "reason": why, "date": date}
+    for name, why in failed.items():
+        document[name] = {"status": "failed", "reason": why, "date": date, "kept": str(work_dir)}
     write(out, document)
     print(f"\nwrote {out}")
-    return 0
+    return 1 if failed else 0
 
 
 def write(path: Path, document: dict[str, Any]) -> None:

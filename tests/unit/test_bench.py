@@ -1,18 +1,25 @@
 """Benchmark helpers of pure logic: pacing of direct calls, the exactly-once check of a
-round's workflows, the per-event CPU figures of the scale scenario, and the raw rate a
-bridge round is compared with."""
+round's workflows, the per-event CPU figures of the scale scenario, the raw rate a
+bridge round is compared with, and what a run records when a scenario fails."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bench.common import check_starts, paced
+from bench import run as bench_run
+from bench.common import BenchContext, Row, ScenarioResult, check_starts, paced
 from bench.direct import DirectRun
 from bench.scale import BridgeShare, Round
 from bench.throughput import interpolated, rounds_note
+from bridge.dev.processes import Service
 
 
 class FrozenClock:
@@ -152,3 +159,71 @@ def test_the_rounds_note_names_each_side_with_its_ratio_between_the_raw_rounds()
         "to each bridge round: 98 /s / 77 /s (0.81) / 83 /s (0.89) / 91 /s, "
         "69 /s / 65 /s (0.91) / 64 /s (0.88) / 75 /s"
     )
+
+
+def test_a_failed_scenario_is_recorded_and_the_next_still_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(ctx: BenchContext) -> ScenarioResult:
+        raise RuntimeError("transport error")
+
+    async def fine(ctx: BenchContext) -> ScenarioResult:
+        return ScenarioResult("fine", {"per_s": 5.0}, [Row("rate", "5 /s", "4 /s", met=True)])
+
+    runners: dict[str, Any] = {"broken": broken, "fine": fine}
+    monkeypatch.setattr(bench_run, "SCENARIOS", {"broken": False, "fine": False})
+    monkeypatch.setattr(bench_run, "_module_runner", runners.get)
+    out = tmp_path / "latest.json"
+    out.write_text(json.dumps({"broken": {"per_s": 9.0}}))
+
+    status = asyncio.run(bench_run.run(["broken", "fine"], True, out, "make bench"))
+
+    written = json.loads(out.read_text())
+    assert status == 1
+    assert written["fine"]["per_s"] == 5.0
+    failure = written["broken"]
+    assert failure["status"] == "failed"
+    assert failure["reason"] == "failed: RuntimeError: transport error"
+    assert "per_s" not in failure  # the figures of an earlier run are not passed off as this one's
+    kept = Path(failure["kept"])
+    assert kept.is_dir()  # the logs stay for a look at what failed
+    shutil.rmtree(kept)
+
+
+def test_a_run_without_failures_removes_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Path] = []
+
+    async def fine(ctx: BenchContext) -> ScenarioResult:
+        seen.append(ctx.work_dir)
+        return ScenarioResult("fine", {"per_s": 5.0}, [])
+
+    monkeypatch.setattr(bench_run, "SCENARIOS", {"fine": False})
+    monkeypatch.setattr(bench_run, "_module_runner", {"fine": fine}.get)
+
+    assert asyncio.run(bench_run.run(["fine"], True, tmp_path / "latest.json", "make bench")) == 0
+    assert len(seen) == 1
+    assert not seen[0].exists()
+
+
+def test_the_stack_report_names_a_service_that_exited_with_its_log(tmp_path: Path) -> None:
+    log = tmp_path / "temporal.log"
+    gone = Service(
+        "temporal", [sys.executable, "-c", "print('panic: out of memory'); exit(2)"], log
+    )
+    gone.start()
+    assert gone.proc is not None
+    gone.proc.wait(30)
+    running = Service(
+        "kafka", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "k.log"
+    )
+    running.start()
+    try:
+        assert bench_run.exited([gone, running]) == ["temporal"]
+        report = bench_run.stack_report([gone, running])
+    finally:
+        running.stop()
+    assert "temporal (exited with 2)" in report
+    assert "panic: out of memory" in report
+    assert "kafka (running)" in report
