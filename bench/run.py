@@ -32,10 +32,11 @@ import psutil
 import temporalio
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 
+from bench.bridge_process import log_tail
 from bench.common import BenchContext, ScenarioResult
 from bridge.cli.common import run_loop
 from bridge.codec import SchemaCatalog
-from bridge.dev.processes import Service, tail
+from bridge.dev.processes import Service
 from bridge.dev.stack import KAFKA_VERSION, LocalStack, ensure_search_attributes, free_port
 from bridge.routes import RoutesConfig
 from bridge.settings import REPO_ROOT, Settings
@@ -159,7 +160,7 @@ def stack_report(services: Sequence[Service], lines: int = 15) -> str:
     for svc in services:
         code = None if svc.proc is None else svc.proc.poll()
         state = "running" if code is None else f"exited with {code}"
-        parts.append(f"{svc.name} ({state}), last lines of {svc.log}:\n{tail(svc.log, lines)}")
+        parts.append(f"{svc.name} ({state}), {log_tail(svc.log, lines)}")
     return "\n".join(parts)
 
 
