@@ -2,14 +2,16 @@
 
     python -m bench.profile                  # 3,000 start events, own stack unless KTB_* set
     python -m bench.profile --events 10000 --raw /tmp/bridge.txt   # keep the raw stacks
+    python -m bench.profile --paced 60       # events arrive at 60/s, as in the latency scenario
 
-Events are produced first; then a bridge process (``ktb bridge``) starts their
-workflows while ``py-spy record`` samples it. Each sampled Python stack is put in
-the first stage it touches (the Temporal SDK, provenance, logging, decoding,
-routing, ...), and the CPU time of the process's main thread and of its other
-threads (the Temporal SDK's Rust core among them) is given per event. The bridge
-runs on uvloop, whose loop is C code: its own work (socket reads and writes,
-callbacks, timers) shows as "event loop", a Python-level stage no more.
+Events are produced first (or, with ``--paced``, at that rate while the bridge runs:
+each record then travels alone, as below the server's ceiling); a bridge process
+(``ktb bridge``) starts their workflows while ``py-spy record`` samples it. Each
+sampled Python stack is put in the first stage it touches (the Temporal SDK,
+provenance, logging, decoding, routing, ...), and the CPU time of the process's main
+thread and of its other threads (the Temporal SDK's Rust core among them) is given
+per event. The bridge runs on uvloop, whose loop is C code: its own work (socket reads
+and writes, callbacks, timers) shows as "event loop", a Python-level stage no more.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import psutil
 from bench.bridge_process import BridgeProcess
 from bench.common import (
     create_topic,
+    open_loop,
     order_records,
     produce_all,
     span_rate,
@@ -35,6 +38,7 @@ from bench.common import (
     write_routes,
 )
 from bench.run import services
+from bridge import kafka
 from bridge.codec import SchemaCatalog
 from bridge.temporal.client import connect_temporal
 
@@ -106,8 +110,9 @@ def thread_cpu(pid: int) -> tuple[float, float]:
     return main, other
 
 
-async def profile(events: int, raw: Path, rate: int) -> None:
-    """Run the bridge under py-spy on ``events`` preloaded start events and print the stages."""
+async def profile(events: int, raw: Path, rate: int, paced: float | None = None) -> None:
+    """Run the bridge under py-spy on ``events`` start events (preloaded, or produced at
+    ``paced`` per second after a warm-up event) and print the stages."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     with tempfile.TemporaryDirectory(prefix="ktb-bench-profile-") as tmp:
         work = Path(tmp)
@@ -118,7 +123,8 @@ async def profile(events: int, raw: Path, rate: int) -> None:
             uid = "p" + work.name[-7:].replace("_", "")
             topic = f"bench-profile-{uid}"
             await create_topic(settings, topic)
-            await produce_all(settings, topic, order_records(catalog, uid, events))
+            records = order_records(catalog, uid, events + 1)
+            await produce_all(settings, topic, records[:1] if paced else records[1:])
             routes = write_routes(work / "routes.yaml", [start_route(topic, uid)])
             bridge = BridgeProcess(
                 settings.model_copy(update={"group_id": f"bench-{uid}"}),
@@ -127,6 +133,9 @@ async def profile(events: int, raw: Path, rate: int) -> None:
             )
             await bridge.start()
             query = f"TaskQueue = 'bench-{uid}'"
+            producer = kafka.producer(settings, linger_ms=0) if paced else None
+            if producer is not None:
+                await producer.start()
             try:
                 while not (await client.count_workflows(query)).count:
                     bridge.check()
@@ -136,16 +145,24 @@ async def profile(events: int, raw: Path, rate: int) -> None:
                     spy, "record", "--pid", str(bridge.pid), "--rate", str(rate),
                     "--format", "raw", "--output", str(raw), "--nonblocking",
                 )  # fmt: skip
-                times = await start_times(client, query, events, timeout=120 + events / 20)
+                if producer is not None and paced:
+                    await open_loop(producer, topic, records[1:], paced)
+                times = await start_times(
+                    client, query, events + bool(paced), timeout=120 + events / 20
+                )
                 after = thread_cpu(bridge.pid)
                 sampler.send_signal(2)  # SIGINT: py-spy writes what it sampled and exits
                 await sampler.wait()
             finally:
+                if producer is not None:
+                    await producer.stop()
                 await bridge.stop()
-    done = len(times)
+    # Paced: the warm-up event's workflow started before the CPU was first read.
+    measured = sorted(times.values())[bool(paced) :]
+    done = len(measured)
     main_us = (after[0] - before[0]) / done * 1e6
     other_us = (after[1] - before[1]) / done * 1e6
-    print(f"{done:,} workflows started at {span_rate(times.values()):,.0f}/s")
+    print(f"{done:,} workflows started at {span_rate(measured):,.0f}/s")
     print(f"bridge CPU per event: main thread {main_us:,.0f} us, other threads {other_us:,.0f} us")
     print("share of the busy samples (idle waits in select left out):")
     for name, share in summarise(raw):
@@ -161,8 +178,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--raw", type=Path, default=Path(tempfile.gettempdir()) / "ktb-bridge-profile.txt"
     )
+    parser.add_argument(
+        "--paced", type=float, default=None, metavar="PER_S",
+        help="produce the events at this rate while the bridge runs (default: all first)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    asyncio.run(profile(args.events, args.raw, args.rate))
+    asyncio.run(profile(args.events, args.raw, args.rate, args.paced))
 
 
 if __name__ == "__main__":
