@@ -59,6 +59,14 @@ class TemporalServer:
         """Until the frontend's health check answers SERVING."""
         await wait_temporal(self.address, timeout, self.service)
 
+    async def restart(self, timeout: float = 60.0) -> None:
+        """Stop the server and start it again on the same port, until it answers. An
+        in-memory server comes back empty; one with a database file keeps its state."""
+        if self.service is not None:
+            self.service.stop()
+        self.start()
+        await self.wait_ready(timeout)
+
 
 async def wait_temporal(address: str, timeout: float, service: Service | None = None) -> None:
     """Poll the Temporal health check until it is serving or ``timeout`` passes."""

@@ -1,6 +1,7 @@
 """Benchmark helpers of pure logic: pacing of direct calls, the exactly-once check of a
 round's workflows, the per-event CPU figures of the scale scenario, the raw rate a
-bridge round is compared with, and what a run records when a scenario fails."""
+bridge round is compared with, what a run records when a scenario fails, and which
+scenarios get a fresh server."""
 
 from __future__ import annotations
 
@@ -227,3 +228,13 @@ def test_the_stack_report_names_a_service_that_exited_with_its_log(tmp_path: Pat
     assert "temporal (exited with 2)" in report
     assert "panic: out of memory" in report
     assert "kafka (running)" in report
+
+
+def test_each_scenario_after_the_first_gets_a_fresh_server_but_latency_follows_throughput() -> None:
+    assert not bench_run.fresh_server("throughput", None)  # the run's server is new
+    assert not bench_run.fresh_server("latency", "throughput")
+    assert bench_run.fresh_server("scale", "latency")
+    assert bench_run.fresh_server("signals", "saga")
+    # Without throughput just before it, latency measures on a server of its own too.
+    assert bench_run.fresh_server("latency", "saga")
+    assert not bench_run.fresh_server("latency", None)
