@@ -20,11 +20,11 @@ import statistics
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench.common import cpu_seconds
 from bridge.api import hash_key
 from bridge.dev.stack import free_port
 from bridge.kafka import ensure_topics
@@ -43,12 +43,6 @@ def order(order_id: str) -> dict[str, Any]:
         "currency": "EUR",
         "payment_token": "tok_visa",
     }
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def wait_ready(url: str) -> None:

@@ -19,6 +19,7 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.common import cpu_seconds
 from bridge.dev.processes import tail
 from bridge.dev.stack import free_port
 from bridge.settings import REPO_ROOT, Settings
@@ -111,8 +112,7 @@ class BridgeProcess:
 
     def cpu_seconds(self) -> float:
         """User plus system CPU time the bridge process has used."""
-        times = psutil.Process(self.pid).cpu_times()
-        return float(times.user + times.system)
+        return cpu_seconds(self.pid)
 
     async def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
         """Every sample the bridge exports, by sample name: ``[(labels, value), ...]``."""

@@ -9,6 +9,7 @@ Nothing here is a pass/fail test: targets are reported as met or missed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 import uuid
@@ -18,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 import yaml
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
@@ -25,6 +27,7 @@ from temporalio.client import Client
 
 from bridge import kafka
 from bridge.codec import SchemaCatalog
+from bridge.dev.stack import LocalStack
 from bridge.envelope import KafkaRecord, encode_event
 from bridge.kafka import ensure_topics
 from bridge.kafka.topics import consumer_lag, partition_lags
@@ -47,6 +50,8 @@ class BenchContext:
     work_dir: Path
     machine: dict[str, Any]
     results: dict[str, ScenarioResult] = field(default_factory=dict)
+    stack: LocalStack | None = None
+    """The run's own Kafka and Temporal processes (``None`` when it uses running ones)."""
 
     def uid(self) -> str:
         """A short unique suffix for topics, task queues, groups and workflow ids."""
@@ -112,6 +117,37 @@ def fmt(value: float, unit: str = "", digits: int = 0) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{value:,.{digits}f}{(' ' + unit) if unit else ''}"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used (all its threads)."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def stack_pids(ctx: BenchContext) -> dict[str, int]:
+    """The run's own Temporal and Kafka processes by name (none when it uses running ones)."""
+    names = {"temporal": "Temporal", "kafka": "Kafka"}
+    services = ctx.stack.services() if ctx.stack is not None else []
+    return {
+        names[svc.name]: svc.proc.pid
+        for svc in services
+        if svc.name in names and svc.proc is not None and svc.alive()
+    }
+
+
+async def cores_used(pids: Mapping[str, int], work: Awaitable[T]) -> tuple[T, dict[str, float]]:
+    """``work``'s result, and the cores each of ``pids`` used on average while it ran
+    (CPU seconds over wall seconds; a process gone meanwhile is left out)."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    started = time.monotonic()
+    result = await work
+    elapsed = max(time.monotonic() - started, 1e-9)
+    cores = {}
+    for name, pid in pids.items():
+        with contextlib.suppress(psutil.Error):
+            cores[name] = round((cpu_seconds(pid) - before[name]) / elapsed, 3)
+    return result, cores
 
 
 def rounded(value: float, digits: int = 1) -> float | None:

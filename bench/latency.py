@@ -9,12 +9,15 @@ histogram (record timestamp → the start call returned) is the cross-check; the
 hop alone (the same records at the same rate to a plain group consumer reading as the
 bridge reads) shows what any Kafka-fed start pays on this machine.
 Baseline: direct ``start_workflow`` calls at the same fixed rate, measured the
-same way (call time → recorded start time).
+same way (call time → recorded start time). With the run's own stack, the cores each
+process used while the events flowed (Temporal, Kafka, the bridge, this process as
+caller or producer) show what each round asked of the machine the server shares.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -25,12 +28,14 @@ from bench.common import (
     BenchContext,
     Row,
     ScenarioResult,
+    cores_used,
     create_topic,
     fmt,
     open_loop,
     order_records,
     percentile,
     rounded,
+    stack_pids,
     start_route,
     start_times,
     write_routes,
@@ -71,7 +76,8 @@ def summary(latencies_ms: list[float]) -> dict[str, Any]:
 
 
 async def bridge_latencies(ctx: BenchContext, rate: float, seconds: float) -> dict[str, Any]:
-    """Latencies of events produced at ``rate`` for ``seconds`` through a bridge process."""
+    """Latencies of events produced at ``rate`` for ``seconds`` through a bridge process,
+    and the cores the stack, the bridge and this process (the producer) used meanwhile."""
     uid = ctx.uid()
     topic = f"bench-lat-{uid}"
     await create_topic(ctx.settings, topic)
@@ -90,7 +96,8 @@ async def bridge_latencies(ctx: BenchContext, rate: float, seconds: float) -> di
         await start_times(ctx.client, query, WARM_UP, timeout=120)
         before = await bridge.metrics()
         records = order_records(ctx.catalog, uid, count)
-        sent = await open_loop(producer, topic, records, rate)
+        pids = {**stack_pids(ctx), "bridge": bridge.pid, "bench (producer)": os.getpid()}
+        sent, cores = await cores_used(pids, open_loop(producer, topic, records, rate))
         times = await start_times(ctx.client, query, WARM_UP + count, timeout=120 + count / 20)
         after = await bridge.metrics()
     finally:
@@ -113,7 +120,13 @@ async def bridge_latencies(ctx: BenchContext, rate: float, seconds: float) -> di
         "achieved_per_s": rounded((count - 1) / (sent[-1] - sent[0])),
         "bridge_histogram_p50_ms": rounded(histogram_quantile(buckets, 0.5) * 1000, 2),
         "bridge_histogram_p99_ms": rounded(histogram_quantile(buckets, 0.99) * 1000, 2),
+        "cores": cores,
     }
+
+
+def cores_line(cores: dict[str, float]) -> str:
+    """``Temporal 0.85, Kafka 0.03, ...`` (process by process, as measured)."""
+    return ", ".join(f"{name} {value:.2f}" for name, value in cores.items()) or "not measured"
 
 
 def _delta(
@@ -178,27 +191,32 @@ async def kafka_hop(ctx: BenchContext, rate: float, seconds: float) -> dict[str,
 
 
 async def raw_latencies(ctx: BenchContext, rate: float, seconds: float) -> dict[str, Any]:
-    """Latencies of direct ``start_workflow`` calls issued at ``rate`` for ``seconds``."""
+    """Latencies of direct ``start_workflow`` calls issued at ``rate`` for ``seconds``, and
+    the cores the stack and this process (the caller) used meanwhile."""
     uid = ctx.uid()
     count = int(rate * seconds)
     requests = start_requests(ctx, f"bench-raw-{uid}", uid, WARM_UP + count)
     called: dict[str, float] = {}
-    calls: list[asyncio.Task[Any]] = []
-    start = time.perf_counter()
-    for n, request in enumerate(requests):
-        delay = start + n / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        called[request["id"]] = time.time()
-        calls.append(
-            asyncio.create_task(ctx.client.start_workflow(request.pop("workflow"), **request))
-        )
-    await asyncio.gather(*calls)
+
+    async def call_all() -> None:
+        calls: list[asyncio.Task[Any]] = []
+        start = time.perf_counter()
+        for n, request in enumerate(requests):
+            delay = start + n / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            called[request["id"]] = time.time()
+            calls.append(
+                asyncio.create_task(ctx.client.start_workflow(request.pop("workflow"), **request))
+            )
+        await asyncio.gather(*calls)
+
+    _, cores = await cores_used({**stack_pids(ctx), "bench (caller)": os.getpid()}, call_all())
     times = await start_times(ctx.client, f"TaskQueue = 'bench-{uid}'", len(requests), 60)
     latencies = [
         (times[wf_id] - at) * 1000 for n, (wf_id, at) in enumerate(called.items()) if n >= WARM_UP
     ]
-    return {**summary(latencies), "offered_per_s": rounded(rate)}
+    return {**summary(latencies), "offered_per_s": rounded(rate), "cores": cores}
 
 
 async def run(ctx: BenchContext) -> ScenarioResult:
@@ -224,6 +242,10 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     notes.append(
         f"the Kafka hop alone (record timestamp -> a group consumer has it, read_committed, "
         f"same rate): p50 {hop['p50_ms']} ms, p99 {hop['p99_ms']} ms"
+    )
+    notes.append(
+        "cores in use while the events flowed (2 s of CPU in 1 s = 2 cores): direct round "
+        f"{cores_line(raw['cores'])}; bridge round {cores_line(bridge['cores'])}"
     )
     label = f"at {fmt(rate, '/s')} for {seconds} s"
     return ScenarioResult(

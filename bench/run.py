@@ -231,6 +231,7 @@ async def run(names: list[str], quick: bool, out: Path, command: str) -> int:
                 quick=quick,
                 work_dir=work_dir,
                 machine=await machine(settings, stack, client),
+                stack=local,
             )
             if renewable is not None:
                 ctx.machine["temporal_server_per_scenario"] = (

@@ -1,22 +1,24 @@
 """Benchmark helpers of pure logic: pacing of direct calls, the exactly-once check of a
 round's workflows, the per-event CPU figures of the scale scenario, the raw rate a
-bridge round is compared with, what a run records when a scenario fails, and which
-scenarios get a fresh server."""
+bridge round is compared with, what a run records when a scenario fails, which
+scenarios get a fresh server, and the cores processes use while a scenario's work runs."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import math
+import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench import run as bench_run
-from bench.common import BenchContext, Row, ScenarioResult, check_starts, paced
+from bench.common import BenchContext, Row, ScenarioResult, check_starts, cores_used, paced
 from bench.direct import DirectRun
 from bench.scale import BridgeShare, Round
 from bench.throughput import interpolated, rounds_note
@@ -238,3 +240,19 @@ def test_each_scenario_after_the_first_gets_a_fresh_server_but_latency_follows_t
     # Without throughput just before it, latency measures on a server of its own too.
     assert bench_run.fresh_server("latency", "saga")
     assert not bench_run.fresh_server("latency", None)
+
+
+async def test_cores_used_counts_each_process_and_leaves_out_one_that_ended() -> None:
+    ended = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+
+    async def work() -> str:
+        spent = time.process_time()
+        while time.process_time() - spent < 0.05:  # 50 ms of this process's CPU
+            pass
+        await ended.wait()  # reaped: its pid no longer exists
+        return "done"
+
+    result, cores = await cores_used({"bench": os.getpid(), "gone": ended.pid}, work())
+    assert result == "done"
+    assert set(cores) == {"bench"}
+    assert cores["bench"] > 0
