@@ -55,6 +55,7 @@ from bridge.flow import (
     collector_id,
     window_event,
 )
+from bridge.observability.metrics import Metrics
 from bridge.routes import Action, ActionKind
 from bridge.temporal import attributes
 from bridge.temporal.history import received
@@ -136,11 +137,14 @@ class Dispatcher:
         client: Client,
         rpc_timeout: timedelta = timedelta(seconds=10),
         limit: ActionLimit | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.client = client
         self.rpc_timeout = rpc_timeout
         self.limit = limit or ActionLimit()
         """How many actions are in Temporal at once (``bridge.concurrency``)."""
+        self.metrics = metrics
+        """Where Temporal's answer times go (``ktb_temporal_call_seconds``), if anywhere."""
         self.runs = CheckedRuns()
         """Running runs already checked against a tenant (signals and closes are pinned)."""
 
@@ -157,10 +161,17 @@ class Dispatcher:
                     self.limit.failed()
                 raise
             except PermanentError:
-                self.limit.observe(time.monotonic() - started)
+                self._answered(action, time.monotonic() - started)
                 raise
-            self.limit.observe(time.monotonic() - started)
+            self._answered(action, time.monotonic() - started)
             return result
+
+    def _answered(self, action: Action, seconds: float) -> None:
+        """Temporal answered ``action`` in ``seconds``: a sample for the limit and for
+        ``ktb_temporal_call_seconds``."""
+        self.limit.observe(seconds)
+        if self.metrics is not None:
+            self.metrics.temporal_call.labels(action.kind.value).observe(seconds)
 
     async def _perform(self, action: Action, event: Event) -> Result:
         try:

@@ -127,6 +127,7 @@ async def open_bridge(settings: Settings, telemetry: Telemetry) -> AsyncIterator
                 client,
                 timedelta(seconds=settings.temporal_rpc_timeout_s),
                 action_limit(settings, telemetry.metrics),
+                telemetry.metrics,
             ),
             DeadLetterPublisher(producer),
             telemetry.metrics,

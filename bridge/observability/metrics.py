@@ -30,6 +30,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.temporal_call = Histogram(
+            "ktb_temporal_call_seconds",
+            "From an action's call to Temporal to its answer (the wait for a slot left out)",
+            ["action"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "ktb_consumer_lag",
             "Records between the committed offset and the end of the partition",

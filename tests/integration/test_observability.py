@@ -222,6 +222,11 @@ async def test_scraped_metrics_after_duplicate_poison_and_compensation(
     assert value(bridge, routed, route="", action="", result="dead_lettered") == 1
     assert value(bridge, "ktb_dead_letters_total", topic=orders, error_type="unknown_schema") == 1
     assert value(bridge, "ktb_event_to_action_seconds_count") == started
+    # Every start Temporal answered, the duplicate's too, timed on the call alone.
+    calls = value(bridge, "ktb_temporal_call_seconds_count", action="start")
+    assert started is not None and duplicate is not None and calls == started + duplicate
+    spent = value(bridge, "ktb_temporal_call_seconds_sum", action="start")
+    assert spent is not None and 0 < spent < SLOW * calls
     # The Temporal SDK's own metrics are in the same scrape.
     assert sum(matching(bridge, "temporal_request_total", operation="StartWorkflowExecution")) >= 2
 

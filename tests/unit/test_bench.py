@@ -20,6 +20,7 @@ import pytest
 from bench import run as bench_run
 from bench.common import BenchContext, Row, ScenarioResult, check_starts, cores_used, paced
 from bench.direct import DirectRun
+from bench.latency import grown
 from bench.scale import BridgeShare, Round
 from bench.throughput import interpolated, rounds_note
 from bridge.dev.processes import Service
@@ -256,3 +257,12 @@ async def test_cores_used_counts_each_process_and_leaves_out_one_that_ended() ->
     assert result == "done"
     assert set(cores) == {"bench"}
     assert cores["bench"] > 0
+
+
+def test_a_labelled_histogram_sum_grows_by_what_every_label_added() -> None:
+    before = {"ktb_temporal_call_seconds_sum": [({"action": "start"}, 1.5)]}
+    after = {
+        "ktb_temporal_call_seconds_sum": [({"action": "start"}, 2.0), ({"action": "signal"}, 0.25)]
+    }
+    assert grown(after, before, "ktb_temporal_call_seconds_sum") == 0.75
+    assert grown(after, before, "ktb_temporal_call_seconds_count") == 0
