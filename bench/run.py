@@ -161,6 +161,11 @@ async def machine(ctx_settings: Settings, stack: str, client: Any) -> dict[str, 
     return info
 
 
+def own_services(local: LocalStack | None) -> Sequence[Service]:
+    """The processes of the run's own stack as they are now (a restart renews one)."""
+    return [] if local is None else local.services()
+
+
 def exited(services: Sequence[Service]) -> list[str]:
     """The names of those of ``services`` that are no longer running."""
     return [svc.name for svc in services if not svc.alive()]
@@ -220,7 +225,6 @@ async def run(names: list[str], quick: bool, out: Path, command: str) -> int:
     work_dir = Path(tempfile.mkdtemp(prefix="ktb-bench-"))
     try:
         async with services(work_dir, needed) as (settings, stack, local):
-            own = [] if local is None else local.services()
             # The run's own in-memory server, renewed between scenarios (``fresh_server``).
             renewable = local.temporal if local is not None else None
             client = await connect_temporal(settings) if needed else None
@@ -243,7 +247,7 @@ async def run(names: list[str], quick: bool, out: Path, command: str) -> int:
                 if runner is None:
                     print(f"[{name}] missing: {missing[name]}", flush=True)
                     continue
-                gone = exited(own)
+                gone = exited(own_services(local))
                 if gone:
                     failed[name] = f"not run: the stack's {', '.join(gone)} had exited"
                     print(f"[{name}] {failed[name]}", flush=True)
@@ -255,14 +259,14 @@ async def run(names: list[str], quick: bool, out: Path, command: str) -> int:
                             print(f"[{name}] on a fresh in-memory Temporal server", flush=True)
                             await renewable.restart()
                             ctx.client = await connect_temporal(settings)
-                            own = local.services() if local is not None else []
                         previous = name
                     started = time.monotonic()
                     result = await runner(ctx)
                 except Exception as exc:  # one scenario's failure is reported, not the run's end
                     failed[name] = f"failed: {type(exc).__name__}: {exc}"
                     traceback.print_exc()
-                    print(f"[{name}] {failed[name]}\n{stack_report(own)}", flush=True)
+                    report = stack_report(own_services(local))
+                    print(f"[{name}] {failed[name]}\n{report}", flush=True)
                     continue
                 result.seconds = time.monotonic() - started
                 ctx.results[name] = result
