@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -148,6 +149,42 @@ async def cores_used(pids: Mapping[str, int], work: Awaitable[T]) -> tuple[T, di
         with contextlib.suppress(psutil.Error):
             cores[name] = round((cpu_seconds(pid) - before[name]) / elapsed, 3)
     return result, cores
+
+
+SPIN = """
+import sys, time
+share = float(sys.argv[1])
+wall, cpu = time.perf_counter(), time.process_time()
+while True:
+    behind = share * (time.perf_counter() - wall) - (time.process_time() - cpu)
+    if behind > 0:
+        end = time.process_time() + min(behind, 0.005)
+        while time.process_time() < end:
+            pass
+    else:
+        time.sleep(min(-behind / share, 0.01))
+"""
+"""A process that takes ``share`` (0-1) of a core: it spins while its CPU time is behind
+that share of the time it has run, catching up on what the scheduler held back, and
+sleeps while ahead."""
+
+
+@contextlib.asynccontextmanager
+async def cpu_load(cores: float) -> AsyncIterator[dict[str, int]]:
+    """While the body runs, processes that spin for ``cores`` of CPU between them (two at
+    least, none above 0.9 of a core); yields their pids by name, none for ``cores`` ~0."""
+    count = max(2, math.ceil(cores / 0.9)) if cores >= 0.02 else 0
+    spinners = [
+        await asyncio.create_subprocess_exec(sys.executable, "-c", SPIN, f"{cores / count:.3f}")
+        for _ in range(count)
+    ]
+    try:
+        yield {f"load {n + 1}": spinner.pid for n, spinner in enumerate(spinners)}
+    finally:
+        for spinner in spinners:
+            with contextlib.suppress(ProcessLookupError):
+                spinner.kill()
+            await spinner.wait()
 
 
 def rounded(value: float, digits: int = 1) -> float | None:

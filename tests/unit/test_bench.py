@@ -15,12 +15,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from bench import run as bench_run
-from bench.common import BenchContext, Row, ScenarioResult, check_starts, cores_used, paced
+from bench.common import (
+    BenchContext,
+    Row,
+    ScenarioResult,
+    check_starts,
+    cores_used,
+    cpu_load,
+    paced,
+)
 from bench.direct import DirectRun
-from bench.latency import grown
+from bench.latency import grown, load_added
 from bench.scale import BridgeShare, Round
 from bench.throughput import interpolated, rounds_note
 from bridge.dev.processes import Service
@@ -266,3 +275,19 @@ def test_a_labelled_histogram_sum_grows_by_what_every_label_added() -> None:
     }
     assert grown(after, before, "ktb_temporal_call_seconds_sum") == 0.75
     assert grown(after, before, "ktb_temporal_call_seconds_count") == 0
+
+
+def test_the_load_a_bridge_round_added_leaves_temporal_out() -> None:
+    direct = {"Temporal": 1.0, "Kafka": 0.02, "bench (caller)": 0.12}
+    bridge = {"Temporal": 0.9, "Kafka": 0.22, "bridge": 0.21, "bench (producer)": 0.07}
+    assert load_added(direct, bridge) == pytest.approx(0.36)
+
+
+async def test_a_cpu_load_runs_its_spinners_only_inside_the_block() -> None:
+    async with cpu_load(0.0) as none:
+        assert none == {}
+    async with cpu_load(2.0) as spinners:
+        assert list(spinners) == ["load 1", "load 2", "load 3"]  # none above 0.9 of a core
+        processes = [psutil.Process(pid) for pid in spinners.values()]
+        assert all(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in processes)
+    assert not any(psutil.pid_exists(pid) for pid in spinners.values())
