@@ -34,6 +34,7 @@ from bench.common import (
     BenchContext,
     Row,
     ScenarioResult,
+    cores_line,
     cores_used,
     cpu_load,
     create_topic,
@@ -140,11 +141,6 @@ def load_added(direct: dict[str, float], bridge: dict[str, float]) -> float:
     return sum(v for k, v in bridge.items() if k != "Temporal") - sum(
         v for k, v in direct.items() if k != "Temporal"
     )
-
-
-def cores_line(cores: dict[str, float]) -> str:
-    """``Temporal 0.85, Kafka 0.03, ...`` (process by process, as measured)."""
-    return ", ".join(f"{name} {value:.2f}" for name, value in cores.items()) or "not measured"
 
 
 def _delta(

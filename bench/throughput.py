@@ -29,6 +29,7 @@ the SDK call itself.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -41,6 +42,8 @@ from bench.common import (
     ScenarioResult,
     await_committed,
     consumer_record,
+    cores_line,
+    cores_used,
     create_topic,
     fmt,
     order_records,
@@ -48,6 +51,7 @@ from bench.common import (
     ratio,
     rounded,
     span_rate,
+    stack_pids,
     start_route,
     start_times,
     write_routes,
@@ -58,6 +62,9 @@ from bridge.routes import Router, RoutesConfig
 from bridge.temporal.requests import event_memo, search_attributes
 
 NAME = "throughput"
+ROUND_PARTS = ("raw", "default", "fixed", "raw")
+"""A round's parts in order: raw, the bridge at default settings, at the raw side's
+concurrency, raw again."""
 TARGET = 0.95
 """Bridge ÷ raw starts/s at the bridge's default settings."""
 CPU_TARGET = 1.5
@@ -92,6 +99,14 @@ def start_requests(ctx: BenchContext, topic: str, uid: str, count: int) -> list[
 
 async def raw_rate(ctx: BenchContext, count: int, concurrency: int) -> float:
     """Starts per second of direct ``start_workflow`` calls at ``concurrency``."""
+    return (await raw_round(ctx, count, concurrency))[0]
+
+
+async def raw_round(
+    ctx: BenchContext, count: int, concurrency: int
+) -> tuple[float, dict[str, float]]:
+    """``raw_rate``, and the cores the stack and this process (the caller) used while the
+    calls ran."""
     uid = ctx.uid()
     requests = start_requests(ctx, f"bench-raw-{uid}", uid, count)
     queue = iter(requests)
@@ -100,15 +115,18 @@ async def raw_rate(ctx: BenchContext, count: int, concurrency: int) -> float:
         for request in queue:
             await ctx.client.start_workflow(request.pop("workflow"), **request)
 
-    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    pids = {**stack_pids(ctx), "bench (caller)": os.getpid()}
+    _, cores = await cores_used(pids, asyncio.gather(*(caller() for _ in range(concurrency))))
     times = await start_times(ctx.client, f"TaskQueue = 'bench-{uid}'", count, timeout=60)
-    return span_rate(times.values())
+    return span_rate(times.values()), cores
 
 
 async def bridge_rate(
     ctx: BenchContext, count: int, max_in_flight: int | None = None
-) -> tuple[float, float]:
-    """Starts per second through a bridge process, and its CPU microseconds per event.
+) -> tuple[float, float, dict[str, float]]:
+    """Starts per second through a bridge process, its CPU microseconds per event, and the
+    cores the stack, the bridge and this process used from its first start to its last
+    commit.
 
     ``max_in_flight`` fixes ``KTB_MAX_IN_FLIGHT`` and ``KTB_TEMPORAL_IN_FLIGHT``;
     ``None`` keeps the defaults (the adaptive limit).
@@ -133,14 +151,16 @@ async def bridge_rate(
         started = await first_starts(ctx, query, bridge)
         cpu_before = bridge.cpu_seconds()
         # Waited for on Kafka, not on Temporal's visibility (``await_committed``).
-        await await_committed(ctx.settings, settings.group_id, topic, timeout=120 + count / 20)
+        pids = {**stack_pids(ctx), "bridge": bridge.pid, "bench": os.getpid()}
+        committed = await_committed(ctx.settings, settings.group_id, topic, 120 + count / 20)
+        _, cores = await cores_used(pids, committed)
         cpu = bridge.cpu_seconds() - cpu_before
         times = await start_times(ctx.client, query, count, timeout=10)
     finally:
         await bridge.stop()
     if len(times) < count:
         raise RuntimeError(f"the bridge started {len(times)} of {count} workflows")
-    return span_rate(times.values()), cpu / max(1, count - started) * 1e6
+    return span_rate(times.values()), cpu / max(1, count - started) * 1e6, cores
 
 
 async def direct_cpu(
@@ -237,19 +257,25 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     defaults: list[float] = []
     default_ratios: list[float] = []
     fixed_ratios: list[float] = []
+    round_cores: list[list[dict[str, float]]] = []
+    """Per round, the cores of each part (raw, default, fixed, raw) while starts ran."""
     for _ in range(rounds):
-        raws.append(await raw_rate(ctx, count, best))
-        defaults.append((await bridge_rate(ctx, count))[0])
-        rate, cpu = await bridge_rate(ctx, count, best)
+        opening, opening_cores = await raw_round(ctx, count, best)
+        raws.append(opening)
+        default_rate, _, default_cores = await bridge_rate(ctx, count)
+        defaults.append(default_rate)
+        rate, cpu, fixed_cores = await bridge_rate(ctx, count, best)
         bridges.append(rate)
         cpu_per_event.append(cpu)
-        closing.append(await raw_rate(ctx, count, best))
+        last, closing_cores = await raw_round(ctx, count, best)
+        closing.append(last)
+        round_cores.append([opening_cores, default_cores, fixed_cores, closing_cores])
         default_ratios.append(ratio(defaults[-1], interpolated(raws[-1], closing[-1], 1, 3)))
         fixed_ratios.append(ratio(rate, interpolated(raws[-1], closing[-1], 2, 3)))
         direct_cpu_us, direct_rate = await direct_cpu(ctx, count, rate, best)
         direct_cpu_per_start.append(direct_cpu_us)
         direct_rates.append(direct_rate)
-    default_rate = max(defaults)
+    best_default = max(defaults)
     raw, bridge = max(raws), max(bridges)
     r, default_ratio = max(fixed_ratios), max(default_ratios)
     bridge_cpu, direct_cpu_us = min(cpu_per_event), min(direct_cpu_per_start)
@@ -279,14 +305,15 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             "raw_cpu_rounds_us": [rounded(v) for v in direct_cpu_per_start],
             "raw_paced_rounds_per_s": [rounded(v) for v in direct_rates],
             "bridge_default_max_in_flight": default,
-            "bridge_default_per_s": rounded(default_rate),
+            "bridge_default_per_s": rounded(best_default),
             "bridge_default_rounds_per_s": [rounded(v) for v in defaults],
             "bridge_default_ratio": rounded(default_ratio, 3),
             "bridge_default_round_ratios": [rounded(v, 3) for v in default_ratios],
             "bridge_round_ratios": [rounded(v, 3) for v in fixed_ratios],
+            "round_cores": round_cores,
             "best_of_ratios": {
                 "bridge": rounded(ratio(bridge, raw), 3),
-                "bridge_default": rounded(ratio(default_rate, raw), 3),
+                "bridge_default": rounded(ratio(best_default, raw), 3),
             },
         },
         [
@@ -298,7 +325,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             ),
             Row(
                 f"starts/s, bridge at its default settings (adaptive; max_in_flight {default})",
-                fmt(default_rate, "/s"),
+                fmt(best_default, "/s"),
                 fmt(raw, "/s"),
                 f"{default_ratio:.2f}",
                 f">= {TARGET}",
@@ -322,7 +349,15 @@ async def run(ctx: BenchContext) -> ScenarioResult:
                 closing,
             ),
             f"best round against best raw round alone: bridge {ratio(bridge, raw):.2f}, "
-            f"default settings {ratio(default_rate, raw):.2f}",
+            f"default settings {ratio(best_default, raw):.2f}",
+            "cores while the starts ran (2 s of CPU in 1 s = 2 cores), per round: "
+            + "; ".join(
+                " / ".join(
+                    f"{part} {cores_line(cores)}"
+                    for part, cores in zip(ROUND_PARTS, parts, strict=True)
+                )
+                for parts in round_cores
+            ),
             "CPU per start, per round (bridge / direct caller at the bridge's rate): "
             + ", ".join(
                 f"{fmt(b, 'us')} / {fmt(d, 'us')} at {fmt(rt, '/s')}"
