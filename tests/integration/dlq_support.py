@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import NewTopic
 
 from bridge import dlq, kafka
 from bridge.kafka import stop_consumer
 from bridge.settings import Settings
-from tests.support import partitions
+from tests.support import eventually, partitions
 
 
 async def create_topic(
@@ -43,7 +44,12 @@ def letter_headers(
 async def read_to_end(
     settings: Settings, topic: str, isolation_level: str = "read_committed"
 ) -> list[Any]:
-    """Every record of ``topic`` up to its end as of now, as the bridge reads it by default."""
+    """Every record of ``topic`` up to its end as of now, as the bridge reads it by default.
+
+    Read committed, the end is where the last stable offset has reached the high
+    watermark of now: a transaction whose commit has returned (a redrive's) writes its
+    commit markers after that, and its records are not read before they are written.
+    """
     consumer = kafka.consumer(
         settings, isolation_level=isolation_level, auto_offset_reset="earliest"
     )
@@ -51,7 +57,10 @@ async def read_to_end(
     try:
         tps = await partitions(consumer, topic)
         consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
+        if isolation_level == "read_committed":
+            ends = await stable_ends(settings, consumer, tps)
+        else:
+            ends = await consumer.end_offsets(tps)
         out: list[Any] = []
         deadline = time.monotonic() + 60
         for tp in tps:
@@ -62,3 +71,22 @@ async def read_to_end(
         return out
     finally:
         await stop_consumer(consumer)
+
+
+async def stable_ends(
+    settings: Settings, consumer: AIOKafkaConsumer, tps: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """``consumer``'s (read committed) end offsets once they reach the partitions' high
+    watermarks as of the call: no transaction committed before it is still unmarked."""
+    probe = kafka.consumer(settings)  # read uncommitted: its end offsets are the watermarks
+    await probe.start()
+    try:
+        marks = await probe.end_offsets(tps)
+    finally:
+        await stop_consumer(probe)
+
+    async def caught_up() -> dict[TopicPartition, int] | None:
+        ends = await consumer.end_offsets(tps)
+        return ends if all(ends[tp] >= marks[tp] for tp in tps) else None
+
+    return await eventually(caught_up, timeout=30)
