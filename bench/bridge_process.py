@@ -25,6 +25,8 @@ from bridge.dev.stack import free_port
 from bridge.settings import REPO_ROOT, Settings
 
 MIB = 1024 * 1024
+Scrape = dict[str, list[tuple[dict[str, str], float]]]
+"""A scrape of a metrics endpoint: every sample by sample name, ``[(labels, value), ...]``."""
 
 
 def log_tail(log: Path, lines: int = 20) -> str:
@@ -114,11 +116,11 @@ class BridgeProcess:
         """User plus system CPU time the bridge process has used."""
         return cpu_seconds(self.pid)
 
-    async def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+    async def metrics(self) -> Scrape:
         """Every sample the bridge exports, by sample name: ``[(labels, value), ...]``."""
         response = await self._http.get(f"http://127.0.0.1:{self.port}/metrics")
         response.raise_for_status()
-        out: dict[str, list[tuple[dict[str, str], float]]] = {}
+        out: Scrape = {}
         for family in text_string_to_metric_families(response.text):
             for sample in family.samples:
                 out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
@@ -131,8 +133,7 @@ class BridgeProcess:
 
     async def total(self, name: str, **labels: str) -> float:
         """The sum of ``name``'s samples whose labels include ``labels`` (0 when none)."""
-        samples = (await self.metrics()).get(name, [])
-        return sum(v for found, v in samples if labels.items() <= found.items())
+        return sample_total(await self.metrics(), name, **labels)
 
     async def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM (finish, commit), SIGKILL after ``timeout`` seconds."""
@@ -146,6 +147,12 @@ class BridgeProcess:
         except TimeoutError:
             os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
+
+
+def sample_total(scrape: Scrape, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples in ``scrape`` whose labels include ``labels`` (0 when
+    none)."""
+    return sum(v for found, v in scrape.get(name, []) if labels.items() <= found.items())
 
 
 def histogram_quantile(buckets: list[tuple[dict[str, str], float]], q: float) -> float:

@@ -29,7 +29,7 @@ from typing import Any
 
 from aiokafka import ConsumerRebalanceListener
 
-from bench.bridge_process import BridgeProcess, histogram_quantile
+from bench.bridge_process import BridgeProcess, histogram_quantile, sample_total
 from bench.common import (
     BenchContext,
     Row,
@@ -122,8 +122,11 @@ async def bridge_latencies(ctx: BenchContext, rate: float, seconds: float) -> di
         after.get("ktb_event_to_action_seconds_bucket", []),
         before.get("ktb_event_to_action_seconds_bucket", []),
     )
-    calls = grown(after, before, "ktb_temporal_call_seconds_count")
-    call_seconds = grown(after, before, "ktb_temporal_call_seconds_sum")
+    calls, call_seconds = (
+        sample_total(after, f"ktb_temporal_call_seconds_{part}", action="start")
+        - sample_total(before, f"ktb_temporal_call_seconds_{part}", action="start")
+        for part in ("count", "sum")
+    )
     return {
         **summary(latencies),
         "offered_per_s": rounded(rate),
@@ -149,17 +152,6 @@ def _delta(
     """Histogram buckets counted between two scrapes (the warm-up taken out)."""
     earlier = {labels.get("le"): value for labels, value in before}
     return [(labels, value - earlier.get(labels.get("le"), 0.0)) for labels, value in after]
-
-
-def grown(
-    after: dict[str, list[tuple[dict[str, str], float]]],
-    before: dict[str, list[tuple[dict[str, str], float]]],
-    name: str,
-) -> float:
-    """How much the (summed) samples of ``name`` grew between two scrapes."""
-    return sum(value for _, value in after.get(name, [])) - sum(
-        value for _, value in before.get(name, [])
-    )
 
 
 async def kafka_hop(ctx: BenchContext, rate: float, seconds: float) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from aiokafka.admin import NewTopic
 from bridge import dlq, kafka
 from bridge.kafka import stop_consumer
 from bridge.settings import Settings
-from tests.support import eventually, partitions
+from tests.support import end_offsets, eventually, partitions
 
 
 async def create_topic(
@@ -78,15 +78,10 @@ async def stable_ends(
 ) -> dict[TopicPartition, int]:
     """``consumer``'s (read committed) end offsets once they reach the partitions' high
     watermarks as of the call: no transaction committed before it is still unmarked."""
-    probe = kafka.consumer(settings)  # read uncommitted: its end offsets are the watermarks
-    await probe.start()
-    try:
-        marks = await probe.end_offsets(tps)
-    finally:
-        await stop_consumer(probe)
+    marks = await end_offsets(settings, tps[0].topic)
 
     async def caught_up() -> dict[TopicPartition, int] | None:
         ends = await consumer.end_offsets(tps)
-        return ends if all(ends[tp] >= marks[tp] for tp in tps) else None
+        return ends if all(ends[tp] >= marks[tp.partition] for tp in tps) else None
 
     return await eventually(caught_up, timeout=30)

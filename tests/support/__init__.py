@@ -17,7 +17,7 @@ a workflow's module with its package, and this package imports the whole bridge.
 
 from tests.support.certs import Certs, make_certs
 from tests.support.events import order_data, payment
-from tests.support.kafka import Services, partitions, topic_exists
+from tests.support.kafka import Services, end_offsets, partitions, topic_exists
 from tests.support.memory import (
     FakeIngress,
     MemoryKafka,
@@ -52,6 +52,7 @@ __all__ = [
     "bridge_process",
     "consuming",
     "docker_answers",
+    "end_offsets",
     "eventually",
     "local_stack",
     "make_certs",

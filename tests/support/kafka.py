@@ -20,6 +20,19 @@ from bridge.kafka import stop_consumer
 from bridge.settings import Settings
 
 
+async def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """The end offset (high watermark) of every partition of ``topic``."""
+    consumer = kafka.consumer(settings)
+    await consumer.start()
+    try:
+        tps = await partitions(consumer, topic)
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        return {tp.partition: off for tp, off in ends.items()}
+    finally:
+        await stop_consumer(consumer)
+
+
 async def topic_exists(settings: Settings, topic: str) -> bool:
     """Whether ``topic`` exists, asked without naming it (naming it may create it)."""
     admin = kafka.admin(settings)
@@ -141,15 +154,7 @@ class Services:
 
     async def end_offsets(self, topic: str) -> dict[int, int]:
         """The end offset of every partition of ``topic``."""
-        consumer = kafka.consumer(self.settings)
-        await consumer.start()
-        try:
-            tps = await partitions(consumer, topic)
-            consumer.assign(tps)
-            ends = await consumer.end_offsets(tps)
-            return {tp.partition: off for tp, off in ends.items()}
-        finally:
-            await stop_consumer(consumer)
+        return await end_offsets(self.settings, topic)
 
     async def workflow_ids(self, query: str) -> list[str]:
         """Workflow ids matching a visibility query."""

@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from bench import run as bench_run
+from bench.bridge_process import sample_total
 from bench.common import (
     BenchContext,
     Row,
@@ -29,7 +30,7 @@ from bench.common import (
     paced,
 )
 from bench.direct import DirectRun
-from bench.latency import grown, load_added
+from bench.latency import load_added
 from bench.scale import BridgeShare, Round
 from bench.throughput import interpolated, rounds_note
 from bridge.dev.processes import Service
@@ -268,13 +269,13 @@ async def test_cores_used_counts_each_process_and_leaves_out_one_that_ended() ->
     assert cores["bench"] > 0
 
 
-def test_a_labelled_histogram_sum_grows_by_what_every_label_added() -> None:
-    before = {"ktb_temporal_call_seconds_sum": [({"action": "start"}, 1.5)]}
-    after = {
+def test_a_sample_total_sums_the_samples_whose_labels_include_those_asked() -> None:
+    scrape = {
         "ktb_temporal_call_seconds_sum": [({"action": "start"}, 2.0), ({"action": "signal"}, 0.25)]
     }
-    assert grown(after, before, "ktb_temporal_call_seconds_sum") == 0.75
-    assert grown(after, before, "ktb_temporal_call_seconds_count") == 0
+    assert sample_total(scrape, "ktb_temporal_call_seconds_sum") == 2.25
+    assert sample_total(scrape, "ktb_temporal_call_seconds_sum", action="start") == 2.0
+    assert sample_total(scrape, "ktb_temporal_call_seconds_count", action="start") == 0
 
 
 def test_the_load_a_bridge_round_added_leaves_temporal_out() -> None:
