@@ -9,8 +9,9 @@ module. ``services/`` (the example domain) imports only from here.
 - errors: the transient/permanent split every stage follows;
 - the workflow SDK (``bridge.sdk``): ``BridgeWorkflow``, ``publish``, ``Saga``, the
   fault taxonomy of activities, the publishing activity;
-- running a process: ``run_worker`` / ``open_worker``, telemetry, logging and the
-  Kafka clients (``kafka.consumer(settings, ...)``), all built from ``Settings``.
+- running a process: ``run_worker`` / ``open_worker``, telemetry, logging, standard
+  streams that write all they are given (``whole_stdio``) and the Kafka clients
+  (``kafka.consumer(settings, ...)``), all built from ``Settings``.
 
 Workflow code imports this package inside ``workflow.unsafe.imports_passed_through()``,
 so importing it must stay cheap and free of side effects: each name loads its module
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
         trigger,
     )
     from bridge.settings import Settings
+    from bridge.stdio import whole_stdio
     from bridge.wiring import open_worker, run_worker, stop_on_signals
 
 # Grouped by role, sorted within each group (the groups read better than one sorted list).
@@ -132,6 +134,7 @@ __all__ = [  # noqa: RUF022
     "Telemetry",
     "open_telemetry",
     "setup_logging",
+    "whole_stdio",
     "kafka",
 ]
 
@@ -158,6 +161,7 @@ __getattr__, __dir__ = lazy.exports(
         "bridge.wiring": ["open_worker", "run_worker", "stop_on_signals"],
         "bridge.observability.metrics": ["Metrics"],
         "bridge.observability.telemetry": ["Telemetry", "open_telemetry"],
+        "bridge.stdio": ["whole_stdio"],
     },
     {"setup_logging": "bridge.observability.logs:setup", "kafka": "bridge.kafka"},
 )

@@ -42,6 +42,7 @@ from bridge import (
     run_worker,
     setup_logging,
     stop_on_signals,
+    whole_stdio,
 )
 from services.config import Service, ServicesConfig, WorkerService
 from services.store import Store
@@ -71,6 +72,7 @@ def service_main(name: Service, argv: list[str] | None = None) -> None:
         module = importlib.import_module(f"services.{name}.{mode}")
     except ModuleNotFoundError:
         sys.exit(f"services.{name} has no {mode} mode")
+    whole_stdio()
     settings = Settings()
     setup_logging(settings.log_level, console=settings.log_format == "console")
     asyncio.run(module.main(settings))

@@ -20,6 +20,7 @@ from bridge.dev.postgres import POSTGRES_PORT
 from bridge.dev.registry import REGISTRY_PORT
 from bridge.errors import BridgeError, ConfigError, TransientError
 from bridge.observability import logs
+from bridge.stdio import whole_stdio
 
 if TYPE_CHECKING:
     from bridge.codec import SchemaCatalog
@@ -437,6 +438,7 @@ cli_schemas.register(app)
 
 def main() -> None:
     """Console-script entry point."""
+    whole_stdio()
     try:
         app()
     except KeyboardInterrupt:

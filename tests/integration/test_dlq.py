@@ -49,6 +49,8 @@ async def ktb(settings: Settings, *args: str) -> tuple[int, str, str]:
     env.update(
         KTB_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
         KTB_TEMPORAL_ADDRESS=settings.temporal_address,
+        # As `ktb dev` runs its processes: unbuffered standard streams (bridge.stdio).
+        PYTHONUNBUFFERED="1",
     )
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bridge", *args,

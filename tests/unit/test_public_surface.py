@@ -74,6 +74,7 @@ PUBLIC = [
     "Telemetry",
     "open_telemetry",
     "setup_logging",
+    "whole_stdio",
     "kafka",
 ]
 
