@@ -24,6 +24,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from bridge.concurrency import ActionLimit
 from bridge.dispatch import Dispatcher, Executor, Outcome, Result
 from bridge.envelope import Event
+from bridge.observability.metrics import Metrics
 from bridge.routes import Action, ActionKind
 from bridge.temporal import visibility
 from bridge.temporal.attributes import TENANT_ID
@@ -175,8 +176,9 @@ class ReplayDispatcher(Dispatcher):
         lookups: bool = True,
         known: KnownWorkflows | None = None,
         rpc_timeout: timedelta = timedelta(seconds=10),
+        metrics: Metrics | None = None,
     ) -> None:
-        super().__init__(client, rpc_timeout, ActionLimit(actions))
+        super().__init__(client, rpc_timeout, ActionLimit(actions), metrics)
         self.known = known or KnownWorkflows(client)
         self.lookups = lookups
 

@@ -322,6 +322,7 @@ async def _replay_ingress(
             settings.replay_concurrency,
             lookups=request.mode is ReplayMode.IDEMPOTENT,
             rpc_timeout=timedelta(seconds=settings.temporal_rpc_timeout_s),
+            metrics=metrics,
         )
         yield Ingress(
             catalog,

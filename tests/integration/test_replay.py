@@ -24,6 +24,7 @@ from bridge.dispatch import Outcome
 from bridge.envelope import Event, encode_event
 from bridge.errors import ActionRejectedError
 from bridge.kafka import ensure_topics
+from bridge.observability.metrics import Metrics
 from bridge.replay import (
     KnownWorkflows,
     ReplayDispatcher,
@@ -177,9 +178,15 @@ async def test_time_range_selects_exactly_the_records_inside_it(
 
     request = ReplayRequest(topics["orders"], format_ms(base + 1000), format_ms(base + 2000))
     plan = await resolve_plan(settings, request)
-    report = await run_replay(settings, plan, client=client)
+    metrics = Metrics()
+    report = await run_replay(settings, plan, client=client, metrics=metrics)
 
     assert report.read == len(inside) and report.started + report.duplicates == len(inside)
+    # The replay's calls count in Temporal's answer times, one answered start per record.
+    answered = metrics.registry.get_sample_value(
+        "ktb_temporal_call_seconds_count", {"action": "start"}
+    )
+    assert answered == len(inside)
     started = {oid for oid in stamps if await exists(client, prefix + oid)}
     assert started == set(inside)
 
