@@ -7,7 +7,7 @@ way it measures the bridge process's: process CPU times (user + system of every
 thread, the Temporal SDK's Rust core included; psutil), over the same number of
 starts at the same rate and concurrency as the bridge round just measured, on the
 same server. REQUESTS holds the ``start_workflow`` keyword arguments the parent
-built with ``bench.throughput.start_requests`` (pickled) before anything is
+built with ``bench.throughput.ordered_requests`` (pickled) before anything is
 timed. The process connects with the bridge's own ``connect_temporal`` to
 ``KTB_TEMPORAL_ADDRESS``, then makes every start through ``bench.common.paced``;
 its CPU time is counted from just before the first start to just after the last

@@ -3,7 +3,12 @@
 Raw ceiling: this process calls ``client.start_workflow`` with the very request the
 bridge would send for each event (workflow type, deterministic id, the event data
 as argument, the bridge's memo and search attributes, the same id policies), at
-the best of several concurrencies. Bridge: the same number of events is produced
+the best of several concurrencies, and in the order a consumer reads the events
+from a topic like the bridge's (``consumer_order``): the server's cost per start
+depends on the order of the workflow ids it inserts, and ids in their numeric
+order (one append after another in its indexes) cost it less than the same ids
+as they come out of six partitions, which is how both a bridge and any direct
+consumer of the topic get them. Bridge: the same number of events is produced
 to a topic first, then a bridge process (``run_bridge``, as ``ktb bridge``) starts
 them at its default settings (the adaptive limit of actions in Temporal), which is
 what the target is about, then with its concurrency fixed to the raw side's best
@@ -57,6 +62,7 @@ from bench.common import (
     write_routes,
 )
 from bench.direct import run_direct
+from bridge import kafka
 from bridge.ingress import Ingress
 from bridge.routes import Router, RoutesConfig
 from bridge.temporal.requests import event_memo, search_attributes
@@ -97,6 +103,45 @@ def start_requests(ctx: BenchContext, topic: str, uid: str, count: int) -> list[
     return requests
 
 
+async def consumer_order(ctx: BenchContext, uid: str, count: int) -> list[int]:
+    """The indexes of ``count`` order events (``order_records``) in the order a consumer
+    reads them from a topic made as a bridge round's is (``create_topic``: partitions
+    filled by the producer's key hash), fetching as the bridge does (its partition fetch
+    size, batches of up to 2,000 records, each batch partition by partition)."""
+    topic = f"bench-order-{uid}"
+    records = order_records(ctx.catalog, uid, count)
+    index = {record.key: n for n, record in enumerate(records)}
+    await create_topic(ctx.settings, topic)
+    await produce_all(ctx.settings, topic, records)
+    consumer = kafka.consumer(
+        ctx.settings,
+        topic,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=ctx.settings.fetch_partition_bytes,
+    )
+    await kafka.start(consumer, ctx.settings)
+    order: list[int] = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(order) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"read {len(order)} of {count} events back from {topic}")
+            batch = await consumer.getmany(timeout_ms=500, max_records=2000)
+            order.extend(index[r.key] for records in batch.values() for r in records)
+    finally:
+        await kafka.stop_consumer(consumer)
+    if sorted(order) != list(range(count)):
+        raise RuntimeError(f"{topic} gave back {len(order)} events, not each of {count} once")
+    return order
+
+
+async def ordered_requests(ctx: BenchContext, uid: str, count: int) -> list[dict[str, Any]]:
+    """``start_requests`` for ``count`` events, in the order a consumer reads them
+    (``consumer_order``)."""
+    requests = start_requests(ctx, f"bench-raw-{uid}", uid, count)
+    return [requests[n] for n in await consumer_order(ctx, uid, count)]
+
+
 async def raw_rate(ctx: BenchContext, count: int, concurrency: int) -> float:
     """Starts per second of direct ``start_workflow`` calls at ``concurrency``."""
     return (await raw_round(ctx, count, concurrency))[0]
@@ -108,8 +153,7 @@ async def raw_round(
     """``raw_rate``, and the cores the stack and this process (the caller) used while the
     calls ran."""
     uid = ctx.uid()
-    requests = start_requests(ctx, f"bench-raw-{uid}", uid, count)
-    queue = iter(requests)
+    queue = iter(await ordered_requests(ctx, uid, count))
 
     async def caller() -> None:
         for request in queue:
@@ -172,7 +216,7 @@ async def direct_cpu(
     (``bench.direct``); the rate is measured on the server side like the others.
     """
     uid = ctx.uid()
-    requests = start_requests(ctx, f"bench-direct-{uid}", uid, count)
+    requests = await ordered_requests(ctx, uid, count)
     measured = await run_direct(
         ctx.settings, requests, rate, concurrency, ctx.work_dir, f"direct-{uid}",
         timeout=120 + 2 * count / rate,
