@@ -6,7 +6,7 @@ as argument, the bridge's memo and search attributes, the same id policies), at
 the best of several concurrencies, and in the order a consumer reads the events
 from a topic like the bridge's (``consumer_order``): the server's cost per start
 depends on the order of the workflow ids it inserts, and ids in their numeric
-order (one append after another in its indexes) cost it less than the same ids
+order (next to each other in its indexes) cost it less than the same ids
 as they come out of six partitions, which is how both a bridge and any direct
 consumer of the topic get them. Bridge: the same number of events is produced
 to a topic first, then a bridge process (``run_bridge``, as ``ktb bridge``) starts
