@@ -216,7 +216,8 @@ async def raw_latencies(
     beside processes spinning for that many cores (``cpu_load``)."""
     uid = ctx.uid()
     count = int(rate * seconds)
-    requests = start_requests(ctx, f"bench-raw-{uid}", uid, WARM_UP + count)
+    records = order_records(ctx.catalog, uid, WARM_UP + count)
+    requests = start_requests(ctx, f"bench-raw-{uid}", uid, records)
     called: dict[str, float] = {}
     answered: dict[str, float] = {}
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
@@ -63,6 +64,7 @@ from bench.common import (
 )
 from bench.direct import run_direct
 from bridge import kafka
+from bridge.envelope import KafkaRecord
 from bridge.ingress import Ingress
 from bridge.routes import Router, RoutesConfig
 from bridge.temporal.requests import event_memo, search_attributes
@@ -76,8 +78,11 @@ TARGET = 0.95
 CPU_TARGET = 1.5
 
 
-def start_requests(ctx: BenchContext, topic: str, uid: str, count: int) -> list[dict[str, Any]]:
-    """The ``start_workflow`` keyword arguments the bridge sends for ``count`` events.
+def start_requests(
+    ctx: BenchContext, topic: str, uid: str, records: Sequence[KafkaRecord]
+) -> list[dict[str, Any]]:
+    """The ``start_workflow`` keyword arguments the bridge sends for ``records`` (order
+    events of ``order_records(ctx.catalog, uid, ...)`` on ``topic``), in their order.
 
     Built by decoding and routing real records through the bridge's own router,
     before any timing starts, so the raw side pays nothing the bridge does not.
@@ -85,7 +90,7 @@ def start_requests(ctx: BenchContext, topic: str, uid: str, count: int) -> list[
     router = Router(RoutesConfig.parse({"routes": [start_route(topic, uid)]}))
     ingress = Ingress(ctx.catalog, router, None, None)
     requests = []
-    for offset, record in enumerate(order_records(ctx.catalog, uid, count)):
+    for offset, record in enumerate(records):
         event, action = ingress.plan(consumer_record(topic, offset, record))
         assert action is not None
         requests.append(
@@ -103,13 +108,14 @@ def start_requests(ctx: BenchContext, topic: str, uid: str, count: int) -> list[
     return requests
 
 
-async def consumer_order(ctx: BenchContext, uid: str, count: int) -> list[int]:
-    """The indexes of ``count`` order events (``order_records``) in the order a consumer
-    reads them from a topic made as a bridge round's is (``create_topic``: partitions
-    filled by the producer's key hash), fetching as the bridge does (its partition fetch
-    size, batches of up to 2,000 records, each batch partition by partition)."""
-    topic = f"bench-order-{uid}"
-    records = order_records(ctx.catalog, uid, count)
+async def consumer_order(
+    ctx: BenchContext, topic: str, records: Sequence[KafkaRecord]
+) -> list[int]:
+    """The indexes of ``records`` (distinct keys) in the order a consumer reads them back
+    from ``topic``, made here as a bridge round's is (``create_topic``: partitions filled
+    by the producer's key hash), fetching as the bridge does (its partition fetch size,
+    batches of up to 2,000 records, each batch partition by partition)."""
+    count = len(records)
     index = {record.key: n for n, record in enumerate(records)}
     await create_topic(ctx.settings, topic)
     await produce_all(ctx.settings, topic, records)
@@ -136,10 +142,12 @@ async def consumer_order(ctx: BenchContext, uid: str, count: int) -> list[int]:
 
 
 async def ordered_requests(ctx: BenchContext, uid: str, count: int) -> list[dict[str, Any]]:
-    """``start_requests`` for ``count`` events, in the order a consumer reads them
-    (``consumer_order``)."""
-    requests = start_requests(ctx, f"bench-raw-{uid}", uid, count)
-    return [requests[n] for n in await consumer_order(ctx, uid, count)]
+    """``start_requests`` for ``count`` order events, in the order a consumer reads them
+    (``consumer_order``): the same records are routed and produced, once each."""
+    topic = f"bench-raw-{uid}"
+    records = order_records(ctx.catalog, uid, count)
+    requests = start_requests(ctx, topic, uid, records)
+    return [requests[n] for n in await consumer_order(ctx, topic, records)]
 
 
 async def raw_rate(ctx: BenchContext, count: int, concurrency: int) -> float:

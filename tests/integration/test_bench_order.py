@@ -9,7 +9,7 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from bench.common import BenchContext
+from bench.common import BenchContext, order_records
 from bench.throughput import consumer_order, ordered_requests, start_requests
 from bridge.codec import SchemaCatalog
 from bridge.settings import Settings
@@ -23,7 +23,9 @@ async def test_consumer_order_is_every_event_once_out_of_numeric_order(
     settings: Settings, catalog: SchemaCatalog, client: Client, tmp_path: Path, uid: str
 ) -> None:
     count = 600
-    order = await consumer_order(context(settings, catalog, client, tmp_path), uid, count)
+    records = order_records(catalog, uid, count)
+    ctx = context(settings, catalog, client, tmp_path)
+    order = await consumer_order(ctx, f"bench-order-{uid}", records)
     assert sorted(order) == list(range(count))
     # Six partitions filled by key hash: the numeric order would need every key of one
     # partition to sort below every key of the next.
@@ -40,7 +42,10 @@ async def test_ordered_requests_are_the_start_requests_in_that_order(
     ctx = context(settings, catalog, client, tmp_path)
     count = 120
     requests = await ordered_requests(ctx, uid, count)
-    plain = {r["id"]: r for r in start_requests(ctx, f"bench-raw-{uid}", uid, count)}
+    plain = {
+        r["id"]: r
+        for r in start_requests(ctx, f"bench-raw-{uid}", uid, order_records(catalog, uid, count))
+    }
     assert len(requests) == count
     assert {r["id"] for r in requests} == set(plain)
     assert [r["id"] for r in requests] != sorted(plain)
