@@ -13,7 +13,10 @@ round repeats the direct calls beside processes spinning for the cores the bridg
 round added to the machine (the bridge, its producer and Kafka beyond the caller):
 what a direct caller gets from a server that shares the machine as it did then.
 Baseline: direct ``start_workflow`` calls at the same fixed rate, measured the
-same way (call time → recorded start time). With the run's own stack, the cores each
+same way (call time → recorded start time), half of them just before the bridge
+round and half just after it, taken together: the server slows as workflows pile up
+in it, so a baseline taken only before the bridge would be measured on a faster
+server than the bridge was. With the run's own stack, the cores each
 process used while the events flowed (Temporal, Kafka, the bridge, this process as
 caller or producer) show what each round asked of the machine the server shares.
 """
@@ -208,12 +211,13 @@ async def kafka_hop(ctx: BenchContext, rate: float, seconds: float) -> dict[str,
     return summary([(received[records[n].key] - sent[n]) * 1000 for n in measured])
 
 
-async def raw_latencies(
+async def direct_round(
     ctx: BenchContext, rate: float, seconds: float, load: float = 0.0
-) -> dict[str, Any]:
-    """Latencies of direct ``start_workflow`` calls issued at ``rate`` for ``seconds``, and
-    the cores the stack and this process (the caller) used meanwhile; with ``load``,
-    beside processes spinning for that many cores (``cpu_load``)."""
+) -> tuple[list[float], list[float], dict[str, float]]:
+    """Direct ``start_workflow`` calls issued at ``rate`` for ``seconds``: each one's
+    latency (call time → recorded start) and Temporal's answer time, in milliseconds,
+    and the cores the stack and this process (the caller) used meanwhile; with
+    ``load``, beside processes spinning for that many cores (``cpu_load``)."""
     uid = ctx.uid()
     count = int(rate * seconds)
     records = order_records(ctx.catalog, uid, WARM_UP + count)
@@ -245,16 +249,36 @@ async def raw_latencies(
     measured = [(wf_id, at) for n, (wf_id, at) in enumerate(called.items()) if n >= WARM_UP]
     latencies = [(times[wf_id] - at) * 1000 for wf_id, at in measured]
     calls_ms = [(answered[wf_id] - at) * 1000 for wf_id, at in measured]
-    return {
+    return latencies, calls_ms, cores
+
+
+def direct_summary(
+    rate: float, rounds: list[tuple[list[float], list[float], dict[str, float]]]
+) -> dict[str, Any]:
+    """The latencies of ``direct_round`` rounds taken together, each round's own figures
+    beside them when there are several, and the cores each process used on average."""
+    latencies = [ms for round_ in rounds for ms in round_[0]]
+    calls_ms = [ms for round_ in rounds for ms in round_[1]]
+    names = {name for round_ in rounds for name in round_[2]}
+    result = {
         **summary(latencies),
         "offered_per_s": rounded(rate),
         "call_mean_ms": rounded(statistics.fmean(calls_ms), 2),
-        "cores": cores,
+        "cores": {
+            name: rounded(statistics.fmean(r[2].get(name, 0.0) for r in rounds), 3)
+            for name in sorted(names)
+        },
     }
+    if len(rounds) > 1:
+        result["rounds"] = [
+            {**summary(r[0]), "call_mean_ms": rounded(statistics.fmean(r[1]), 2)} for r in rounds
+        ]
+    return result
 
 
 async def run(ctx: BenchContext) -> ScenarioResult:
-    """Raw baseline at the same rate, then the bridge for the scenario's duration."""
+    """Direct calls at half the ceiling, the bridge for the scenario's duration at that
+    rate, direct calls again; then the Kafka hop alone and the control round."""
     seconds = ctx.size(15, 60)
     measured = ceiling(ctx)
     notes = []
@@ -262,13 +286,23 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         measured = await raw_rate(ctx, ctx.size(600, 2000), 64)
         notes.append(f"ceiling measured here: {fmt(measured, '/s')} raw starts at concurrency 64")
     rate = measured / 2
-    raw = await raw_latencies(ctx, rate, max(10, seconds / 2))
+    # The direct calls run half before the bridge round and half right after it, taken
+    # together: the server slows as its workflows pile up, and the baseline sees the
+    # same server the bridge did on average, as the throughput scenario's raw rounds
+    # on either side of its bridge rounds do.
+    before = await direct_round(ctx, rate, max(5, seconds / 4))
     bridge = await bridge_latencies(ctx, rate, seconds)
+    after = await direct_round(ctx, rate, max(5, seconds / 4))
+    raw = direct_summary(rate, [before, after])
     hop = await kafka_hop(ctx, rate, max(10, seconds / 2))
     # The control: direct calls again, beside spinning processes that take the cores the
     # bridge round added, so the server shares the machine as it did with the bridge.
     extra = load_added(raw["cores"], bridge["cores"])
-    loaded = await raw_latencies(ctx, rate, max(10, seconds / 2), extra) if extra >= 0.02 else None
+    loaded = (
+        direct_summary(rate, [await direct_round(ctx, rate, max(10, seconds / 2), extra)])
+        if extra >= 0.02
+        else None
+    )
     p50_limit = raw["p50_ms"] + P50_EXTRA_MS
     p99_limit = raw["p99_ms"] * P99_FACTOR
     p50_met = bridge["p50_ms"] <= p50_limit
@@ -285,6 +319,10 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         f"Temporal's answer to each start call, mean: direct {raw['call_mean_ms']} ms, bridge "
         f"{bridge['call_mean_ms']} ms (its ktb_temporal_call_seconds); the rest of the bridge's "
         "time is before its call: the Kafka hop and its own path"
+    )
+    notes.append(
+        "direct calls before / after the bridge round: "
+        + ", ".join(f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms" for r in raw["rounds"])
     )
     notes.append(
         "cores in use while the events flowed (2 s of CPU in 1 s = 2 cores): direct round "

@@ -30,7 +30,7 @@ from bench.common import (
     paced,
 )
 from bench.direct import DirectRun
-from bench.latency import load_added
+from bench.latency import direct_summary, load_added
 from bench.scale import BridgeShare, Round
 from bench.throughput import interpolated, rounds_note
 from bridge.dev.processes import Service
@@ -282,6 +282,25 @@ def test_the_load_a_bridge_round_added_leaves_temporal_out() -> None:
     direct = {"Temporal": 1.0, "Kafka": 0.02, "bench (caller)": 0.12}
     bridge = {"Temporal": 0.9, "Kafka": 0.22, "bridge": 0.21, "bench (producer)": 0.07}
     assert load_added(direct, bridge) == pytest.approx(0.36)
+
+
+def test_direct_rounds_before_and_after_a_bridge_round_are_taken_together() -> None:
+    # The server slowed between the rounds: the pooled figures lie between the two.
+    before = ([1.0] * 98 + [10.0, 10.0], [5.0] * 100, {"Temporal": 0.8, "bench (caller)": 0.1})
+    after = ([3.0] * 98 + [30.0, 30.0], [7.0] * 100, {"Temporal": 1.0, "bench (caller)": 0.3})
+    pooled = direct_summary(90.0, [before, after])
+    assert pooled["events"] == 200
+    assert pooled["p50_ms"] == 3.0  # the 100th of 200 by nearest rank: the later round's
+    assert pooled["p99_ms"] == 10.0  # the 198th: two of the four slowest were before
+    assert pooled["max_ms"] == 30.0
+    assert pooled["call_mean_ms"] == pytest.approx(6.0)
+    assert pooled["cores"] == {"Temporal": pytest.approx(0.9), "bench (caller)": pytest.approx(0.2)}
+    assert [r["p50_ms"] for r in pooled["rounds"]] == [1.0, 3.0]
+    assert [r["call_mean_ms"] for r in pooled["rounds"]] == [5.0, 7.0]
+    # One round alone: its own figures, no breakdown.
+    alone = direct_summary(90.0, [before])
+    assert (alone["p50_ms"], alone["p99_ms"], alone["events"]) == (1.0, 10.0, 100)
+    assert "rounds" not in alone
 
 
 async def test_a_cpu_load_runs_its_spinners_only_inside_the_block() -> None:
