@@ -122,7 +122,9 @@ async def provision_topics(
                     )
             report.grown.update({n: (current[n], c) for n, c in growing.items()})
         report.unchanged += [n for n in plan if n in current and n not in growing]
-        await _until_visible(admin, {n: plan[n] for n in [*report.created, *growing]})
+        provisioned = {n: plan[n] for n in [*report.created, *growing]}
+        await _until_visible(admin, provisioned)
+        await _until_served(settings, provisioned)
     except KafkaError as exc:
         raise TransientError(f"provisioning topics at {settings.kafka_bootstrap}: {exc}") from exc
     finally:
@@ -151,6 +153,26 @@ async def _until_visible(
                 + ", ".join(f"{n} ({seen.get(n, 0)} of {c})" for n, c in lagging.items())
             )
         await asyncio.sleep(0.1)
+
+
+async def _until_served(settings: Settings, counts: Mapping[str, int]) -> None:
+    """Wait until the leader of every provisioned partition takes requests for it.
+
+    A broker lists a new partition, leader and all, a moment before that leader serves
+    it: a producer writing then is refused (``NOT_LEADER_OR_FOLLOWER``), retries and
+    logs each refusal. Each partition's end offset is asked of its leader, which
+    answers only once it serves the partition; the reader retries until then.
+    """
+    if not counts:
+        return
+    reader = kafka.consumer(settings, retry_backoff_ms=20)
+    await kafka.start(reader, settings)
+    try:
+        await reader.end_offsets(
+            [TopicPartition(topic, p) for topic, count in counts.items() for p in range(count)]
+        )
+    finally:
+        await kafka.stop_consumer(reader)
 
 
 async def topic_partitions(settings: Settings, topic: str) -> list[int]:

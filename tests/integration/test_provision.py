@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 
+import pytest
 import yaml
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
@@ -12,6 +15,7 @@ from typer.testing import CliRunner
 from bridge import kafka
 from bridge.cli.main import app
 from bridge.dlq import REDRIVES_TOPIC
+from bridge.kafka.topics import ensure_topics
 from bridge.settings import Settings
 from bridge.temporal.attributes import SEARCH_ATTRIBUTES
 from bridge.wiring import provision
@@ -82,6 +86,27 @@ async def test_topics_created_then_grown(
         ListSearchAttributesRequest(namespace=client.namespace)
     )
     assert set(SEARCH_ATTRIBUTES) <= set(listed.custom_attributes)
+
+
+async def test_new_partitions_take_writes_as_soon_as_provisioning_returns(
+    settings: Settings, uid: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Without the wait for each leader to serve, writes right after a creation were
+    # refused (NOT_LEADER_OR_FOLLOWER) and retried by the producer, which logs each.
+    caplog.set_level(logging.WARNING, logger="aiokafka")
+    producer = kafka.producer(settings)
+    await producer.start()
+    try:
+        for n in range(6):
+            topic = f"prov-fresh-{uid}-{n}"
+            assert await ensure_topics(settings, {topic: 6}) == [topic]
+            sent = [await producer.send(topic, b"x", partition=p) for p in range(6)]
+            offsets = [meta.offset for meta in await asyncio.gather(*sent)]
+            assert offsets == [0] * 6
+    finally:
+        await producer.stop()
+    refused = [r.getMessage() for r in caplog.records if r.name.startswith("aiokafka")]
+    assert refused == []
 
 
 def test_provision_command_is_idempotent(settings: Settings, uid: str, tmp_path: Path) -> None:
