@@ -13,11 +13,13 @@ round repeats the direct calls beside processes spinning for the cores the bridg
 round added to the machine (the bridge, its producer and Kafka beyond the caller):
 what a direct caller gets from a server that shares the machine as it did then.
 Baseline: direct ``start_workflow`` calls at the same fixed rate, measured the
-same way (call time → recorded start time), half of them just before the bridge
-round and half just after it, taken together: the server slows as workflows pile up
-in it, so a baseline taken only before the bridge would be measured on a faster
-server than the bridge was. With the run's own stack, the cores each
-process used while the events flowed (Temporal, Kafka, the bridge, this process as
+same way (call time → recorded start time), in three parts with the bridge idle:
+before, between and after the bridge's two halves (a quarter, a half and a quarter
+of their time), taken together. Just after the throughput scenario the server is
+still working off its burst (direct calls right after 20,000 starts: p50 4.5 ms, a
+minute later 2.1-2.3 ms) and later it slows as workflows pile up, so a baseline
+taken at other moments than the bridge's events measures another server. With the
+run's own stack, the cores each process used while the events flowed (Temporal, Kafka, the bridge, this process as
 caller or producer) show what each round asked of the machine the server shares.
 Every round runs ``SETTLE_S`` seconds at the rate before its latencies count: the
 steady state is measured, and the bridge's first seconds after joining are reported
@@ -30,7 +32,7 @@ import asyncio
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import ConsumerRebalanceListener
@@ -101,18 +103,31 @@ def summary(latencies_ms: list[float]) -> dict[str, Any]:
     }
 
 
-async def bridge_latencies(ctx: BenchContext, rate: float, seconds: float) -> dict[str, Any]:
-    """Latencies of events produced at ``rate`` for ``seconds`` through a bridge process,
-    and the cores the stack, the bridge and this process (the producer) used meanwhile."""
+async def bridge_latencies(
+    ctx: BenchContext,
+    rate: float,
+    seconds: float,
+    between: Callable[[float], Awaitable[None]],
+) -> dict[str, Any]:
+    """Latencies of events produced at ``rate`` through a bridge process for ``seconds``,
+    in two halves, and the cores the stack, the bridge and this process (the producer)
+    used while they flowed.
+
+    ``between(share)`` runs with the bridge idle before, between and after the halves,
+    given the share of the baseline's time each time (¼, ½, ¼): the baseline's calls
+    and the bridge's events then see the server at the same moments on average, as it
+    settles from what ran before and slows as workflows pile up.
+    """
     uid = ctx.uid()
     topic = f"bench-lat-{uid}"
     await create_topic(ctx.settings, topic)
     routes = write_routes(ctx.work_dir / f"routes-{uid}.yaml", [start_route(topic, uid)])
     settings = ctx.settings.model_copy(update={"group_id": f"bench-{uid}"})
     bridge = BridgeProcess(settings, routes, ctx.work_dir / f"bridge-{uid}.log")
-    count = int(rate * seconds)
+    half = int(rate * seconds / 2)
     query = f"TaskQueue = 'bench-{uid}'"
     producer = kafka.producer(ctx.settings, linger_ms=0)
+    halves: list[tuple[str, list[float], dict[str, float]]] = []
     await bridge.start()
     await producer.start()
     try:
@@ -120,15 +135,20 @@ async def bridge_latencies(ctx: BenchContext, rate: float, seconds: float) -> di
         warm = order_records(ctx.catalog, f"{uid}w", WARM_UP)
         await open_loop(producer, topic, warm, rate)
         await start_times(ctx.client, query, WARM_UP, timeout=120)
-        # Settling: the rate for SETTLE_S seconds, then the measured events right after.
+        # Settling: the rate for SETTLE_S seconds before anything counts.
         settle = order_records(ctx.catalog, f"{uid}s", settling(rate))
         settle_sent = await open_loop(producer, topic, settle, rate)
+        await between(0.25)
         before = await bridge.metrics()
-        records = order_records(ctx.catalog, uid, count)
         pids = {**stack_pids(ctx), "bridge": bridge.pid, "bench (producer)": os.getpid()}
-        sent, cores = await cores_used(pids, open_loop(producer, topic, records, rate))
-        expected = WARM_UP + len(settle) + count
-        times = await start_times(ctx.client, query, expected, timeout=120 + count / 20)
+        for n, share in enumerate((0.5, 0.25)):
+            prefix = f"{uid}h{n}"
+            records = order_records(ctx.catalog, prefix, half)
+            sent, cores = await cores_used(pids, open_loop(producer, topic, records, rate))
+            halves.append((prefix, sent, cores))
+            await between(share)
+        expected = WARM_UP + len(settle) + 2 * half
+        times = await start_times(ctx.client, query, expected, timeout=120 + half / 10)
         after = await bridge.metrics()
     finally:
         await producer.stop()
@@ -141,7 +161,7 @@ async def bridge_latencies(ctx: BenchContext, rate: float, seconds: float) -> di
             raise RuntimeError(f"only {len(found)} of {len(sends)} events started a workflow")
         return found
 
-    latencies = latencies_of(uid, sent)
+    latencies = [ms for prefix, sent, _ in halves for ms in latencies_of(prefix, sent)]
     settled = latencies_of(f"{uid}s", settle_sent)
     buckets = _delta(
         after.get("ktb_event_to_action_seconds_bucket", []),
@@ -152,14 +172,21 @@ async def bridge_latencies(ctx: BenchContext, rate: float, seconds: float) -> di
         - sample_total(before, f"ktb_temporal_call_seconds_{part}", action="start")
         for part in ("count", "sum")
     )
+    names = {name for _, _, cores in halves for name in cores}
     return {
         **summary(latencies),
         "offered_per_s": rounded(rate),
-        "achieved_per_s": rounded((count - 1) / (sent[-1] - sent[0])),
+        "achieved_per_s": rounded(
+            statistics.fmean((len(sent) - 1) / (sent[-1] - sent[0]) for _, sent, _ in halves)
+        ),
         "bridge_histogram_p50_ms": rounded(histogram_quantile(buckets, 0.5) * 1000, 2),
         "bridge_histogram_p99_ms": rounded(histogram_quantile(buckets, 0.99) * 1000, 2),
         "call_mean_ms": rounded(call_seconds / calls * 1000, 2) if calls else None,
-        "cores": cores,
+        "cores": {
+            name: rounded(statistics.fmean(cores.get(name, 0.0) for _, _, cores in halves), 3)
+            for name in sorted(names)
+        },
+        "halves": [summary(latencies_of(prefix, sent)) for prefix, sent, _ in halves],
         "settling": summary(settled),
     }
 
@@ -236,15 +263,17 @@ async def kafka_hop(ctx: BenchContext, rate: float, seconds: float) -> dict[str,
 
 
 async def direct_round(
-    ctx: BenchContext, rate: float, seconds: float, load: float = 0.0
+    ctx: BenchContext, rate: float, seconds: float, load: float = 0.0, settle: bool = True
 ) -> tuple[list[float], list[float], dict[str, float]]:
     """Direct ``start_workflow`` calls issued at ``rate`` for ``seconds``: each one's
     latency (call time → recorded start) and Temporal's answer time, in milliseconds,
     and the cores the stack and this process (the caller) used meanwhile; with
-    ``load``, beside processes spinning for that many cores (``cpu_load``)."""
+    ``load``, beside processes spinning for that many cores (``cpu_load``). Its first
+    ``SETTLE_S`` seconds do not count unless ``settle`` is off (a caller that has just
+    made calls at the rate)."""
     uid = ctx.uid()
     count = int(rate * seconds)
-    warm = settling(rate)
+    warm = settling(rate) if settle else 0
     records = order_records(ctx.catalog, uid, warm + count)
     requests = start_requests(ctx, f"bench-raw-{uid}", uid, records)
     called: dict[str, float] = {}
@@ -302,8 +331,9 @@ def direct_summary(
 
 
 async def run(ctx: BenchContext) -> ScenarioResult:
-    """Direct calls at half the ceiling, the bridge for the scenario's duration at that
-    rate, direct calls again; then the Kafka hop alone and the control round."""
+    """The bridge for the scenario's duration at half the ceiling, in two halves, with
+    direct calls at that rate before, between and after them; then the Kafka hop alone
+    and the control round."""
     seconds = ctx.size(15, 60)
     measured = ceiling(ctx)
     notes = []
@@ -311,14 +341,17 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         measured = await raw_rate(ctx, ctx.size(600, 2000), 64)
         notes.append(f"ceiling measured here: {fmt(measured, '/s')} raw starts at concurrency 64")
     rate = measured / 2
-    # The direct calls run half before the bridge round and half right after it, taken
-    # together: the server slows as its workflows pile up, and the baseline sees the
-    # same server the bridge did on average, as the throughput scenario's raw rounds
-    # on either side of its bridge rounds do.
-    before = await direct_round(ctx, rate, max(5, seconds / 4))
-    bridge = await bridge_latencies(ctx, rate, seconds)
-    after = await direct_round(ctx, rate, max(5, seconds / 4))
-    raw = direct_summary(rate, [before, after])
+    # The direct calls run before, between and after the bridge's two halves (a quarter,
+    # a half, a quarter of their time), taken together: the server settles from the
+    # throughput scenario and slows as workflows pile up, and this way the baseline
+    # sees it at the same moments as the bridge on average.
+    directs: list[tuple[list[float], list[float], dict[str, float]]] = []
+
+    async def direct(share: float) -> None:
+        directs.append(await direct_round(ctx, rate, seconds / 2 * share, settle=not directs))
+
+    bridge = await bridge_latencies(ctx, rate, seconds, direct)
+    raw = direct_summary(rate, directs)
     hop = await kafka_hop(ctx, rate, max(10, seconds / 2))
     # The control: direct calls again, beside spinning processes that take the cores the
     # bridge round added, so the server shares the machine as it did with the bridge.
@@ -351,8 +384,10 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         "time is before its call: the Kafka hop and its own path"
     )
     notes.append(
-        "direct calls before / after the bridge round: "
-        + ", ".join(f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms" for r in raw["rounds"])
+        "direct calls before, between and after the bridge's halves: "
+        + "; ".join(f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms" for r in raw["rounds"])
+        + "; the bridge's halves: "
+        + "; ".join(f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms" for r in bridge["halves"])
     )
     notes.append(
         "cores in use while the events flowed (2 s of CPU in 1 s = 2 cores): direct round "
