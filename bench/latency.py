@@ -19,8 +19,9 @@ of their time), taken together. Just after the throughput scenario the server is
 still working off its burst (direct calls right after 20,000 starts: p50 4.5 ms, a
 minute later 2.1-2.3 ms) and later it slows as workflows pile up, so a baseline
 taken at other moments than the bridge's events measures another server. With the
-run's own stack, the cores each process used while the events flowed (Temporal, Kafka, the bridge, this process as
-caller or producer) show what each round asked of the machine the server shares.
+run's own stack, the cores each process used while the events flowed (Temporal, Kafka,
+the bridge, this process as caller or producer) show what each round asked of the
+machine the server shares.
 Every round runs ``SETTLE_S`` seconds at the rate before its latencies count: the
 steady state is measured, and the bridge's first seconds after joining are reported
 apart.
