@@ -151,6 +151,13 @@ async def cores_used(pids: Mapping[str, int], work: Awaitable[T]) -> tuple[T, di
     return result, cores
 
 
+def mean_cores(parts: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """The cores each process used on average over equally long ``parts`` of a round
+    (``cores_used`` of each); a process absent from a part counts 0 there."""
+    names = sorted({name for part in parts for name in part})
+    return {name: round(sum(p.get(name, 0.0) for p in parts) / len(parts), 3) for name in names}
+
+
 def cores_line(cores: dict[str, float]) -> str:
     """``Temporal 0.85, Kafka 0.03, ...`` (process by process, as measured)."""
     return ", ".join(f"{name} {value:.2f}" for name, value in cores.items()) or "not measured"

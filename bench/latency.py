@@ -48,6 +48,7 @@ from bench.common import (
     cpu_load,
     create_topic,
     fmt,
+    mean_cores,
     open_loop,
     order_records,
     percentile,
@@ -173,7 +174,6 @@ async def bridge_latencies(
         - sample_total(before, f"ktb_temporal_call_seconds_{part}", action="start")
         for part in ("count", "sum")
     )
-    names = {name for _, _, cores in halves for name in cores}
     return {
         **summary(latencies),
         "offered_per_s": rounded(rate),
@@ -183,10 +183,7 @@ async def bridge_latencies(
         "bridge_histogram_p50_ms": rounded(histogram_quantile(buckets, 0.5) * 1000, 2),
         "bridge_histogram_p99_ms": rounded(histogram_quantile(buckets, 0.99) * 1000, 2),
         "call_mean_ms": rounded(call_seconds / calls * 1000, 2) if calls else None,
-        "cores": {
-            name: rounded(statistics.fmean(cores.get(name, 0.0) for _, _, cores in halves), 3)
-            for name in sorted(names)
-        },
+        "cores": mean_cores([cores for _, _, cores in halves]),
         "halves": [summary(latencies_of(prefix, sent)) for prefix, sent, _ in halves],
         "settling": summary(settled),
     }
@@ -314,15 +311,11 @@ def direct_summary(
     beside them when there are several, and the cores each process used on average."""
     latencies = [ms for round_ in rounds for ms in round_[0]]
     calls_ms = [ms for round_ in rounds for ms in round_[1]]
-    names = {name for round_ in rounds for name in round_[2]}
     result = {
         **summary(latencies),
         "offered_per_s": rounded(rate),
         "call_mean_ms": rounded(statistics.fmean(calls_ms), 2),
-        "cores": {
-            name: rounded(statistics.fmean(r[2].get(name, 0.0) for r in rounds), 3)
-            for name in sorted(names)
-        },
+        "cores": mean_cores([r[2] for r in rounds]),
     }
     if len(rounds) > 1:
         result["rounds"] = [

@@ -27,6 +27,7 @@ from bench.common import (
     check_starts,
     cores_used,
     cpu_load,
+    mean_cores,
     paced,
 )
 from bench.direct import DirectRun
@@ -282,6 +283,11 @@ def test_the_load_a_bridge_round_added_leaves_temporal_out() -> None:
     direct = {"Temporal": 1.0, "Kafka": 0.02, "bench (caller)": 0.12}
     bridge = {"Temporal": 0.9, "Kafka": 0.22, "bridge": 0.21, "bench (producer)": 0.07}
     assert load_added(direct, bridge) == pytest.approx(0.36)
+
+
+def test_mean_cores_counts_a_process_absent_from_a_part_as_idle_there() -> None:
+    parts = [{"Temporal": 1.0, "bridge": 0.2}, {"Temporal": 0.8}]
+    assert mean_cores(parts) == {"Temporal": pytest.approx(0.9), "bridge": pytest.approx(0.1)}
 
 
 def test_direct_rounds_before_and_after_a_bridge_round_are_taken_together() -> None:
