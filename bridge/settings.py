@@ -240,6 +240,11 @@ class Settings(BaseSettings):
     temporal_tls_key: Path | None = Field(None, description="PEM client private key (mTLS)")
     temporal_tls_server_name: str | None = Field(None, description="TLS server name override")
     temporal_api_key: SecretStr | None = None
+    temporal_grpc_compression: Literal["none", "gzip"] = Field(
+        "none",
+        description="Compression of the gRPC messages to and from Temporal: none (default) "
+        "or gzip, for large payloads over a slow link",
+    )
 
     # Schema Registry (Confluent-compatible REST API), for records in its wire format.
     # Credentials are secrets: never logged, never in the URL.

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.service import TLSConfig
+from pydantic import ValidationError
+from temporalio.service import GrpcCompression, TLSConfig
 
 from bridge import kafka
 from bridge.errors import ConfigError, UnsafeOptionError
@@ -244,7 +245,18 @@ def test_tls_files_must_exist_and_match(certs: Certs, tmp_path: Path) -> None:
 
 def test_temporal_defaults_are_plaintext_in_the_configured_namespace() -> None:
     options = temporal_connect_options(settings(temporal_namespace="orders-prod"))
-    assert options == {"namespace": "orders-prod", "api_key": None}
+    assert options == {
+        "namespace": "orders-prod",
+        "api_key": None,
+        "grpc_compression": GrpcCompression.NONE,
+    }
+
+
+def test_temporal_grpc_compression_is_a_setting() -> None:
+    gzip = temporal_connect_options(settings(temporal_grpc_compression="gzip"))
+    assert gzip["grpc_compression"] is GrpcCompression.GZIP
+    with pytest.raises(ValidationError, match="temporal_grpc_compression"):
+        settings(temporal_grpc_compression="zstd")
 
 
 def test_temporal_api_key_leaves_tls_to_the_sdk_default() -> None:
