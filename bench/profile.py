@@ -97,17 +97,28 @@ def summarise(raw: Path) -> list[tuple[str, float]]:
     return [(name, n / busy) for name, n in counts.most_common() if name != WAITING]
 
 
-def thread_cpu(pid: int) -> tuple[float, float]:
-    """CPU seconds of the main thread and of all other threads of ``pid``."""
-    process = psutil.Process(pid)
-    main = other = 0.0
-    for thread in process.threads():
-        spent = thread.user_time + thread.system_time
-        if thread.id == pid:
-            main += spent
-        else:
-            other += spent
-    return main, other
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of ``pid``'s main thread and of all its other threads, each split into
+    user and system (kernel) time: ``{"main user": ..., "main system": ..., "other
+    user": ..., "other system": ...}``."""
+    spent = dict.fromkeys(("main user", "main system", "other user", "other system"), 0.0)
+    for thread in psutil.Process(pid).threads():
+        which = "main" if thread.id == pid else "other"
+        spent[f"{which} user"] += thread.user_time
+        spent[f"{which} system"] += thread.system_time
+    return spent
+
+
+def cpu_line(before: dict[str, float], after: dict[str, float], events: int) -> str:
+    """Microseconds of CPU per event of the main thread and of the other threads, each
+    with its share in the kernel (system calls: sockets, wake-ups)."""
+    us = {k: (after[k] - before[k]) / max(1, events) * 1e6 for k in before}
+    parts = []
+    for which in ("main thread", "other threads"):
+        key = which.split()[0]
+        user, system = us[f"{key} user"], us[f"{key} system"]
+        parts.append(f"{which} {user + system:,.0f} us ({system:,.0f} us of it in the kernel)")
+    return "bridge CPU per event: " + ", ".join(parts)
 
 
 async def profile(events: int, raw: Path, rate: int, paced: float | None = None) -> None:
@@ -160,10 +171,8 @@ async def profile(events: int, raw: Path, rate: int, paced: float | None = None)
     # Paced: the warm-up event's workflow started before the CPU was first read.
     measured = sorted(times.values())[bool(paced) :]
     done = len(measured)
-    main_us = (after[0] - before[0]) / done * 1e6
-    other_us = (after[1] - before[1]) / done * 1e6
     print(f"{done:,} workflows started at {span_rate(measured):,.0f}/s")
-    print(f"bridge CPU per event: main thread {main_us:,.0f} us, other threads {other_us:,.0f} us")
+    print(cpu_line(before, after, done))
     print("share of the busy samples (idle waits in select left out):")
     for name, share in summarise(raw):
         print(f"  {share * 100:5.1f} %  {name}")

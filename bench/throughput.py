@@ -175,10 +175,10 @@ async def raw_round(
 
 async def bridge_rate(
     ctx: BenchContext, count: int, max_in_flight: int | None = None
-) -> tuple[float, float, dict[str, float]]:
-    """Starts per second through a bridge process, its CPU microseconds per event, and the
+) -> tuple[float, float, dict[str, float], int]:
+    """Starts per second through a bridge process, its CPU microseconds per event, the
     cores the stack, the bridge and this process used from its first start to its last
-    commit.
+    commit, and its limit of actions in Temporal at the end (``ktb_temporal_in_flight_limit``).
 
     ``max_in_flight`` fixes ``KTB_MAX_IN_FLIGHT`` and ``KTB_TEMPORAL_IN_FLIGHT``;
     ``None`` keeps the defaults (the adaptive limit).
@@ -207,12 +207,13 @@ async def bridge_rate(
         committed = await_committed(ctx.settings, settings.group_id, topic, 120 + count / 20)
         _, cores = await cores_used(pids, committed)
         cpu = bridge.cpu_seconds() - cpu_before
+        limit = round(await bridge.gauge("ktb_temporal_in_flight_limit"))
         times = await start_times(ctx.client, query, count, timeout=10)
     finally:
         await bridge.stop()
     if len(times) < count:
         raise RuntimeError(f"the bridge started {len(times)} of {count} workflows")
-    return span_rate(times.values()), cpu / max(1, count - started) * 1e6, cores
+    return span_rate(times.values()), cpu / max(1, count - started) * 1e6, cores, limit
 
 
 async def direct_cpu(
@@ -307,6 +308,8 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     direct_cpu_per_start: list[float] = []
     direct_rates: list[float] = []
     defaults: list[float] = []
+    default_limits: list[int] = []
+    """The adaptive limit at the end of each default round."""
     default_ratios: list[float] = []
     fixed_ratios: list[float] = []
     round_cores: list[list[dict[str, float]]] = []
@@ -314,9 +317,10 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     for _ in range(rounds):
         opening, opening_cores = await raw_round(ctx, count, best)
         raws.append(opening)
-        default_rate, _, default_cores = await bridge_rate(ctx, count)
+        default_rate, _, default_cores, default_limit = await bridge_rate(ctx, count)
         defaults.append(default_rate)
-        rate, cpu, fixed_cores = await bridge_rate(ctx, count, best)
+        default_limits.append(default_limit)
+        rate, cpu, fixed_cores, _ = await bridge_rate(ctx, count, best)
         bridges.append(rate)
         cpu_per_event.append(cpu)
         last, closing_cores = await raw_round(ctx, count, best)
@@ -359,6 +363,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             "bridge_default_max_in_flight": default,
             "bridge_default_per_s": rounded(best_default),
             "bridge_default_rounds_per_s": [rounded(v) for v in defaults],
+            "bridge_default_end_limits": default_limits,
             "bridge_default_ratio": rounded(default_ratio, 3),
             "bridge_default_round_ratios": [rounded(v, 3) for v in default_ratios],
             "bridge_round_ratios": [rounded(v, 3) for v in fixed_ratios],
@@ -402,6 +407,8 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             ),
             f"best round against best raw round alone: bridge {ratio(bridge, raw):.2f}, "
             f"default settings {ratio(best_default, raw):.2f}",
+            "the adaptive limit of actions in Temporal at the end of each default round: "
+            + ", ".join(str(n) for n in default_limits),
             "cores while the starts ran (2 s of CPU in 1 s = 2 cores), per round: "
             + "; ".join(
                 " / ".join(

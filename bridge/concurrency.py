@@ -23,9 +23,27 @@ round trips, so the right concurrency for a server is found, not configured:
   windows, the server has become slower for good: the floor is measured afresh
   there, at the least concurrency the limit allows.
 
+While records wait for slots (a backlog), answer times alone cannot tell whether
+more calls at once would be served faster: a server's completions can stay flat over
+a range of concurrency and rise well past it (the in-memory dev server, once its
+workflows pile up: about the same starts a second at 16 and 64 calls at once, two
+fifths more at 256; README, Performance). So while saturated the limit also follows
+the completion rate:
+
+- Completions are counted over spans of at least ``PROBE_SPAN_S``. After a span at
+  the current limit it tries ``PROBE_DEPTH`` times as many calls at once; the next
+  span lets the deeper pipeline fill and is not counted, the one after is the probe.
+- The probe pays when its completion rate beats the span before it by
+  ``PROBE_GAIN``: the deeper limit is kept (Vegas does not shrink below it while
+  records wait) and the next probe starts from it. Otherwise the limit goes back,
+  and probing rests for a number of spans that doubles with each probe that did not
+  pay (up to ``PROBE_REST_MAX``).
+- A window in which no record waited ends it all: Vegas alone governs again. An
+  overload halves the limit as always and forgets what probes earned.
+
 Below the server's knee the limit does not bind and latency is what the server
-gives; past it, the limit keeps a handful of calls queued in Temporal instead of
-hundreds, which is latency for every record and no throughput.
+gives; past it, with no backlog, the limit keeps a handful of calls queued in
+Temporal instead of hundreds; with one, as many as pay in completions.
 """
 
 from __future__ import annotations
@@ -33,8 +51,9 @@ from __future__ import annotations
 import asyncio
 import math
 import statistics
+import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 WINDOW_MIN = 16
@@ -45,6 +64,14 @@ DECREASE = 0.1
 """Share of the limit taken off per window while too many calls queue."""
 GROWTH = 0.1
 """Share of the limit added per window while nothing queues."""
+PROBE_SPAN_S = 2.0
+"""Fewest seconds of completions a saturated limit's rate is measured over."""
+PROBE_DEPTH = 16
+"""How many times as many calls at once a saturated limit tries."""
+PROBE_GAIN = 0.1
+"""Share by which a deeper limit's completion rate must beat the one before to stay."""
+PROBE_REST_MAX = 32
+"""Most spans probing rests after probes that did not pay."""
 
 
 class ActionLimit:
@@ -57,6 +84,7 @@ class ActionLimit:
         minimum: int = 16,
         maximum: int = 1024,
         initial: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if fixed is not None and fixed < 1:
             raise ValueError(f"a fixed limit must be at least 1, not {fixed}")
@@ -76,6 +104,19 @@ class ActionLimit:
         self.floor: float | None = None
         """The lowest latency seen lately (seconds), ``None`` before the first window."""
         self._stuck = 0
+        self._clock = clock
+        self._window_start = clock()
+        self._waited = False
+        # The completion-rate probe while records wait (module doc).
+        self._span_answers = 0
+        self._span_s = 0.0
+        self._base: tuple[float, float] | None = None
+        """While a probe runs: the limit it came from and that limit's completion rate."""
+        self._settling = True
+        self._earned = 0.0
+        """The deepest limit a probe found paying, while records keep waiting."""
+        self._rest = 0
+        self._rest_next = 1
 
     @property
     def limit(self) -> int:
@@ -105,6 +146,7 @@ class ActionLimit:
         if not self._waiters and self.in_flight < self.limit:
             self._take()
             return
+        self._waited = True
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
@@ -152,9 +194,18 @@ class ActionLimit:
     def _adapt(self) -> None:
         samples = [s for s in self._samples if not math.isnan(s)]
         failed, peak, limit = self._failed, self._peak, self._limit
+        now = self._clock()
+        answered, elapsed = len(self._samples), now - self._window_start
+        saturated = self._waited or bool(self._waiters)
         self._samples, self._failed, self._peak = [], False, self.in_flight
+        self._waited, self._window_start = False, now
         if failed:
+            self._unsaturated()
             self._set(limit / 2)
+            return
+        if not saturated:
+            self._unsaturated()
+        elif self._probe(answered, elapsed, limit):
             return
         if not samples:
             return
@@ -165,10 +216,13 @@ class ActionLimit:
         scale = math.log10(max(limit, 10.0))
         alpha, beta = 3 * scale, 6 * scale
         if queued > beta:
-            if limit > self.minimum:
+            least = max(float(self.minimum), self._earned)
+            if limit > least:
                 self._stuck = 0
-                self._set(limit * (1 - DECREASE))
+                self._set(max(limit * (1 - DECREASE), least))
                 return
+            if self._earned:
+                return  # held by a probe that paid: not the server slower for good
             self._stuck += 1
             if self._stuck >= STUCK_WINDOWS:
                 self.floor, self._stuck = median, 0
@@ -176,6 +230,42 @@ class ActionLimit:
         self._stuck = 0
         if queued < alpha and peak >= 0.9 * limit:
             self._set(limit + (max(1.0, limit * GROWTH) if queued < 1 else 1.0))
+
+    def _probe(self, answered: int, elapsed: float, limit: float) -> bool:
+        """One saturated window's share of the completion-rate probe (module doc); True
+        while a probe holds the limit, so the answer times leave it alone."""
+        self._span_answers += answered
+        self._span_s += elapsed
+        if self._span_s < PROBE_SPAN_S:
+            return self._base is not None
+        rate = self._span_answers / self._span_s
+        self._span_answers, self._span_s = 0, 0.0
+        if self._settling:  # calls of the limit before still in the span
+            self._settling = False
+            return self._base is not None
+        if self._base is not None:
+            base_limit, base_rate = self._base
+            self._base = None
+            if rate < base_rate * (1 + PROBE_GAIN):
+                self._set(base_limit)
+                self._rest = self._rest_next
+                self._rest_next = min(2 * self._rest_next, PROBE_REST_MAX)
+                return True
+            self._earned, self._rest_next = limit, 1
+        elif self._rest > 0:
+            self._rest -= 1
+            return False
+        if limit >= self.maximum:
+            return False
+        self._base, self._settling = (limit, rate), True
+        self._set(limit * PROBE_DEPTH)
+        return True
+
+    def _unsaturated(self) -> None:
+        """No record waited (or an overload): the probe ends and what it earned lapses."""
+        self._span_answers, self._span_s = 0, 0.0
+        self._base, self._settling, self._earned = None, True, 0.0
+        self._rest, self._rest_next = 0, 1
 
     def _set(self, limit: float) -> None:
         self._limit = min(max(limit, float(self.minimum)), float(self.maximum))

@@ -1,7 +1,8 @@
 """Benchmark helpers of pure logic: pacing of direct calls, the exactly-once check of a
 round's workflows, the per-event CPU figures of the scale scenario, the raw rate a
 bridge round is compared with, what a run records when a scenario fails, which
-scenarios get a fresh server, and the cores processes use while a scenario's work runs."""
+scenarios get a fresh server, the cores processes use while a scenario's work runs, and the
+profile's CPU per event by thread."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from bench.common import (
 )
 from bench.direct import DirectRun
 from bench.latency import direct_summary, load_added
+from bench.profile import cpu_line, thread_cpu
 from bench.scale import BridgeShare, Round
 from bench.throughput import interpolated, rounds_note
 from bridge.dev.processes import Service
@@ -317,3 +319,19 @@ async def test_a_cpu_load_runs_its_spinners_only_inside_the_block() -> None:
         processes = [psutil.Process(pid) for pid in spinners.values()]
         assert all(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in processes)
     assert not any(psutil.pid_exists(pid) for pid in spinners.values())
+
+
+def test_profile_splits_cpu_per_event_by_thread_and_kernel_share() -> None:
+    before = {"main user": 1.0, "main system": 0.5, "other user": 2.0, "other system": 0.0}
+    after = {"main user": 1.6, "main system": 0.7, "other user": 2.3, "other system": 0.1}
+    line = cpu_line(before, after, 1000)
+    assert line == (
+        "bridge CPU per event: main thread 800 us (200 us of it in the kernel), "
+        "other threads 400 us (100 us of it in the kernel)"
+    )
+
+
+def test_profile_reads_the_cpu_of_this_process_threads() -> None:
+    spent = thread_cpu(os.getpid())
+    assert set(spent) == {"main user", "main system", "other user", "other system"}
+    assert spent["main user"] > 0

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from bridge.concurrency import STUCK_WINDOWS, WINDOW_MIN, ActionLimit
+from bridge.concurrency import PROBE_REST_MAX, PROBE_SPAN_S, STUCK_WINDOWS, WINDOW_MIN, ActionLimit
 
 
 async def test_a_fixed_limit_admits_that_many_and_wakes_waiters_in_arrival_order() -> None:
@@ -97,6 +97,88 @@ def run_windows(limit: ActionLimit, latency: Callable[[int], float], windows: in
             limit.release()
         seen.append(limit.limit)
     return seen
+
+
+class Clock:
+    """Seconds that pass only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run_backlog(
+    limit: ActionLimit, clock: Clock, served: Callable[[int], float], seconds: float
+) -> list[tuple[float, int]]:
+    """Drive full windows with records waiting for slots (a backlog) for ``seconds``: a
+    server completing ``served(in_flight)`` calls a second, each answered after
+    ``in_flight / served(in_flight)`` seconds (Little's law). The limit after each
+    window, with the time."""
+    seen = []
+    end = clock.now + seconds
+    while clock.now < end:
+        size = max(WINDOW_MIN, limit.limit)
+        while limit.in_flight < limit.limit:
+            limit._take()
+        in_use = limit.in_flight
+        rate = served(in_use)
+        limit._waited = True  # as acquire() notes when a record has to wait
+        for _ in range(size):
+            clock.now += 1 / rate
+            limit.observe(in_use / rate)
+        while limit.in_flight:
+            limit.release()
+        seen.append((clock.now, limit.limit))
+    return seen
+
+
+def test_a_backlog_goes_as_deep_as_completions_pay() -> None:
+    # As the dev server once its workflows pile up: flat up to 64 calls at once, two
+    # fifths more from 256 on. Answer times alone would hold the limit at 16.
+    clock = Clock()
+    limit = ActionLimit(minimum=16, maximum=1024, clock=clock)
+    seen = run_backlog(limit, clock, lambda n: 240.0 if n >= 256 else 170.0, 40)
+    assert seen[0][1] < 64
+    assert min(lim for t, lim in seen if t > 20) >= 256, seen
+
+
+def test_a_backlog_on_a_server_depth_does_not_help_stays_shallow() -> None:
+    # The same completions at any concurrency: every probe is taken back, and probing
+    # rests longer after each.
+    clock = Clock()
+    limit = ActionLimit(minimum=16, maximum=1024, clock=clock)
+    seen = run_backlog(limit, clock, lambda n: 250.0, 600)
+    deep = [(t, lim > 40) for t, lim in seen]
+    assert any(d for _, d in deep), "it probed"
+    assert seen[-1][1] <= 40
+    late = [(t, d) for t, d in deep if t > 300]
+    probes = sum(1 for (_, a), (_, b) in itertools.pairwise(late) if b and not a)
+    assert 1 <= probes <= 300 / (PROBE_REST_MAX * PROBE_SPAN_S) + 1, probes
+    # A window's share of the time is its length: the time from the window before.
+    deep_s = sum(t - s for (s, _), (t, d) in itertools.pairwise(late) if d)
+    assert deep_s < 0.1 * 300, deep_s
+
+
+def test_what_a_probe_earned_lapses_without_a_backlog_or_on_overload() -> None:
+    clock = Clock()
+    limit = ActionLimit(minimum=16, maximum=1024, clock=clock)
+    run_backlog(limit, clock, lambda n: 240.0 if n >= 256 else 170.0, 40)
+    earned = limit.limit
+    assert earned >= 256
+    # No record waits any more and the answers read a long queue: Vegas shrinks it.
+    seen = run_windows(limit, lambda in_flight: in_flight / 240, 30)
+    assert seen[-1] < earned / 2, seen
+    # Earned again, then an overload: halved, and answer times may shrink it further.
+    clock.now += 60
+    run_backlog(limit, clock, lambda n: 240.0 if n >= 256 else 170.0, 40)
+    assert limit.limit >= 256
+    before = limit.limit
+    for _ in range(max(WINDOW_MIN, before)):
+        limit.failed()
+    assert limit.limit == before // 2
+    assert run_windows(limit, lambda in_flight: in_flight / 240, 30)[-1] < before // 2
 
 
 def test_the_limit_grows_while_nothing_queues() -> None:
