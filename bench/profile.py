@@ -114,8 +114,7 @@ def cpu_line(before: dict[str, float], after: dict[str, float], events: int) -> 
     with its share in the kernel (system calls: sockets, wake-ups)."""
     us = {k: (after[k] - before[k]) / max(1, events) * 1e6 for k in before}
     parts = []
-    for which in ("main thread", "other threads"):
-        key = which.split()[0]
+    for which, key in (("main thread", "main"), ("other threads", "other")):
         user, system = us[f"{key} user"], us[f"{key} system"]
         parts.append(f"{which} {user + system:,.0f} us ({system:,.0f} us of it in the kernel)")
     return "bridge CPU per event: " + ", ".join(parts)
