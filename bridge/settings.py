@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     temporal_in_flight: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto",
         description="Actions in Temporal at once: auto adapts it to Temporal's answer times "
-        "(between 16 and max_in_flight), a number fixes it",
+        "(between 16 and 256, neither above max_in_flight), a number fixes it (up to "
+        "max_in_flight)",
     )
     max_buffered: int = Field(10000, ge=1, description="Records fetched but not done")
     # The consumer holds each partition's last fetch until every record in it is taken,

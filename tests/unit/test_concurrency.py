@@ -8,7 +8,14 @@ from collections.abc import Callable
 
 import pytest
 
-from bridge.concurrency import PROBE_REST_MAX, PROBE_SPAN_S, STUCK_WINDOWS, WINDOW_MIN, ActionLimit
+from bridge.concurrency import (
+    AUTO_MAXIMUM,
+    PROBE_REST_MAX,
+    PROBE_SPAN_S,
+    STUCK_WINDOWS,
+    WINDOW_MIN,
+    ActionLimit,
+)
 
 
 async def test_a_fixed_limit_admits_that_many_and_wakes_waiters_in_arrival_order() -> None:
@@ -268,3 +275,25 @@ def test_a_fixed_temporal_limit_above_max_in_flight_is_refused() -> None:
         Settings(max_in_flight=64, temporal_in_flight=128)
     assert Settings(max_in_flight=64, temporal_in_flight=64).temporal_in_flight == 64
     assert Settings().temporal_in_flight == "auto"
+
+
+def test_the_adaptive_limit_stops_at_its_ceiling_even_where_depth_pays() -> None:
+    # The step-like server above, completing ever more the deeper its queues: the
+    # default ceiling holds the probes (each call in Temporal costs the process memory).
+    clock = Clock()
+    limit = ActionLimit(clock=clock)
+    seen = run_backlog(limit, clock, lambda n: 170.0 + n / 4, 60)
+    assert max(lim for _, lim in seen) == AUTO_MAXIMUM == 256, seen
+    assert seen[-1][1] == AUTO_MAXIMUM
+
+
+def test_the_bridge_wires_an_adaptive_limit_up_to_256_and_a_fixed_one_up_to_max_in_flight() -> None:
+    from bridge.observability.metrics import Metrics
+    from bridge.settings import Settings
+    from bridge.wiring import action_limit
+
+    auto = action_limit(Settings(), Metrics())
+    assert (auto.adaptive, auto.minimum, auto.maximum) == (True, 16, AUTO_MAXIMUM)
+    assert action_limit(Settings(max_in_flight=100), Metrics()).maximum == 100
+    fixed = action_limit(Settings(temporal_in_flight=1024), Metrics())
+    assert (fixed.adaptive, fixed.limit) == (False, 1024)
