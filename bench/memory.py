@@ -1,11 +1,11 @@
 """Bridge memory at steady state with 10,000 events in flight or queued.
 
 A bridge process (default settings: ``max_buffered`` 10,000, ``max_in_flight``
-1,024, at most 256 calls in Temporal at once) starts on an empty topic; after a warm-up event its resident memory is the
-baseline. Then far more events than it can start in the sampling window are
-produced at once, so its buffer fills and stays full; RSS (``psutil``) and the
-bridge's own ``ktb_in_flight`` gauge (records fetched and not done) are sampled
-while it works through them.
+1,024, at most 256 calls in Temporal at once) starts on an empty topic; after a
+warm-up event its resident memory is the baseline. Then far more events than it can
+start in the sampling window are produced at once, so its buffer fills and stays
+full; RSS (``psutil``) and the bridge's own ``ktb_in_flight`` gauge (records fetched
+and not done) are sampled while it works through them.
 """
 
 from __future__ import annotations
