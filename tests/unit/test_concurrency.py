@@ -278,8 +278,8 @@ def test_a_fixed_temporal_limit_above_max_in_flight_is_refused() -> None:
 
 
 def test_the_adaptive_limit_stops_at_its_ceiling_even_where_depth_pays() -> None:
-    # The step-like server above, completing ever more the deeper its queues: the
-    # default ceiling holds the probes (each call in Temporal costs the process memory).
+    # A server completing ever more the deeper its queues: the default ceiling holds
+    # the probes (each call in Temporal costs the process memory).
     clock = Clock()
     limit = ActionLimit(clock=clock)
     seen = run_backlog(limit, clock, lambda n: 170.0 + n / 4, 60)

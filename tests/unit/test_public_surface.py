@@ -122,6 +122,14 @@ def test_the_api_process_never_loads_the_worker_machinery() -> None:
     assert _loaded_after(imports, ["bridge.api.app", "temporalio.worker"]) == ["bridge.api.app"]
 
 
+def test_a_bridge_process_never_loads_the_api_app() -> None:
+    # Every process wires through bridge.wiring, which uses the API's state and auth;
+    # the app (every router and its pydantic models, about 18 MiB) loads where served.
+    assert _loaded_after("import bridge.cli.main, bridge.wiring", ["bridge.api.app"]) == []
+    served = "from bridge.api import create_app, ROUTERS"
+    assert _loaded_after(served, ["bridge.api.app"]) == ["bridge.api.app"]
+
+
 def _imports(path: Path) -> Iterator[tuple[int, str, list[str]]]:
     """(line, module, names) of every import in ``path``; ``names`` empty for ``import x``."""
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
