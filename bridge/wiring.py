@@ -16,8 +16,6 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from bridge import kafka
-from bridge.api.auth import KeyRing, SessionSigner
-from bridge.api.state import ApiState, topic_map
 from bridge.codec import SchemaCatalog
 from bridge.concurrency import AUTO_MAXIMUM, ActionLimit
 from bridge.consumer import BridgeConsumer
@@ -35,15 +33,16 @@ from bridge.routes import PublishSpec, Router, RoutesConfig
 from bridge.sdk.egress import Publisher
 from bridge.sdk.window import with_collector
 from bridge.settings import Settings
-from bridge.store import LATEST_VERSION, Database, Indexer, ProvenanceStore, migrate, schema_version
-from bridge.store.database import redacted
 from bridge.temporal.attributes import register_search_attributes
 from bridge.temporal.client import connect_temporal, running_worker
 
 if TYPE_CHECKING:
     from temporalio.worker import Interceptor, Worker
 
+    from bridge.api.auth import SessionSigner
+    from bridge.api.state import ApiState
     from bridge.registry.subjects import RegistryWriter
+    from bridge.store import Database, Indexer, ProvenanceStore
 
 T = TypeVar("T")
 log = logging.getLogger("ktb")
@@ -267,6 +266,8 @@ async def provision(
 
 async def migrate_database(settings: Settings) -> list[int]:
     """Apply the provenance database's missing schema migrations; the versions applied."""
+    from bridge.store import Database, migrate
+
     async with Database(settings) as database, database.connection() as conn:
         return await migrate(conn)
 
@@ -309,6 +310,8 @@ async def open_api_state(
 
 def session_signer(settings: Settings) -> SessionSigner:
     """The signer of the console's sessions, with the configured secret if there is one."""
+    from bridge.api.auth import SessionSigner
+
     secret = settings.api_session_secret
     return SessionSigner(
         secret.get_secret_value().encode() if secret is not None else None,
@@ -326,6 +329,10 @@ async def _api_state(
     ingress: Ingress | None,
 ) -> AsyncIterator[ApiState]:
     """The API's clients around its ``ingress``, closed on exit."""
+    from bridge.api.auth import KeyRing
+    from bridge.api.state import ApiState, topic_map
+    from bridge.store import Indexer
+
     keys = KeyRing(settings.api_keys, enabled=settings.api_auth, sessions=session_signer(settings))
     if not settings.api_auth:
         log.warning("API authentication is OFF (KTB_API_AUTH=off): every caller sees every tenant")
@@ -390,6 +397,9 @@ async def open_store(settings: Settings) -> AsyncIterator[tuple[Database, Proven
     that does not answer yet is no reason not to start: lookups answer 503 and the
     indexer waits until it is back.
     """
+    from bridge.store import LATEST_VERSION, Database, ProvenanceStore, schema_version
+    from bridge.store.database import redacted
+
     database = Database(settings)
     await database.open()
     try:
@@ -412,6 +422,9 @@ async def open_store(settings: Settings) -> AsyncIterator[tuple[Database, Proven
 async def run_indexer(settings: Settings) -> None:
     """``ktb indexer``: index the provenance topic until SIGINT/SIGTERM (``/metrics`` on
     ``KTB_METRICS_PORT``)."""
+    from bridge.store import Indexer
+    from bridge.store.database import redacted
+
     with open_telemetry(settings, "indexer", sdk_metrics=False) as telemetry:
         async with open_store(settings) as (database, store):
             indexer = Indexer(settings, store, telemetry.metrics)

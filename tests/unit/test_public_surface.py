@@ -122,10 +122,14 @@ def test_the_api_process_never_loads_the_worker_machinery() -> None:
     assert _loaded_after(imports, ["bridge.api.app", "temporalio.worker"]) == ["bridge.api.app"]
 
 
-def test_a_bridge_process_never_loads_the_api_app() -> None:
-    # Every process wires through bridge.wiring, which uses the API's state and auth;
-    # the app (every router and its pydantic models, about 18 MiB) loads where served.
-    assert _loaded_after("import bridge.cli.main, bridge.wiring", ["bridge.api.app"]) == []
+def test_a_bridge_process_never_loads_the_api_or_the_database_driver() -> None:
+    # Every process wires through bridge.wiring; the API's state and auth (FastAPI) and
+    # the provenance store (asyncpg) load in the functions that wire them, and the app
+    # (every router and its pydantic models, about 18 MiB) where it is served.
+    api = ["bridge.api", "bridge.api.app", "fastapi", "bridge.store", "asyncpg"]
+    assert _loaded_after("import bridge.cli.main, bridge.wiring", api) == []
+    wired = "import bridge.wiring as w; w.session_signer(w.Settings())"
+    assert _loaded_after(wired, api) == ["bridge.api", "fastapi", "bridge.store", "asyncpg"]
     served = "from bridge.api import create_app, ROUTERS"
     assert _loaded_after(served, ["bridge.api.app"]) == ["bridge.api.app"]
 
