@@ -21,7 +21,9 @@ round trips, so the right concurrency for a server is found, not configured:
 - The floor only falls, so sustained load never passes for a new normal. Should
   the limit sit at its minimum and still read a queue for ``STUCK_WINDOWS``
   windows, the server has become slower for good: the floor is measured afresh
-  there, at the least concurrency the limit allows.
+  there, at the least concurrency the limit allows. A window that still answers
+  calls of a deeper limit (a probe just taken back) does not count: their queue
+  was that limit's.
 
 While records wait for slots (a backlog), answer times alone cannot tell whether
 more calls at once would be served faster: a server's completions can stay flat over
@@ -73,6 +75,9 @@ PROBE_GAIN = 0.1
 """Share by which a deeper limit's completion rate must beat the one before to stay."""
 PROBE_REST_MAX = 32
 """Most spans probing rests after probes that did not pay."""
+AUTO_MINIMUM = 16
+"""Fewest actions the adaptive limit allows in Temporal at once (fewer only where
+``max_in_flight`` is lower)."""
 AUTO_MAXIMUM = 256
 """Most actions the adaptive limit puts in Temporal at once. Each call in Temporal holds
 about 40 KiB of the process (its request, the SDK's stream): a bridge with 10,000 records
@@ -87,7 +92,7 @@ class ActionLimit:
         self,
         fixed: int | None = None,
         *,
-        minimum: int = 16,
+        minimum: int = AUTO_MINIMUM,
         maximum: int = AUTO_MAXIMUM,
         initial: int | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -229,6 +234,8 @@ class ActionLimit:
                 return
             if self._earned:
                 return  # held by a probe that paid: not the server slower for good
+            if peak > limit:
+                return  # calls of a deeper limit still draining: their queue, not this one's
             self._stuck += 1
             if self._stuck >= STUCK_WINDOWS:
                 self.floor, self._stuck = median, 0

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bridge.concurrency import AUTO_MAXIMUM
+from bridge.concurrency import AUTO_MAXIMUM, AUTO_MINIMUM
 from bridge.tenancy import valid_tenant
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -39,8 +39,8 @@ class Settings(BaseSettings):
     temporal_in_flight: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto",
         description="Actions in Temporal at once: auto adapts it to Temporal's answer times "
-        f"(between 16 and {AUTO_MAXIMUM}, neither above max_in_flight), a number fixes it "
-        "(up to max_in_flight)",
+        f"(between {AUTO_MINIMUM} and {AUTO_MAXIMUM}, neither above max_in_flight), a number "
+        "fixes it (up to max_in_flight)",
     )
     max_buffered: int = Field(10000, ge=1, description="Records fetched but not done")
     # The consumer holds each partition's last fetch until every record in it is taken,

@@ -17,7 +17,7 @@ from temporalio.service import RPCError
 
 from bridge import kafka
 from bridge.codec import SchemaCatalog
-from bridge.concurrency import AUTO_MAXIMUM, ActionLimit
+from bridge.concurrency import AUTO_MAXIMUM, AUTO_MINIMUM, ActionLimit
 from bridge.consumer import BridgeConsumer
 from bridge.decoding import open_decoder
 from bridge.dispatch import Dispatcher
@@ -92,12 +92,12 @@ async def run_bridge(settings: Settings, metrics: Metrics | None = None) -> None
 
 def action_limit(settings: Settings, metrics: Metrics) -> ActionLimit:
     """The bridge's gate of actions in Temporal (``KTB_TEMPORAL_IN_FLIGHT``), its limit
-    exported as ``ktb_temporal_in_flight_limit``. Adaptive, it stays between 16 and
-    ``AUTO_MAXIMUM``, neither above ``max_in_flight``."""
+    exported as ``ktb_temporal_in_flight_limit``. Adaptive, it stays between
+    ``AUTO_MINIMUM`` and ``AUTO_MAXIMUM``, neither above ``max_in_flight``."""
     fixed = settings.temporal_in_flight
     limit = ActionLimit(
         None if fixed == "auto" else fixed,
-        minimum=min(16, settings.max_in_flight),
+        minimum=min(AUTO_MINIMUM, settings.max_in_flight),
         maximum=min(AUTO_MAXIMUM, settings.max_in_flight),
     )
     metrics.temporal_in_flight_limit.set_function(lambda: limit.limit)

@@ -224,6 +224,22 @@ def test_a_server_slower_for_good_is_measured_afresh_at_the_minimum() -> None:
     assert seen[-1] > 16  # and grows again from there
 
 
+def test_calls_of_a_deeper_limit_draining_at_the_minimum_leave_the_floor() -> None:
+    limit = ActionLimit(minimum=16, maximum=256)
+    run_windows(limit, lambda in_flight: 0.010, 1)
+    assert limit.limit > 16 and limit.floor == 0.010
+    limit._set(16)  # as a probe taken back: 256 calls out, 16 slots
+    for _ in range(256):
+        limit._take()
+    for _ in range(256):  # the deep queue drains: 16 windows of 1 s answers
+        limit.observe(1.0)
+        limit.release()
+    assert limit.floor == 0.010
+    # Answers of the minimum's own calls that still read a queue do count.
+    run_windows(limit, lambda in_flight: 0.050, STUCK_WINDOWS)
+    assert limit.floor == 0.050
+
+
 def test_the_limit_only_grows_while_it_is_used() -> None:
     limit = ActionLimit(minimum=16, maximum=1024)
     for _ in range(10 * WINDOW_MIN):
