@@ -1,4 +1,8 @@
-"""Building the long-lived clients of a ktb process from settings, in one place."""
+"""Building the long-lived clients of a ktb process from settings, in one place.
+
+The API's modules (FastAPI) and the provenance store's (asyncpg) are imported by the
+functions that wire them: a bridge or worker process never loads them.
+"""
 
 from __future__ import annotations
 
