@@ -3,7 +3,10 @@
 The dispatcher takes a slot of its ``ActionLimit`` for every action it carries out,
 live or replayed, and reports how long Temporal took to answer. Records past the
 limit wait for a slot in arrival order; a record's key keeps its order because its
-next record is not taken before.
+next record is not taken before. A record whose partition closes (a revoke, a stop,
+a replay's end) while it waits gives up (``Abandoned``) when the next slot frees
+instead of taking it: a revoke hands the partition over once the calls already in
+Temporal are answered, not after every record that was waiting has gone in too.
 
 With a fixed limit (``KTB_TEMPORAL_IN_FLIGHT=N``) that is all. The adaptive limit
 (``auto``, the default) follows Temporal's answer times the way TCP Vegas follows
@@ -52,12 +55,15 @@ Temporal instead of hundreds; with one, as many as pay in completions, up to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import statistics
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+
+from bridge.errors import Abandoned
 
 WINDOW_MIN = 16
 """Fewest answers a window takes before the limit moves."""
@@ -108,7 +114,8 @@ class ActionLimit:
         self._limit = min(max(self._limit, 1.0), float(maximum if self.adaptive else self._limit))
         self.in_flight = 0
         """Actions holding a slot now."""
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[tuple[asyncio.Future[None], asyncio.Event | None]] = deque()
+        """Waiting actions in arrival order, each with its partition's ``closed`` event."""
         self._samples: list[float] = []
         self._peak = 0
         self._failed = False
@@ -140,34 +147,41 @@ class ActionLimit:
         return len(self._waiters)
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self, closed: asyncio.Event | None = None) -> AsyncIterator[None]:
         """Hold a slot for one action; on leaving, report its latency (or its failure).
 
         The body reports through ``observe`` what it measured: only an answer from
         Temporal is a latency sample, and a rate-limit wait or a decode is not.
+        ``Abandoned`` instead if ``closed`` (the record's partition closing) is set
+        before the action has its slot.
         """
-        await self.acquire()
+        await self.acquire(closed)
         try:
             yield
         finally:
             self.release()
 
-    async def acquire(self) -> None:
-        """Wait for a slot, in arrival order."""
+    async def acquire(self, closed: asyncio.Event | None = None) -> None:
+        """Wait for a slot, in arrival order; ``Abandoned`` if ``closed`` is set before
+        one is free for it (checked as slots free, so a closed partition's waiting
+        records give up together at the next answer from Temporal)."""
+        if closed is not None and closed.is_set():
+            raise Abandoned("partition closed before the action had a slot in Temporal")
         if not self._waiters and self.in_flight < self.limit:
             self._take()
             return
         self._waited = True
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        self._waiters.append((waiter, closed))
         try:
             await waiter
         except BaseException:
-            if waiter.done() and not waiter.cancelled():
+            if not waiter.done() or waiter.cancelled():
+                with contextlib.suppress(ValueError):  # _wake drops cancelled ones too
+                    self._waiters.remove((waiter, closed))
+            elif waiter.exception() is None:
                 self.release()  # granted while being cancelled: hand it on
-            elif waiter in self._waiters:  # _wake passes over (and drops) cancelled ones
-                self._waiters.remove(waiter)
-            raise
+            raise  # else given up (Abandoned) in _wake: out of the line, holding no slot
 
     def release(self) -> None:
         """Give a slot back and hand free slots to the oldest waiters."""
@@ -197,10 +211,16 @@ class ActionLimit:
 
     def _wake(self) -> None:
         while self._waiters and self.in_flight < self.limit:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                self._take()
-                waiter.set_result(None)
+            waiter, closed = self._waiters.popleft()
+            if waiter.done():
+                continue  # cancelled while waiting
+            if closed is not None and closed.is_set():
+                waiter.set_exception(
+                    Abandoned("partition closed while the action waited for a slot in Temporal")
+                )
+                continue
+            self._take()
+            waiter.set_result(None)
 
     def _adapt(self) -> None:
         samples = [s for s in self._samples if not math.isnan(s)]

@@ -109,15 +109,20 @@ class Executor(Protocol):
     """What an ``Ingress`` hands each routed action to: a ``Dispatcher``, ``DryRun``, or
     a wrapper around one (replay's fresh ids)."""
 
-    async def execute(self, action: Action, event: Event) -> Result:
-        """Carry out (or describe) ``action`` for ``event``."""
+    async def execute(
+        self, action: Action, event: Event, closed: asyncio.Event | None = None
+    ) -> Result:
+        """Carry out (or describe) ``action`` for ``event``; ``Abandoned`` if ``closed``
+        (the record's partition closing) is set while the action waits for Temporal."""
         ...
 
 
 class DryRun:
     """Acts on nothing: each action answers ``dry_run`` with the workflow it would reach."""
 
-    async def execute(self, action: Action, event: Event) -> Result:
+    async def execute(
+        self, action: Action, event: Event, closed: asyncio.Event | None = None
+    ) -> Result:
         """The result ``action`` would have, without touching Temporal."""
         return Result(Outcome.DRY_RUN, action.route, action.kind.value, action.workflow_id)
 
@@ -148,11 +153,14 @@ class Dispatcher:
         self.runs = CheckedRuns()
         """Running runs already checked against a tenant (signals and closes are pinned)."""
 
-    async def execute(self, action: Action, event: Event) -> Result:
+    async def execute(
+        self, action: Action, event: Event, closed: asyncio.Event | None = None
+    ) -> Result:
         """Perform ``action`` in a slot of ``limit``; return what happened or raise a
         bridge error. Temporal's answer time feeds the limit (an update's, to the
-        accepted stage, includes its worker's); a call refused for overload lowers it."""
-        async with self.limit.slot():
+        accepted stage, includes its worker's); a call refused for overload lowers it.
+        ``Abandoned`` if ``closed`` is set before the action has its slot."""
+        async with self.limit.slot(closed):
             started = time.monotonic()
             try:
                 result = await self._perform(action, event)

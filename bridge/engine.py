@@ -38,6 +38,7 @@ from bridge.backoff import Backoff
 from bridge.dispatch import Result
 from bridge.envelope import RecordLike
 from bridge.errors import (
+    Abandoned,
     BridgeError,
     InternalError,
     PauseRequested,
@@ -46,7 +47,6 @@ from bridge.errors import (
 )
 from bridge.ingress import Ingress
 from bridge.observability.metrics import Metrics
-from bridge.pacing import Abandoned
 from bridge.policies import Block, Decision, Entry, FailurePolicies, PartitionPolicies, Pause
 
 log = logging.getLogger("ktb.engine")
@@ -484,7 +484,7 @@ class Engine:
                         letter, unexpected = None, 0
                     continue
                 except Abandoned:
-                    return None  # closed while waiting for a rate limit's token
+                    return None  # closed while waiting for a token or a slot in Temporal
                 except TransientError as exc:
                     reason = exc.message
                 except BridgeError as exc:  # a non-permanent, non-transient bridge error

@@ -8,6 +8,15 @@ The transient/permanent split is a property of the type: the consumer retries
 from __future__ import annotations
 
 
+class Abandoned(Exception):
+    """A record's partition closed while it waited to be acted on (for a rate limit's
+    token or a slot in Temporal): it stays not done and is read again by whoever holds
+    the partition next.
+
+    Control flow, not a fault: the engine stops the record's work as on any close.
+    """
+
+
 class BridgeError(Exception):
     """Root of every error the bridge raises on purpose."""
 

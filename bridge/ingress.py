@@ -98,8 +98,9 @@ class Ingress:
     async def handle(self, record: RecordLike, closed: asyncio.Event | None = None) -> Result:
         """Act on one record. ``TransientError`` propagates: the caller retries.
 
-        A rate-limited route's action waits for a token first; ``Abandoned`` if
-        ``closed`` (the record's partition closing) is set meanwhile.
+        A rate-limited route's action waits for a token first, and every action for a
+        slot in Temporal (``bridge.concurrency``); ``Abandoned`` if ``closed`` (the
+        record's partition closing) is set meanwhile.
         """
         if self.tracer is None:
             return await self._handle(record, closed)
@@ -119,7 +120,7 @@ class Ingress:
             else:
                 if action.rate_limit is not None and self.rate_limits is not None:
                     await self.rate_limits.acquire(action.route, action.rate_limit, closed)
-                result = await self.dispatcher.execute(action, event)
+                result = await self.dispatcher.execute(action, event, closed)
                 if record.timestamp and result.outcome not in NOT_ACTED:
                     self.metrics.event_to_action.observe(
                         max(0.0, time.time() - record.timestamp / 1000)

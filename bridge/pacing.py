@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from bridge.errors import Abandoned
 from bridge.observability.metrics import Metrics
 
 
@@ -74,13 +75,6 @@ class TokenBucket:
         """Give back a reserved token that was not used."""
         self._refill()
         self.tokens = min(self.capacity, self.tokens + 1)
-
-
-class Abandoned(Exception):
-    """A record's partition closed while it waited for a token: it stays not done.
-
-    Control flow, not a fault: the engine stops the record's work as on any close.
-    """
 
 
 class RateLimits:

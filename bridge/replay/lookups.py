@@ -182,7 +182,9 @@ class ReplayDispatcher(Dispatcher):
         self.known = known or KnownWorkflows(client)
         self.lookups = lookups
 
-    async def execute(self, action: Action, event: Event) -> Result:
+    async def execute(
+        self, action: Action, event: Event, closed: asyncio.Event | None = None
+    ) -> Result:
         """Answer known duplicates from visibility; carry out everything else as live."""
         if (
             self.lookups
@@ -200,7 +202,7 @@ class ReplayDispatcher(Dispatcher):
                     event_id=action.event_id,
                 )
                 return self._result(Outcome.DUPLICATE, action, known.run_id, "already exists")
-        return await super().execute(action, event)
+        return await super().execute(action, event, closed)
 
 
 class FreshIds:
@@ -214,7 +216,9 @@ class FreshIds:
         self.inner = inner
         self.suffix = suffix
 
-    async def execute(self, action: Action, event: Event) -> Result:
+    async def execute(
+        self, action: Action, event: Event, closed: asyncio.Event | None = None
+    ) -> Result:
         """Carry out ``action`` on the replay's own workflow id."""
         renamed = dataclasses.replace(action, workflow_id=action.workflow_id + self.suffix)
-        return await self.inner.execute(renamed, event)
+        return await self.inner.execute(renamed, event, closed)

@@ -34,6 +34,7 @@ from aiokafka.structs import OffsetAndMetadata
 from temporalio.client import Client
 
 from bridge.codec import SchemaCatalog
+from bridge.concurrency import ActionLimit
 from bridge.consumer import BridgeConsumer
 from bridge.dispatch import Dispatcher, Executor, Outcome, Result
 from bridge.dlq.publisher import DeadLetterPublisher, dlq_topic
@@ -372,8 +373,11 @@ class RecordingDispatcher(Dispatcher):
         self.running = 0
         self.most_running = 0
 
-    async def execute(self, action: Action, event: Event) -> Result:
-        """Record the attempt, let ``behaviour`` play Temporal, report the outcome."""
+    async def execute(
+        self, action: Action, event: Event, closed: asyncio.Event | None = None
+    ) -> Result:
+        """Record the attempt, let ``behaviour`` play Temporal, report the outcome (no
+        limit of calls at once: ``closed`` has no slot wait to end)."""
         self.attempts[event.id] += 1
         call = Call(action, event, self.attempts[event.id], time.monotonic())
         self.calls.append(call)
@@ -406,22 +410,29 @@ class RecordingDispatcher(Dispatcher):
 class FakeIngress:
     """Stands in for ``Ingress`` under the engine alone: acts on a record through ``act``
     and dead-letters through ``letter`` (each may wait or raise); ``acted`` and
-    ``letters`` list the offsets done each way."""
+    ``letters`` list the offsets done each way. With ``limit``, ``act`` runs in one of
+    its slots, as a dispatcher's call to Temporal does."""
 
     def __init__(
         self,
         act: Callable[[RecordLike], Awaitable[None]],
         letter: Callable[[RecordLike], Awaitable[None]] | None = None,
+        limit: ActionLimit | None = None,
     ) -> None:
         self.metrics = Metrics()
         self.act = act
         self.letter = letter
+        self.limit = limit
         self.acted: list[int] = []
         self.letters: list[int] = []
 
     async def handle(self, record: RecordLike, closed: asyncio.Event | None = None) -> Result:
-        """Act on ``record`` through ``act``."""
-        await self.act(record)
+        """Act on ``record`` through ``act`` (in a slot of ``limit``, if given)."""
+        if self.limit is None:
+            await self.act(record)
+        else:
+            async with self.limit.slot(closed):
+                await self.act(record)
         self.acted.append(record.offset)
         return Result(Outcome.STARTED)
 

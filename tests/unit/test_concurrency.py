@@ -16,6 +16,7 @@ from bridge.concurrency import (
     WINDOW_MIN,
     ActionLimit,
 )
+from bridge.errors import Abandoned
 
 
 async def test_a_fixed_limit_admits_that_many_and_wakes_waiters_in_arrival_order() -> None:
@@ -72,6 +73,52 @@ async def test_a_waiter_cancelled_before_a_release_passes_it_over_and_stays_canc
     assert (limit.in_flight, limit.waiting) == (0, 0)
     await asyncio.wait_for(limit.acquire(), 1)
     assert limit.in_flight == 1
+
+
+async def test_waiters_of_a_closed_partition_give_up_at_the_next_free_slot() -> None:
+    limit = ActionLimit(1)
+    await limit.acquire()
+    revoked, kept = asyncio.Event(), asyncio.Event()
+    order: list[str] = []
+
+    async def waiter(name: str, closed: asyncio.Event) -> None:
+        try:
+            async with limit.slot(closed):
+                order.append(name)
+        except Abandoned:
+            order.append(f"{name} gave up")
+
+    tasks = [
+        asyncio.create_task(waiter(name, closed))
+        for name, closed in [("r1", revoked), ("k1", kept), ("r2", revoked), ("k2", kept)]
+    ]
+    await asyncio.sleep(0)
+    assert limit.waiting == 4
+    revoked.set()
+    await asyncio.sleep(0)
+    assert order == []  # nothing frees a slot yet: the call in Temporal still holds it
+    limit.release()
+    await asyncio.gather(*tasks)
+    assert order == ["r1 gave up", "k1", "r2 gave up", "k2"]
+    assert (limit.in_flight, limit.waiting) == (0, 0)
+    # A partition closed already takes no slot, free as one may be.
+    with pytest.raises(Abandoned):
+        await limit.acquire(revoked)
+    assert limit.in_flight == 0
+
+
+async def test_a_waiter_given_up_and_then_cancelled_holds_no_slot() -> None:
+    limit = ActionLimit(1)
+    await limit.acquire()
+    closed = asyncio.Event()
+    waiting = asyncio.create_task(limit.acquire(closed))
+    await asyncio.sleep(0)
+    closed.set()
+    limit.release()  # gives the waiter up (Abandoned) ...
+    waiting.cancel()  # ... and its task is cancelled before it runs again
+    with pytest.raises((Abandoned, asyncio.CancelledError)):
+        await waiting
+    assert (limit.in_flight, limit.waiting) == (0, 0)
 
 
 async def test_slot_releases_on_error() -> None:

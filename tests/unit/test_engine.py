@@ -9,6 +9,7 @@ import time
 
 from aiokafka import TopicPartition
 
+from bridge.concurrency import ActionLimit
 from bridge.engine import Engine, PartitionState
 from bridge.envelope import RecordLike
 from bridge.errors import TransientError
@@ -170,6 +171,31 @@ async def test_on_revoke_keys_in_backoff_give_up_at_once_and_in_flight_actions_f
     assert ingress.acted == [1]
     assert [offset for offset, value in state.pending.items() if value is False] == [0, 2]
     assert state.commit_point() is None
+
+
+async def test_on_revoke_records_waiting_for_a_slot_in_temporal_give_up_at_once() -> None:
+    # Ten keys, two slots in Temporal: two calls answer only when released, eight wait.
+    release = asyncio.Event()
+
+    async def act(record: RecordLike) -> None:
+        await release.wait()
+
+    limit = ActionLimit(2)
+    ingress = FakeIngress(act, limit=limit)
+    engine = new_engine(ingress)
+    state = engine.partitions[TP]
+    for offset in range(10):
+        engine.submit(TP, record(offset, f"k{offset}".encode()))
+    await until(lambda: limit.in_flight == 2 and limit.waiting == 8)
+    drain = asyncio.create_task(engine.drain([TP], timeout=20))
+    await asyncio.sleep(0.05)
+    release.set()
+    await asyncio.wait_for(drain, 10)
+    # The two calls in Temporal finished; the eight that waited did not go in after them.
+    assert sorted(ingress.acted) == [0, 1]
+    assert [offset for offset, value in state.pending.items() if value is False] == [*range(2, 10)]
+    assert limit.in_flight == 0 and limit.waiting == 0
+    assert not state.tasks
 
 
 async def test_a_drain_ends_in_time_when_a_library_swallows_cancellation() -> None:

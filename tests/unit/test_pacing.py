@@ -9,8 +9,9 @@ import logging
 import pytest
 
 from bridge.codec import SchemaCatalog
+from bridge.errors import Abandoned
 from bridge.observability.metrics import Metrics
-from bridge.pacing import Abandoned, RateLimits, RateLimitSpec, TokenBucket
+from bridge.pacing import RateLimits, RateLimitSpec, TokenBucket
 from tests.support import (
     MemoryKafka,
     RecordingDispatcher,
