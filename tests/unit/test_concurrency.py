@@ -17,6 +17,9 @@ from bridge.concurrency import (
     ActionLimit,
 )
 from bridge.errors import Abandoned
+from bridge.observability.metrics import Metrics
+from bridge.settings import Settings
+from bridge.wiring import action_limit
 
 
 async def test_a_fixed_limit_admits_that_many_and_wakes_waiters_in_arrival_order() -> None:
@@ -332,8 +335,6 @@ def test_only_overload_answers_lower_the_limit() -> None:
 
 
 def test_a_fixed_temporal_limit_above_max_in_flight_is_refused() -> None:
-    from bridge.settings import Settings
-
     with pytest.raises(ValueError, match="cannot exceed max_in_flight"):
         Settings(max_in_flight=64, temporal_in_flight=128)
     assert Settings(max_in_flight=64, temporal_in_flight=64).temporal_in_flight == 64
@@ -351,10 +352,6 @@ def test_the_adaptive_limit_stops_at_its_ceiling_even_where_depth_pays() -> None
 
 
 def test_the_bridge_wires_an_adaptive_limit_up_to_256_and_a_fixed_one_up_to_max_in_flight() -> None:
-    from bridge.observability.metrics import Metrics
-    from bridge.settings import Settings
-    from bridge.wiring import action_limit
-
     auto = action_limit(Settings(), Metrics())
     assert (auto.adaptive, auto.minimum, auto.maximum) == (True, 16, AUTO_MAXIMUM)
     assert action_limit(Settings(max_in_flight=100), Metrics()).maximum == 100
