@@ -35,9 +35,11 @@ workflows pile up: about the same starts a second at 16 and 64 calls at once, tw
 fifths more at 256; README, Performance). So while saturated the limit also follows
 the completion rate:
 
-- Completions are counted over spans of at least ``PROBE_SPAN_S``. After a span at
-  the current limit it tries ``PROBE_DEPTH`` times as many calls at once; the next
-  span lets the deeper pipeline fill and is not counted, the one after is the probe.
+- Completions are counted over spans of at least ``PROBE_SPAN_S``, from the window
+  after the one in which records started to wait (that one holds the time before).
+  After a span at the current limit it tries ``PROBE_DEPTH`` times as many calls at
+  once; the next window (as many answers as the deeper limit: its pipeline filling
+  and turning over once) is not counted, the span after it is the probe.
 - The probe pays when its completion rate beats the span before it by
   ``PROBE_GAIN``: the deeper limit is kept (Vegas does not shrink below it while
   records wait) and the next probe starts from it. Otherwise the limit goes back,
@@ -130,7 +132,10 @@ class ActionLimit:
         self._span_s = 0.0
         self._base: tuple[float, float] | None = None
         """While a probe runs: the limit it came from and that limit's completion rate."""
-        self._settling = True
+        self._settled = False
+        """Whether the next window counts toward a span: not the first one with records
+        waiting (it holds the time before they waited, or before the process had any),
+        nor the first at a deeper limit (the one in which its pipeline fills)."""
         self._earned = 0.0
         """The deepest limit a probe found paying, while records keep waiting."""
         self._rest = 0
@@ -267,15 +272,15 @@ class ActionLimit:
     def _probe(self, answered: int, elapsed: float, limit: float) -> bool:
         """One saturated window's share of the completion-rate probe (module doc); True
         while a probe holds the limit, so the answer times leave it alone."""
+        if not self._settled:
+            self._settled = True
+            return self._base is not None
         self._span_answers += answered
         self._span_s += elapsed
         if self._span_s < PROBE_SPAN_S:
             return self._base is not None
         rate = self._span_answers / self._span_s
         self._span_answers, self._span_s = 0, 0.0
-        if self._settling:  # calls of the limit before still in the span
-            self._settling = False
-            return self._base is not None
         if self._base is not None:
             base_limit, base_rate = self._base
             self._base = None
@@ -290,14 +295,15 @@ class ActionLimit:
             return False
         if limit >= self.maximum:
             return False
-        self._base, self._settling = (limit, rate), True
+        self._base, self._settled = (limit, rate), False
         self._set(limit * PROBE_DEPTH)
         return True
 
     def _unsaturated(self) -> None:
         """No record waited (or an overload): the probe ends and what it earned lapses."""
         self._span_answers, self._span_s = 0, 0.0
-        self._base, self._settling, self._earned = None, True, 0.0
+        self._base, self._settled = None, False
+        self._earned = 0.0
         self._rest, self._rest_next = 0, 1
 
     def _set(self, limit: float) -> None:

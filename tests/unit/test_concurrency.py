@@ -201,6 +201,20 @@ def test_a_backlog_goes_as_deep_as_completions_pay() -> None:
     assert min(lim for t, lim in seen if t > 20) >= 256, seen
 
 
+def test_a_backlog_probes_after_one_span_and_not_from_the_idle_time_before() -> None:
+    # The process waited 30 s (start-up, joining the group) before its records came:
+    # the window in which they started to wait holds that time and is not a rate.
+    clock = Clock()
+    limit = ActionLimit(minimum=16, maximum=1024, clock=clock)
+    clock.now += 30
+    seen = run_backlog(limit, clock, lambda n: 250.0, 6 * PROBE_SPAN_S)
+    deep = [t - 30 for t, lim in seen if lim >= 256]
+    assert deep, seen
+    assert deep[0] < 1.5 * PROBE_SPAN_S, deep  # one span at the limit, then the probe
+    after = [lim for t, lim in seen if t - 30 > deep[0]]
+    assert min(after) <= 40, seen  # depth does not pay here: taken back
+
+
 def test_a_backlog_on_a_server_depth_does_not_help_stays_shallow() -> None:
     # The same completions at any concurrency: every probe is taken back, and probing
     # rests longer after each.
