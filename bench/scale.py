@@ -4,8 +4,9 @@ N order events with distinct keys (spread over the partitions by the producer's
 key hash) are produced to a fresh 6-partition topic; then one bridge process
 (``ktb bridge``, default settings) starts their workflows. Then the same number
 of events on a fresh topic, read by two bridge processes in one fresh consumer
-group. Both rates are measured on the server side, as in the throughput scenario:
-the span between the first and the last start time Temporal recorded. The raw
+group. Both rates are measured as in the throughput scenario: from the first start
+time Temporal recorded to the moment the last call was answered (from both bridges'
+provenance items on the round's own topic, ``bench.common.answer_times``). The raw
 ceiling is direct ``start_workflow`` calls (``bench.throughput.raw_rate``) at
 the throughput scenario's best concurrency in this run (swept here when that
 scenario did not run), on the same server, measured before and after the two
@@ -40,6 +41,8 @@ from bench.common import (
     BenchContext,
     Row,
     ScenarioResult,
+    answer_times,
+    answered_rate,
     await_committed,
     await_count,
     check_starts,
@@ -50,7 +53,6 @@ from bench.common import (
     produce_all,
     ratio,
     rounded,
-    span_rate,
     start_route,
     write_routes,
 )
@@ -142,8 +144,14 @@ async def bridges_round(ctx: BenchContext, count: int, instances: int) -> Round:
     await produce_all(ctx.settings, topic, order_records(ctx.catalog, uid, count))
     routes = write_routes(ctx.work_dir / f"routes-{uid}.yaml", [start_route(topic, uid)])
     settings = ctx.settings.model_copy(update={"group_id": f"bench-{uid}"})
+    provenance = f"ktb.provenance-bench-{uid}"
     bridges = [
-        BridgeProcess(settings, routes, ctx.work_dir / f"bridge-{uid}-{n}.log")
+        BridgeProcess(
+            settings,
+            routes,
+            ctx.work_dir / f"bridge-{uid}-{n}.log",
+            {"KTB_PROVENANCE_TOPIC": provenance},
+        )
         for n in range(instances)
     ]
     query = f"TaskQueue = 'bench-{uid}'"
@@ -181,7 +189,11 @@ async def bridges_round(ctx: BenchContext, count: int, instances: int) -> Round:
         f"scale, {instances} bridge process(es), {behind} records left uncommitted"
     )
     times = [started for _, started in listed]
-    return Round(instances, span_rate(times), max(times) - min(times), window, shares)
+    answers = await answer_times(ctx.settings, provenance)
+    if len(answers) != count:
+        raise RuntimeError(f"{len(answers)} starts of {count} in the bridges' provenance")
+    end = max(answers)
+    return Round(instances, answered_rate(times, end), end - min(times), window, shares)
 
 
 async def run(ctx: BenchContext) -> ScenarioResult:

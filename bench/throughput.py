@@ -17,11 +17,16 @@ steadily as its workflows pile up (the same concurrency gives fewer starts a sec
 each round), so every round runs raw, default, fixed and raw again, one after the
 other, and each bridge round is compared with the raw rate interpolated to its place
 between the two raw rounds; each side's best round counts.
-Both rates are measured the same way, on the server side: the span between the
-first and the last workflow start time Temporal recorded. No worker polls the task
-queues, so the server's effort per start is the same on both sides; and while a bridge
-round runs, the harness waits on the group's committed offsets in Kafka, never on
-Temporal's visibility, whose counts cost the server CPU (``bench.common.await_committed``).
+Both rates are measured the same way: the starts over the span from the first start
+time Temporal recorded to the moment the last call was answered (the raw callers'
+clock; the bridge's provenance items, read after the round: ``answer_times``, a topic
+of the round's own). Not the span of the start times alone:
+Temporal stamps those as requests arrive, so 256 calls sent at once shorten it by the
+time the server takes for 256 starts (``bench.common.answered_rate``); that span is
+reported beside, per round. No worker polls the task queues, so the server's effort
+per start is the same on both sides; and while a bridge round runs, the harness waits
+on the group's committed offsets in Kafka, never on Temporal's visibility, whose
+counts cost the server CPU (``bench.common.await_committed``).
 
 CPU per start: the bridge process's CPU time (psutil, every thread) from its first
 start to its last, per event. After each bridge round a direct caller in a
@@ -46,6 +51,8 @@ from bench.common import (
     BenchContext,
     Row,
     ScenarioResult,
+    answer_times,
+    answered_rate,
     await_committed,
     consumer_record,
     cores_line,
@@ -157,28 +164,33 @@ async def raw_rate(ctx: BenchContext, count: int, concurrency: int) -> float:
 
 async def raw_round(
     ctx: BenchContext, count: int, concurrency: int
-) -> tuple[float, dict[str, float]]:
-    """``raw_rate``, and the cores the stack and this process (the caller) used while the
-    calls ran."""
+) -> tuple[float, float, dict[str, float]]:
+    """``raw_rate``, the span rate of the start times alone (``span_rate``: arrivals),
+    and the cores the stack and this process (the caller) used while the calls ran."""
     uid = ctx.uid()
     queue = iter(await ordered_requests(ctx, uid, count))
+    answered = 0.0
+    """When the last call was answered so far."""
 
     async def caller() -> None:
+        nonlocal answered
         for request in queue:
             await ctx.client.start_workflow(request.pop("workflow"), **request)
+            answered = time.time()
 
     pids = {**stack_pids(ctx), "bench (caller)": os.getpid()}
     _, cores = await cores_used(pids, asyncio.gather(*(caller() for _ in range(concurrency))))
     times = await start_times(ctx.client, f"TaskQueue = 'bench-{uid}'", count, timeout=60)
-    return span_rate(times.values()), cores
+    return answered_rate(times.values(), answered), span_rate(times.values()), cores
 
 
 async def bridge_rate(
     ctx: BenchContext, count: int, max_in_flight: int | None = None
-) -> tuple[float, float, dict[str, float], int]:
+) -> tuple[float, float, dict[str, float], int, float]:
     """Starts per second through a bridge process, its CPU microseconds per event, the
     cores the stack, the bridge and this process used from its first start to its last
-    commit, and its limit of actions in Temporal at the end (``ktb_temporal_in_flight_limit``).
+    commit, its limit of actions in Temporal at the end (``ktb_temporal_in_flight_limit``),
+    and the span rate of its start times alone (``span_rate``: arrivals).
 
     ``max_in_flight`` fixes ``KTB_MAX_IN_FLIGHT`` and ``KTB_TEMPORAL_IN_FLIGHT``;
     ``None`` keeps the defaults (the adaptive limit).
@@ -189,11 +201,13 @@ async def bridge_rate(
     await produce_all(ctx.settings, topic, order_records(ctx.catalog, uid, count))
     routes = write_routes(ctx.work_dir / f"routes-{uid}.yaml", [start_route(topic, uid)])
     settings = ctx.settings.model_copy(update={"group_id": f"bench-{uid}"})
-    env = (
-        {}
-        if max_in_flight is None
-        else {"KTB_MAX_IN_FLIGHT": str(max_in_flight), "KTB_TEMPORAL_IN_FLIGHT": str(max_in_flight)}
-    )
+    provenance = f"ktb.provenance-bench-{uid}"
+    env = {"KTB_PROVENANCE_TOPIC": provenance}
+    if max_in_flight is not None:
+        env |= {
+            "KTB_MAX_IN_FLIGHT": str(max_in_flight),
+            "KTB_TEMPORAL_IN_FLIGHT": str(max_in_flight),
+        }
     bridge = BridgeProcess(settings, routes, ctx.work_dir / f"bridge-{uid}.log", env)
     query = f"TaskQueue = 'bench-{uid}'"
     await bridge.start()
@@ -211,9 +225,13 @@ async def bridge_rate(
         times = await start_times(ctx.client, query, count, timeout=10)
     finally:
         await bridge.stop()
-    if len(times) < count:
-        raise RuntimeError(f"the bridge started {len(times)} of {count} workflows")
-    return span_rate(times.values()), cpu / max(1, count - started) * 1e6, cores, limit
+    answers = await answer_times(ctx.settings, provenance)
+    if len(times) < count or len(answers) < count:
+        raise RuntimeError(
+            f"the bridge started {len(times)} of {count} workflows ({len(answers)} in provenance)"
+        )
+    rate = answered_rate(times.values(), max(answers))
+    return rate, cpu / max(1, count - started) * 1e6, cores, limit, span_rate(times.values())
 
 
 async def direct_cpu(
@@ -314,18 +332,23 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     fixed_ratios: list[float] = []
     round_cores: list[list[dict[str, float]]] = []
     """Per round, the cores of each part (raw, default, fixed, raw) while starts ran."""
+    arrivals: list[list[float]] = []
+    """Per round, each part's span rate of its start times alone (``span_rate``)."""
     for _ in range(rounds):
-        opening, opening_cores = await raw_round(ctx, count, best)
+        opening, opening_arrivals, opening_cores = await raw_round(ctx, count, best)
         raws.append(opening)
-        default_rate, _, default_cores, default_limit = await bridge_rate(ctx, count)
+        default_rate, _, default_cores, default_limit, default_arrivals = await bridge_rate(
+            ctx, count
+        )
         defaults.append(default_rate)
         default_limits.append(default_limit)
-        rate, cpu, fixed_cores, _ = await bridge_rate(ctx, count, best)
+        rate, cpu, fixed_cores, _, fixed_arrivals = await bridge_rate(ctx, count, best)
         bridges.append(rate)
         cpu_per_event.append(cpu)
-        last, closing_cores = await raw_round(ctx, count, best)
+        last, closing_arrivals, closing_cores = await raw_round(ctx, count, best)
         closing.append(last)
         round_cores.append([opening_cores, default_cores, fixed_cores, closing_cores])
+        arrivals.append([opening_arrivals, default_arrivals, fixed_arrivals, closing_arrivals])
         default_ratios.append(ratio(defaults[-1], interpolated(raws[-1], closing[-1], 1, 3)))
         fixed_ratios.append(ratio(rate, interpolated(raws[-1], closing[-1], 2, 3)))
         direct_cpu_us, direct_rate = await direct_cpu(ctx, count, rate, best)
@@ -368,6 +391,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             "bridge_default_round_ratios": [rounded(v, 3) for v in default_ratios],
             "bridge_round_ratios": [rounded(v, 3) for v in fixed_ratios],
             "round_cores": round_cores,
+            "start_time_span_rounds_per_s": [[rounded(v) for v in parts] for parts in arrivals],
             "best_of_ratios": {
                 "bridge": rounded(ratio(bridge, raw), 3),
                 "bridge_default": rounded(ratio(best_default, raw), 3),
@@ -407,6 +431,9 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             ),
             f"best round against best raw round alone: bridge {ratio(bridge, raw):.2f}, "
             f"default settings {ratio(best_default, raw):.2f}",
+            "the span rate of the start times alone (arrivals, not what Temporal persisted:"
+            " bench.common.answered_rate), per round, raw / default / fixed / raw: "
+            + "; ".join(" / ".join(fmt(v, "/s") for v in parts) for parts in arrivals),
             "the adaptive limit of actions in Temporal at the end of each default round: "
             + ", ".join(str(n) for n in default_limits),
             "cores while the starts ran (2 s of CPU in 1 s = 2 cores), per round: "

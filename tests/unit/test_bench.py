@@ -25,11 +25,13 @@ from bench.common import (
     BenchContext,
     Row,
     ScenarioResult,
+    answered_rate,
     check_starts,
     cores_used,
     cpu_load,
     mean_cores,
     paced,
+    span_rate,
 )
 from bench.direct import DirectRun
 from bench.latency import direct_summary, load_added
@@ -158,6 +160,31 @@ def test_a_bridge_that_handled_nothing_has_no_cpu_per_event() -> None:
 
 def test_direct_run_cpu_per_start() -> None:
     assert DirectRun(starts=400, cpu_s=0.5, seconds=2.0).cpu_us_per_start == pytest.approx(1250.0)
+
+
+def closed_loop(count: int, concurrency: int, rate: float) -> tuple[list[float], list[float]]:
+    """``count`` calls from ``concurrency`` callers, each sending its next as its last is
+    answered, to a server that persists one start per ``1 / rate`` seconds in arrival order
+    and stamps each start time as its request arrives: (start times, answer times)."""
+    starts: list[float] = []
+    answers: list[float] = []
+    for n in range(count):
+        sent = 0.0 if n < concurrency else answers[n - concurrency]  # a caller freed
+        starts.append(sent)
+        answers.append(max(sent, answers[-1] if answers else 0.0) + 1 / rate)
+    return starts, answers
+
+
+def test_a_round_rate_runs_to_the_last_answer_so_calls_sent_at_once_gain_nothing() -> None:
+    # 3,000 starts at 250/s: the start times of 256 calls at once span 1.09 times fewer
+    # seconds than the work took; from the first start to the last answer, it is 250.
+    for concurrency in (1, 16, 256):
+        starts, answers = closed_loop(3000, concurrency, 250.0)
+        assert answered_rate(starts, max(answers)) == pytest.approx(250.0, rel=1e-3)
+    starts, _ = closed_loop(3000, 256, 250.0)
+    assert span_rate(starts) == pytest.approx(250.0 * 3000 / (3000 - 256), rel=1e-2)
+    assert math.isnan(answered_rate([], 1.0))
+    assert math.isnan(answered_rate([5.0], 5.0))
 
 
 def test_a_bridge_round_is_compared_with_the_raw_rate_of_its_moment() -> None:
