@@ -30,10 +30,10 @@ round trips, so the right concurrency for a server is found, not configured:
 
 While records wait for slots (a backlog), answer times alone cannot tell whether
 more calls at once would be served faster: a server's completions can stay flat over
-a range of concurrency and rise past it (the in-memory dev server: from the same
-starts a second at 16 and 256 calls at once to a tenth more at 64 or 256, from one
-run to the next; README, Performance). So while saturated the limit also follows
-the completion rate:
+a range of concurrency and rise past it, or fall (the in-memory dev server: a tenth
+more at 64 and 256 calls at once than at 16 in one run, a fifth less at 256 in the
+next; README, Performance). So while saturated the limit also follows the
+completion rate:
 
 - Completions are counted over spans of at least ``PROBE_SPAN_S``, from the window
   after the one in which records started to wait (that one holds the time before).
