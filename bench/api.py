@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import cpu_seconds
+from bench.common import cpu_seconds, provenance_topic
 from bridge.api import hash_key
 from bridge.dev.stack import free_port
 from bridge.kafka import ensure_topics
@@ -65,7 +65,7 @@ async def main(events: int, concurrency: int) -> dict[str, Any]:
     uid = uuid.uuid4().hex[:8]
     topic = f"bench-api-{uid}"
     settings = Settings(
-        provenance_topic=f"ktb.provenance-bench-{uid}",
+        provenance_topic=provenance_topic(uid),
         api_keys={hash_key(KEY): "bench"},
         api_topics={"com.example.order.placed": topic},
         routes_file=Settings().data_dir / f"no-routes-{uid}.yaml",

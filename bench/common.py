@@ -108,11 +108,17 @@ def span_rate(times: Iterable[float]) -> float:
     return (len(ordered) - 1) / (ordered[-1] - ordered[0])
 
 
-async def answer_times(settings: Settings, topic: str) -> list[float]:
-    """When each workflow start a bridge made was answered (``time.time()`` seconds): the
-    ``at`` of its ``started`` provenance items on ``topic`` (the round's own provenance
-    topic), which a bridge stamps as Temporal's answer comes back. Read once the round is
-    over, so the bridge does no work for the benchmark while it runs."""
+def provenance_topic(uid: str) -> str:
+    """The provenance topic of a benchmark part's own (``KTB_PROVENANCE_TOPIC``)."""
+    return f"ktb.provenance-bench-{uid}"
+
+
+async def last_answer(settings: Settings, topic: str, count: int) -> float:
+    """When the last of ``count`` workflow starts a bridge made was answered
+    (``time.time()`` seconds): the latest ``at`` of the ``started`` provenance items on
+    ``topic`` (the round's own provenance topic), which a bridge stamps as Temporal's
+    answer comes back. Read once the round is over, so the bridge does no work for the
+    benchmark while it runs; ``RuntimeError`` if fewer than ``count`` are there."""
     consumer = kafka.consumer(settings, topic, auto_offset_reset="earliest")
     await kafka.start(consumer, settings)
     times: list[float] = []
@@ -131,13 +137,15 @@ async def answer_times(settings: Settings, topic: str) -> list[float]:
                 )
     finally:
         await kafka.stop_consumer(consumer)
-    return times
+    if len(times) < count:
+        raise RuntimeError(f"{len(times)} of {count} starts in the provenance on {topic}")
+    return max(times)
 
 
 def answered_rate(starts: Iterable[float], answered: float) -> float:
     """Starts per second of a round: how many there are in ``starts`` (the times Temporal
     recorded) over the span from the first of them to ``answered``, when the last call
-    was answered (the raw callers' clock; a bridge's provenance, ``answer_times``).
+    was answered (the raw callers' clock; a bridge's provenance, ``last_answer``).
 
     Not the span of the start times alone (``span_rate``): Temporal stamps a start time
     as the request arrives (25-38 ms after it was sent, on this machine) and answers the

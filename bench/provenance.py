@@ -37,7 +37,16 @@ import httpx
 from aiokafka.structs import ConsumerRecord
 from pydantic import SecretStr
 
-from bench.common import BenchContext, Row, ScenarioResult, fmt, percentile, ratio, rounded
+from bench.common import (
+    BenchContext,
+    Row,
+    ScenarioResult,
+    fmt,
+    percentile,
+    provenance_topic,
+    ratio,
+    rounded,
+)
 from bridge import kafka
 from bridge.dev.stack import PostgresServer, free_port
 from bridge.dispatch import Outcome, Result
@@ -264,7 +273,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         settings = ctx.settings.model_copy(
             update={
                 "database_url": SecretStr(url),
-                "provenance_topic": f"ktb.provenance-bench-{uid}",
+                "provenance_topic": provenance_topic(uid),
                 "data_dir": ctx.work_dir,
             }
         )

@@ -228,6 +228,8 @@ async def measure(
     log: Any = print,
 ) -> ReplayFigures:
     """Set up and process once, then alternate baseline and replay; dry runs last."""
+    from bench.common import provenance_topic
+
     uid = uuid.uuid4().hex[:8]
     topic = task_queue = f"bench-replay-{uid}"
     with tempfile.TemporaryDirectory(prefix="ktb-bench-replay-") as tmp:
@@ -237,7 +239,7 @@ async def measure(
             update={
                 "routes_file": routes_file,
                 "replay_concurrency": concurrency,
-                "provenance_topic": f"ktb.provenance-bench-{uid}",
+                "provenance_topic": provenance_topic(uid),
             }
         )
         catalog = SchemaCatalog.from_dir(settings.schemas_dir)

@@ -6,7 +6,7 @@ key hash) are produced to a fresh 6-partition topic; then one bridge process
 of events on a fresh topic, read by two bridge processes in one fresh consumer
 group. Both rates are measured as in the throughput scenario: from the first start
 time Temporal recorded to the moment the last call was answered (from both bridges'
-provenance items on the round's own topic, ``bench.common.answer_times``). The raw
+provenance items on the round's own topic, ``bench.common.last_answer``). The raw
 ceiling is direct ``start_workflow`` calls (``bench.throughput.raw_rate``) at
 the throughput scenario's best concurrency in this run (swept here when that
 scenario did not run), on the same server, measured before and after the two
@@ -41,7 +41,6 @@ from bench.common import (
     BenchContext,
     Row,
     ScenarioResult,
-    answer_times,
     answered_rate,
     await_committed,
     await_count,
@@ -49,8 +48,10 @@ from bench.common import (
     create_topic,
     executions,
     fmt,
+    last_answer,
     order_records,
     produce_all,
+    provenance_topic,
     ratio,
     rounded,
     start_route,
@@ -144,7 +145,7 @@ async def bridges_round(ctx: BenchContext, count: int, instances: int) -> Round:
     await produce_all(ctx.settings, topic, order_records(ctx.catalog, uid, count))
     routes = write_routes(ctx.work_dir / f"routes-{uid}.yaml", [start_route(topic, uid)])
     settings = ctx.settings.model_copy(update={"group_id": f"bench-{uid}"})
-    provenance = f"ktb.provenance-bench-{uid}"
+    provenance = provenance_topic(uid)
     bridges = [
         BridgeProcess(
             settings,
@@ -189,10 +190,7 @@ async def bridges_round(ctx: BenchContext, count: int, instances: int) -> Round:
         f"scale, {instances} bridge process(es), {behind} records left uncommitted"
     )
     times = [started for _, started in listed]
-    answers = await answer_times(ctx.settings, provenance)
-    if len(answers) != count:
-        raise RuntimeError(f"{len(answers)} starts of {count} in the bridges' provenance")
-    end = max(answers)
+    end = await last_answer(ctx.settings, provenance, count)
     return Round(instances, answered_rate(times, end), end - min(times), window, shares)
 
 

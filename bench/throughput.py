@@ -19,7 +19,7 @@ other, and each bridge round is compared with the raw rate interpolated to its p
 between the two raw rounds; each side's best round counts.
 Both rates are measured the same way: the starts over the span from the first start
 time Temporal recorded to the moment the last call was answered (the raw callers'
-clock; the bridge's provenance items, read after the round: ``answer_times``, a topic
+clock; the bridge's provenance items, read after the round: ``last_answer``, a topic
 of the round's own). Not the span of the start times alone:
 Temporal stamps those as requests arrive, so 256 calls sent at once shorten it by the
 time the server takes for 256 starts (``bench.common.answered_rate``); that span is
@@ -51,7 +51,6 @@ from bench.common import (
     BenchContext,
     Row,
     ScenarioResult,
-    answer_times,
     answered_rate,
     await_committed,
     consumer_record,
@@ -59,8 +58,10 @@ from bench.common import (
     cores_used,
     create_topic,
     fmt,
+    last_answer,
     order_records,
     produce_all,
+    provenance_topic,
     ratio,
     rounded,
     span_rate,
@@ -201,7 +202,7 @@ async def bridge_rate(
     await produce_all(ctx.settings, topic, order_records(ctx.catalog, uid, count))
     routes = write_routes(ctx.work_dir / f"routes-{uid}.yaml", [start_route(topic, uid)])
     settings = ctx.settings.model_copy(update={"group_id": f"bench-{uid}"})
-    provenance = f"ktb.provenance-bench-{uid}"
+    provenance = provenance_topic(uid)
     env = {"KTB_PROVENANCE_TOPIC": provenance}
     if max_in_flight is not None:
         env |= {
@@ -225,12 +226,9 @@ async def bridge_rate(
         times = await start_times(ctx.client, query, count, timeout=10)
     finally:
         await bridge.stop()
-    answers = await answer_times(ctx.settings, provenance)
-    if len(times) < count or len(answers) < count:
-        raise RuntimeError(
-            f"the bridge started {len(times)} of {count} workflows ({len(answers)} in provenance)"
-        )
-    rate = answered_rate(times.values(), max(answers))
+    if len(times) < count:
+        raise RuntimeError(f"the bridge started {len(times)} of {count} workflows")
+    rate = answered_rate(times.values(), await last_answer(ctx.settings, provenance, count))
     return rate, cpu / max(1, count - started) * 1e6, cores, limit, span_rate(times.values())
 
 

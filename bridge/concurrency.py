@@ -302,8 +302,7 @@ class ActionLimit:
     def _unsaturated(self) -> None:
         """No record waited (or an overload): the probe ends and what it earned lapses."""
         self._span_answers, self._span_s = 0, 0.0
-        self._base, self._settled = None, False
-        self._earned = 0.0
+        self._base, self._settled, self._earned = None, False, 0.0
         self._rest, self._rest_next = 0, 1
 
     def _set(self, limit: float) -> None:
