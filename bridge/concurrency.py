@@ -29,22 +29,25 @@ round trips, so the right concurrency for a server is found, not configured:
   was that limit's.
 
 While records wait for slots (a backlog), answer times alone cannot tell whether
-more calls at once would be served faster: a server's completions can stay flat over
-a range of concurrency and rise past it, or fall (the in-memory dev server: a tenth
-more at 64 and 256 calls at once than at 16 in one run, a fifth less at 256 in the
-next; README, Performance). So while saturated the limit also follows the
+more calls at once would be served faster: a server's completions can rise with
+concurrency while its answer times grow, stay flat, or fall (the in-memory dev server,
+by the first start to the last answer: 242 /s at 16 calls at once, 218 at 64, 186 at
+256 in one run; README, Performance). So while saturated the limit also follows the
 completion rate:
 
 - Completions are counted over spans of at least ``PROBE_SPAN_S``, from the window
   after the one in which records started to wait (that one holds the time before).
-  After a span at the current limit it tries ``PROBE_DEPTH`` times as many calls at
-  once; the next window (as many answers as the deeper limit: its pipeline filling
-  and turning over once) is not counted, the span after it is the probe.
-- The probe pays when its completion rate beats the span before it by
-  ``PROBE_GAIN``: the deeper limit is kept (Vegas does not shrink below it while
-  records wait) and the next probe starts from it. Otherwise the limit goes back,
-  and probing rests for a number of spans that doubles with each probe that did not
-  pay (up to ``PROBE_REST_MAX``).
+- After a span at the current limit it tries ``PROBE_DEPTH`` times as many calls at
+  once. Whenever a probe moves the limit, the windows still answering calls of a
+  deeper limit (draining) and the next one (as many answers as the limit: its
+  pipeline filling and turning over once) are not counted.
+- A try that does not complete ``PROBE_GAIN`` more a second than the span before it
+  is taken back. One that does is checked against a span back at the limit it came
+  from, so that a server whose rate drifts by itself within seconds does not pass
+  for one that pays: the deeper limit stays only if its span beat both, and the next
+  probe starts from it (Vegas does not shrink below it while records wait).
+  Otherwise probing rests for a number of spans: ``PROBE_REST``, doubling with each
+  try in a row that did not pay (up to ``PROBE_REST_MAX``).
 - A window in which no record waited ends it all: Vegas alone governs again. An
   overload halves the limit as always and forgets what probes earned.
 
@@ -77,12 +80,15 @@ GROWTH = 0.1
 """Share of the limit added per window while nothing queues."""
 PROBE_SPAN_S = 2.0
 """Fewest seconds of completions a saturated limit's rate is measured over."""
-PROBE_DEPTH = 16
+PROBE_DEPTH = 4
 """How many times as many calls at once a saturated limit tries."""
 PROBE_GAIN = 0.1
 """Share by which a deeper limit's completion rate must beat the one before to stay."""
+PROBE_REST = 2
+"""Spans probing rests after a try that did not pay, the first of a backlog or the
+first after one that paid."""
 PROBE_REST_MAX = 32
-"""Most spans probing rests after probes that did not pay."""
+"""Most spans probing rests after tries that did not pay."""
 AUTO_MINIMUM = 16
 """Fewest actions the adaptive limit allows in Temporal at once (fewer only where
 ``max_in_flight`` is lower)."""
@@ -132,14 +138,17 @@ class ActionLimit:
         self._span_s = 0.0
         self._base: tuple[float, float] | None = None
         """While a probe runs: the limit it came from and that limit's completion rate."""
+        self._deep: tuple[float, float] | None = None
+        """While a try that paid is checked: the deeper limit and its completion rate."""
         self._settled = False
         """Whether the next window counts toward a span: not the first one with records
         waiting (it holds the time before they waited, or before the process had any),
-        nor the first at a deeper limit (the one in which its pipeline fills)."""
+        nor, after a probe moved the limit, those still answering calls of a deeper
+        limit and the first after them (the one in which its pipeline fills)."""
         self._earned = 0.0
         """The deepest limit a probe found paying, while records keep waiting."""
         self._rest = 0
-        self._rest_next = 1
+        self._rest_next = PROBE_REST
 
     @property
     def limit(self) -> int:
@@ -241,7 +250,7 @@ class ActionLimit:
             return
         if not saturated:
             self._unsaturated()
-        elif self._probe(answered, elapsed, limit):
+        elif self._probe(answered, elapsed, limit, peak):
             return
         if not samples:
             return
@@ -269,41 +278,61 @@ class ActionLimit:
         if queued < alpha and peak >= 0.9 * limit:
             self._set(limit + (max(1.0, limit * GROWTH) if queued < 1 else 1.0))
 
-    def _probe(self, answered: int, elapsed: float, limit: float) -> bool:
+    def _probe(self, answered: int, elapsed: float, limit: float, peak: int) -> bool:
         """One saturated window's share of the completion-rate probe (module doc); True
         while a probe holds the limit, so the answer times leave it alone."""
+        probing = self._base is not None
         if not self._settled:
-            self._settled = True
-            return self._base is not None
+            self._settled = peak <= limit  # past the calls of a deeper limit draining
+            return probing
         self._span_answers += answered
         self._span_s += elapsed
         if self._span_s < PROBE_SPAN_S:
-            return self._base is not None
+            return probing
         rate = self._span_answers / self._span_s
         self._span_answers, self._span_s = 0, 0.0
         if self._base is not None:
             base_limit, base_rate = self._base
-            self._base = None
-            if rate < base_rate * (1 + PROBE_GAIN):
-                self._set(base_limit)
-                self._rest = self._rest_next
-                self._rest_next = min(2 * self._rest_next, PROBE_REST_MAX)
+            if self._deep is None:  # the span of the try
+                if rate < base_rate * (1 + PROBE_GAIN):
+                    return self._take_back(base_limit)
+                self._deep = (limit, rate)
+                self._move(base_limit)  # the check, back where it came from
                 return True
-            self._earned, self._rest_next = limit, 1
-        elif self._rest > 0:
+            deep_limit, deep_rate = self._deep
+            if deep_rate < rate * (1 + PROBE_GAIN):
+                return self._take_back(base_limit)
+            self._base = self._deep = None
+            self._earned, self._rest_next = deep_limit, PROBE_REST
+            self._move(deep_limit)
+            return True
+        if self._rest > 0:
             self._rest -= 1
             return False
         if limit >= self.maximum:
             return False
-        self._base, self._settled = (limit, rate), False
-        self._set(limit * PROBE_DEPTH)
+        self._base = (limit, rate)
+        self._move(limit * PROBE_DEPTH)
         return True
+
+    def _take_back(self, limit: float) -> bool:
+        """A try that did not pay: back to ``limit``, and probing rests."""
+        self._base = self._deep = None
+        self._move(limit)
+        self._rest = self._rest_next
+        self._rest_next = min(2 * self._rest_next, PROBE_REST_MAX)
+        return True
+
+    def _move(self, limit: float) -> None:
+        """The probe sets the limit; its span counts from the calls at that limit."""
+        self._settled = False
+        self._set(limit)
 
     def _unsaturated(self) -> None:
         """No record waited (or an overload): the probe ends and what it earned lapses."""
         self._span_answers, self._span_s = 0, 0.0
-        self._base, self._settled, self._earned = None, False, 0.0
-        self._rest, self._rest_next = 0, 1
+        self._base, self._deep, self._settled, self._earned = None, None, False, 0.0
+        self._rest, self._rest_next = 0, PROBE_REST
 
     def _set(self, limit: float) -> None:
         self._limit = min(max(limit, float(self.minimum)), float(self.maximum))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from collections.abc import Callable
 
 import pytest
@@ -191,14 +192,37 @@ def run_backlog(
     return seen
 
 
+def deeper_pays(in_flight: int) -> float:
+    """A server completing a sixth to a fifth more a second with every four times as
+    many calls at once (170 /s at 16, 204 at 64, 238 at 256, 272 at 1,024)."""
+    return 170.0 * (1 + 0.2 * math.log(in_flight / 16, 4))
+
+
 def test_a_backlog_goes_as_deep_as_completions_pay() -> None:
-    # As the dev server once its workflows pile up: flat up to 64 calls at once, two
-    # fifths more from 256 on. Answer times alone would hold the limit at 16.
+    # Answer times alone would hold the limit at 16: they grow with every call queued.
     clock = Clock()
     limit = ActionLimit(minimum=16, maximum=1024, clock=clock)
-    seen = run_backlog(limit, clock, lambda n: 240.0 if n >= 256 else 170.0, 40)
+    seen = run_backlog(limit, clock, deeper_pays, 40)
     assert seen[0][1] < 64
-    assert min(lim for t, lim in seen if t > 20) >= 256, seen
+    assert min(lim for t, lim in seen if t > 25) >= 256, seen
+
+
+def test_a_server_whose_rate_drifts_up_by_itself_does_not_pass_for_depth_paying() -> None:
+    # Completions the same at any concurrency but rising by 8 % of the first rate every
+    # second: a try beats the span before it by more than a tenth, not the span after it.
+    clock = Clock()
+    limit = ActionLimit(minimum=16, maximum=1024, clock=clock)
+    seen = run_backlog(limit, clock, lambda n: 200.0 * (1 + 0.08 * clock.now), 30)
+    tries, since = [], None
+    for (t, before), (_, after) in itertools.pairwise(seen):
+        if after >= 2 * before:
+            since = t
+        elif since is not None and 2 * after <= before:
+            tries.append(t - since)
+            since = None
+    assert since is None, seen  # no try kept
+    assert len(tries) >= 2, seen
+    assert max(tries) < 1.5 * PROBE_SPAN_S, tries  # each taken back after its span
 
 
 def test_a_backlog_probes_after_one_span_and_not_from_the_idle_time_before() -> None:
@@ -208,7 +232,7 @@ def test_a_backlog_probes_after_one_span_and_not_from_the_idle_time_before() -> 
     limit = ActionLimit(minimum=16, maximum=1024, clock=clock)
     clock.now += 30
     seen = run_backlog(limit, clock, lambda n: 250.0, 6 * PROBE_SPAN_S)
-    deep = [t - 30 for t, lim in seen if lim >= 256]
+    deep = [t - 30 for t, lim in seen if lim > 16]
     assert deep, seen
     assert deep[0] < 1.5 * PROBE_SPAN_S, deep  # one span at the limit, then the probe
     after = [lim for t, lim in seen if t - 30 > deep[0]]
@@ -235,7 +259,7 @@ def test_a_backlog_on_a_server_depth_does_not_help_stays_shallow() -> None:
 def test_what_a_probe_earned_lapses_without_a_backlog_or_on_overload() -> None:
     clock = Clock()
     limit = ActionLimit(minimum=16, maximum=1024, clock=clock)
-    run_backlog(limit, clock, lambda n: 240.0 if n >= 256 else 170.0, 40)
+    run_backlog(limit, clock, deeper_pays, 40)
     earned = limit.limit
     assert earned >= 256
     # No record waits any more and the answers read a long queue: Vegas shrinks it.
@@ -243,7 +267,7 @@ def test_what_a_probe_earned_lapses_without_a_backlog_or_on_overload() -> None:
     assert seen[-1] < earned / 2, seen
     # Earned again, then an overload: halved, and answer times may shrink it further.
     clock.now += 60
-    run_backlog(limit, clock, lambda n: 240.0 if n >= 256 else 170.0, 40)
+    run_backlog(limit, clock, deeper_pays, 40)
     assert limit.limit >= 256
     before = limit.limit
     for _ in range(max(WINDOW_MIN, before)):
@@ -360,7 +384,7 @@ def test_the_adaptive_limit_stops_at_its_ceiling_even_where_depth_pays() -> None
     # the probes (each call in Temporal costs the process memory).
     clock = Clock()
     limit = ActionLimit(clock=clock)
-    seen = run_backlog(limit, clock, lambda n: 170.0 + n / 4, 60)
+    seen = run_backlog(limit, clock, deeper_pays, 60)
     assert max(lim for _, lim in seen) == AUTO_MAXIMUM == 256, seen
     assert seen[-1][1] == AUTO_MAXIMUM
 
