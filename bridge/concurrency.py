@@ -84,7 +84,7 @@ PROBE_DEPTH = 4
 """How many times as many calls at once a saturated limit tries."""
 PROBE_GAIN = 0.1
 """Share by which a deeper limit's completion rate must beat the one before to stay."""
-PROBE_REST = 2
+PROBE_REST = 4
 """Spans probing rests after a try that did not pay, the first of a backlog or the
 first after one that paid."""
 PROBE_REST_MAX = 32

@@ -239,6 +239,26 @@ def test_a_backlog_probes_after_one_span_and_not_from_the_idle_time_before() -> 
     assert min(after) <= 40, seen  # depth does not pay here: taken back
 
 
+def test_a_try_is_checked_from_after_its_calls_drained() -> None:
+    # Call by call: back at the limit after a try, the calls beyond it had queued in
+    # Temporal and answer in a burst. Counted in the check's span they would make the
+    # shallower limit look as fast as the deeper one, and a try that pays would go back.
+    clock = Clock()
+    limit = ActionLimit(minimum=16, maximum=1024, clock=clock)
+    seen = []
+    while clock.now < 30:
+        while limit.in_flight < limit.limit:
+            limit._take()
+        in_use = limit.in_flight
+        served = 196.0 if in_use >= 64 else 170.0  # a seventh more from 64 on
+        limit._waited = True
+        clock.now += 1 / (2000.0 if in_use > limit.limit else served)
+        limit.observe(in_use / served)
+        limit.release()
+        seen.append((clock.now, limit.limit))
+    assert min(lim for t, lim in seen if t > 10) >= 64, seen
+
+
 def test_a_backlog_on_a_server_depth_does_not_help_stays_shallow() -> None:
     # The same completions at any concurrency: every probe is taken back, and probing
     # rests longer after each.
