@@ -542,6 +542,7 @@ class Chaos:
 
     async def run(self) -> Report:
         """Start everything, produce, inject, wait for quiescence, check."""
+        require_empty(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "routes.yaml").write_text(yaml.safe_dump(routes()))
         await self.stack.start()
@@ -783,6 +784,17 @@ class Chaos:
             rep.violations.append(f"{len(left)} parked keys still blocked at the end")
 
 
+def require_empty(path: Path) -> None:
+    """A run's directory must be new or empty: an earlier run's Kafka logs, Temporal
+    database and services' databases in it would be read as this run's (its orders have
+    the same ids), and the checks would fail on that run's outcomes."""
+    if path.exists() and any(path.iterdir()):
+        raise ValueError(
+            f"the data directory {path} holds an earlier run's state (Kafka, Temporal, the "
+            "services' databases): give a new or empty directory"
+        )
+
+
 async def run_chaos(config: ChaosConfig, log: Callable[[str], None] = print) -> Report:
     """Run one chaos experiment and return its report."""
     return await Chaos(config, log).run()
@@ -792,6 +804,12 @@ def main_sync(config: ChaosConfig) -> int:
     """Run, print the table, and return the process exit code."""
     # The harness's own clients see every injected outage; their retries are not news.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    if config.data_dir is not None:
+        try:
+            require_empty(config.data_dir)
+        except ValueError as e:
+            print(f"chaos: {e}", file=sys.stderr)
+            return 2
     report = asyncio.run(run_chaos(config))
     print(report.table())
     return 0 if report.ok else 1
