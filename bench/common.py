@@ -121,7 +121,7 @@ async def last_answer(settings: Settings, topic: str, count: int) -> float:
     benchmark while it runs; ``RuntimeError`` if fewer than ``count`` are there."""
     consumer = kafka.consumer(settings, topic, auto_offset_reset="earliest")
     await kafka.start(consumer, settings)
-    times: list[float] = []
+    seen, latest = 0, 0.0
     try:
         ends = await consumer.end_offsets(list(consumer.assignment()))
         deadline = time.monotonic() + 60
@@ -130,16 +130,15 @@ async def last_answer(settings: Settings, topic: str, count: int) -> float:
                 raise RuntimeError(f"{topic} not read to its end in 60 s")
             batch = await consumer.getmany(timeout_ms=500, max_records=2000)
             for record in (r for records in batch.values() for r in records):
-                times.extend(
-                    datetime.fromisoformat(item.at).timestamp()
-                    for item in parse_record(record.value or b"")
-                    if isinstance(item, EventProvenance) and item.outcome == Outcome.STARTED
-                )
+                for item in parse_record(record.value or b""):
+                    if isinstance(item, EventProvenance) and item.outcome == Outcome.STARTED:
+                        seen += 1
+                        latest = max(latest, datetime.fromisoformat(item.at).timestamp())
     finally:
         await kafka.stop_consumer(consumer)
-    if len(times) < count:
-        raise RuntimeError(f"{len(times)} of {count} starts in the provenance on {topic}")
-    return max(times)
+    if seen < count:
+        raise RuntimeError(f"{seen} of {count} starts in the provenance on {topic}")
+    return latest
 
 
 def answered_rate(starts: Iterable[float], answered: float) -> float:
@@ -157,10 +156,11 @@ def answered_rate(starts: Iterable[float], answered: float) -> float:
     limit taking a probe back) pays that time again as arrivals stop while the calls
     in Temporal are answered.
     """
-    ordered = sorted(starts)
-    if not ordered or answered <= ordered[0]:
+    times = list(starts)
+    first = min(times, default=math.inf)
+    if answered <= first:
         return math.nan
-    return len(ordered) / (answered - ordered[0])
+    return len(times) / (answered - first)
 
 
 def ratio(value: float, baseline: float) -> float:

@@ -784,12 +784,16 @@ class Chaos:
             rep.violations.append(f"{len(left)} parked keys still blocked at the end")
 
 
+class DataDirInUse(ValueError):
+    """The data directory given to a run holds an earlier run's state."""
+
+
 def require_empty(path: Path) -> None:
     """A run's directory must be new or empty: an earlier run's Kafka logs, Temporal
     database and services' databases in it would be read as this run's (its orders have
     the same ids), and the checks would fail on that run's outcomes."""
     if path.exists() and any(path.iterdir()):
-        raise ValueError(
+        raise DataDirInUse(
             f"the data directory {path} holds an earlier run's state (Kafka, Temporal, the "
             "services' databases): give a new or empty directory"
         )
@@ -804,12 +808,10 @@ def main_sync(config: ChaosConfig) -> int:
     """Run, print the table, and return the process exit code."""
     # The harness's own clients see every injected outage; their retries are not news.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    if config.data_dir is not None:
-        try:
-            require_empty(config.data_dir)
-        except ValueError as e:
-            print(f"chaos: {e}", file=sys.stderr)
-            return 2
-    report = asyncio.run(run_chaos(config))
+    try:
+        report = asyncio.run(run_chaos(config))
+    except DataDirInUse as e:
+        print(f"chaos: {e}", file=sys.stderr)
+        return 2
     print(report.table())
     return 0 if report.ok else 1
