@@ -37,15 +37,21 @@ completion rate:
 
 - Completions are counted over spans of at least ``PROBE_SPAN_S``, from the window
   after the one in which records started to wait (that one holds the time before).
-- After a span at the current limit it tries ``PROBE_DEPTH`` times as many calls at
-  once. Whenever a probe moves the limit, the windows still answering calls of a
-  deeper limit (draining) and the next one (as many answers as the limit: its
-  pipeline filling and turning over once) are not counted.
+- After ``PROBE_FIRST`` spans of a backlog at the current limit it tries
+  ``PROBE_DEPTH`` times as many calls at once, measured against the span just before.
+  A backlog's first span does not count toward that: it does not yet hold all that its
+  events cost (a window's run starts when the window closes, a collector's workflow
+  task comes after its signals). Whenever a probe moves the limit, the windows still
+  answering calls of a deeper limit (draining) and the next one (as many answers as
+  the limit: its pipeline filling and turning over once) are not counted.
 - A try that does not complete ``PROBE_GAIN`` more a second than the span before it
   is taken back. One that does is checked against a span back at the limit it came
   from, so that a server whose rate drifts by itself within seconds does not pass
   for one that pays: the deeper limit stays only if its span beat both, and the next
-  probe starts from it (Vegas does not shrink below it while records wait).
+  probe starts from it (Vegas does not shrink below it while records wait). A try
+  that completes ``PROBE_SURE`` more, far beyond what a server drifts in a span,
+  stays at once and the next try starts from its span: where depth pays that much
+  (events into a few window collectors), a short backlog gets there in time.
   Otherwise probing rests for a number of spans: ``PROBE_REST``, doubling with each
   try in a row that did not pay (up to ``PROBE_REST_MAX``).
 - A window in which no record waited ends it all: Vegas alone governs again. An
@@ -84,6 +90,10 @@ PROBE_DEPTH = 4
 """How many times as many calls at once a saturated limit tries."""
 PROBE_GAIN = 0.1
 """Share by which a deeper limit's completion rate must beat the one before to stay."""
+PROBE_SURE = 0.4
+"""Share by which a deeper limit's completion rate beats the one before to stay unchecked."""
+PROBE_FIRST = 2
+"""Spans of a backlog at the limit before its first try (the first is not its cost yet)."""
 PROBE_REST = 4
 """Spans probing rests after a try that did not pay, the first of a backlog or the
 first after one that paid."""
@@ -147,7 +157,7 @@ class ActionLimit:
         limit and the first after them (the one in which its pipeline fills)."""
         self._earned = 0.0
         """The deepest limit a probe found paying, while records keep waiting."""
-        self._rest = 0
+        self._rest = PROBE_FIRST - 1
         self._rest_next = PROBE_REST
 
     @property
@@ -296,16 +306,15 @@ class ActionLimit:
             if self._deep is None:  # the span of the try
                 if rate < base_rate * (1 + PROBE_GAIN):
                     return self._take_back(base_limit)
+                if rate >= base_rate * (1 + PROBE_SURE):
+                    return self._keep(limit, rate)
                 self._deep = (limit, rate)
                 self._move(base_limit)  # the check, back where it came from
                 return True
             deep_limit, deep_rate = self._deep
             if deep_rate < rate * (1 + PROBE_GAIN):
                 return self._take_back(base_limit)
-            self._base = self._deep = None
-            self._earned, self._rest_next = deep_limit, PROBE_REST
-            self._move(deep_limit)
-            return True
+            return self._keep(deep_limit)
         if self._rest > 0:
             self._rest -= 1
             return False
@@ -313,6 +322,19 @@ class ActionLimit:
             return False
         self._base = (limit, rate)
         self._move(limit * PROBE_DEPTH)
+        return True
+
+    def _keep(self, limit: float, rate: float | None = None) -> bool:
+        """A try that paid: ``limit`` stays. With its span's ``rate`` (a try that paid by
+        far, its pipeline full already), the next try starts from it at once."""
+        self._deep = None
+        self._earned, self._rest_next = limit, PROBE_REST
+        if rate is not None and limit < self.maximum:
+            self._base = (limit, rate)
+            self._move(limit * PROBE_DEPTH)
+            return True
+        self._base = None
+        self._move(limit)
         return True
 
     def _take_back(self, limit: float) -> bool:
@@ -332,7 +354,7 @@ class ActionLimit:
         """No record waited (or an overload): the probe ends and what it earned lapses."""
         self._span_answers, self._span_s = 0, 0.0
         self._base, self._deep, self._settled, self._earned = None, None, False, 0.0
-        self._rest, self._rest_next = 0, PROBE_REST
+        self._rest, self._rest_next = PROBE_FIRST - 1, PROBE_REST
 
     def _set(self, limit: float) -> None:
         self._limit = min(max(limit, float(self.minimum)), float(self.maximum))

@@ -11,8 +11,10 @@ import pytest
 
 from bridge.concurrency import (
     AUTO_MAXIMUM,
+    PROBE_FIRST,
     PROBE_REST_MAX,
     PROBE_SPAN_S,
+    PROBE_SURE,
     STUCK_WINDOWS,
     WINDOW_MIN,
     ActionLimit,
@@ -225,18 +227,47 @@ def test_a_server_whose_rate_drifts_up_by_itself_does_not_pass_for_depth_paying(
     assert max(tries) < 1.5 * PROBE_SPAN_S, tries  # each taken back after its span
 
 
-def test_a_backlog_probes_after_one_span_and_not_from_the_idle_time_before() -> None:
+def test_a_backlog_probes_after_its_first_spans_and_not_from_the_idle_time_before() -> None:
     # The process waited 30 s (start-up, joining the group) before its records came:
     # the window in which they started to wait holds that time and is not a rate.
     clock = Clock()
     limit = ActionLimit(minimum=16, maximum=1024, clock=clock)
     clock.now += 30
-    seen = run_backlog(limit, clock, lambda n: 250.0, 6 * PROBE_SPAN_S)
+    seen = run_backlog(limit, clock, lambda n: 250.0, 8 * PROBE_SPAN_S)
     deep = [t - 30 for t, lim in seen if lim >= 64]
     assert deep, seen
-    assert deep[0] < 1.5 * PROBE_SPAN_S, deep  # one span at the limit, then the probe
+    # PROBE_FIRST spans at the limit, then the probe.
+    assert (PROBE_FIRST - 0.5) * PROBE_SPAN_S < deep[0] < (PROBE_FIRST + 0.5) * PROBE_SPAN_S, deep
     after = [lim for t, lim in seen if t - 30 > deep[0]]
     assert min(after) <= 40, seen  # depth does not pay here: taken back
+
+
+def test_a_backlog_whose_first_span_is_cheaper_than_the_rest_still_finds_depth() -> None:
+    # Events into windows: what they cost comes after them (a window's run starts when it
+    # closes, 2 s on), so the backlog's first 2 s complete 300 calls a second and the
+    # rest 160 at 16 calls at once, 240 from 64 on. A first try measured against the
+    # first span would read a loss and be taken back, and probing would rest.
+    clock = Clock()
+    limit = ActionLimit(minimum=16, maximum=64, clock=clock)
+    seen = run_backlog(
+        limit, clock, lambda n: (300.0 if clock.now < 2 else 160.0) * (1.5 if n >= 64 else 1), 30
+    )
+    assert min(lim for t, lim in seen if t > 4 * PROBE_SPAN_S) >= 64, seen
+
+
+def test_a_try_that_pays_by_far_stays_at_once_and_the_next_starts_from_it() -> None:
+    # Events into a few window collectors: 150 a second at 16 calls at once, 1.6 times
+    # as many with every four times as many calls (more signals per collector in flight).
+    # Checking each try against a span back at the limit would reach 256 one check span
+    # later for each step, too late for a short backlog.
+    clock = Clock()
+    limit = ActionLimit(minimum=16, maximum=256, clock=clock)
+    seen = run_backlog(limit, clock, lambda n: 150.0 * 1.6 ** math.log(n / 16, 4), 20)
+    assert 1 + PROBE_SURE <= 1.6  # the model pays by far at each step
+    deepest = [t for t, lim in seen if lim >= 256]
+    assert deepest, seen
+    assert deepest[0] < (PROBE_FIRST + 2.5) * PROBE_SPAN_S, seen  # two try spans, no check
+    assert min(lim for t, lim in seen if t > deepest[0]) >= 256, seen
 
 
 def test_a_try_is_checked_from_after_its_calls_drained() -> None:
