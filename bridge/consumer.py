@@ -35,6 +35,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from bridge import kafka
+from bridge.concurrency import ActionLimit
 from bridge.engine import Engine, PartitionState
 from bridge.errors import TransientError
 from bridge.ingress import Ingress
@@ -55,9 +56,13 @@ class BridgeConsumer:
         topics: Iterable[str],
         metrics: Metrics | None = None,
         policies: FailurePolicies | None = None,
+        limit: ActionLimit | None = None,
     ) -> None:
         self.settings = settings
         self.ingress = ingress
+        self.limit = limit
+        """The gate of actions in Temporal, told which share of the group's partitions
+        this member reads (``ActionLimit.set_share``)."""
         self.topics = sorted(set(topics))
         self.metrics = metrics or ingress.metrics
         self.parking: ParkingState | None = policies.state if policies is not None else None
@@ -347,6 +352,10 @@ class BridgeConsumer:
         self.metrics.rebalances.inc()
         for tp in assigned:
             self.engine.assign(tp)
+        if self.limit is not None and self.consumer is not None:
+            consumer = self.consumer
+            total = sum(len(consumer.partitions_for_topic(t) or ()) for t in self.topics)
+            self.limit.set_share(sum(tp.topic in self.topics for tp in self.partitions), total)
         if self.consumer is not None and (self._full or self.parking is not None):
             # With failure policies, nothing is fetched before the blocks are read
             # (``load_policies``): a record of a blocked key must not be acted on.

@@ -124,13 +124,14 @@ async def open_bridge(settings: Settings, telemetry: Telemetry) -> AsyncIterator
         decoding as decoder,
         ProvenanceWriter.for_settings(provenance_producer, settings) as provenance,
     ):
+        limit = action_limit(settings, telemetry.metrics)
         ingress = Ingress(
             catalog,
             router,
             Dispatcher(
                 client,
                 timedelta(seconds=settings.temporal_rpc_timeout_s),
-                action_limit(settings, telemetry.metrics),
+                limit,
                 telemetry.metrics,
             ),
             DeadLetterPublisher(producer),
@@ -140,7 +141,9 @@ async def open_bridge(settings: Settings, telemetry: Telemetry) -> AsyncIterator
             decoder=decoder,
         )
         async with open_policies(settings, ingress, producer, telemetry.metrics) as policies:
-            yield BridgeConsumer(settings, ingress, router.topics, telemetry.metrics, policies)
+            yield BridgeConsumer(
+                settings, ingress, router.topics, telemetry.metrics, policies, limit
+            )
 
 
 async def run_worker(

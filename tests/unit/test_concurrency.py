@@ -270,6 +270,88 @@ def test_a_try_that_pays_by_far_stays_at_once_and_the_next_starts_from_it() -> N
     assert min(lim for t, lim in seen if t > deepest[0]) >= 256, seen
 
 
+def run_group(
+    limits: list[ActionLimit],
+    clock: Clock,
+    served: Callable[[int], float],
+    seconds: float,
+    joins: list[float],
+) -> list[list[tuple[float, int]]]:
+    """Members of one consumer group, each with records waiting from its ``joins`` second
+    on, sharing a server that completes ``served(calls in flight of all members)`` calls
+    a second in arrival order: each member gets its part of the answers by its calls in
+    flight, every call answered after ``in_flight / served(in_flight)`` seconds. Each
+    member's limit after each of its answers."""
+    seen: list[list[tuple[float, int]]] = [[] for _ in limits]
+    credit = [0.0 for _ in limits]
+    end = clock.now + seconds
+    while clock.now < end:
+        for limit, joined in zip(limits, joins, strict=True):
+            while clock.now >= joined and limit.in_flight < limit.limit:
+                limit._take()
+        total = sum(limit.in_flight for limit in limits)
+        rate = served(total)
+        clock.now += 1 / rate
+        for n, limit in enumerate(limits):
+            credit[n] += limit.in_flight / total
+        member = max(range(len(limits)), key=lambda n: credit[n])
+        credit[member] -= 1
+        limit = limits[member]
+        limit._waited = True  # as acquire() notes when a record has to wait
+        limit.observe(total / rate)
+        limit.release()
+        seen[member].append((clock.now, limit.limit))
+    return seen
+
+
+def test_members_of_a_group_do_not_take_each_others_part_of_the_server() -> None:
+    # Two bridges reading three of six partitions each, the second from a hand-over 3 s
+    # in, on a server completing fewer calls the deeper it is (an eighth less with every
+    # four times as many calls at once). A member's try takes the other's answers.
+    def server(in_flight: int) -> float:
+        return 270.0 * 0.88 ** math.log(in_flight / 16, 4)
+
+    def group(held: int) -> list[list[tuple[float, int]]]:
+        clock = Clock()
+        members = [ActionLimit(minimum=16, maximum=256, clock=clock) for _ in range(2)]
+        for member in members:
+            member.set_share(held, 6)
+        return run_group(members, clock, server, 60, joins=[0.0, 3.0])
+
+    for member in group(3):
+        assert member and max(lim for _, lim in member) <= 40, member
+    # Each reading as if alone, one member's try pays at the other's expense, then the
+    # other's: the group ends deep, where the server completes least.
+    assert all(member[-1][1] >= 64 for member in group(6))
+
+
+def test_a_member_that_comes_to_share_takes_its_try_back_and_forgets_what_tries_earned() -> None:
+    clock = Clock()
+    trying = ActionLimit(minimum=16, maximum=1024, clock=clock)
+    while trying.limit < 64:  # alone, until its first try
+        run_backlog(trying, clock, lambda n: 250.0, 0.01)
+    trying.set_share(3, 6)  # a second member joined
+    assert trying.limit < 64
+
+    limit = ActionLimit(minimum=16, maximum=1024, clock=clock)
+    seen = run_backlog(limit, clock, deeper_pays, 40)
+    assert seen[-1][1] >= 256, seen  # alone, depth paid
+    limit.set_share(3, 6)
+    seen = run_backlog(limit, clock, deeper_pays, 60)
+    assert seen[-1][1] <= 40, seen  # Vegas alone: back near the minimum
+    assert max(lim for t, lim in seen if t > clock.now - 20) <= 40, seen  # no try since
+
+
+def test_a_share_is_the_partitions_held_of_the_groups_or_the_whole() -> None:
+    limit = ActionLimit()
+    assert limit.share == 1.0
+    limit.set_share(3, 6)
+    assert limit.share == 0.5
+    for held, total in ((6, 6), (0, 6), (3, 0), (7, 6)):
+        limit.set_share(held, total)
+        assert limit.share == 1.0, (held, total)
+
+
 def test_a_try_is_checked_from_after_its_calls_drained() -> None:
     # Call by call: back at the limit after a try, the calls beyond it had queued in
     # Temporal and answer in a burst. Counted in the check's span they would make the

@@ -9,6 +9,7 @@ import asyncio
 import pytest
 from aiokafka import TopicPartition
 
+from bridge.concurrency import ActionLimit
 from bridge.consumer import BridgeConsumer
 from bridge.envelope import RecordLike
 from bridge.settings import Settings
@@ -140,3 +141,23 @@ async def test_no_commit_is_sent_for_a_generation_that_has_ended() -> None:
 def test_the_rebalance_budget_is_kept_consistent(values: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Settings(**values)
+
+
+def test_a_member_tells_its_limit_which_share_of_the_groups_partitions_it_reads() -> None:
+    class Partitioned(FakeKafka):
+        def partitions_for_topic(self, topic: str) -> set[int] | None:
+            return {0, 1, 2, 3, 4, 5} if topic == TP.topic else None
+
+    settings = Settings()
+    limit = ActionLimit()
+
+    async def act(record: RecordLike) -> None:
+        pass
+
+    ingress = FakeIngress(act)
+    bridge = BridgeConsumer(settings, ingress, [TP.topic], limit=limit)  # type: ignore[arg-type]
+    bridge.consumer = Partitioned()  # type: ignore[assignment]
+    bridge.on_assigned({TopicPartition(TP.topic, p) for p in (0, 1, 2)})
+    assert limit.share == 0.5  # a group of several: no probes
+    bridge.on_assigned({TopicPartition(TP.topic, p) for p in (3, 4, 5)})
+    assert limit.share == 1.0  # all six: alone
