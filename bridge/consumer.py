@@ -355,7 +355,7 @@ class BridgeConsumer:
         if self.limit is not None and self.consumer is not None:
             consumer = self.consumer
             total = sum(len(consumer.partitions_for_topic(t) or ()) for t in self.topics)
-            self.limit.set_share(sum(tp.topic in self.topics for tp in self.partitions), total)
+            self.limit.set_share(len(self.partitions), total)
         if self.consumer is not None and (self._full or self.parking is not None):
             # With failure policies, nothing is fetched before the blocks are read
             # (``load_policies``): a record of a blocked key must not be acted on.
