@@ -352,14 +352,14 @@ class BridgeConsumer:
         self.metrics.rebalances.inc()
         for tp in assigned:
             self.engine.assign(tp)
-        if self.limit is not None and self.consumer is not None:
-            consumer = self.consumer
+        consumer = self.consumer
+        if self.limit is not None and consumer is not None:
             total = sum(len(consumer.partitions_for_topic(t) or ()) for t in self.topics)
             self.limit.set_share(len(self.partitions), total)
-        if self.consumer is not None and (self._full or self.parking is not None):
+        if consumer is not None and (self._full or self.parking is not None):
             # With failure policies, nothing is fetched before the blocks are read
             # (``load_policies``): a record of a blocked key must not be acted on.
-            self.consumer.pause(*assigned)
+            consumer.pause(*assigned)
         if self.parking is not None:
             self._loading |= assigned
 
