@@ -2,7 +2,7 @@
 round's workflows, the per-event CPU figures of the scale scenario, the raw rate a
 bridge round is compared with, what a run records when a scenario fails, which
 scenarios get a fresh server, the cores processes use while a scenario's work runs, and the
-profile's CPU per event by thread."""
+profile's CPU per event by thread and its stage of a sampled stack."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from bench.common import (
 )
 from bench.direct import DirectRun
 from bench.latency import direct_summary, load_added
-from bench.profile import cpu_line, thread_cpu
+from bench.profile import WAITING, cpu_line, stage_of, thread_cpu
 from bench.scale import BridgeShare, Round
 from bench.throughput import interpolated, rounds_note
 from bridge.dev.processes import Service
@@ -362,3 +362,35 @@ def test_profile_reads_the_cpu_of_this_process_threads() -> None:
     spent = thread_cpu(os.getpid())
     assert set(spent) == {"main user", "main system", "other user", "other system"}
     assert spent["main user"] > 0
+
+
+# The start of every stack of the bridge's main thread, as py-spy samples it.
+LOOP = (
+    "_run_module_as_main (<frozen runpy>:198);<module> (bridge/__main__.py:5);"
+    "bridge (bridge/cli/main.py:103);run_loop (bridge/cli/common.py:73);"
+    "Runner.run (asyncio/runners.py:118)"
+)
+
+
+def test_profile_counts_uvloop_in_c_as_waiting_and_python_frames_as_their_stage() -> None:
+    # Without native frames uvloop's wait in epoll is the run call alone.
+    assert stage_of(LOOP) == WAITING
+    # With them (--native) the wait shows as such; the loop's own C work does not.
+    native = LOOP + ";run_forever (loop.c:33397);uv_run (core.c:464)"
+    assert stage_of(native + ";uv__io_poll (linux.c:1452);epoll_pwait (libc.so.6)") == WAITING
+    assert stage_of(native + ";uv__read (stream.c:1143)") == "event loop"
+    # A Python thread waiting on a lock, natively sampled: the libc frame is an address.
+    lock = (
+        "Thread.run (threading.py:982);SdkMetrics._drain_loop (bridge/observability/"
+        "telemetry.py:132);Event.wait (threading.py:629);lock_PyThread_acquire_lock;"
+        "PyThread_acquire_lock_timed;0x7f182caae116;0x7f182caa3f16"
+    )
+    assert stage_of(lock) == WAITING
+    routing = LOOP + ";Engine._drain_key (bridge/engine.py:361);Route.match (bridge/routes.py:88)"
+    assert stage_of(routing) == "route: conditions, templates, action"
+    assert stage_of("Thread.run (threading.py:982);worker (rust.py:3)") == "other Python threads"
+    # A thread of the SDK's Rust core: no frame, or native ones only (--native).
+    assert stage_of("") == "native threads (no Python frames)"
+    assert stage_of("start_thread (libc.so.6);tokio_worker_run (worker.rs:500)") == (
+        "native threads (no Python frames)"
+    )
