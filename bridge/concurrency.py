@@ -46,14 +46,21 @@ completion rate:
   the limit: its pipeline filling and turning over once) are not counted.
 - A try that does not complete ``PROBE_GAIN`` more a second than the span before it
   is taken back. One that does is checked against a span back at the limit it came
-  from, so that a server whose rate drifts by itself within seconds does not pass
-  for one that pays: the deeper limit stays only if its span beat both, and the next
+  from, then confirmed by a second span at the deeper limit, so that a server whose
+  rate moves by itself within seconds does not pass for one that pays: the deeper
+  limit stays only if both its spans beat both of the shallower limit's, and the next
   probe starts from it (Vegas does not shrink below it while records wait). A try
-  that completes ``PROBE_SURE`` more, far beyond what a server drifts in a span,
+  that completes ``PROBE_SURE`` more, far beyond what a server moves in a span,
   stays at once and the next try starts from its span: where depth pays that much
   (events into a few window collectors), a short backlog gets there in time.
   Otherwise probing rests for a number of spans: ``PROBE_REST``, doubling with each
   try in a row that did not pay (up to ``PROBE_REST_MAX``).
+- How far the server moves by itself raises both bars: the largest move between two
+  spans in a row at one limit, or a try's two spans at the shallower limit, among the
+  last ``PROBE_NOISE`` (the in-memory dev server: a fifth either way from one 2 s span
+  to the next, and once +40 % as a try began, which passed for a gain by far; README,
+  Performance). A try must beat the shallower limit by more than that to pass, and
+  by twice that to stay unchecked.
 - Only a process that reads all of its consumer group's partitions probes
   (``set_share``). A member of a group of several shares Temporal with the others,
   and its own completions rise with its depth even where the server's do not: a
@@ -103,6 +110,9 @@ PROBE_GAIN = 0.1
 """Share by which a deeper limit's completion rate must beat the one before to stay."""
 PROBE_SURE = 0.4
 """Share by which a deeper limit's completion rate beats the one before to stay unchecked."""
+PROBE_NOISE = 8
+"""Latest pairs of spans at one limit whose difference tells how far the server's
+completion rate moves by itself from one span to the next."""
 PROBE_FIRST = 2
 """Spans of a backlog at the limit before its first try (the first is not its cost yet)."""
 PROBE_REST = 4
@@ -157,10 +167,19 @@ class ActionLimit:
         # The completion-rate probe while records wait (module doc).
         self._span_answers = 0
         self._span_s = 0.0
+        self._last_rate: float | None = None
+        """The completion rate of the span before, if at this limit and not a backlog's first."""
+        self._spans = 0
+        """Spans counted in this backlog."""
+        self._moves: deque[float] = deque(maxlen=PROBE_NOISE)
+        """How far the rate moved by itself between spans at one limit, lately (``log``
+        of the ratio, either way), over backlogs: the server's, not a backlog's."""
         self._base: tuple[float, float] | None = None
         """While a probe runs: the limit it came from and that limit's completion rate."""
         self._deep: tuple[float, float] | None = None
         """While a try that paid is checked: the deeper limit and its completion rate."""
+        self._checked: float | None = None
+        """While a try that passed its check is confirmed: the check's completion rate."""
         self._settled = False
         """Whether the next window counts toward a span: not the first one with records
         waiting (it holds the time before they waited, or before the process had any),
@@ -325,18 +344,25 @@ class ActionLimit:
             return probing
         rate = self._span_answers / self._span_s
         self._span_answers, self._span_s = 0, 0.0
+        gain, sure = self._thresholds(rate)
         if self._base is not None:
             base_limit, base_rate = self._base
             if self._deep is None:  # the span of the try
-                if rate < base_rate * (1 + PROBE_GAIN):
+                if rate < base_rate * (1 + gain):
                     return self._take_back(base_limit)
-                if rate >= base_rate * (1 + PROBE_SURE):
+                if rate >= base_rate * (1 + sure):
                     return self._keep(limit, rate)
                 self._deep = (limit, rate)
                 self._move(base_limit)  # the check, back where it came from
                 return True
             deep_limit, deep_rate = self._deep
-            if deep_rate < rate * (1 + PROBE_GAIN):
+            if self._checked is None:  # the check
+                if deep_rate < rate * (1 + gain):
+                    return self._take_back(base_limit)
+                self._checked = rate
+                self._move(deep_limit)
+                return True
+            if rate < max(self._checked, base_rate) * (1 + gain):  # the confirmation
                 return self._take_back(base_limit)
             return self._keep(deep_limit)
         if self._rest > 0:
@@ -348,10 +374,25 @@ class ActionLimit:
         self._move(limit * PROBE_DEPTH)
         return True
 
+    def _thresholds(self, rate: float) -> tuple[float, float]:
+        """Note how far the server moved by itself up to this span's ``rate``: from the
+        span before at the same limit (a backlog's first holds less than its cost), or, in
+        a try's check, from the span the try started from. The shares by which a try must
+        beat the spans at its shallower limit to pass, and to stay unchecked: at least as
+        far as the server moved by itself lately, and twice that."""
+        if self._last_rate is not None:
+            self._moves.append(abs(math.log(rate / self._last_rate)))
+        elif self._base is not None and self._deep is not None and self._checked is None:
+            self._moves.append(abs(math.log(rate / self._base[1])))
+        self._last_rate = rate if self._spans else None
+        self._spans += 1
+        drift = math.exp(max(self._moves, default=0.0)) - 1
+        return max(PROBE_GAIN, drift), max(PROBE_SURE, 2 * drift)
+
     def _keep(self, limit: float, rate: float | None = None) -> bool:
         """A try that paid: ``limit`` stays. With its span's ``rate`` (a try that paid by
         far, its pipeline full already), the next try starts from it at once."""
-        self._deep = None
+        self._deep = self._checked = None
         self._earned, self._rest_next = limit, PROBE_REST
         if rate is not None and limit < self.maximum:
             self._base = (limit, rate)
@@ -363,7 +404,7 @@ class ActionLimit:
 
     def _take_back(self, limit: float) -> bool:
         """A try that did not pay: back to ``limit``, and probing rests."""
-        self._base = self._deep = None
+        self._base = self._deep = self._checked = None
         self._move(limit)
         self._rest = self._rest_next
         self._rest_next = min(2 * self._rest_next, PROBE_REST_MAX)
@@ -371,13 +412,14 @@ class ActionLimit:
 
     def _move(self, limit: float) -> None:
         """The probe sets the limit; its span counts from the calls at that limit."""
-        self._settled = False
+        self._settled, self._last_rate = False, None
         self._set(limit)
 
     def _unsaturated(self) -> None:
         """No record waited (or an overload): the probe ends and what it earned lapses."""
-        self._span_answers, self._span_s = 0, 0.0
+        self._span_answers, self._span_s, self._last_rate, self._spans = 0, 0.0, None, 0
         self._base, self._deep, self._settled, self._earned = None, None, False, 0.0
+        self._checked = None
         self._rest, self._rest_next = PROBE_FIRST - 1, PROBE_REST
 
     def _set(self, limit: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import random
 from collections.abc import Callable
 
 import pytest
@@ -227,6 +228,26 @@ def test_a_server_whose_rate_drifts_up_by_itself_does_not_pass_for_depth_paying(
     assert max(tries) < 1.5 * PROBE_SPAN_S, tries  # each taken back after its span
 
 
+def test_a_server_whose_rate_jumps_by_itself_from_span_to_span_stays_shallow() -> None:
+    # Completions the same at any concurrency, but each 2 s of the server's at a rate of
+    # its own, 0.8 to 1.25 times 150 /s (the in-memory dev server moves a fifth either
+    # way between spans): a try often beats the span before it by more than a tenth,
+    # now and then by 40 %, and now and then its check as well. Only the time the tries
+    # themselves take is spent deep, on all but a rare server.
+    def deep_share(seed: int) -> float:
+        rng, rates, clock = random.Random(seed), {}, Clock()
+
+        def served(in_flight: int) -> float:
+            return rates.setdefault(int(clock.now / 2), 150.0 * rng.uniform(0.8, 1.25))
+
+        limit = ActionLimit(minimum=16, maximum=1024, clock=clock)
+        seen = run_backlog(limit, clock, served, 300)
+        return sum(t - s for (s, _), (t, lim) in itertools.pairwise(seen) if lim > 40) / 300
+
+    shares = [deep_share(seed) for seed in range(20)]
+    assert sum(share < 0.1 for share in shares) >= 18, shares
+
+
 def test_a_backlog_probes_after_its_first_spans_and_not_from_the_idle_time_before() -> None:
     # The process waited 30 s (start-up, joining the group) before its records came:
     # the window in which they started to wait holds that time and is not a rate.
@@ -320,9 +341,9 @@ def test_members_of_a_group_do_not_take_each_others_part_of_the_server() -> None
 
     for member in group(3):
         assert member and max(lim for _, lim in member) <= 40, member
-    # Each reading as if alone, one member's try pays at the other's expense, then the
-    # other's: the group ends deep, where the server completes least.
-    assert all(member[-1][1] >= 64 for member in group(6))
+    # Each reading as if alone, a member's try pays at the other's expense: the group
+    # ends deeper, where the server completes less.
+    assert max(member[-1][1] for member in group(6)) >= 64
 
 
 def test_a_member_that_comes_to_share_takes_its_try_back_and_forgets_what_tries_earned() -> None:
