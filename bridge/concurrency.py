@@ -56,9 +56,10 @@ completion rate:
   Otherwise probing rests for a number of spans: ``PROBE_REST``, doubling with each
   try in a row that did not pay (up to ``PROBE_REST_MAX``).
 - How far the server moves by itself raises both bars: the largest move between two
-  spans in a row at one limit, or a try's two spans at the shallower limit, among the
-  last ``PROBE_NOISE`` (the in-memory dev server: a fifth either way from one 2 s span
-  to the next, and once +40 % as a try began, which passed for a gain by far; README,
+  spans in a row that no probe moved the limit between (a backlog's first left out),
+  or a try's two spans at the shallower limit, among the last ``PROBE_NOISE`` (the
+  in-memory dev server: a fifth either way from one 2 s span to the next, now and then
+  half; once +40 % as a try began, which passed for a gain by far; README,
   Performance). A try must beat the shallower limit by more than that to pass, and
   by twice that to stay unchecked.
 - Only a process that reads all of its consumer group's partitions probes
@@ -111,8 +112,8 @@ PROBE_GAIN = 0.1
 PROBE_SURE = 0.4
 """Share by which a deeper limit's completion rate beats the one before to stay unchecked."""
 PROBE_NOISE = 8
-"""Latest pairs of spans at one limit whose difference tells how far the server's
-completion rate moves by itself from one span to the next."""
+"""Latest pairs of spans whose difference tells how far the server's completion rate
+moves by itself from one span to the next."""
 PROBE_FIRST = 2
 """Spans of a backlog at the limit before its first try (the first is not its cost yet)."""
 PROBE_REST = 4
@@ -168,7 +169,8 @@ class ActionLimit:
         self._span_answers = 0
         self._span_s = 0.0
         self._last_rate: float | None = None
-        """The completion rate of the span before, if at this limit and not a backlog's first."""
+        """The completion rate of the span before, unless a probe moved the limit since or
+        it was a backlog's first."""
         self._spans = 0
         """Spans counted in this backlog."""
         self._moves: deque[float] = deque(maxlen=PROBE_NOISE)
@@ -376,10 +378,10 @@ class ActionLimit:
 
     def _thresholds(self, rate: float) -> tuple[float, float]:
         """Note how far the server moved by itself up to this span's ``rate``: from the
-        span before at the same limit (a backlog's first holds less than its cost), or, in
-        a try's check, from the span the try started from. The shares by which a try must
-        beat the spans at its shallower limit to pass, and to stay unchecked: at least as
-        far as the server moved by itself lately, and twice that."""
+        span before if no probe moved the limit since (a backlog's first holds less than
+        its cost), or, in a try's check, from the span the try started from. The shares
+        by which a try must beat the spans at its shallower limit to pass, and to stay
+        unchecked: at least as far as the server moved by itself lately, and twice that."""
         if self._last_rate is not None:
             self._moves.append(abs(math.log(rate / self._last_rate)))
         elif self._base is not None and self._deep is not None and self._checked is None:
