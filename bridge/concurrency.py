@@ -50,7 +50,7 @@ completion rate:
   rate moves by itself within seconds does not pass for one that pays: the deeper
   limit stays only if both its spans beat both of the shallower limit's, and the next
   probe starts from it (Vegas does not shrink below it while records wait). A try
-  that completes ``PROBE_SURE`` more, far beyond what a server moves in a span,
+  that completes ``PROBE_SURE`` more, beyond what a server usually moves in a span,
   stays at once and the next try starts from its span: where depth pays that much
   (events into a few window collectors), a short backlog gets there in time.
   Otherwise probing rests for a number of spans: ``PROBE_REST``, doubling with each
@@ -61,7 +61,9 @@ completion rate:
   in-memory dev server: a fifth either way from one 2 s span to the next, now and then
   half; once +40 % as a try began, which passed for a gain by far; README,
   Performance). A try must beat the shallower limit by more than that to pass, and
-  by twice that to stay unchecked.
+  by twice that to stay unchecked. The price: where the server moves a fifth by
+  itself, depth that pays less than a fifth per step is not told from its moves, and
+  the limit stays where it is.
 - Only a process that reads all of its consumer group's partitions probes
   (``set_share``). A member of a group of several shares Temporal with the others,
   and its own completions rise with its depth even where the server's do not: a
@@ -108,9 +110,11 @@ PROBE_SPAN_S = 2.0
 PROBE_DEPTH = 4
 """How many times as many calls at once a saturated limit tries."""
 PROBE_GAIN = 0.1
-"""Share by which a deeper limit's completion rate must beat the one before to stay."""
+"""Least share by which a deeper limit's completion rate must beat the one before to stay
+(more where the server moves more by itself)."""
 PROBE_SURE = 0.4
-"""Share by which a deeper limit's completion rate beats the one before to stay unchecked."""
+"""Least share by which a deeper limit's completion rate beats the one before to stay
+unchecked (more where the server moves more by itself)."""
 PROBE_NOISE = 8
 """Latest pairs of spans whose difference tells how far the server's completion rate
 moves by itself from one span to the next."""
@@ -174,12 +178,14 @@ class ActionLimit:
         self._spans = 0
         """Spans counted in this backlog."""
         self._moves: deque[float] = deque(maxlen=PROBE_NOISE)
-        """How far the rate moved by itself between spans at one limit, lately (``log``
-        of the ratio, either way), over backlogs: the server's, not a backlog's."""
+        """How far the rate moved by itself between spans no probe moved the limit between
+        (answer times may have, by a tenth), lately (``log`` of the ratio, either way), over
+        backlogs: the server's, not a backlog's."""
         self._base: tuple[float, float] | None = None
         """While a probe runs: the limit it came from and that limit's completion rate."""
         self._deep: tuple[float, float] | None = None
-        """While a try that paid is checked: the deeper limit and its completion rate."""
+        """While a try that paid is checked and confirmed: the deeper limit and its try's
+        completion rate."""
         self._checked: float | None = None
         """While a try that passed its check is confirmed: the check's completion rate."""
         self._settled = False
@@ -359,7 +365,7 @@ class ActionLimit:
                 return True
             deep_limit, deep_rate = self._deep
             if self._checked is None:  # the check
-                if deep_rate < rate * (1 + gain):
+                if deep_rate < max(rate, base_rate) * (1 + gain):
                     return self._take_back(base_limit)
                 self._checked = rate
                 self._move(deep_limit)
@@ -392,16 +398,16 @@ class ActionLimit:
         return max(PROBE_GAIN, drift), max(PROBE_SURE, 2 * drift)
 
     def _keep(self, limit: float, rate: float | None = None) -> bool:
-        """A try that paid: ``limit`` stays. With its span's ``rate`` (a try that paid by
-        far, its pipeline full already), the next try starts from it at once."""
+        """A try that paid: ``limit``, where its last span ran, stays. With its span's
+        ``rate`` (a try that paid by far, its pipeline full already), the next try starts
+        from it at once."""
         self._deep = self._checked = None
         self._earned, self._rest_next = limit, PROBE_REST
         if rate is not None and limit < self.maximum:
             self._base = (limit, rate)
             self._move(limit * PROBE_DEPTH)
             return True
-        self._base = None
-        self._move(limit)
+        self._base = None  # the limit stays as it is, and its spans go on
         return True
 
     def _take_back(self, limit: float) -> bool:
