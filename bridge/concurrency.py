@@ -57,7 +57,9 @@ completion rate:
   try in a row that did not pay (up to ``PROBE_REST_MAX``).
 - How far the server moves by itself raises both bars: the largest move between two
   spans in a row that no probe moved the limit between (a backlog's first left out),
-  or a try's two spans at the shallower limit, among the last ``PROBE_NOISE`` (the
+  or a try's two spans at the shallower limit, among the backlog's last
+  ``PROBE_NOISE`` (a backlog's own, since as one ends its rate may fall as its work
+  does, not the server's; so a backlog's first try has only the bars' least; the
   in-memory dev server: a fifth either way from one 2 s span to the next, now and then
   half; once +40 % as a try began, which passed for a gain by far; README,
   Performance). A try must beat the shallower limit by more than that to pass, and
@@ -179,8 +181,8 @@ class ActionLimit:
         """Spans counted in this backlog."""
         self._moves: deque[float] = deque(maxlen=PROBE_NOISE)
         """How far the rate moved by itself between spans no probe moved the limit between
-        (answer times may have, by a tenth), lately (``log`` of the ratio, either way), over
-        backlogs: the server's, not a backlog's."""
+        (answer times may have, by a tenth), lately in this backlog (``log`` of the ratio,
+        either way)."""
         self._base: tuple[float, float] | None = None
         """While a probe runs: the limit it came from and that limit's completion rate."""
         self._deep: tuple[float, float] | None = None
@@ -428,6 +430,7 @@ class ActionLimit:
         self._span_answers, self._span_s, self._last_rate, self._spans = 0, 0.0, None, 0
         self._base, self._deep, self._settled, self._earned = None, None, False, 0.0
         self._checked = None
+        self._moves.clear()
         self._rest, self._rest_next = PROBE_FIRST - 1, PROBE_REST
 
     def _set(self, limit: float) -> None:

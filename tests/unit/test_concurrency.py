@@ -249,6 +249,24 @@ def test_a_server_whose_rate_jumps_by_itself_from_span_to_span_stays_shallow() -
     assert sum(share < 0.1 for share in shares) >= 34, shares
 
 
+def test_how_far_a_backlog_saw_the_server_move_lapses_with_it() -> None:
+    # A backlog whose rate halves and recovers from span to span (as a windowed backlog's
+    # may as its collectors finish), then none, then one where depth pays by far: its
+    # tries stay unchecked at once, as a fresh limit's do.
+    def reach_256(limit: ActionLimit, clock: Clock) -> float:
+        start = clock.now
+        seen = run_backlog(limit, clock, lambda n: 150.0 * 1.6 ** math.log(n / 16, 4), 20)
+        return min((t for t, lim in seen if lim >= 256), default=math.inf) - start
+
+    clock = Clock()
+    fresh = reach_256(ActionLimit(minimum=16, maximum=256, clock=clock), clock)
+    clock = Clock()
+    limit = ActionLimit(minimum=16, maximum=256, clock=clock)
+    run_backlog(limit, clock, lambda n: 150.0 * (0.5 if int(clock.now / 2) % 2 else 1.0), 30)
+    run_windows(limit, lambda in_flight: 0.01, 3)  # no record waits
+    assert reach_256(limit, clock) < fresh + PROBE_SPAN_S
+
+
 def test_a_backlog_probes_after_its_first_spans_and_not_from_the_idle_time_before() -> None:
     # The process waited 30 s (start-up, joining the group) before its records came:
     # the window in which they started to wait holds that time and is not a rate.
