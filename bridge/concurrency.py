@@ -118,8 +118,8 @@ PROBE_SURE = 0.4
 """Least share by which a deeper limit's completion rate beats the one before to stay
 unchecked (more where the server moves more by itself)."""
 PROBE_NOISE = 8
-"""Latest pairs of spans whose difference tells how far the server's completion rate
-moves by itself from one span to the next."""
+"""A backlog's latest pairs of spans whose difference tells how far the server's
+completion rate moves by itself from one span to the next."""
 PROBE_FIRST = 2
 """Spans of a backlog at the limit before its first try (the first is not its cost yet)."""
 PROBE_REST = 4
