@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,30 +29,69 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.3) -> bool:
 _HANDED_OUT: set[int] = set()
 """Every port ``free_port`` has returned in this process."""
 
+_LOWEST_PORT = 10000
+"""``free_port`` picks from here up to the start of the kernel's ephemeral range."""
+
+
+def ephemeral_start(range_file: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> int:
+    """The first port of the range the kernel gives outgoing connections their local end from.
+
+    Linux keeps it in ``ip_local_port_range``; elsewhere the IANA dynamic range (49152 up)
+    is what the systems use.
+    """
+    try:
+        return int(range_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152
+
+
+def _bindable(port: int) -> bool:
+    """True when a listener could bind ``port`` on every local address right now."""
+    families = [(socket.AF_INET, "0.0.0.0")]
+    if socket.has_ipv6:
+        families.append((socket.AF_INET6, "::"))
+    for family, host in families:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                if family == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                s.bind((host, port))
+        except OSError as e:
+            if family == socket.AF_INET6 and e.errno == errno.EADDRNOTAVAIL:
+                continue  # no IPv6 on this host: nothing can listen there either
+            return False
+    return True
+
+
+def pick_port(candidates: Iterable[int]) -> int:
+    """The first of ``candidates`` not handed out before in this process and bindable now."""
+    for port in candidates:
+        if port not in _HANDED_OUT and _bindable(port):
+            _HANDED_OUT.add(port)
+            return port
+    raise StackError("no free TCP port on localhost that this process has not used already")
+
 
 def free_port() -> int:
-    """A TCP port that is free right now on localhost and that this process has not been
-    given before.
+    """A TCP port that is free right now on localhost, below the kernel's ephemeral range,
+    and that this process has not been given before.
 
-    The kernel picks a free port at random for each request, so two calls in a row can
-    get the same one (39 repeats in 1,000 calls here): a stack whose broker and controller
-    listeners were both given it fails to start. Ports already handed out are skipped,
-    with the sockets that found them held until a new one turns up.
+    A port the kernel picks for a bind to port 0 comes from the ephemeral range, the one it
+    also gives outgoing connections their local end from: between the pick and the
+    listener's bind, any connection on the machine can take it ("Address already in use"
+    at a broker's start-up). Ports below that range are only ever taken by a bind that
+    names them, so the pick is checked free by such a bind and made at random, which keeps
+    two processes picking at once from meeting. Ports already handed out are skipped: a
+    stack whose broker and controller listeners were given the same one fails to start.
     """
-    held: list[socket.socket] = []
-    try:
-        for _ in range(1000):
-            s = socket.socket()
-            held.append(s)
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-            if port not in _HANDED_OUT:
-                _HANDED_OUT.add(port)
-                return port
-    finally:
-        for s in held:
-            s.close()
-    raise StackError("no free TCP port on localhost that this process has not used already")
+    top = ephemeral_start()
+    if top - _LOWEST_PORT < 1000:
+        raise StackError(
+            f"the kernel's ephemeral port range starts at {top}: too low to leave ports for "
+            f"the local stack's listeners between {_LOWEST_PORT} and it"
+        )
+    chooser = random.SystemRandom()
+    return pick_port(chooser.randrange(_LOWEST_PORT, top) for _ in range(1000))
 
 
 def temporal_executable() -> str:
