@@ -45,6 +45,10 @@ def ephemeral_start(range_file: Path = Path("/proc/sys/net/ipv4/ip_local_port_ra
         return 49152
 
 
+_NO_IPV6 = {errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT}
+"""Errors of an IPv6 socket or bind on a host without IPv6 (no address, or none at all)."""
+
+
 def _bindable(port: int) -> bool:
     """True when a listener could bind ``port`` on every local address right now."""
     families = [(socket.AF_INET, "0.0.0.0")]
@@ -57,7 +61,7 @@ def _bindable(port: int) -> bool:
                     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 s.bind((host, port))
         except OSError as e:
-            if family == socket.AF_INET6 and e.errno == errno.EADDRNOTAVAIL:
+            if family == socket.AF_INET6 and e.errno in _NO_IPV6:
                 continue  # no IPv6 on this host: nothing can listen there either
             return False
     return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 
 import pytest
@@ -12,7 +13,7 @@ from bridge.errors import StackError
 
 
 def test_no_port_is_handed_out_twice():
-    # The kernel picks at random: 1,000 plain bind-to-0 calls repeated a port 39 times.
+    # Random picks repeat: 1,000 plain bind-to-0 calls repeated a port 39 times.
     ports = [free_port() for _ in range(2000)]
     assert len(set(ports)) == len(ports)
 
@@ -61,3 +62,17 @@ def test_no_room_below_the_ephemeral_range_is_a_clear_error(monkeypatch):
 def test_running_out_of_candidates_is_a_clear_error():
     with pytest.raises(StackError, match="no free TCP port"):
         pick_port([])
+
+
+def test_a_host_without_ipv6_still_gets_ports(monkeypatch):
+    real = socket.socket
+
+    def ipv4_only(family=socket.AF_INET, *args, **kwargs):
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real(family, *args, **kwargs)
+
+    monkeypatch.setattr(processes.socket, "socket", ipv4_only)
+    port = free_port()
+    with real() as s:
+        s.bind(("127.0.0.1", port))
