@@ -361,8 +361,8 @@ def test_members_of_a_group_do_not_take_each_others_part_of_the_server() -> None
     for member in group(3):
         assert member and max(lim for _, lim in member) <= 40, member
     # Each reading as if alone, a member's try pays at the other's expense: the group
-    # ends deeper than a held member ever goes, where the server completes less.
-    assert max(member[-1][1] for member in group(6)) > 40
+    # ends deeper, where the server completes less.
+    assert max(member[-1][1] for member in group(6)) >= 64
 
 
 def test_a_member_that_comes_to_share_takes_its_try_back_and_forgets_what_tries_earned() -> None:
