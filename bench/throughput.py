@@ -279,9 +279,10 @@ def best_concurrency(per_concurrency: dict[int, float]) -> int:
 
 
 def interpolated(before: float, after: float, slot: int, slots: int) -> float:
-    """The raw rate at ``slot`` of a round whose raw rounds ran at slots 0 and ``slots``:
-    the in-memory server slows steadily as its workflows pile up, so a side that runs
-    later in a round is compared with the raw rate of its own moment, not the first."""
+    """The raw rate at ``slot`` of a round whose raw rounds ran at slots 0 and ``slots``,
+    taken to move linearly between them: the in-memory server slows as its workflows pile
+    up, so a side that runs later in a round is compared with the raw rate of its own
+    moment, not the first."""
     return before + (after - before) * slot / slots
 
 

@@ -36,7 +36,7 @@ from bench.common import (
 from bench.direct import DirectRun
 from bench.latency import direct_summary, load_added
 from bench.profile import WAITING, cpu_line, stage_of, thread_cpu
-from bench.scale import BridgeShare, Round
+from bench.scale import BridgeShare, Round, bracketed
 from bench.throughput import interpolated, rounds_note
 from bridge.dev.processes import Service
 
@@ -193,6 +193,15 @@ def test_a_bridge_round_is_compared_with_the_raw_rate_of_its_moment() -> None:
     assert interpolated(120.0, 90.0, 1, 3) == 110.0
     assert interpolated(120.0, 90.0, 2, 3) == 100.0
     assert interpolated(120.0, 90.0, 3, 3) == 90.0
+
+
+def test_a_scale_round_is_compared_with_the_raw_rounds_just_before_and_after_it() -> None:
+    # raw 200, 1 bridge 190, raw 180, 2 bridges 150, raw 120: each against its neighbours.
+    ratios = bracketed([200.0, 180.0, 120.0], [190.0, 150.0])
+    assert ratios == [pytest.approx(1.0), pytest.approx(1.0)]
+    assert bracketed([100.0, 100.0], [95.0]) == [pytest.approx(0.95)]
+    with pytest.raises(ValueError, match="2 bridge rounds need 3 raw rounds"):
+        bracketed([200.0, 180.0], [190.0, 150.0])
 
 
 def test_the_rounds_note_names_each_side_with_its_ratio_between_the_raw_rounds() -> None:
