@@ -12,10 +12,9 @@ the throughput scenario's best concurrency in this run (swept here when that
 scenario did not run), on the same server, in a raw round just before and just
 after each bridge round: raw, 1 bridge, raw, 2 bridges, raw, and so on, each raw
 round between two bridge rounds serving both. Each bridge round is compared with
-the mean of its two neighbours (``bench.throughput.interpolated`` at the middle).
-The in-memory server's rate moves by a third within a minute with nothing else
-running (direct rounds of 6,000 starts back to back read 229, 187, 170, 143 and
-210 /s), so a reference two rounds away measures another server.
+the mean of its two neighbours (``bench.throughput.bracketed``): the in-memory
+server's rate moves by a third within a minute with nothing else running, so a
+reference two rounds away measures another server.
 
 The two processes are launched at the same moment, after the events are in the
 topic, and their rebalance is part of the measured span. The group's first
@@ -63,9 +62,10 @@ from bench.common import (
 )
 from bench.throughput import (
     best_concurrency,
+    bracketed,
     first_starts,
-    interpolated,
     raw_rate,
+    rounds_note,
     sweep,
 )
 
@@ -197,17 +197,6 @@ async def bridges_round(ctx: BenchContext, count: int, instances: int) -> Round:
     return Round(instances, answered_rate(times, end), end - min(times), window, shares)
 
 
-def bracketed(raws: list[float], rates: list[float]) -> list[float]:
-    """Each bridge round's rate against the mean of the raw rounds just before and just
-    after it: ``rates[n]`` ran between ``raws[n]`` and ``raws[n + 1]``."""
-    if len(raws) != len(rates) + 1:
-        raise ValueError(f"{len(rates)} bridge rounds need {len(rates) + 1} raw rounds beside them")
-    return [
-        ratio(rate, interpolated(before, after, 1, 2))
-        for rate, before, after in zip(rates, raws[:-1], raws[1:], strict=True)
-    ]
-
-
 async def run(ctx: BenchContext) -> ScenarioResult:
     """Raw starts, then per round one bridge, raw, two bridges, raw; best of each over
     the rounds, each bridge round against the mean of the raw rounds beside it."""
@@ -235,18 +224,16 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     ratios = bracketed(raws, [d.per_s for d in done])
     ones, twos = done[0::2], done[1::2]
     one_ratios, two_ratios = ratios[0::2], ratios[1::2]
-    order = [fmt(raws[0], "/s")]
-    for d, rate_ratio, after in zip(done, ratios, raws[1:], strict=True):
-        order += [f"{fmt(d.per_s, '/s')} ({rate_ratio:.2f})", fmt(after, "/s")]
     one = max(ones, key=lambda r: r.per_s)
     two = max(twos, key=lambda r: r.per_s)
     raw = max(raws)
     r, one_ratio = max(two_ratios), max(one_ratios)
     met = r >= TARGET
     notes.append(
-        "rounds in order, raw / 1 bridge / raw / 2 bridges / raw ...; ratios against the "
-        "mean of the raw rounds beside each bridge round: "
-        + " / ".join(order)
+        rounds_note(
+            [f"{d.instances} bridge{'s' if d.instances > 1 else ''}" for d in done],
+            [(raws, [d.per_s for d in done])],
+        )
         + f"; mean ratio 1 bridge {statistics.fmean(one_ratios):.2f}, "
         f"2 bridges {statistics.fmean(two_ratios):.2f}"
         + f"; best rounds against the best raw round alone: 1 bridge "

@@ -36,8 +36,8 @@ from bench.common import (
 from bench.direct import DirectRun
 from bench.latency import direct_summary, load_added
 from bench.profile import WAITING, cpu_line, stage_of, thread_cpu
-from bench.scale import BridgeShare, Round, bracketed
-from bench.throughput import interpolated, rounds_note
+from bench.scale import BridgeShare, Round
+from bench.throughput import bracketed, interpolated, rounds_note
 from bridge.dev.processes import Service
 
 
@@ -205,12 +205,13 @@ def test_a_scale_round_is_compared_with_the_raw_rounds_just_before_and_after_it(
 
 
 def test_the_rounds_note_names_each_side_with_its_ratio_between_the_raw_rounds() -> None:
-    sides = [([77.0, 65.0], [0.81, 0.91]), ([83.0, 64.0], [0.89, 0.88])]
-    note = rounds_note(["default", "fixed"], [98.0, 69.0], sides, [91.0, 75.0])
+    rounds = [([98.0, 80.0, 91.0], [77.0, 83.0]), ([69.0, 64.0, 75.0], [65.0, 64.0])]
+    note = rounds_note(["default", "fixed"], rounds)
     assert note == (
-        "rounds in order, raw / default / fixed / raw; ratios against the raw rate interpolated "
-        "to each bridge round: 98 /s / 77 /s (0.81) / 83 /s (0.89) / 91 /s, "
-        "69 /s / 65 /s (0.91) / 64 /s (0.88) / 75 /s"
+        "rounds in order, raw / default / raw / fixed / raw; ratios against the mean of the "
+        "raw rounds just before and after each bridge round: "
+        "98 /s / 77 /s (0.87) / 80 /s / 83 /s (0.97) / 91 /s, "
+        "69 /s / 65 /s (0.98) / 64 /s / 64 /s (0.92) / 75 /s"
     )
 
 
