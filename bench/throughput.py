@@ -79,8 +79,8 @@ from bridge.temporal.requests import event_memo, search_attributes
 
 NAME = "throughput"
 ROUND_PARTS = ("raw", "default", "raw", "fixed", "raw")
-"""A round's parts in order: raw, the bridge at default settings, at the raw side's
-concurrency, raw again."""
+"""A round's parts in order: raw, the bridge at default settings, raw, the bridge at the
+raw side's concurrency, raw."""
 TARGET = 0.95
 """Bridge ÷ raw starts/s at the bridge's default settings."""
 CPU_TARGET = 1.5
@@ -278,12 +278,6 @@ def best_concurrency(per_concurrency: dict[int, float]) -> int:
     return max(per_concurrency, key=lambda c: per_concurrency[c])
 
 
-def interpolated(before: float, after: float, slot: int, slots: int) -> float:
-    """The raw rate at ``slot`` of a span whose raw rounds ran at slots 0 and ``slots``,
-    taken to move linearly between them."""
-    return before + (after - before) * slot / slots
-
-
 def bracketed(raws: list[float], rates: list[float]) -> list[float]:
     """Each bridge round's rate against the mean of the raw rounds just before and just
     after it: ``rates[n]`` ran between ``raws[n]`` and ``raws[n + 1]``. The in-memory
@@ -292,7 +286,7 @@ def bracketed(raws: list[float], rates: list[float]) -> list[float]:
     if len(raws) != len(rates) + 1:
         raise ValueError(f"{len(rates)} bridge rounds need {len(rates) + 1} raw rounds beside them")
     return [
-        ratio(rate, interpolated(before, after, 1, 2))
+        ratio(rate, (before + after) / 2)
         for rate, before, after in zip(rates, raws[:-1], raws[1:], strict=True)
     ]
 

@@ -37,7 +37,7 @@ from bench.direct import DirectRun
 from bench.latency import direct_summary, load_added
 from bench.profile import WAITING, cpu_line, stage_of, thread_cpu
 from bench.scale import BridgeShare, Round
-from bench.throughput import bracketed, interpolated, rounds_note
+from bench.throughput import bracketed, rounds_note
 from bridge.dev.processes import Service
 
 
@@ -187,15 +187,7 @@ def test_a_round_rate_runs_to_the_last_answer_so_calls_sent_at_once_gain_nothing
     assert math.isnan(answered_rate([5.0], 5.0))
 
 
-def test_a_bridge_round_is_compared_with_the_raw_rate_of_its_moment() -> None:
-    # Raw rounds at slots 0 and 3 of a round; the server slowed from 120 to 90 a second.
-    assert interpolated(120.0, 90.0, 0, 3) == 120.0
-    assert interpolated(120.0, 90.0, 1, 3) == 110.0
-    assert interpolated(120.0, 90.0, 2, 3) == 100.0
-    assert interpolated(120.0, 90.0, 3, 3) == 90.0
-
-
-def test_a_scale_round_is_compared_with_the_raw_rounds_just_before_and_after_it() -> None:
+def test_a_bridge_round_is_compared_with_the_raw_rounds_just_before_and_after_it() -> None:
     # raw 200, 1 bridge 190, raw 180, 2 bridges 150, raw 120: each against its neighbours.
     ratios = bracketed([200.0, 180.0, 120.0], [190.0, 150.0])
     assert ratios == [pytest.approx(1.0), pytest.approx(1.0)]
