@@ -79,13 +79,13 @@ settling seconds are reported beside the figures (``settling``)."""
 def ceiling(ctx: BenchContext) -> float | None:
     """The start ceiling the throughput scenario measured in this run, if it ran.
 
-    The lower of the raw and the bridge rate: half of it keeps both the server and
-    the bridge below saturation, so what is measured is latency, not queueing.
+    The lower of the best raw round and the best bridge round: half of it keeps both the
+    server and the bridge below saturation, so what is measured is latency, not queueing.
     """
     earlier = ctx.results.get("throughput")
     if earlier is None:
         return None
-    rates = [earlier.metrics.get("raw_per_s"), earlier.metrics.get("bridge_per_s")]
+    rates = [earlier.metrics.get("raw_best_per_s"), earlier.metrics.get("bridge_best_per_s")]
     known = [float(r) for r in rates if r]
     return min(known) if known else None
 

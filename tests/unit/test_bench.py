@@ -37,7 +37,7 @@ from bench.direct import DirectRun
 from bench.latency import direct_summary, load_added
 from bench.profile import WAITING, cpu_line, stage_of, thread_cpu
 from bench.scale import BridgeShare, Round
-from bench.throughput import bracketed, rounds_note
+from bench.throughput import best_round, bracketed, bracketed_rounds, rounds_note
 from bridge.dev.processes import Service
 
 
@@ -194,6 +194,17 @@ def test_a_bridge_round_is_compared_with_the_raw_rounds_just_before_and_after_it
     assert bracketed([100.0, 100.0], [95.0]) == [pytest.approx(0.95)]
     with pytest.raises(ValueError, match="2 bridge rounds need 3 raw rounds"):
         bracketed([200.0, 180.0], [190.0, 150.0])
+
+
+def test_the_headline_round_is_the_best_ratio_shown_beside_its_own_reference() -> None:
+    # raw 300, bridge 270, raw 280, bridge 200, raw 100: the faster bridge round is the
+    # worse one against its neighbours (270 / 290); the slower one reads 200 / 190.
+    rounds = bracketed_rounds([300.0, 280.0, 100.0], [270.0, 200.0])
+    assert [(r.rate, r.reference) for r in rounds] == [(270.0, 290.0), (200.0, 190.0)]
+    best = rounds[best_round(rounds)]
+    assert (best.rate, best.reference) == (200.0, 190.0)
+    assert best.ratio == pytest.approx(200.0 / 190.0)
+    assert best.ratio == max(bracketed([300.0, 280.0, 100.0], [270.0, 200.0]))
 
 
 def test_the_rounds_note_names_each_side_with_its_ratio_between_the_raw_rounds() -> None:
