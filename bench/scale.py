@@ -245,16 +245,23 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         f"{ratio(max(x.per_s for x in ones), raw):.2f}, "
         f"2 bridges {ratio(max(x.per_s for x in twos), raw):.2f}"
     )
-    repeated = sum(b.repeated for b in two.bridges)
-    split = " / ".join(f"{b.events:,}" for b in two.bridges)
     notes.append(
-        f"two bridges: events handled {split} (from the first start), "
-        f"rebalances {' / '.join(str(b.rebalances) for b in two.bridges)}, "
-        f"repeated starts {repeated}; every workflow started exactly once in every round"
+        "two bridges, per round: "
+        + "; ".join(
+            f"events handled {' / '.join(f'{b.events:,}' for b in d.bridges)} (from the first "
+            f"start), rebalances {' / '.join(str(b.rebalances) for b in d.bridges)}"
+            for d in twos
+        )
+        + f"; repeated starts {sum(b.repeated for d in done for b in d.bridges)} in all rounds"
+        "; every workflow started exactly once in every round"
     )
     notes.append(
-        f"bridge CPU per event: one {fmt(one.cpu_us_per_event, 'us')}, "
-        f"two {' / '.join(fmt(b.cpu_us_per_event, 'us') for b in two.bridges)}"
+        "bridge CPU per event, per round in order (each process; the round's ratio): "
+        + ", ".join(
+            f"{d.instances} bridge{'s' if d.instances > 1 else ''} "
+            f"{' / '.join(fmt(b.cpu_us_per_event, 'us') for b in d.bridges)} ({c.ratio:.2f})"
+            for d, c in zip(done, compared, strict=True)
+        )
     )
     return ScenarioResult(
         NAME,
@@ -280,6 +287,10 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             "one_round_ratios": [rounded(x, 3) for x in one_ratios],
             "two_round_ratios": [rounded(x, 3) for x in two_ratios],
             "two_mean_ratio": rounded(two_mean, 3),
+            "rounds": [
+                {"instances": d.instances, "ratio": rounded(c.ratio, 3), **d.summary()}
+                for d, c in zip(done, compared, strict=True)
+            ],
         },
         [
             Row(
