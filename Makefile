@@ -35,11 +35,12 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,bench]'
 	@touch $(BENCH_STAMP)
 
-## bench: the bridge against raw Temporal on a local stack; QUICK=1 quick sizes, SCENARIO=latency one
+## bench: the bridge against raw Temporal on a local stack; QUICK=1 quick sizes, SCENARIO=latency one, ROUNDS=6 more rounds
 QUICK ?=
 SCENARIO ?=
+ROUNDS ?=
 bench: $(BENCH_STAMP)
-	$(BIN)/python -m bench $(if $(QUICK),--quick) $(foreach s,$(subst $(comma), ,$(SCENARIO)),--scenario $(s))
+	$(BIN)/python -m bench $(if $(QUICK),--quick) $(if $(ROUNDS),--rounds $(ROUNDS)) $(foreach s,$(subst $(comma), ,$(SCENARIO)),--scenario $(s))
 
 ## chaos: a fault-injection run of any size, e.g. make chaos EVENTS=20000 SEED=3 BRIDGE_KILLS=10
 EVENTS ?= 20000

@@ -55,6 +55,8 @@ class BenchContext:
     results: dict[str, ScenarioResult] = field(default_factory=dict)
     stack: LocalStack | None = None
     """The run's own Kafka and Temporal processes (``None`` when it uses running ones)."""
+    rounds_wanted: int | None = None
+    """Rounds for the scenarios that run rounds (``--rounds``); ``None``: their own."""
 
     def uid(self) -> str:
         """A short unique suffix for topics, task queues, groups and workflow ids."""
@@ -63,6 +65,11 @@ class BenchContext:
     def size(self, quick: T, full: T) -> T:
         """The scenario size for this run."""
         return quick if self.quick else full
+
+    def rounds(self, quick: int, full: int) -> int:
+        """How many rounds a scenario that runs rounds runs: ``--rounds`` when given
+        (more rounds, a firmer mean), else its own count for this run's size."""
+        return self.rounds_wanted or self.size(quick, full)
 
 
 @dataclass(frozen=True)

@@ -207,7 +207,9 @@ def _json_ready(result: ScenarioResult, date: str, quick: bool) -> dict[str, Any
     }
 
 
-async def run(names: list[str], quick: bool, out: Path, command: str) -> int:
+async def run(
+    names: list[str], quick: bool, out: Path, command: str, rounds: int | None = None
+) -> int:
     """Run ``names`` in order; print the table; write (merge into) the results file.
 
     A scenario that fails is recorded as failed with its error and the run goes on
@@ -233,6 +235,7 @@ async def run(names: list[str], quick: bool, out: Path, command: str) -> int:
                 catalog=SchemaCatalog.from_dir(settings.schemas_dir),
                 client=client,  # type: ignore[arg-type]
                 quick=quick,
+                rounds_wanted=rounds,
                 work_dir=work_dir,
                 machine=await machine(settings, stack, client),
                 stack=local,
@@ -334,9 +337,28 @@ def main(argv: list[str] | None = None) -> None:
         help="run only this scenario (repeatable); default: all",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results file to write")
+    parser.add_argument(
+        "--rounds",
+        type=_positive,
+        help="rounds of the scenarios that run rounds (throughput, scale, signals, windows);"
+        " more rounds give a firmer mean on a server whose rate moves",
+    )
     args = parser.parse_args(argv)
     names = [n for n in SCENARIOS if n in (args.scenario or SCENARIOS)]
     command = "make bench" + (" QUICK=1" if args.quick else "")
     if args.scenario:
         command += f" SCENARIO={','.join(names)}" if len(names) > 1 else f" SCENARIO={names[0]}"
-    sys.exit(run_loop(run(names, args.quick, args.out.resolve(), command)))
+    if args.rounds:
+        command += f" ROUNDS={args.rounds}"
+    sys.exit(run_loop(run(names, args.quick, args.out.resolve(), command, args.rounds)))
+
+
+def _positive(text: str) -> int:
+    """A whole number of at least 1, or a clear error naming the option's value."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} rounds: at least 1")
+    return value

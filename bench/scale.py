@@ -204,7 +204,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     against the mean of the raw rounds beside it (``bracketed_rounds``), the round of each
     kind with the best ratio reported beside its own reference (``best_round``)."""
     count = ctx.size(1200, 6000)
-    rounds = 1 if ctx.quick else 2
+    rounds = ctx.rounds(1, 2)
     notes = []
     earlier = ctx.results.get("throughput")
     if earlier is not None and earlier.metrics.get("concurrency"):
@@ -278,6 +278,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             "events": count,
             "partitions": PARTITIONS,
             "raw_concurrency": concurrency,
+            "rounds": rounds,
             "exactly_once": True,
             "one": one.summary(),
             "two": two.summary(),
@@ -287,7 +288,8 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             "one_round_ratios": [rounded(x, 3) for x in one_ratios],
             "two_round_ratios": [rounded(x, 3) for x in two_ratios],
             "two_mean_ratio": rounded(two_mean, 3),
-            "rounds": [
+            "one_mean_ratio": rounded(statistics.fmean(one_ratios), 3),
+            "bridge_rounds": [
                 {"instances": d.instances, "ratio": rounded(c.ratio, 3), **d.summary()}
                 for d, c in zip(done, compared, strict=True)
             ],

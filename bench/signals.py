@@ -137,7 +137,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     would always meet a busier server); best of the rounds on each side."""
     keys = ctx.size(50, 100)
     per_key = ctx.size(20, 40)
-    rounds = ctx.size(1, 4)
+    rounds = ctx.rounds(1, 4)
     raws: list[float] = []
     bridges: list[float] = []
     for n in range(rounds):
@@ -166,6 +166,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         "met": r >= TARGET,
         "signals": keys * per_key,
         "concurrency": keys,
+        "rounds": rounds,
         "raw_rounds_per_s": [rounded(v) for v in raws],
         "bridge_rounds_per_s": [rounded(v) for v in bridges],
     }

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -349,7 +350,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     repeats its starts at the fixed round's rate, for the CPU per start of both.
     """
     count = ctx.size(600, 3000)
-    rounds = 1 if ctx.quick else 2
+    rounds = ctx.rounds(1, 2)
     per_concurrency = await sweep(ctx, count // 2)
     best = best_concurrency(per_concurrency)
     raws: list[list[float]] = []
@@ -394,6 +395,8 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     default_best = default_rounds[best_round(default_rounds)]
     fixed_best = fixed_rounds[best_round(fixed_rounds)]
     r, default_ratio = fixed_best.ratio, default_best.ratio
+    default_mean = statistics.fmean(v.ratio for v in default_rounds)
+    fixed_mean = statistics.fmean(v.ratio for v in fixed_rounds)
     raw_best, bridge_best = max(max(parts) for parts in raws), max(bridges)
     bridge_cpu, direct_cpu_us = min(cpu_per_event), min(direct_cpu_per_start)
     cpu_ratio = ratio(bridge_cpu, direct_cpu_us)
@@ -411,6 +414,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             "met": default_ratio >= TARGET,
             "events": count,
             "concurrency": best,
+            "rounds": rounds,
             "raw_sweep_per_s": {str(c): rounded(v) for c, v in per_concurrency.items()},
             "raw_rounds_per_s": [[rounded(v) for v in r] for r in raws],
             "bridge_rounds_per_s": [rounded(v) for v in bridges],
@@ -430,6 +434,8 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             "bridge_default_ratio": rounded(default_ratio, 3),
             "bridge_default_round_ratios": [rounded(v.ratio, 3) for v in default_rounds],
             "bridge_round_ratios": [rounded(v.ratio, 3) for v in fixed_rounds],
+            "bridge_default_mean_ratio": rounded(default_mean, 3),
+            "bridge_mean_ratio": rounded(fixed_mean, 3),
             "round_cores": round_cores,
             "start_time_span_rounds_per_s": [[rounded(v) for v in parts] for parts in arrivals],
             "best_of_ratios": {
@@ -466,7 +472,9 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             rounds_note(
                 ["bridge at default settings", f"bridge at concurrency {best}"],
                 [(r, [d, b]) for r, d, b in zip(raws, defaults, bridges, strict=True)],
-            ),
+            )
+            + f"; mean ratio at default settings {default_mean:.2f}, at concurrency {best}"
+            f" {fixed_mean:.2f}",
             "fastest round against the fastest raw round alone: bridge "
             f"{ratio(bridge_best, raw_best):.2f}, default settings "
             f"{ratio(max(defaults), raw_best):.2f}",

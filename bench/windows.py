@@ -164,7 +164,7 @@ async def one_round(ctx: BenchContext, mode: str, count: int) -> tuple[float, in
 async def run(ctx: BenchContext) -> ScenarioResult:
     """The three routes in turn, the plain start first, best of the rounds each."""
     count = ctx.size(1000, 4000)
-    rounds = 1 if ctx.quick else 2
+    rounds = ctx.rounds(1, 2)
     rates: dict[str, list[float]] = {mode: [] for mode in MODES}
     runs: dict[str, int] = {}
     for _ in range(rounds):
@@ -191,6 +191,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         {
             "events": count,
             "groups": GROUPS,
+            "rounds": rounds,
             **{f"{mode}_per_s": rounded(best[mode]) for mode in MODES},
             **{f"{mode}_rounds_per_s": [rounded(v) for v in rates[mode]] for mode in MODES},
             **{f"{mode}_runs": runs[mode] for mode in MODES},

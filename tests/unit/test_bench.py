@@ -264,6 +264,48 @@ def test_a_run_without_failures_removes_its_directory(
     assert not seen[0].exists()
 
 
+def test_rounds_asked_for_reach_every_scenario_that_runs_rounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[int, int]] = []
+
+    async def rounds(ctx: BenchContext) -> ScenarioResult:
+        seen.append((ctx.rounds(1, 2), ctx.rounds(1, 4)))
+        return ScenarioResult("rounds", {}, [])
+
+    monkeypatch.setattr(bench_run, "SCENARIOS", {"rounds": False})
+    monkeypatch.setattr(bench_run, "_module_runner", {"rounds": rounds}.get)
+    out = tmp_path / "latest.json"
+
+    assert asyncio.run(bench_run.run(["rounds"], False, out, "make bench ROUNDS=6", 6)) == 0
+    assert asyncio.run(bench_run.run(["rounds"], False, out, "make bench")) == 0
+    assert asyncio.run(bench_run.run(["rounds"], True, out, "make bench QUICK=1")) == 0
+    assert seen == [(6, 6), (2, 4), (1, 1)]
+
+
+def test_the_command_names_the_rounds_and_a_count_below_one_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: list[tuple[Any, ...]] = []
+
+    def fake_run(*args: Any) -> None:
+        calls.append(args)
+
+    monkeypatch.setattr(bench_run, "run", fake_run)
+    monkeypatch.setattr(bench_run, "run_loop", lambda _: 0)
+    with pytest.raises(SystemExit) as done:
+        bench_run.main(["--scenario", "scale", "--rounds", "6"])
+    assert done.value.code == 0
+    assert calls[0][3] == "make bench SCENARIO=scale ROUNDS=6"
+    assert calls[0][4] == 6
+    for bad, message in (("0", "0 rounds: at least 1"), ("x", "'x' is not a whole number")):
+        with pytest.raises(SystemExit) as refused:
+            bench_run.main(["--rounds", bad])
+        assert refused.value.code == 2
+        assert message in capsys.readouterr().err
+    assert len(calls) == 1
+
+
 def test_the_stack_report_names_a_service_that_exited_with_its_log(tmp_path: Path) -> None:
     log = tmp_path / "temporal.log"
     gone = Service(
