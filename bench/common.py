@@ -36,6 +36,7 @@ from bridge.kafka.topics import consumer_lag, partition_lags
 from bridge.pacing import TokenBucket
 from bridge.provenance import EventProvenance, parse_record
 from bridge.settings import Settings
+from bridge.temporal.client import connect_temporal
 
 PLACED = "com.example.order.placed"
 CONFIRMED = "com.example.payment.confirmed"
@@ -70,6 +71,37 @@ class BenchContext:
         """How many rounds a scenario that runs rounds runs: ``--rounds`` when given
         (more rounds, a firmer mean), else its own count for this run's size."""
         return self.rounds_wanted or self.size(quick, full)
+
+    async def renew_server(self) -> bool:
+        """Restart the run's own in-memory Temporal server on its port (it comes back
+        empty) and connect to it again; ``False``, and nothing done, when the run uses a
+        server it did not start."""
+        temporal = self.stack.temporal if self.stack is not None else None
+        if temporal is None:
+            return False
+        await temporal.restart()
+        self.client = await connect_temporal(self.settings)
+        return True
+
+
+SERVER_ROUNDS = 2
+"""Rounds of the throughput or scale scenario one in-memory server takes, as a full run
+runs them (about 40,000 and 54,000 workflows). More rounds (``--rounds``) run on a fresh
+server from each further multiple of this on (``BenchContext.renew_server``): the dev
+server slows as workflows pile up, and with five scale rounds on one server (about
+96,000) its queries ran past their deadlines and a start call timed out. The latency
+scenario, on the server throughput leaves, then meets the server of throughput's last
+rounds."""
+
+
+def renewed_note(renewed: Sequence[int]) -> list[str]:
+    """The note naming the rounds (from 1) that began on a fresh server, if any."""
+    if not renewed:
+        return []
+    return [
+        f"a fresh in-memory server before round(s) {', '.join(str(n) for n in renewed)}"
+        f" (one server takes {SERVER_ROUNDS} rounds), its own raw round first"
+    ]
 
 
 @dataclass(frozen=True)

@@ -228,7 +228,7 @@ async def run(
     try:
         async with services(work_dir, needed) as (settings, stack, local):
             # The run's own in-memory server, renewed between scenarios (``fresh_server``).
-            renewable = local.temporal if local is not None else None
+            renewable = local is not None and local.temporal is not None
             client = await connect_temporal(settings) if needed else None
             ctx = BenchContext(
                 settings=settings,
@@ -240,7 +240,7 @@ async def run(
                 machine=await machine(settings, stack, client),
                 stack=local,
             )
-            if renewable is not None:
+            if renewable:
                 ctx.machine["temporal_server_per_scenario"] = (
                     "fresh (in memory); latency on the server throughput used"
                 )
@@ -257,11 +257,10 @@ async def run(
                     continue
                 print(f"[{name}] running ({'quick' if quick else 'full'} size) ...", flush=True)
                 try:
-                    if SCENARIOS[name] and renewable is not None:
+                    if SCENARIOS[name] and renewable:
                         if fresh_server(name, previous):
                             print(f"[{name}] on a fresh in-memory Temporal server", flush=True)
-                            await renewable.restart()
-                            ctx.client = await connect_temporal(settings)
+                            await ctx.renew_server()
                         previous = name
                     started = time.monotonic()
                     result = await runner(ctx)

@@ -14,7 +14,9 @@ after each bridge round: raw, 1 bridge, raw, 2 bridges, raw, and so on, each raw
 round between two bridge rounds serving both. Each bridge round is compared with
 the mean of its two neighbours (``bench.throughput.bracketed``): the in-memory
 server's rate moves by a third within a minute with nothing else running, so a
-reference two rounds away measures another server.
+reference two rounds away measures another server. With more rounds than a full run's
+(``--rounds``), each further ``SERVER_ROUNDS`` rounds run on a fresh in-memory server,
+after a raw round of their own.
 
 The two processes are launched at the same moment, after the events are in the
 topic, and their rebalance is part of the measured span. The group's first
@@ -41,6 +43,7 @@ from dataclasses import dataclass
 
 from bench.bridge_process import BridgeProcess
 from bench.common import (
+    SERVER_ROUNDS,
     BenchContext,
     Row,
     ScenarioResult,
@@ -56,6 +59,7 @@ from bench.common import (
     produce_all,
     provenance_topic,
     ratio,
+    renewed_note,
     rounded,
     start_route,
     write_routes,
@@ -216,20 +220,33 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             "raw concurrency swept here: "
             + ", ".join(f"c={c}: {fmt(v, '/s')}" for c, v in per_concurrency.items())
         )
-    raws = [await raw_rate(ctx, count, concurrency)]
-    """Every raw round in order: one before each bridge round and one after it."""
-    done: list[Round] = []
-    """Every bridge round in order: 1 bridge, 2 bridges, 1 bridge, ..."""
-    for _ in range(rounds):
+    segments: list[tuple[list[float], list[Round]]] = []
+    """Per server: its raw rounds in order, one before each bridge round and one after
+    it, and its bridge rounds in order (1 bridge, 2 bridges, 1 bridge, ...)."""
+    renewed: list[int] = []
+    """The rounds (from 1) that began on a fresh server (``SERVER_ROUNDS``)."""
+    for n in range(rounds):
+        if not segments or (n % SERVER_ROUNDS == 0 and await ctx.renew_server()):
+            if segments:
+                renewed.append(n + 1)
+            segments.append(([await raw_rate(ctx, count, concurrency)], []))
+        segment_raws, segment_rounds = segments[-1]
         for instances in (1, 2):
-            done.append(await bridges_round(ctx, count, instances))
-            raws.append(await raw_rate(ctx, count, concurrency))
-    compared = bracketed_rounds(raws, [d.per_s for d in done])
+            segment_rounds.append(await bridges_round(ctx, count, instances))
+            segment_raws.append(await raw_rate(ctx, count, concurrency))
+    done = [d for _, segment_rounds in segments for d in segment_rounds]
+    raws = [r for segment_raws, _ in segments for r in segment_raws]
+    compared = [
+        c
+        for segment_raws, segment_rounds in segments
+        for c in bracketed_rounds(segment_raws, [d.per_s for d in segment_rounds])
+    ]
+    notes += renewed_note(renewed)
     ones, twos = done[0::2], done[1::2]
     one_compared, two_compared = compared[0::2], compared[1::2]
     one_ratios = [c.ratio for c in one_compared]
     two_ratios = [c.ratio for c in two_compared]
-    two_mean = statistics.fmean(two_ratios)
+    one_mean, two_mean = statistics.fmean(one_ratios), statistics.fmean(two_ratios)
     n, m = best_round(one_compared), best_round(two_compared)
     one, one_best, two, two_best = ones[n], one_compared[n], twos[m], two_compared[m]
     raw = max(raws)
@@ -237,10 +254,13 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     met = r >= TARGET
     notes.append(
         rounds_note(
-            [f"{d.instances} bridge{'s' if d.instances > 1 else ''}" for d in done],
-            [(raws, [d.per_s for d in done])],
+            [f"{d.instances} bridge{'s' if d.instances > 1 else ''}" for d in segments[0][1]],
+            [
+                (segment_raws, [d.per_s for d in segment_rounds])
+                for segment_raws, segment_rounds in segments
+            ],
         )
-        + f"; mean ratio 1 bridge {statistics.fmean(one_ratios):.2f}, 2 bridges {two_mean:.2f}"
+        + f"; mean ratio 1 bridge {one_mean:.2f}, 2 bridges {two_mean:.2f}"
         f"; fastest rounds against the fastest raw round alone: 1 bridge "
         f"{ratio(max(x.per_s for x in ones), raw):.2f}, "
         f"2 bridges {ratio(max(x.per_s for x in twos), raw):.2f}"
@@ -279,6 +299,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             "partitions": PARTITIONS,
             "raw_concurrency": concurrency,
             "rounds": rounds,
+            "fresh_server_before_rounds": renewed,
             "exactly_once": True,
             "one": one.summary(),
             "two": two.summary(),
@@ -288,7 +309,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             "one_round_ratios": [rounded(x, 3) for x in one_ratios],
             "two_round_ratios": [rounded(x, 3) for x in two_ratios],
             "two_mean_ratio": rounded(two_mean, 3),
-            "one_mean_ratio": rounded(statistics.fmean(one_ratios), 3),
+            "one_mean_ratio": rounded(one_mean, 3),
             "bridge_rounds": [
                 {"instances": d.instances, "ratio": rounded(c.ratio, 3), **d.summary()}
                 for d, c in zip(done, compared, strict=True)

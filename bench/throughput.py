@@ -17,7 +17,8 @@ moves by a third within a minute by itself (direct rounds of 6,000 starts back t
 read 229, 187, 170, 143 and 210 /s), so every round runs raw, default, raw, fixed and
 raw, one after the other, and each bridge round is compared with the mean of the raw
 rounds just before and after it (``bracketed``); each side's round with the best ratio
-counts, reported beside its own reference.
+counts, reported beside its own reference. With more rounds than a full run's
+(``--rounds``), each further ``SERVER_ROUNDS`` rounds run on a fresh in-memory server.
 Both rates are measured the same way: the starts over the span from the first start
 time Temporal recorded to the moment the last call was answered (the raw callers'
 clock; the bridge's provenance items, read after the round: ``last_answer``, a topic
@@ -51,6 +52,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from bench.bridge_process import BridgeProcess
 from bench.common import (
+    SERVER_ROUNDS,
     BenchContext,
     Row,
     ScenarioResult,
@@ -66,6 +68,7 @@ from bench.common import (
     produce_all,
     provenance_topic,
     ratio,
+    renewed_note,
     rounded,
     span_rate,
     stack_pids,
@@ -369,7 +372,11 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     """Per round, the cores of each part (``ROUND_PARTS``) while starts ran."""
     arrivals: list[list[float]] = []
     """Per round, each part's span rate of its start times alone (``span_rate``)."""
-    for _ in range(rounds):
+    renewed: list[int] = []
+    """The rounds (from 1) that began on a fresh server (``SERVER_ROUNDS``)."""
+    for n in range(rounds):
+        if n and n % SERVER_ROUNDS == 0 and await ctx.renew_server():
+            renewed.append(n + 1)
         opening, opening_arrivals, opening_cores = await raw_round(ctx, count, best)
         default_rate, _, default_cores, default_limit, default_arrivals = await bridge_rate(
             ctx, count
@@ -415,6 +422,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             "events": count,
             "concurrency": best,
             "rounds": rounds,
+            "fresh_server_before_rounds": renewed,
             "raw_sweep_per_s": {str(c): rounded(v) for c, v in per_concurrency.items()},
             "raw_rounds_per_s": [[rounded(v) for v in r] for r in raws],
             "bridge_rounds_per_s": [rounded(v) for v in bridges],
@@ -469,6 +477,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         ],
         [
             "raw sweep: " + ", ".join(f"c={c}: {fmt(v, '/s')}" for c, v in per_concurrency.items()),
+            *renewed_note(renewed),
             rounds_note(
                 ["bridge at default settings", f"bridge at concurrency {best}"],
                 [(r, [d, b]) for r, d, b in zip(raws, defaults, bridges, strict=True)],

@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from bench import run as bench_run
+from bench import scale as bench_scale
 from bench.bridge_process import sample_total
 from bench.common import (
     BenchContext,
@@ -205,6 +206,75 @@ def test_the_headline_round_is_the_best_ratio_shown_beside_its_own_reference() -
     assert (best.rate, best.reference) == (200.0, 190.0)
     assert best.ratio == pytest.approx(200.0 / 190.0)
     assert best.ratio == max(bracketed([300.0, 280.0, 100.0], [270.0, 200.0]))
+
+
+def test_scale_rounds_past_one_servers_share_run_on_a_fresh_server_after_a_raw_round(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    raw_rates = iter(float(100 + n) for n in range(20))
+    renewals: list[int] = []
+    played: list[str] = []
+
+    async def raw_rate(ctx: BenchContext, count: int, concurrency: int) -> float:
+        rate = next(raw_rates)
+        played.append(f"raw {rate:.0f}")
+        return rate
+
+    async def bridges_round(ctx: BenchContext, count: int, instances: int) -> Round:
+        played.append(f"{instances} bridges")
+        share = BridgeShare(events=count, cpu_s=1.0, rebalances=1, repeated=0)
+        return Round(instances, 100.0 + len(played), 10.0, 10.0, (share,) * instances)
+
+    async def renew() -> bool:
+        renewals.append(len(played))
+        played.append("fresh server")
+        return True
+
+    monkeypatch.setattr(bench_scale, "raw_rate", raw_rate)
+    monkeypatch.setattr(bench_scale, "bridges_round", bridges_round)
+    ctx = BenchContext(
+        settings=None,  # type: ignore[arg-type]
+        catalog=None,  # type: ignore[arg-type]
+        client=None,  # type: ignore[arg-type]
+        quick=False,
+        work_dir=tmp_path,
+        machine={},
+        rounds_wanted=5,
+    )
+    ctx.results["throughput"] = ScenarioResult("throughput", {"concurrency": 16}, [])
+    assert asyncio.run(ctx.renew_server()) is False  # a server the run did not start stays
+    monkeypatch.setattr(ctx, "renew_server", renew)
+
+    metrics = asyncio.run(bench_scale.run(ctx)).metrics
+
+    # Two rounds per server (SERVER_ROUNDS), each server's first raw round its own.
+    segment = [
+        "raw",
+        "1 bridges",
+        "raw",
+        "2 bridges",
+        "raw",
+        "1 bridges",
+        "raw",
+        "2 bridges",
+        "raw",
+    ]
+    assert [p.split(" ")[0] if p.startswith("raw") else p for p in played] == [
+        *segment,
+        "fresh server",
+        *segment,
+        "fresh server",
+        *segment[:5],
+    ]
+    assert metrics["fresh_server_before_rounds"] == [3, 5]
+    raws = metrics["raw_rounds_per_s"]
+    assert raws == [float(100 + n) for n in range(13)]
+    # The first bridge round on the second server sits between that server's raw rounds
+    # (105, 106), not the first server's last one (104).
+    third = metrics["bridge_rounds"][4]
+    assert third["instances"] == 1
+    assert third["ratio"] == pytest.approx(third["per_s"] / ((105.0 + 106.0) / 2), abs=1e-3)
+    assert len(metrics["bridge_rounds"]) == 10
 
 
 def test_the_rounds_note_names_each_side_with_its_ratio_between_the_raw_rounds() -> None:
