@@ -263,7 +263,15 @@ async def run(
                             await ctx.renew_server()
                         previous = name
                     started = time.monotonic()
+                    retried_before = ctx.retried_calls
                     result = await runner(ctx)
+                    retried = ctx.retried_calls - retried_before
+                    if retried:
+                        result.metrics["raw_calls_retried"] = retried
+                        result.notes.append(
+                            f"{retried:,} direct start call(s) tried again after a transient"
+                            " error from Temporal (bench.throughput.start_with_retries)"
+                        )
                 except Exception as exc:  # one scenario's failure is reported, not the run's end
                     failed[name] = f"failed: {type(exc).__name__}: {exc}"
                     traceback.print_exc()

@@ -18,9 +18,11 @@ from typing import Any
 
 import psutil
 import pytest
+from temporalio.service import RPCError, RPCStatusCode
 
 from bench import run as bench_run
 from bench import scale as bench_scale
+from bench import throughput as bench_throughput
 from bench.bridge_process import sample_total
 from bench.common import (
     BenchContext,
@@ -38,7 +40,13 @@ from bench.direct import DirectRun
 from bench.latency import direct_summary, load_added
 from bench.profile import WAITING, cpu_line, stage_of, thread_cpu
 from bench.scale import BridgeShare, Round
-from bench.throughput import best_round, bracketed, bracketed_rounds, rounds_note
+from bench.throughput import (
+    best_round,
+    bracketed,
+    bracketed_rounds,
+    rounds_note,
+    start_with_retries,
+)
 from bridge.dev.processes import Service
 
 
@@ -275,6 +283,67 @@ def test_scale_rounds_past_one_servers_share_run_on_a_fresh_server_after_a_raw_r
     assert third["instances"] == 1
     assert third["ratio"] == pytest.approx(third["per_s"] / ((105.0 + 106.0) / 2), abs=1e-3)
     assert len(metrics["bridge_rounds"]) == 10
+
+
+class FlakyClient:
+    """A client whose first ``failures`` start calls fail with ``status``."""
+
+    def __init__(self, failures: int, status: RPCStatusCode) -> None:
+        self.failures, self.status = failures, status
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    async def start_workflow(self, workflow: str, **arguments: Any) -> None:
+        self.calls.append((workflow, arguments))
+        if len(self.calls) <= self.failures:
+            raise RPCError("Timeout expired", self.status, b"")
+
+
+def test_a_direct_start_is_tried_again_on_an_error_the_bridge_retries_and_not_forever(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(bench_throughput, "RETRY_PAUSE_S", 0.0)
+    request = {"workflow": "OrderWorkflow", "id": "bench-1", "task_queue": "q"}
+
+    client = FlakyClient(2, RPCStatusCode.CANCELLED)  # how a timed-out call comes back
+    assert asyncio.run(start_with_retries(client, dict(request))) == 2  # type: ignore[arg-type]
+    assert client.calls == [("OrderWorkflow", {"id": "bench-1", "task_queue": "q"})] * 3
+
+    assert asyncio.run(start_with_retries(FlakyClient(0, RPCStatusCode.CANCELLED), request)) == 0  # type: ignore[arg-type]
+    assert request["workflow"] == "OrderWorkflow"  # the request is left as it was
+
+    stalled = FlakyClient(10, RPCStatusCode.DEADLINE_EXCEEDED)
+    with pytest.raises(RPCError):
+        asyncio.run(start_with_retries(stalled, request))  # type: ignore[arg-type]
+    assert len(stalled.calls) == bench_throughput.RAW_TRIES
+
+    refused = FlakyClient(1, RPCStatusCode.INVALID_ARGUMENT)  # not transient: no second try
+    with pytest.raises(RPCError):
+        asyncio.run(start_with_retries(refused, request))  # type: ignore[arg-type]
+    assert len(refused.calls) == 1
+
+
+def test_a_scenario_that_retried_direct_calls_says_how_many(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def flaky(ctx: BenchContext) -> ScenarioResult:
+        ctx.retried_calls += 3
+        return ScenarioResult("flaky", {"per_s": 5.0}, [])
+
+    async def steady(ctx: BenchContext) -> ScenarioResult:
+        return ScenarioResult("steady", {"per_s": 5.0}, [])
+
+    runners: dict[str, Any] = {"flaky": flaky, "steady": steady}
+    monkeypatch.setattr(bench_run, "SCENARIOS", {"flaky": False, "steady": False})
+    monkeypatch.setattr(bench_run, "_module_runner", runners.get)
+    out = tmp_path / "latest.json"
+
+    assert asyncio.run(bench_run.run(["flaky", "steady"], True, out, "make bench")) == 0
+
+    written = json.loads(out.read_text())
+    assert written["flaky"]["raw_calls_retried"] == 3
+    assert any("3 direct start call(s) tried again" in n for n in written["flaky"]["notes"])
+    assert "raw_calls_retried" not in written["steady"]  # each scenario counts its own
+    assert written["steady"]["notes"] == []
 
 
 def test_the_rounds_note_names_each_side_with_its_ratio_between_the_raw_rounds() -> None:
