@@ -86,6 +86,12 @@ class BenchContext:
         self.client = await connect_temporal(self.settings)
         return True
 
+    async def renew_before_round(self, n: int) -> bool:
+        """Whether round ``n`` (from 0) of the throughput or scale scenario begins on a
+        fresh server: every ``SERVER_ROUNDS`` rounds after the first, when the run has a
+        server of its own (``renew_server``, done here)."""
+        return n > 0 and n % SERVER_ROUNDS == 0 and await self.renew_server()
+
 
 SERVER_ROUNDS = 2
 """Rounds of the throughput or scale scenario one in-memory server takes, as a full run

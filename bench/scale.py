@@ -43,7 +43,6 @@ from dataclasses import dataclass
 
 from bench.bridge_process import BridgeProcess
 from bench.common import (
-    SERVER_ROUNDS,
     BenchContext,
     Row,
     ScenarioResult,
@@ -226,7 +225,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     renewed: list[int] = []
     """The rounds (from 1) that began on a fresh server (``SERVER_ROUNDS``)."""
     for n in range(rounds):
-        if not segments or (n % SERVER_ROUNDS == 0 and await ctx.renew_server()):
+        if not segments or await ctx.renew_before_round(n):
             if segments:
                 renewed.append(n + 1)
             segments.append(([await raw_rate(ctx, count, concurrency)], []))

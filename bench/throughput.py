@@ -54,7 +54,6 @@ from temporalio.service import RPCError
 
 from bench.bridge_process import BridgeProcess
 from bench.common import (
-    SERVER_ROUNDS,
     BenchContext,
     Row,
     ScenarioResult,
@@ -404,7 +403,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     renewed: list[int] = []
     """The rounds (from 1) that began on a fresh server (``SERVER_ROUNDS``)."""
     for n in range(rounds):
-        if n and n % SERVER_ROUNDS == 0 and await ctx.renew_server():
+        if await ctx.renew_before_round(n):
             renewed.append(n + 1)
         opening, opening_arrivals, opening_cores = await raw_round(ctx, count, best)
         default_rate, _, default_cores, default_limit, default_arrivals = await bridge_rate(
