@@ -48,7 +48,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError
 
@@ -175,24 +174,23 @@ async def ordered_requests(ctx: BenchContext, uid: str, count: int) -> list[dict
     return [requests[n] for n in await consumer_order(ctx, topic, records)]
 
 
-async def start_with_retries(client: Client, request: dict[str, Any]) -> int:
-    """``client.start_workflow`` with ``request`` (``start_requests``), tried up to
+async def start_with_retries(ctx: BenchContext, request: dict[str, Any]) -> None:
+    """``ctx.client.start_workflow`` with ``request`` (``start_requests``), tried up to
     ``RAW_TRIES`` times in all, a moment apart, on an error the bridge retries too
-    (``TRANSIENT_CODES``); how many times it was tried again. The request's id policies
-    make a repeated start of a workflow the first try did start answer with it, as for the
-    bridge."""
+    (``TRANSIENT_CODES``); each try again counted in ``ctx.retried_calls`` as it is made
+    (callers run side by side). The request's id policies make a repeated start of a
+    workflow the first try did start answer with it, as for the bridge."""
     workflow = request["workflow"]
     arguments = {k: v for k, v in request.items() if k != "workflow"}
-    retried = 0
-    while True:
+    for tried in range(1, RAW_TRIES + 1):
         try:
-            await client.start_workflow(workflow, **arguments)
-            return retried
+            await ctx.client.start_workflow(workflow, **arguments)
+            return
         except RPCError as exc:
-            if exc.status not in TRANSIENT_CODES or retried + 1 >= RAW_TRIES:
+            if exc.status not in TRANSIENT_CODES or tried == RAW_TRIES:
                 raise
-        await asyncio.sleep(RETRY_PAUSE_S * 2**retried)
-        retried += 1
+        await asyncio.sleep(RETRY_PAUSE_S * 2 ** (tried - 1))
+        ctx.retried_calls += 1
 
 
 async def raw_rate(ctx: BenchContext, count: int, concurrency: int) -> float:
@@ -213,7 +211,7 @@ async def raw_round(
     async def caller() -> None:
         nonlocal answered
         for request in queue:
-            ctx.retried_calls += await start_with_retries(ctx.client, request)
+            await start_with_retries(ctx, request)
             answered = time.time()
 
     pids = {**stack_pids(ctx), "bench (caller)": os.getpid()}
@@ -429,7 +427,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         direct_rates.append(direct_rate)
     default_best = default_rounds[best_round(default_rounds)]
     fixed_best = fixed_rounds[best_round(fixed_rounds)]
-    r, default_ratio = fixed_best.ratio, default_best.ratio
+    fixed_ratio, default_ratio = fixed_best.ratio, default_best.ratio
     default_mean = statistics.fmean(v.ratio for v in default_rounds)
     fixed_mean = statistics.fmean(v.ratio for v in fixed_rounds)
     raw_best, bridge_best = max(max(parts) for parts in raws), max(bridges)
@@ -442,7 +440,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         {
             "raw_per_s": rounded(fixed_best.reference),
             "bridge_per_s": rounded(fixed_best.rate),
-            "ratio": rounded(r, 3),
+            "ratio": rounded(fixed_ratio, 3),
             "raw_best_per_s": rounded(raw_best),
             "bridge_best_per_s": rounded(bridge_best),
             "target": f">= {TARGET} at default settings",
@@ -452,7 +450,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             "rounds": rounds,
             "fresh_server_before_rounds": renewed,
             "raw_sweep_per_s": {str(c): rounded(v) for c, v in per_concurrency.items()},
-            "raw_rounds_per_s": [[rounded(v) for v in r] for r in raws],
+            "raw_rounds_per_s": [[rounded(v) for v in parts] for parts in raws],
             "bridge_rounds_per_s": [rounded(v) for v in bridges],
             "bridge_cpu_us_per_event": rounded(bridge_cpu),
             "raw_cpu_us_per_start": rounded(direct_cpu_us),
@@ -484,7 +482,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
                 f"starts/s ({count:,} events; both at concurrency {best})",
                 fmt(fixed_best.rate, "/s"),
                 fmt(fixed_best.reference, REFERENCE),
-                f"{r:.2f}",
+                f"{fixed_ratio:.2f}",
             ),
             Row(
                 f"starts/s, bridge at its default settings (adaptive; max_in_flight {default})",
@@ -508,7 +506,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             *renewed_note(renewed),
             rounds_note(
                 ["bridge at default settings", f"bridge at concurrency {best}"],
-                [(r, [d, b]) for r, d, b in zip(raws, defaults, bridges, strict=True)],
+                [(parts, [d, b]) for parts, d, b in zip(raws, defaults, bridges, strict=True)],
             )
             + f"; mean ratio at default settings {default_mean:.2f}, at concurrency {best}"
             f" {fixed_mean:.2f}",

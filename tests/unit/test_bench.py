@@ -286,7 +286,8 @@ def test_scale_rounds_past_one_servers_share_run_on_a_fresh_server_after_a_raw_r
 
 
 class FlakyClient:
-    """A client whose first ``failures`` start calls fail with ``status``."""
+    """A client whose first ``failures`` start calls of each workflow id fail with
+    ``status``, a moment after they are made."""
 
     def __init__(self, failures: int, status: RPCStatusCode) -> None:
         self.failures, self.status = failures, status
@@ -294,32 +295,64 @@ class FlakyClient:
 
     async def start_workflow(self, workflow: str, **arguments: Any) -> None:
         self.calls.append((workflow, arguments))
-        if len(self.calls) <= self.failures:
+        await asyncio.sleep(0.001)
+        if sum(1 for _, a in self.calls if a["id"] == arguments["id"]) <= self.failures:
             raise RPCError("Timeout expired", self.status, b"")
 
 
+def flaky_context(tmp_path: Path, client: FlakyClient) -> BenchContext:
+    return BenchContext(
+        settings=None,  # type: ignore[arg-type]
+        catalog=None,  # type: ignore[arg-type]
+        client=client,  # type: ignore[arg-type]
+        quick=True,
+        work_dir=tmp_path,
+        machine={},
+    )
+
+
 def test_a_direct_start_is_tried_again_on_an_error_the_bridge_retries_and_not_forever(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(bench_throughput, "RETRY_PAUSE_S", 0.0)
     request = {"workflow": "OrderWorkflow", "id": "bench-1", "task_queue": "q"}
 
     client = FlakyClient(2, RPCStatusCode.CANCELLED)  # how a timed-out call comes back
-    assert asyncio.run(start_with_retries(client, dict(request))) == 2  # type: ignore[arg-type]
+    ctx = flaky_context(tmp_path, client)
+    asyncio.run(start_with_retries(ctx, request))
+    assert ctx.retried_calls == 2
     assert client.calls == [("OrderWorkflow", {"id": "bench-1", "task_queue": "q"})] * 3
-
-    assert asyncio.run(start_with_retries(FlakyClient(0, RPCStatusCode.CANCELLED), request)) == 0  # type: ignore[arg-type]
     assert request["workflow"] == "OrderWorkflow"  # the request is left as it was
+
+    steady = flaky_context(tmp_path, FlakyClient(0, RPCStatusCode.CANCELLED))
+    asyncio.run(start_with_retries(steady, request))
+    assert steady.retried_calls == 0
 
     stalled = FlakyClient(10, RPCStatusCode.DEADLINE_EXCEEDED)
     with pytest.raises(RPCError):
-        asyncio.run(start_with_retries(stalled, request))  # type: ignore[arg-type]
+        asyncio.run(start_with_retries(flaky_context(tmp_path, stalled), request))
     assert len(stalled.calls) == bench_throughput.RAW_TRIES
 
     refused = FlakyClient(1, RPCStatusCode.INVALID_ARGUMENT)  # not transient: no second try
     with pytest.raises(RPCError):
-        asyncio.run(start_with_retries(refused, request))  # type: ignore[arg-type]
+        asyncio.run(start_with_retries(flaky_context(tmp_path, refused), request))
     assert len(refused.calls) == 1
+
+
+def test_direct_starts_side_by_side_count_every_try_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Sixteen callers at once, as a raw round runs them: a count read before a try's await
+    # and written after it would keep one caller's tries and lose the rest.
+    monkeypatch.setattr(bench_throughput, "RETRY_PAUSE_S", 0.0)
+    ctx = flaky_context(tmp_path, FlakyClient(1, RPCStatusCode.UNAVAILABLE))
+    requests = [{"workflow": "OrderWorkflow", "id": f"bench-{n}"} for n in range(16)]
+
+    async def all_at_once() -> None:
+        await asyncio.gather(*(start_with_retries(ctx, r) for r in requests))
+
+    asyncio.run(all_at_once())
+    assert ctx.retried_calls == 16
 
 
 def test_a_scenario_that_retried_direct_calls_says_how_many(
