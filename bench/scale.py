@@ -7,7 +7,7 @@ of events on a fresh topic, read by two bridge processes in one fresh consumer
 group. Both rates are measured as in the throughput scenario: from the first start
 time Temporal recorded to the moment the last call was answered (from both bridges'
 provenance items on the round's own topic, ``bench.common.last_answer``). The raw
-ceiling is direct ``start_workflow`` calls (``bench.throughput.raw_rate``) at
+ceiling is direct ``start_workflow`` calls (``bench.throughput.raw_round``) at
 the throughput scenario's best concurrency in this run (swept here when that
 scenario did not run), on the same server, in a raw round just before and just
 after each bridge round: raw, 1 bridge, raw, 2 bridges, raw, and so on, each raw
@@ -37,9 +37,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bench.bridge_process import BridgeProcess
 from bench.common import (
@@ -50,6 +51,8 @@ from bench.common import (
     await_committed,
     await_count,
     check_starts,
+    cores_line,
+    cores_used,
     create_topic,
     executions,
     fmt,
@@ -60,6 +63,7 @@ from bench.common import (
     ratio,
     renewed_note,
     rounded,
+    stack_pids,
     start_route,
     write_routes,
 )
@@ -69,7 +73,7 @@ from bench.throughput import (
     best_round,
     bracketed_rounds,
     first_starts,
-    raw_rate,
+    raw_round,
     rounds_note,
     sweep,
 )
@@ -103,6 +107,15 @@ class Round:
     seconds: float
     cpu_window_s: float
     bridges: tuple[BridgeShare, ...]
+    cores: dict[str, float] = field(default_factory=dict)
+    """The cores the stack's own processes and this one used from the first start to the
+    last commit (``cores_used``); the bridges' are ``bridge_cores``."""
+
+    @property
+    def bridge_cores(self) -> float:
+        """The cores the bridge processes used together from the first start to the last
+        commit."""
+        return sum(b.cpu_s for b in self.bridges) / self.cpu_window_s
 
     @property
     def cpu_us_per_event(self) -> float:
@@ -116,6 +129,8 @@ class Round:
             "per_s": rounded(self.per_s),
             "seconds": rounded(self.seconds, 2),
             "cpu_us_per_event": rounded(self.cpu_us_per_event),
+            "bridge_cores": rounded(self.bridge_cores, 3),
+            "cores": self.cores,
             "bridges": [
                 {
                     "events": b.events,
@@ -174,9 +189,10 @@ async def bridges_round(ctx: BenchContext, count: int, instances: int) -> Round:
         window_start = time.monotonic()
         handled_before = [await _handled(bridge) for bridge in bridges]
         # Waited for on Kafka, not on Temporal's visibility (``await_committed``).
-        behind = await await_committed(
+        committed = await_committed(
             ctx.settings, settings.group_id, topic, timeout=120 + count / 20
         )
+        behind, cores = await cores_used({**stack_pids(ctx), "bench": os.getpid()}, committed)
         cpu = [
             bridge.cpu_seconds() - before
             for bridge, before in zip(bridges, cpu_before, strict=True)
@@ -199,7 +215,7 @@ async def bridges_round(ctx: BenchContext, count: int, instances: int) -> Round:
     )
     times = [started for _, started in listed]
     end = await last_answer(ctx.settings, provenance, count)
-    return Round(instances, answered_rate(times, end), end - min(times), window, shares)
+    return Round(instances, answered_rate(times, end), end - min(times), window, shares, cores)
 
 
 async def run(ctx: BenchContext) -> ScenarioResult:
@@ -224,15 +240,23 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     it, and its bridge rounds in order (1 bridge, 2 bridges, 1 bridge, ...)."""
     renewed: list[int] = []
     """The rounds (from 1) that began on a fresh server (``SERVER_ROUNDS``)."""
+    raw_cores: list[dict[str, float]] = []
+    """The cores of each raw round, in the order they ran (``raw_round``)."""
+
+    async def raw_once() -> float:
+        rate, _, cores = await raw_round(ctx, count, concurrency)
+        raw_cores.append(cores)
+        return rate
+
     for n in range(rounds):
         if not segments or await ctx.renew_before_round(n):
             if segments:
                 renewed.append(n + 1)
-            segments.append(([await raw_rate(ctx, count, concurrency)], []))
+            segments.append(([await raw_once()], []))
         segment_raws, segment_rounds = segments[-1]
         for instances in (1, 2):
             segment_rounds.append(await bridges_round(ctx, count, instances))
-            segment_raws.append(await raw_rate(ctx, count, concurrency))
+            segment_raws.append(await raw_once())
     done = [d for _, segment_rounds in segments for d in segment_rounds]
     raws = [r for segment_raws, _ in segments for r in segment_raws]
     compared = [
@@ -274,6 +298,20 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         + f"; repeated starts {sum(b.repeated for d in done for b in d.bridges)} in all rounds"
         "; every workflow started exactly once in every round"
     )
+    parts, raw_order = [], iter(raw_cores)
+    for _, segment_rounds in segments:
+        parts.append(f"raw {cores_line(next(raw_order))}")
+        for d in segment_rounds:
+            parts.append(
+                f"{d.instances} bridge{'s' if d.instances > 1 else ''}: bridges "
+                f"{d.bridge_cores:.2f}, {cores_line(d.cores)}"
+            )
+            parts.append(f"raw {cores_line(next(raw_order))}")
+    notes.append(
+        "cores from the first start to the last answer (raw) or commit (bridges), in order"
+        " (2 s of CPU in 1 s = 2 cores; bridges: the bridge processes together): "
+        + "; ".join(parts)
+    )
     notes.append(
         "bridge CPU per event, per round in order (each process; the round's ratio): "
         + ", ".join(
@@ -305,6 +343,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             "one_rounds_per_s": [rounded(x.per_s) for x in ones],
             "two_rounds_per_s": [rounded(x.per_s) for x in twos],
             "raw_rounds_per_s": [rounded(x) for x in raws],
+            "raw_rounds_cores": raw_cores,
             "one_round_ratios": [rounded(x, 3) for x in one_ratios],
             "two_round_ratios": [rounded(x, 3) for x in two_ratios],
             "two_mean_ratio": rounded(two_mean, 3),

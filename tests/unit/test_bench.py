@@ -138,13 +138,24 @@ def test_cpu_per_event_of_a_round_weights_each_bridge_by_its_events() -> None:
         BridgeShare(events=300, cpu_s=0.3, rebalances=2, repeated=4),
         BridgeShare(events=100, cpu_s=0.2, rebalances=1, repeated=0),
     )
-    measured = Round(instances=2, per_s=200.0, seconds=2.0, cpu_window_s=2.5, bridges=shares)
+    measured = Round(
+        instances=2,
+        per_s=200.0,
+        seconds=2.0,
+        cpu_window_s=2.5,
+        bridges=shares,
+        cores={"Temporal": 1.3, "Kafka": 0.04},
+    )
 
     assert shares[0].cpu_us_per_event == pytest.approx(1000.0)
     assert shares[1].cpu_us_per_event == pytest.approx(2000.0)
     assert measured.cpu_us_per_event == pytest.approx(1250.0)
     summary = measured.summary()
     assert summary["cpu_us_per_event"] == 1250.0
+    # The two processes together: 0.5 s of CPU over the 2.5 s window.
+    assert measured.bridge_cores == pytest.approx(0.2)
+    assert summary["bridge_cores"] == 0.2
+    assert summary["cores"] == {"Temporal": 1.3, "Kafka": 0.04}
     assert summary["bridges"] == [
         {
             "events": 300,
@@ -223,22 +234,26 @@ def test_scale_rounds_past_one_servers_share_run_on_a_fresh_server_after_a_raw_r
     renewals: list[int] = []
     played: list[str] = []
 
-    async def raw_rate(ctx: BenchContext, count: int, concurrency: int) -> float:
+    async def raw_round(
+        ctx: BenchContext, count: int, concurrency: int
+    ) -> tuple[float, float, dict[str, float]]:
         rate = next(raw_rates)
         played.append(f"raw {rate:.0f}")
-        return rate
+        return rate, rate, {"Temporal": rate / 100}
 
     async def bridges_round(ctx: BenchContext, count: int, instances: int) -> Round:
         played.append(f"{instances} bridges")
         share = BridgeShare(events=count, cpu_s=1.0, rebalances=1, repeated=0)
-        return Round(instances, 100.0 + len(played), 10.0, 10.0, (share,) * instances)
+        return Round(
+            instances, 100.0 + len(played), 10.0, 10.0, (share,) * instances, {"Temporal": 1.5}
+        )
 
     async def renew() -> bool:
         renewals.append(len(played))
         played.append("fresh server")
         return True
 
-    monkeypatch.setattr(bench_scale, "raw_rate", raw_rate)
+    monkeypatch.setattr(bench_scale, "raw_round", raw_round)
     monkeypatch.setattr(bench_scale, "bridges_round", bridges_round)
     ctx = BenchContext(
         settings=None,  # type: ignore[arg-type]
@@ -253,7 +268,8 @@ def test_scale_rounds_past_one_servers_share_run_on_a_fresh_server_after_a_raw_r
     assert asyncio.run(ctx.renew_server()) is False  # a server the run did not start stays
     monkeypatch.setattr(ctx, "renew_server", renew)
 
-    metrics = asyncio.run(bench_scale.run(ctx)).metrics
+    result = asyncio.run(bench_scale.run(ctx))
+    metrics = result.metrics
 
     # Two rounds per server (SERVER_ROUNDS), each server's first raw round its own.
     segment = [
@@ -283,6 +299,16 @@ def test_scale_rounds_past_one_servers_share_run_on_a_fresh_server_after_a_raw_r
     assert third["instances"] == 1
     assert third["ratio"] == pytest.approx(third["per_s"] / ((105.0 + 106.0) / 2), abs=1e-3)
     assert len(metrics["bridge_rounds"]) == 10
+    # Each raw round's cores, in the order they ran; each part of the note in that order.
+    assert metrics["raw_rounds_cores"] == [{"Temporal": r / 100} for r in raws]
+    (cores_note,) = [n for n in result.notes if n.startswith("cores from the first start")]
+    assert cores_note.split("together): ", 1)[1].split("; ")[:4] == [
+        "raw Temporal 1.00",
+        "1 bridge: bridges 0.10, Temporal 1.50",
+        "raw Temporal 1.01",
+        "2 bridges: bridges 0.20, Temporal 1.50",
+    ]
+    assert cores_note.endswith("raw Temporal 1.12")
 
 
 class FlakyClient:
