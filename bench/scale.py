@@ -30,7 +30,10 @@ after the hand-over (Temporal answers them as duplicates: the id exists) are
 counted and reported.
 
 After each round every expected workflow id must be listed exactly once, and
-nothing else: the scenario fails otherwise.
+nothing else: the scenario fails otherwise. Every round, raw ones too, records the cores
+each process used while its starts ran (the run's own Temporal and Kafka, this process,
+the bridge processes together): whether a second process costs the machine more than
+the first.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import math
 import os
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bench.bridge_process import BridgeProcess
 from bench.common import (
@@ -107,7 +110,7 @@ class Round:
     seconds: float
     cpu_window_s: float
     bridges: tuple[BridgeShare, ...]
-    cores: dict[str, float] = field(default_factory=dict)
+    cores: dict[str, float]
     """The cores the stack's own processes and this one used from the first start to the
     last commit (``cores_used``); the bridges' are ``bridge_cores``."""
 
