@@ -227,6 +227,22 @@ def test_the_headline_round_is_the_best_ratio_shown_beside_its_own_reference() -
     assert best.ratio == max(bracketed([300.0, 280.0, 100.0], [270.0, 200.0]))
 
 
+def offline_context(
+    tmp_path: Path, client: object = None, *, quick: bool = True, rounds: int | None = None
+) -> BenchContext:
+    """A run's context with no stack: no settings or catalog, ``client`` as its Temporal
+    client (a fake, or none), ``rounds`` as ``--rounds``."""
+    return BenchContext(
+        settings=None,  # type: ignore[arg-type]
+        catalog=None,  # type: ignore[arg-type]
+        client=client,  # type: ignore[arg-type]
+        quick=quick,
+        work_dir=tmp_path,
+        machine={},
+        rounds_wanted=rounds,
+    )
+
+
 def test_scale_rounds_past_one_servers_share_run_on_a_fresh_server_after_a_raw_round(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -255,15 +271,7 @@ def test_scale_rounds_past_one_servers_share_run_on_a_fresh_server_after_a_raw_r
 
     monkeypatch.setattr(bench_scale, "raw_round", raw_round)
     monkeypatch.setattr(bench_scale, "bridges_round", bridges_round)
-    ctx = BenchContext(
-        settings=None,  # type: ignore[arg-type]
-        catalog=None,  # type: ignore[arg-type]
-        client=None,  # type: ignore[arg-type]
-        quick=False,
-        work_dir=tmp_path,
-        machine={},
-        rounds_wanted=5,
-    )
+    ctx = offline_context(tmp_path, quick=False, rounds=5)
     ctx.results["throughput"] = ScenarioResult("throughput", {"concurrency": 16}, [])
     assert asyncio.run(ctx.renew_server()) is False  # a server the run did not start stays
     monkeypatch.setattr(ctx, "renew_server", renew)
@@ -326,17 +334,6 @@ class FlakyClient:
             raise RPCError("Timeout expired", self.status, b"")
 
 
-def flaky_context(tmp_path: Path, client: FlakyClient) -> BenchContext:
-    return BenchContext(
-        settings=None,  # type: ignore[arg-type]
-        catalog=None,  # type: ignore[arg-type]
-        client=client,  # type: ignore[arg-type]
-        quick=True,
-        work_dir=tmp_path,
-        machine={},
-    )
-
-
 def test_a_direct_start_is_tried_again_on_an_error_the_bridge_retries_and_not_forever(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -344,24 +341,24 @@ def test_a_direct_start_is_tried_again_on_an_error_the_bridge_retries_and_not_fo
     request = {"workflow": "OrderWorkflow", "id": "bench-1", "task_queue": "q"}
 
     client = FlakyClient(2, RPCStatusCode.CANCELLED)  # how a timed-out call comes back
-    ctx = flaky_context(tmp_path, client)
+    ctx = offline_context(tmp_path, client)
     asyncio.run(start_with_retries(ctx, request))
     assert ctx.retried_calls == 2
     assert client.calls == [("OrderWorkflow", {"id": "bench-1", "task_queue": "q"})] * 3
     assert request["workflow"] == "OrderWorkflow"  # the request is left as it was
 
-    steady = flaky_context(tmp_path, FlakyClient(0, RPCStatusCode.CANCELLED))
+    steady = offline_context(tmp_path, FlakyClient(0, RPCStatusCode.CANCELLED))
     asyncio.run(start_with_retries(steady, request))
     assert steady.retried_calls == 0
 
     stalled = FlakyClient(10, RPCStatusCode.DEADLINE_EXCEEDED)
     with pytest.raises(RPCError):
-        asyncio.run(start_with_retries(flaky_context(tmp_path, stalled), request))
+        asyncio.run(start_with_retries(offline_context(tmp_path, stalled), request))
     assert len(stalled.calls) == bench_throughput.RAW_TRIES
 
     refused = FlakyClient(1, RPCStatusCode.INVALID_ARGUMENT)  # not transient: no second try
     with pytest.raises(RPCError):
-        asyncio.run(start_with_retries(flaky_context(tmp_path, refused), request))
+        asyncio.run(start_with_retries(offline_context(tmp_path, refused), request))
     assert len(refused.calls) == 1
 
 
@@ -371,7 +368,7 @@ def test_direct_starts_side_by_side_count_every_try_again(
     # Sixteen callers at once, as a raw round runs them: a count read before a try's await
     # and written after it would keep one caller's tries and lose the rest.
     monkeypatch.setattr(bench_throughput, "RETRY_PAUSE_S", 0.0)
-    ctx = flaky_context(tmp_path, FlakyClient(1, RPCStatusCode.UNAVAILABLE))
+    ctx = offline_context(tmp_path, FlakyClient(1, RPCStatusCode.UNAVAILABLE))
     requests = [{"workflow": "OrderWorkflow", "id": f"bench-{n}"} for n in range(16)]
 
     async def all_at_once() -> None:
