@@ -78,6 +78,7 @@ from bench.common import (
 )
 from bench.direct import run_direct
 from bridge import kafka
+from bridge.backoff import Backoff
 from bridge.envelope import KafkaRecord
 from bridge.ingress import Ingress
 from bridge.routes import Router, RoutesConfig
@@ -96,7 +97,10 @@ stall for seconds: in one scale run a direct call timed out in the ninth round o
 server (about 48,000 workflows) and the scenario ended there, where the bridge, which
 retries such calls, would have gone on."""
 RETRY_PAUSE_S = 0.2
-"""The pause before a direct start call's second try, doubled before each further one."""
+"""The pause before a direct start call's second try, doubled before each further one
+(``bridge.backoff.Backoff``, the bridge's own retry schedule)."""
+RETRY_MAX_PAUSE_S = 2.0
+"""The longest pause between two tries of a direct start call."""
 REFERENCE = "/s (direct, mean of the raw rounds beside it)"
 """The baseline column of a bracketed round's row: its reference, so that the bridge's
 rate divided by it is the ratio shown."""
@@ -182,6 +186,7 @@ async def start_with_retries(ctx: BenchContext, request: dict[str, Any]) -> None
     workflow the first try did start answer with it, as for the bridge."""
     workflow = request["workflow"]
     arguments = {k: v for k, v in request.items() if k != "workflow"}
+    backoff = Backoff(RETRY_PAUSE_S, RETRY_MAX_PAUSE_S)
     for tried in range(1, RAW_TRIES + 1):
         try:
             await ctx.client.start_workflow(workflow, **arguments)
@@ -189,7 +194,7 @@ async def start_with_retries(ctx: BenchContext, request: dict[str, Any]) -> None
         except RPCError as exc:
             if exc.status not in TRANSIENT_CODES or tried == RAW_TRIES:
                 raise
-        await asyncio.sleep(RETRY_PAUSE_S * 2 ** (tried - 1))
+        await asyncio.sleep(backoff.next())
         ctx.retried_calls += 1
 
 
