@@ -9,8 +9,11 @@ append-only: a letter's latest mark is the last one read.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterable
+import logging
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -24,10 +27,15 @@ from bridge.kafka import stop_consumer
 from bridge.kafka.topics import REDRIVES_TOPIC, topic_partitions
 from bridge.settings import Settings
 
+log = logging.getLogger("ktb.redrive")
+
 TRANSACTION_TIMEOUT_MS = 30_000
 """A redrive that dies mid-transaction holds back ``read_committed`` readers of the
 partitions it wrote to until the broker aborts it after this long (or until the
 next redrive of the same DLQ fences it)."""
+VISIBLE_TIMEOUT_S = 5.0
+"""Longest a redrive waits, after its commit, for ``read_committed`` readers to see its marks."""
+VISIBLE_POLL_S = 0.01
 
 
 @dataclass
@@ -94,6 +102,33 @@ class MarkReader:
         except KafkaError as exc:
             raise TransientError(f"cannot read {REDRIVES_TOPIC}: {exc}") from exc
         return reading
+
+    async def await_visible(self, ends: Mapping[int, int]) -> bool:
+        """Wait until ``read_committed`` readers see ``ktb.redrives`` up to ``ends`` (per
+        partition, the offset after the last mark written); ``False`` if they do not
+        within ``VISIBLE_TIMEOUT_S`` or Kafka does not answer.
+
+        The broker writes a transaction's commit markers just after the commit returns,
+        and the last stable offset moves only then: a redrive that waits for it is seen by
+        any listing made after it returns.
+        """
+        if not ends:
+            return True
+        wanted = {TopicPartition(REDRIVES_TOPIC, p): end for p, end in ends.items()}
+        deadline = time.monotonic() + VISIBLE_TIMEOUT_S
+        try:
+            if self.consumer is None:
+                self.consumer = await self._started("read_committed")
+            while True:
+                stable = await self.consumer.end_offsets(list(wanted))
+                if all(stable[tp] >= end for tp, end in wanted.items()):
+                    return True
+                if time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(VISIBLE_POLL_S)
+        except KafkaError as exc:
+            log.warning("cannot read the last stable offsets of %s: %r", REDRIVES_TOPIC, exc)
+            return False
 
     async def _read(
         self, reading: MarkReading, tp: TopicPartition, end: int, settled: bool

@@ -345,15 +345,22 @@ class _Redriver:
             )
             for mark in done
         ]
+        ends: dict[int, int] = {}
         for result in await asyncio.gather(*marks, return_exceptions=True):
             if isinstance(result, BaseException):
                 raise result
+            ends[result.partition] = max(ends.get(result.partition, 0), result.offset + 1)
         if _fenced(producer):
             raise ProducerFenced()
         await producer.commit_transaction()
         report.redriven.extend(done)
         report.already.extend(already)
         report.refused.extend(refused)
+        # Committed: a listing made once this returns shows the marks.
+        if not await self.marks.await_visible(ends):
+            log.warning(
+                "redrive of %s committed; its marks are not visible to readers yet", self.dlq_topic
+            )
 
 
 def _refusal(letter: Letter, reason: str) -> dict[str, Any]:
