@@ -14,6 +14,7 @@ from bridge.kafka import ensure_topics
 from bridge.settings import REPO_ROOT
 from tests.integration.api_workflows import QuickOrder
 from tests.support import (
+    eventually,
     order_data,
     routes_config,
     running_api,
@@ -103,10 +104,15 @@ async def test_readme_curl_examples(services, topics, settings, catalog, client,
     env = dict(os.environ, KTB_API_KEY=KEY)
     async with (
         running_worker(dev, catalog, client, task_queue, [QuickOrder], provenance=True),
-        running_bridge(dev, catalog, client, config, provenance=True),
+        running_bridge(dev, catalog, client, config, provenance=True) as bridge,
         running_api(dev) as dev_url,
         running_api(secured) as auth_url,
     ):
+        # The README's waits are a user's: the bridge has joined its group by then.
+        async def joined() -> bool:
+            return bool(bridge.partitions)
+
+        await eventually(joined, timeout=60)
         outputs = []
         for command in commands:
             output = await curl(localize(command, dev_url, auth_url, uid), env)

@@ -8,6 +8,7 @@ workflow history is unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 from urllib.parse import quote
@@ -101,9 +102,13 @@ async def test_scoped_ids_give_each_tenant_its_own_process_for_one_order_id(
         again = structured(f"a1-{uid}", PLACED, order_data(order_id), order_id)
         mine = (await a.post("/events", content=again, headers=CE_JSON)).json()
         assert mine["workflow_id"] == f"a-{uid}:at-{uid}-{order_id}"
+        # Orders and payments are different topics: pay once A's process waits for it.
+        await waiting_for_payment(a, mine["workflow_id"])
         paid = {"order_id": order_id, "payment_id": "p-a", "amount_cents": 2500}
-        await a.post("/events?wait=30", content=structured(f"a2-{uid}", CONFIRMED, paid, order_id),
-                     headers=CE_JSON)  # fmt: skip
+        payment = await a.post("/events?wait=30", content=structured(
+            f"a2-{uid}", CONFIRMED, paid, order_id), headers=CE_JSON)  # fmt: skip
+        assert payment.status_code == 200, payment.text
+        assert payment.json()["status"] == "completed", payment.json()
         result = await a.post("/events?wait=30", content=again, headers=CE_JSON)
         assert result.json()["status"] == "completed"
         assert result.json()["workflow_id"] == mine["workflow_id"]
@@ -132,13 +137,16 @@ async def test_unscoped_ids_every_attack_is_a_404_or_a_dead_letter(
         for order_id in (paid_id, open_id):
             placed = structured(f"b-{order_id}", PLACED, order_data(order_id), order_id)
             assert (await b.post("/events", content=placed, headers=CE_JSON)).status_code == 202
+        # Orders and payments are different topics: pay once the process waits for it.
+        await waiting_for_payment(b, f"at-{uid}-{paid_id}")
         payment = {"order_id": paid_id, "payment_id": "p-b", "amount_cents": 2500}
         pay = structured(f"b-pay-{uid}", CONFIRMED, payment, paid_id)
         done = await b.post("/events?wait=30", content=pay, headers=CE_JSON)
         assert done.status_code == 200, done.text
+        assert done.json()["status"] == "completed", done.json()
         completed = client.get_workflow_handle(f"at-{uid}-{paid_id}")
         victim = f"at-{uid}-{open_id}"
-        await completed.result()
+        await asyncio.wait_for(completed.result(), 30)
         await waiting_for_payment(b, victim)
         before = await history_length(client, victim)
 

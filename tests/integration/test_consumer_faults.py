@@ -33,6 +33,7 @@ from bridge.settings import Settings
 from tests.support import (
     Services,
     bridge_process,
+    count_is,
     eventually,
     order_data,
     routes_config,
@@ -370,11 +371,7 @@ async def test_a_bridge_restarted_after_kill_9(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, log_file.read_text()[-3000:]
-    assert await _count(client, f"KtbRoute = 'start-{uid}'") == 90
-
-
-async def _count(client: Client, query: str) -> int:
-    return (await client.count_workflows(query)).count
+    assert await eventually(lambda: count_is(client, f"KtbRoute = 'start-{uid}'", 90), timeout=20)
 
 
 # --- item 13: a Kafka pause under a slow Temporal -------------------------------------------

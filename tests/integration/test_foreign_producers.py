@@ -46,6 +46,7 @@ from tests.support import (
     routes_config,
     running_bridge,
     running_worker,
+    runs_listed,
     workflow_result,
 )
 from tests.support.registry import placed_schema, v2_added_field
@@ -127,14 +128,6 @@ async def drained(services: Services, topic: str, timeout: float = 60.0) -> None
     await eventually(done, timeout, 0.3)
 
 
-async def runs(client: Any, prefix: str) -> dict[str, int]:
-    """Executions (open or closed) per workflow id starting with ``prefix``."""
-    per: dict[str, int] = {}
-    async for wf in client.list_workflows(f"WorkflowId STARTS_WITH '{prefix}'"):
-        per[wf.id] = per.get(wf.id, 0) + 1
-    return per
-
-
 async def no_letters(services: Services, topic: str) -> bool:
     return sum((await services.end_offsets(dlq_topic(topic))).values()) == 0
 
@@ -157,7 +150,7 @@ async def test_confluent_avro_v1_and_v2_start_once_and_publish_outcomes(
             result = await workflow_result(client, f"order-{uid}-{order}")
             assert result["status"] == "completed"
         await drained(services, orders)
-    assert await runs(client, f"order-{uid}-") == {f"order-{uid}-o-1": 1, f"order-{uid}-o-2": 1}
+    await runs_listed(client, f"order-{uid}-", {f"order-{uid}-o-1": 1, f"order-{uid}-o-2": 1})
     # One outcome per order: the repeated record changed nothing.
     assert sum((await services.end_offsets(topics["outcomes"])).values()) == 2
     outcomes = [services.decode(r) for r in await services.read(topics["outcomes"], 2)]
@@ -189,7 +182,7 @@ async def test_json_schema_framing(services, topics, settings, catalog, client, 
         await produce(sender, orders, [("j-1", order_data("j-1")), ("j-1", order_data("j-1"))])
         assert await workflow_result(client, f"wf-{uid}-j-1") == "j-1"
         await drained(services, orders)
-    assert await runs(client, f"wf-{uid}-") == {f"wf-{uid}-j-1": 1}
+    await runs_listed(client, f"wf-{uid}-", {f"wf-{uid}-j-1": 1})
     assert await no_letters(services, orders)
 
 
@@ -213,7 +206,7 @@ async def test_outbox_relay_shape(services, settings, catalog, client, uid):
             await services.produce_raw(outbox, value, headers, key=b"x-1")
         assert await workflow_result(client, f"wf-{uid}-x-1") == "x-1"
         await drained(services, outbox)
-    assert await runs(client, f"wf-{uid}-") == {f"wf-{uid}-x-1": 1}
+    await runs_listed(client, f"wf-{uid}-", {f"wf-{uid}-x-1": 1})
     handle = client.get_workflow_handle(f"wf-{uid}-x-1")
     memo = await (await handle.describe()).memo_value("ktb")
     assert memo["event_id"] == f"evt-{uid}"
@@ -311,5 +304,5 @@ async def test_a_registry_stopped_for_20s_pauses_then_everything_drains(
                 pause_process_group(registry, signal.SIGCONT)
             await drained(services, orders, timeout=90)
         expected = {f"wf-{uid}-{key}": 1 for key, _ in before + during}
-        assert await runs(client, f"wf-{uid}-") == expected
+        await runs_listed(client, f"wf-{uid}-", expected)
         assert await no_letters(services, orders)

@@ -22,11 +22,15 @@ from bridge.settings import Settings
 from bridge.temporal.client import connect_temporal
 from tests.support import (
     bridge_process,
+    count,
+    count_is,
     eventually,
     order_data,
     routes_config,
     running_bridge,
     running_worker,
+    runs_listed,
+    runs_per_id,
     workflow_result,
     write_routes,
 )
@@ -64,18 +68,6 @@ def confirmed(order_id: str, seq: int) -> dict[str, Any]:
     return {"order_id": order_id, "payment_id": f"p-{seq}", "amount_cents": seq}
 
 
-async def count(client, query: str) -> int:
-    return (await client.count_workflows(query)).count
-
-
-async def runs_per_id(client, uid: str) -> dict[str, int]:
-    """Every execution (open or closed) whose id belongs to this test, counted per id."""
-    per: dict[str, int] = {}
-    async for wf in client.list_workflows(f"WorkflowId STARTS_WITH 'wf-{uid}-'"):
-        per[wf.id] = per.get(wf.id, 0) + 1
-    return per
-
-
 async def test_redelivered_event_starts_one_workflow(
     services, topics, settings, catalog, client, uid
 ):
@@ -93,7 +85,7 @@ async def test_redelivered_event_starts_one_workflow(
     again = settings.model_copy(update={"group_id": f"{settings.group_id}-again"})
     async with running_bridge(again, catalog, client, config) as bridge:
         await eventually(lambda: _true(bridge.processed == 3))
-    assert await runs_per_id(client, uid) == {f"wf-{uid}-dup-1": 1}
+    await runs_listed(client, f"wf-{uid}-", {f"wf-{uid}-dup-1": 1})
 
 
 async def _true(value: bool) -> bool:
@@ -176,11 +168,7 @@ async def test_poison_record_goes_to_the_dlq(services, settings, catalog, client
             return (await services.committed(topic)) == {0: 101}
 
         await eventually(all_committed, timeout=30)
-    assert await eventually(lambda: _count_is(client, f"KtbRoute = 'start-{uid}'", 100))
-
-
-async def _count_is(client, query: str, expected: int) -> bool:
-    return await count(client, query) == expected
+    assert await eventually(lambda: count_is(client, f"KtbRoute = 'start-{uid}'", 100))
 
 
 async def test_bad_template_field_and_unmatched_are_dead_lettered(
@@ -223,7 +211,7 @@ async def test_kill_9_mid_stream_loses_and_duplicates_nothing(
     proc.wait(10)
     proc = bridge_process(settings, routes_file, log)
     try:
-        await eventually(lambda: _count_is(client, f"KtbRoute = 'start-{uid}'", total), timeout=120)
+        await eventually(lambda: count_is(client, f"KtbRoute = 'start-{uid}'", total), timeout=120)
 
         async def all_committed() -> bool:
             committed = await services.committed(topics["orders"])
@@ -233,7 +221,7 @@ async def test_kill_9_mid_stream_loses_and_duplicates_nothing(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()[-3000:]
-    per_id = await runs_per_id(client, uid)
+    per_id = await runs_per_id(client, f"wf-{uid}-")
     assert len(per_id) == total
     assert set(per_id.values()) == {1}
 
@@ -260,14 +248,14 @@ async def test_two_instances_one_stopped_mid_stream(
             await services.producer.flush()
             await eventually(lambda: _true(first.processed + second.processed >= 60), timeout=60)
         # ``second`` stopped mid-stream; ``first`` takes over its partitions.
-        await eventually(lambda: _count_is(client, f"KtbRoute = 'start-{uid}'", total), timeout=90)
+        await eventually(lambda: count_is(client, f"KtbRoute = 'start-{uid}'", total), timeout=90)
 
         async def all_committed() -> bool:
             committed = await services.committed(topics["orders"])
             return committed == await services.end_offsets(topics["orders"])
 
         await eventually(all_committed, timeout=30)
-    per_id = await runs_per_id(client, uid)
+    per_id = await runs_per_id(client, f"wf-{uid}-")
     assert len(per_id) == total and set(per_id.values()) == {1}
 
 
@@ -324,7 +312,7 @@ async def test_temporal_outage_pauses_without_dead_letters(private_stack, catalo
 
             await eventually(all_committed, timeout=30)
         client = await connect_temporal(settings)
-        assert await eventually(lambda: _count_is(client, f"KtbRoute = 'start-{uid}'", total))
+        assert await eventually(lambda: count_is(client, f"KtbRoute = 'start-{uid}'", total))
         assert await svc.end_offsets(f"{topic}.dlq") == {0: 0}
     finally:
         await svc.stop()

@@ -193,7 +193,8 @@ async def test_listing_pages_through_one_tenants_records(settings, uid, tmp_path
             return response.json()
 
         async def all_indexed() -> bool:
-            return len((await page(a, key=f"k-{uid}"))["items"]) == 3
+            theirs = (await page(b, key=f"k-{uid}"))["items"]
+            return len((await page(a, key=f"k-{uid}"))["items"]) == 3 and len(theirs) == 1
 
         await eventually(all_indexed)
         first = await page(a, key=f"k-{uid}", page_size=2)

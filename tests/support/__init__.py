@@ -4,7 +4,8 @@
 - ``events``: valid payloads of the repository's event types.
 - ``routes``: routes configs from plain dicts, the recorder routes, routes files.
 - ``kafka``: topics and partitions of a real broker; ``Services`` produces and reads back.
-- ``temporal``: waiting on workflows the bridge starts, reading what a recorder noted.
+- ``temporal``: waiting on workflows the bridge starts, counting them in visibility,
+  reading what a recorder noted.
 - ``running``: a bridge, a worker, the HTTP API or any ASGI app running for a test.
 - ``stack``: real Kafka and Temporal for a session or for one test.
 - ``certs``: throw-away TLS material.
@@ -38,7 +39,14 @@ from tests.support.running import (
     serving,
 )
 from tests.support.stack import StackInfo, docker_answers, local_stack, session_stack
-from tests.support.temporal import received, workflow_result
+from tests.support.temporal import (
+    count,
+    count_is,
+    received,
+    runs_listed,
+    runs_per_id,
+    workflow_result,
+)
 from tests.support.waiting import eventually, until
 
 __all__ = [
@@ -51,6 +59,8 @@ __all__ = [
     "StackInfo",
     "bridge_process",
     "consuming",
+    "count",
+    "count_is",
     "docker_answers",
     "end_offsets",
     "eventually",
@@ -69,6 +79,8 @@ __all__ = [
     "running_api",
     "running_bridge",
     "running_worker",
+    "runs_listed",
+    "runs_per_id",
     "serving",
     "session_stack",
     "topic_exists",

@@ -1,4 +1,9 @@
-"""Waiting on workflows the bridge starts, and reading what a ``Recorder`` noted."""
+"""Waiting on workflows the bridge starts, counting them in visibility, and reading what a
+``Recorder`` noted.
+
+Visibility lists a start a moment after the start is answered: ``count_is`` and
+``runs_listed`` read it until it comes to what a test expects.
+"""
 
 from __future__ import annotations
 
@@ -36,3 +41,34 @@ async def received(handle: WorkflowHandle[Any, Any]) -> list[int] | None:
         if exc.status is RPCStatusCode.NOT_FOUND:
             return None
         raise
+
+
+async def count(client: Client, query: str) -> int:
+    """Executions (open or closed) that visibility lists for ``query`` now."""
+    return (await client.count_workflows(query)).count
+
+
+async def count_is(client: Client, query: str, expected: int) -> bool:
+    """Whether visibility lists ``expected`` executions for ``query`` now."""
+    return await count(client, query) == expected
+
+
+async def runs_per_id(client: Client, prefix: str) -> dict[str, int]:
+    """Executions (open or closed) per workflow id starting with ``prefix``."""
+    per: dict[str, int] = {}
+    async for wf in client.list_workflows(f"WorkflowId STARTS_WITH '{prefix}'"):
+        per[wf.id] = per.get(wf.id, 0) + 1
+    return per
+
+
+async def runs_listed(
+    client: Client, prefix: str, expected: dict[str, int], timeout: float = 20.0
+) -> None:
+    """Wait until visibility lists exactly ``expected`` executions per id under ``prefix``."""
+
+    async def listed() -> bool:
+        found = await runs_per_id(client, prefix)
+        assert found == expected, found
+        return True
+
+    await eventually(listed, timeout)
