@@ -45,6 +45,7 @@ from tests.support import (
     topic_exists,
     write_routes,
 )
+from tests.support import count as visible_count
 
 PLACED = "com.example.order.placed"
 
@@ -94,7 +95,7 @@ async def exists(client: Client, workflow_id: str) -> bool:
 
 async def count(client: Client, route: str) -> int:
     """Workflows the bridge started through ``route`` (visibility, eventually consistent)."""
-    return (await client.count_workflows(f"KtbRoute = '{route}'")).count
+    return await visible_count(client, f"KtbRoute = '{route}'")
 
 
 async def test_idempotent_fresh_and_dry_run_replays_of_500_processed_events(
