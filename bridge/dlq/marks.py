@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -20,22 +18,24 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from bridge import kafka
+from bridge.backoff import Backoff
 from bridge.dlq.letters import LetterRef, Redriven
 from bridge.dlq.records import READ_TIMEOUT_S, batches, fetching_consumer
-from bridge.errors import InvalidRequestError, TransientError
+from bridge.errors import BridgeError, InvalidRequestError, TransientError
 from bridge.kafka import stop_consumer
 from bridge.kafka.topics import REDRIVES_TOPIC, topic_partitions
 from bridge.settings import Settings
-
-log = logging.getLogger("ktb.redrive")
 
 TRANSACTION_TIMEOUT_MS = 30_000
 """A redrive that dies mid-transaction holds back ``read_committed`` readers of the
 partitions it wrote to until the broker aborts it after this long (or until the
 next redrive of the same DLQ fences it)."""
 VISIBLE_TIMEOUT_S = 5.0
-"""Longest a redrive waits, after its commit, for ``read_committed`` readers to see its marks."""
+"""Longest a redrive waits, once committed, for ``read_committed`` readers to see its marks."""
 VISIBLE_POLL_S = 0.01
+"""First pause between two reads of the last stable offsets; it doubles up to
+``VISIBLE_POLL_MAX_S``."""
+VISIBLE_POLL_MAX_S = 0.5
 
 
 @dataclass
@@ -70,7 +70,11 @@ class MarkReader:
 
     async def _started(self, isolation_level: str) -> AIOKafkaConsumer:
         consumer = fetching_consumer(self.settings, isolation_level)
-        await kafka.start(consumer, self.settings)
+        try:
+            await kafka.start(consumer, self.settings)
+        except BaseException:  # a failed or cancelled start (await_visible's deadline)
+            await stop_consumer(consumer)
+            raise
         return consumer
 
     async def read(self, reading: MarkReading, *, settled: bool = False) -> MarkReading:
@@ -88,47 +92,52 @@ class MarkReader:
             except InvalidRequestError:
                 return reading  # nothing was ever redriven
         try:
-            if self.consumer is None:
-                self.consumer = await self._started("read_committed")
+            consumer = await self._committed_reader()
             tps = [TopicPartition(REDRIVES_TOPIC, p) for p in self.partitions]
             if settled:
                 if self.watermarks is None:
                     self.watermarks = await self._started("read_uncommitted")
                 ends = await self.watermarks.end_offsets(tps)
             else:
-                ends = await self.consumer.end_offsets(tps)
+                ends = await consumer.end_offsets(tps)
             for tp in tps:
                 await self._read(reading, tp, ends[tp], settled)
         except KafkaError as exc:
             raise TransientError(f"cannot read {REDRIVES_TOPIC}: {exc}") from exc
         return reading
 
-    async def await_visible(self, ends: Mapping[int, int]) -> bool:
+    async def await_visible(self, ends: Mapping[int, int]) -> str | None:
         """Wait until ``read_committed`` readers see ``ktb.redrives`` up to ``ends`` (per
-        partition, the offset after the last mark written); ``False`` if they do not
-        within ``VISIBLE_TIMEOUT_S`` or Kafka does not answer.
+        partition, the offset after the last mark written): ``None`` once they do, else
+        why not (``VISIBLE_TIMEOUT_S`` passed, or Kafka did not answer). Never raises for
+        either: what it waits for is committed already.
 
         The broker writes a transaction's commit markers just after the commit returns,
         and the last stable offset moves only then: a redrive that waits for it is seen by
         any listing made after it returns.
         """
         if not ends:
-            return True
+            return None
         wanted = {TopicPartition(REDRIVES_TOPIC, p): end for p, end in ends.items()}
-        deadline = time.monotonic() + VISIBLE_TIMEOUT_S
+        pause = Backoff(VISIBLE_POLL_S, VISIBLE_POLL_MAX_S)
         try:
-            if self.consumer is None:
-                self.consumer = await self._started("read_committed")
-            while True:
-                stable = await self.consumer.end_offsets(list(wanted))
-                if all(stable[tp] >= end for tp, end in wanted.items()):
-                    return True
-                if time.monotonic() > deadline:
-                    return False
-                await asyncio.sleep(VISIBLE_POLL_S)
-        except KafkaError as exc:
-            log.warning("cannot read the last stable offsets of %s: %r", REDRIVES_TOPIC, exc)
-            return False
+            async with asyncio.timeout(VISIBLE_TIMEOUT_S):
+                consumer = await self._committed_reader()
+                while True:
+                    stable = await consumer.end_offsets(list(wanted))
+                    if all(stable[tp] >= end for tp, end in wanted.items()):
+                        return None
+                    await asyncio.sleep(pause.next())
+        except TimeoutError:
+            return f"not within {VISIBLE_TIMEOUT_S:g} s"
+        except (KafkaError, BridgeError) as exc:
+            return f"{REDRIVES_TOPIC} unreadable: {exc!r}"
+
+    async def _committed_reader(self) -> AIOKafkaConsumer:
+        """The ``read_committed`` consumer, started on first use."""
+        if self.consumer is None:
+            self.consumer = await self._started("read_committed")
+        return self.consumer
 
     async def _read(
         self, reading: MarkReading, tp: TopicPartition, end: int, settled: bool

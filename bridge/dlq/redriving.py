@@ -17,7 +17,9 @@ or a retry after a crash) fence each other, and each re-reads the marks after
 fencing the other, inside its transaction, so a letter is republished once. The
 bridge reads ``read_committed``: an aborted redrive leaves nothing it acts on.
 Redrive of everything matching a filter goes page by page, one transaction per
-page.
+page. A redrive returns once ``read_committed`` readers see its marks (the broker
+writes a transaction's commit markers just after the commit returns), so a listing
+made after it shows its letters redriven.
 """
 
 from __future__ import annotations
@@ -164,6 +166,8 @@ class _Redriver:
         self.producer: AIOKafkaProducer | None = None
         self.max_request = 0
         self.topic_ready = False
+        self.written: dict[int, int] = {}
+        """Per partition of ``ktb.redrives``, the offset after the last mark committed."""
 
     async def close(self) -> None:
         """Stop every client."""
@@ -356,11 +360,19 @@ class _Redriver:
         report.redriven.extend(done)
         report.already.extend(already)
         report.refused.extend(refused)
-        # Committed: a listing made once this returns shows the marks.
-        if not await self.marks.await_visible(ends):
+        for partition, end in ends.items():
+            self.written[partition] = max(self.written.get(partition, 0), end)
+
+    async def settle(self) -> None:
+        """Wait until ``read_committed`` readers see every mark this redrive committed, so
+        that a listing made after it returns shows the letters redriven (within
+        ``VISIBLE_TIMEOUT_S``; past it, or without Kafka, a warning: the redrive stands)."""
+        problem = await self.marks.await_visible(self.written)
+        if problem is not None:
             log.warning(
-                "redrive of %s committed; its marks are not visible to readers yet", self.dlq_topic
-            )
+                "redrive of %s committed; its marks are not visible to readers yet (%s)",
+                self.dlq_topic, problem,
+            )  # fmt: skip
 
 
 def _refusal(letter: Letter, reason: str) -> dict[str, Any]:
@@ -402,18 +414,20 @@ async def redrive(
                     [x for x in letters if error_type is None or x.error_type == error_type],
                     report,
                 )
-            return report
-        cursor: Cursor | None = None
-        index = CopyIndex()
-        while True:
-            page = await letter_page(
-                settings, dlq_topic, cursor=cursor, limit=chunk, error_type=error_type,
-                tenant=tenant, keep_values=True, max_bytes=REDRIVE_CHUNK_BYTES, marks=False,
-                index=index,
-            )  # fmt: skip
-            await redriver.run(page.letters, report)
-            if page.next_cursor is None:
-                return report
-            cursor = page.next_cursor
+        else:
+            cursor: Cursor | None = None
+            index = CopyIndex()
+            while True:
+                page = await letter_page(
+                    settings, dlq_topic, cursor=cursor, limit=chunk, error_type=error_type,
+                    tenant=tenant, keep_values=True, max_bytes=REDRIVE_CHUNK_BYTES, marks=False,
+                    index=index,
+                )  # fmt: skip
+                await redriver.run(page.letters, report)
+                if page.next_cursor is None:
+                    break
+                cursor = page.next_cursor
+        await redriver.settle()
+        return report
     finally:
         await redriver.close()
