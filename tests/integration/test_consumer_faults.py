@@ -38,6 +38,7 @@ from tests.support import (
     order_data,
     routes_config,
     running_worker,
+    runs_per_id,
     write_routes,
 )
 from tests.workflows import Recorder
@@ -372,6 +373,8 @@ async def test_a_bridge_restarted_after_kill_9(
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, log_file.read_text()[-3000:]
     assert await eventually(lambda: count_is(client, f"KtbRoute = 'start-{uid}'", 90), timeout=20)
+    per_id = await runs_per_id(client, f"wf-{uid}-")
+    assert len(per_id) == 90 and set(per_id.values()) == {1}, per_id
 
 
 # --- item 13: a Kafka pause under a slow Temporal -------------------------------------------

@@ -38,6 +38,8 @@ from bridge.routes import Action, ActionKind
 from bridge.settings import Settings
 from tests.support import (
     Services,
+    count,
+    count_is,
     eventually,
     order_data,
     routes_config,
@@ -45,7 +47,6 @@ from tests.support import (
     topic_exists,
     write_routes,
 )
-from tests.support import count as visible_count
 
 PLACED = "com.example.order.placed"
 
@@ -93,9 +94,9 @@ async def exists(client: Client, workflow_id: str) -> bool:
     return True
 
 
-async def count(client: Client, route: str) -> int:
+async def route_count(client: Client, route: str) -> int:
     """Workflows the bridge started through ``route`` (visibility, eventually consistent)."""
-    return await visible_count(client, f"KtbRoute = '{route}'")
+    return await count(client, f"KtbRoute = '{route}'")
 
 
 async def test_idempotent_fresh_and_dry_run_replays_of_500_processed_events(
@@ -121,7 +122,7 @@ async def test_idempotent_fresh_and_dry_run_replays_of_500_processed_events(
         await eventually(processed, timeout=120, interval=0.5)
 
     async def all_started() -> bool:
-        return await count(client, route) == n
+        return await route_count(client, route) == n
 
     await eventually(all_started, timeout=60, interval=0.5)
     request = ReplayRequest(topics["orders"], "earliest")
@@ -154,7 +155,7 @@ async def test_idempotent_fresh_and_dry_run_replays_of_500_processed_events(
     assert await exists(client, f"{prefix}o{n - 1}{fresh_request.id_suffix}")
 
     async def twice_as_many() -> bool:
-        return await count(client, route) == 2 * n
+        return await route_count(client, route) == 2 * n
 
     await eventually(twice_as_many, timeout=60, interval=0.5)
     # The replays read without a group: the bridge's committed offsets did not move.
@@ -316,11 +317,7 @@ async def test_idempotent_replays_answer_existing_starts_from_visibility(client,
     for workflow_id in existing:
         await client.start_workflow("KtbReplayTestNoop", id=workflow_id, task_queue=task_queue)
 
-    async def listed() -> bool:
-        query = f"TaskQueue = '{task_queue}'"
-        return (await client.count_workflows(query)).count == len(existing)
-
-    await eventually(listed)
+    await eventually(lambda: count_is(client, f"TaskQueue = '{task_queue}'", len(existing)))
     known = KnownWorkflows(client)
     dispatcher = ReplayDispatcher(client, 8, known=known)
     event = Event(id=f"ev-{uid}", type=PLACED, source="tests", data={})

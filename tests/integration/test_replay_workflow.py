@@ -14,7 +14,7 @@ from temporalio.client import Client
 
 from bridge.replay import last_heartbeat, replay_status
 from bridge.settings import REPO_ROOT, Settings
-from tests.integration.test_replay import count, produce_orders, start_route
+from tests.integration.test_replay import produce_orders, route_count, start_route
 from tests.support import eventually, routes_config, write_routes
 
 
@@ -114,6 +114,6 @@ async def test_replay_workflow_resumes_from_its_heartbeat_after_the_worker_is_ki
     assert re.search(r"replay \S+ resumes at attempt \d+ from \[", log.read_text())
 
     async def one_workflow_per_record() -> bool:
-        return await count(client, route) == n
+        return await route_count(client, route) == n
 
     await eventually(one_workflow_per_record, timeout=60, interval=0.5)

@@ -18,6 +18,7 @@ from bridge.dlq.publisher import ERROR_MESSAGE, ERROR_TYPE
 from bridge.kafka import ensure_topics
 from bridge.observability.metrics import Metrics
 from tests.support import (
+    count_is,
     eventually,
     order_data,
     payment,
@@ -189,7 +190,4 @@ async def test_a_rate_limited_route_waits_and_loses_nothing(
     assert started == 20
     assert sample("ktb_rate_limited_seconds_total", {"route": route}) > 0
 
-    async def listed() -> bool:
-        return (await client.count_workflows(f"KtbRoute = '{route}'")).count == 20
-
-    assert await eventually(listed)
+    assert await eventually(lambda: count_is(client, f"KtbRoute = '{route}'", 20))

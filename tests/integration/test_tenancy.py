@@ -22,6 +22,7 @@ from bridge.replay import ReplayRequest, resolve_plan, run_replay
 from bridge.settings import Settings
 from bridge.temporal.attributes import TENANT_ID
 from tests.support import (
+    count_is,
     eventually,
     order_data,
     payment,
@@ -144,11 +145,7 @@ async def test_an_idempotent_replay_does_not_report_another_tenants_workflow(
     await services.produce(topic, PLACED, order_data("o-1"), key="o-1", tenant=ACME)
     await services.produce(topic, PLACED, order_data("o-1"), key="o-1", tenant=GLOBEX)
 
-    async def listed() -> bool:
-        found = await client.count_workflows(f"WorkflowId = 'tn-{uid}-o-1'")
-        return found.count == 1
-
-    await eventually(listed)
+    await eventually(lambda: count_is(client, f"WorkflowId = 'tn-{uid}-o-1'", 1))
     replay_settings = settings.model_copy(
         update={"routes_file": write_routes(tmp_path / "routes.yaml", config)}
     )

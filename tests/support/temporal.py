@@ -1,8 +1,8 @@
 """Waiting on workflows the bridge starts, counting them in visibility, and reading what a
 ``Recorder`` noted.
 
-Visibility lists a start a moment after the start is answered: ``count_is`` and
-``runs_listed`` read it until it comes to what a test expects.
+Visibility lists a start a moment after the start is answered: ``count_is`` is read
+until it holds, and ``runs_listed`` waits for the latest runs before it checks.
 """
 
 from __future__ import annotations
@@ -64,11 +64,22 @@ async def runs_per_id(client: Client, prefix: str) -> dict[str, int]:
 async def runs_listed(
     client: Client, prefix: str, expected: dict[str, int], timeout: float = 20.0
 ) -> None:
-    """Wait until visibility lists exactly ``expected`` executions per id under ``prefix``."""
+    """Check that visibility lists exactly ``expected`` executions per id under ``prefix``,
+    once it lists the latest run of every id of ``expected`` (a later run of an id, a
+    duplicate, is then in the listing too)."""
+    latest = {
+        (await client.get_workflow_handle(workflow_id).describe()).run_id
+        for workflow_id in expected
+    }
 
-    async def listed() -> bool:
-        found = await runs_per_id(client, prefix)
-        assert found == expected, found
-        return True
+    async def caught_up() -> dict[str, int]:
+        per: dict[str, int] = {}
+        runs: set[str] = set()
+        async for wf in client.list_workflows(f"WorkflowId STARTS_WITH '{prefix}'"):
+            per[wf.id] = per.get(wf.id, 0) + 1
+            runs.add(wf.run_id)
+        assert latest <= runs, per
+        return per
 
-    await eventually(listed, timeout)
+    found = await eventually(caught_up, timeout)
+    assert found == expected, found
