@@ -8,6 +8,7 @@ until it holds, and ``runs_listed`` waits for the latest runs before it checks.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
@@ -53,12 +54,22 @@ async def count_is(client: Client, query: str, expected: int) -> bool:
     return await count(client, query) == expected
 
 
+async def listed_runs(client: Client, prefix: str) -> list[tuple[str, str]]:
+    """(workflow id, run id) of every execution (open or closed) whose id starts with
+    ``prefix``, as visibility lists them now."""
+    return [
+        (wf.id, wf.run_id)
+        async for wf in client.list_workflows(f"WorkflowId STARTS_WITH '{prefix}'")
+    ]
+
+
+def _per_id(runs: list[tuple[str, str]]) -> dict[str, int]:
+    return dict(Counter(workflow_id for workflow_id, _ in runs))
+
+
 async def runs_per_id(client: Client, prefix: str) -> dict[str, int]:
     """Executions (open or closed) per workflow id starting with ``prefix``."""
-    per: dict[str, int] = {}
-    async for wf in client.list_workflows(f"WorkflowId STARTS_WITH '{prefix}'"):
-        per[wf.id] = per.get(wf.id, 0) + 1
-    return per
+    return _per_id(await listed_runs(client, prefix))
 
 
 async def runs_listed(
@@ -72,14 +83,10 @@ async def runs_listed(
         for workflow_id in expected
     }
 
-    async def caught_up() -> dict[str, int]:
-        per: dict[str, int] = {}
-        runs: set[str] = set()
-        async for wf in client.list_workflows(f"WorkflowId STARTS_WITH '{prefix}'"):
-            per[wf.id] = per.get(wf.id, 0) + 1
-            runs.add(wf.run_id)
-        assert latest <= runs, per
-        return per
+    async def caught_up() -> list[tuple[str, str]]:
+        runs = await listed_runs(client, prefix)
+        assert latest <= {run_id for _, run_id in runs}, runs
+        return runs
 
-    found = await eventually(caught_up, timeout)
+    found = _per_id(await eventually(caught_up, timeout))
     assert found == expected, found
