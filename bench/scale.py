@@ -10,13 +10,15 @@ provenance items on the round's own topic, ``bench.common.last_answer``). The ra
 ceiling is direct ``start_workflow`` calls (``bench.throughput.raw_round``) at
 the throughput scenario's best concurrency in this run (swept here when that
 scenario did not run), on the same server, in a raw round just before and just
-after each bridge round: raw, 1 bridge, raw, 2 bridges, raw, and so on, each raw
-round between two bridge rounds serving both. Each bridge round is compared with
-the mean of its two neighbours (``bench.throughput.bracketed``): the in-memory
-server's rate moves by a third within a minute with nothing else running, so a
-reference two rounds away measures another server. With more rounds than a full run's
-(``--rounds``), each further ``SERVER_ROUNDS`` rounds run on a fresh in-memory server,
-after a raw round of their own.
+after each bridge round: raw, 1 bridge, raw, 2 bridges, raw, 2 bridges, raw,
+1 bridge, raw on a full run's server (the kinds' order alternates from round to
+round and from server to server, ``round_order``), each raw round between two
+bridge rounds serving both. Each bridge round is compared with the mean of its two
+neighbours (``bench.throughput.bracketed``): the in-memory server's rate moves by a
+third within a minute with nothing else running, so a reference two rounds away
+measures another server. With more rounds than a full run's (``--rounds``), each
+further ``SERVER_ROUNDS`` rounds run on a fresh in-memory server, after a raw round
+of their own.
 
 The two processes are launched at the same moment, after the events are in the
 topic, and their rebalance is part of the measured span. The group's first
@@ -47,6 +49,7 @@ from dataclasses import dataclass
 
 from bench.bridge_process import BridgeProcess
 from bench.common import (
+    SERVER_ROUNDS,
     BenchContext,
     Row,
     ScenarioResult,
@@ -84,6 +87,26 @@ from bench.throughput import (
 NAME = "scale"
 PARTITIONS = 6
 TARGET = 0.95
+
+
+def round_order(n: int) -> tuple[int, int]:
+    """The bridge rounds of round ``n`` (from 0), as instance counts in the order they run.
+
+    The order alternates from round to round, and each server (``SERVER_ROUNDS`` rounds)
+    opens with the order its predecessor did not: 1, 2 then 2, 1 on the first server, 2, 1
+    then 1, 2 on the next. The in-memory server's rate has a shape along its rounds (a
+    direct round in the 4th place read 0.82 of the raw rounds beside it, in the 2nd place
+    0.98: ``bench/RESULTS.md``), so one fixed order would charge that shape to one kind;
+    this way each kind takes each place as often as the other over two servers, and on one
+    server the two kinds' mean places match.
+    """
+    place, server = n % SERVER_ROUNDS, n // SERVER_ROUNDS
+    return (1, 2) if (place + server) % 2 == 0 else (2, 1)
+
+
+def bridge_name(instances: int) -> str:
+    """How the notes name a round of ``instances`` bridges."""
+    return f"{instances} bridge{'s' if instances > 1 else ''}"
 
 
 @dataclass(frozen=True)
@@ -222,9 +245,10 @@ async def bridges_round(ctx: BenchContext, count: int, instances: int) -> Round:
 
 
 async def run(ctx: BenchContext) -> ScenarioResult:
-    """Raw starts, then per round one bridge, raw, two bridges, raw; each bridge round
-    against the mean of the raw rounds beside it (``bracketed_rounds``), the round of each
-    kind with the best ratio reported beside its own reference (``best_round``)."""
+    """Raw starts, then per round one bridge and two bridges (in ``round_order``), each
+    followed by raw starts; each bridge round against the mean of the raw rounds beside it
+    (``bracketed_rounds``), the round of each kind with the best ratio reported beside its
+    own reference (``best_round``)."""
     count = ctx.size(1200, 6000)
     rounds = ctx.rounds(1, 2)
     notes = []
@@ -240,7 +264,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         )
     segments: list[tuple[list[float], list[Round]]] = []
     """Per server: its raw rounds in order, one before each bridge round and one after
-    it, and its bridge rounds in order (1 bridge, 2 bridges, 1 bridge, ...)."""
+    it, and its bridge rounds in order (``round_order``)."""
     renewed: list[int] = []
     """The rounds (from 1) that began on a fresh server (``SERVER_ROUNDS``)."""
     raw_cores: list[dict[str, float]] = []
@@ -257,7 +281,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
                 renewed.append(n + 1)
             segments.append(([await raw_once()], []))
         segment_raws, segment_rounds = segments[-1]
-        for instances in (1, 2):
+        for instances in round_order(n):
             segment_rounds.append(await bridges_round(ctx, count, instances))
             segment_raws.append(await raw_once())
     done = [d for _, segment_rounds in segments for d in segment_rounds]
@@ -268,8 +292,11 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         for c in bracketed_rounds(segment_raws, [d.per_s for d in segment_rounds])
     ]
     notes += renewed_note(renewed)
-    ones, twos = done[0::2], done[1::2]
-    one_compared, two_compared = compared[0::2], compared[1::2]
+    paired = list(zip(done, compared, strict=True))
+    ones = [d for d, _ in paired if d.instances == 1]
+    twos = [d for d, _ in paired if d.instances == 2]
+    one_compared = [c for d, c in paired if d.instances == 1]
+    two_compared = [c for d, c in paired if d.instances == 2]
     one_ratios = [c.ratio for c in one_compared]
     two_ratios = [c.ratio for c in two_compared]
     one_mean, two_mean = statistics.fmean(one_ratios), statistics.fmean(two_ratios)
@@ -280,7 +307,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     met = r >= TARGET
     notes.append(
         rounds_note(
-            [f"{d.instances} bridge{'s' if d.instances > 1 else ''}" for d in segments[0][1]],
+            [[bridge_name(d.instances) for d in segment_rounds] for _, segment_rounds in segments],
             [
                 (segment_raws, [d.per_s for d in segment_rounds])
                 for segment_raws, segment_rounds in segments
@@ -306,8 +333,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         parts.append(f"raw {cores_line(next(raw_order))}")
         for d in segment_rounds:
             parts.append(
-                f"{d.instances} bridge{'s' if d.instances > 1 else ''}: bridges "
-                f"{d.bridge_cores:.2f}, {cores_line(d.cores)}"
+                f"{bridge_name(d.instances)}: bridges {d.bridge_cores:.2f}, {cores_line(d.cores)}"
             )
             parts.append(f"raw {cores_line(next(raw_order))}")
     notes.append(
@@ -318,9 +344,9 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     notes.append(
         "bridge CPU per event, per round in order (each process; the round's ratio): "
         + ", ".join(
-            f"{d.instances} bridge{'s' if d.instances > 1 else ''} "
+            f"{bridge_name(d.instances)} "
             f"{' / '.join(fmt(b.cpu_us_per_event, 'us') for b in d.bridges)} ({c.ratio:.2f})"
-            for d, c in zip(done, compared, strict=True)
+            for d, c in paired
         )
     )
     return ScenarioResult(
@@ -353,7 +379,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             "one_mean_ratio": rounded(one_mean, 3),
             "bridge_rounds": [
                 {"instances": d.instances, "ratio": rounded(c.ratio, 3), **d.summary()}
-                for d, c in zip(done, compared, strict=True)
+                for d, c in paired
             ],
         },
         [

@@ -356,20 +356,34 @@ def best_round(rounds: Sequence[Bracketed]) -> int:
     return max(range(len(rounds)), key=lambda n: rounds[n].ratio)
 
 
-def rounds_note(names: list[str], rounds: list[tuple[list[float], list[float]]]) -> str:
-    """Each round in order (``rounds``: its raw rates and its bridge rates, a raw round
-    before and after each bridge round, ``names`` naming the bridge rounds), each bridge
-    round with its ratio to the raw rounds beside it (``bracketed``)."""
+def rounds_note(
+    names: Sequence[Sequence[str]], rounds: Sequence[tuple[Sequence[float], Sequence[float]]]
+) -> str:
+    """Each round in order (``rounds``: per server, its raw rates and its bridge rates, a
+    raw round before and after each bridge round; ``names``: per server, its bridge rounds'
+    names in order), each bridge round with its ratio to the raw rounds beside it
+    (``bracketed``). The order leads the note when every server ran the same one; else each
+    bridge round is named where it stands."""
+    if len(names) != len(rounds):
+        raise ValueError(f"{len(names)} orders of names for {len(rounds)} servers' rounds")
+    one_order = all(list(order) == list(names[0]) for order in names)
     parts = []
-    for raws, rates in rounds:
+    for order, (raws, rates) in zip(names, rounds, strict=True):
         sequence = [fmt(raws[0], "/s")]
-        for rate, share, after in zip(rates, bracketed(raws, rates), raws[1:], strict=True):
-            sequence += [f"{fmt(rate, '/s')} ({share:.2f})", fmt(after, "/s")]
+        for name, rate, share, after in zip(
+            order, rates, bracketed(raws, rates), raws[1:], strict=True
+        ):
+            label = "" if one_order else f"{name} "
+            sequence += [f"{label}{fmt(rate, '/s')} ({share:.2f})", fmt(after, "/s")]
         parts.append(" / ".join(sequence))
-    order = " / ".join(["raw", *(part for name in names for part in (name, "raw"))])
+    if one_order:
+        order = " / ".join(["raw", *(part for name in names[0] for part in (name, "raw"))])
+        lead = f"rounds in order, {order}"
+    else:
+        lead = "rounds in order, a raw round before and after each bridge round, named"
     return (
-        f"rounds in order, {order}; ratios against the mean of the raw rounds just before "
-        "and after each bridge round: " + ", ".join(parts)
+        f"{lead}; ratios against the mean of the raw rounds just before and after each "
+        "bridge round: " + ", ".join(parts)
     )
 
 
@@ -510,7 +524,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             "raw sweep: " + ", ".join(f"c={c}: {fmt(v, '/s')}" for c, v in per_concurrency.items()),
             *renewed_note(renewed),
             rounds_note(
-                ["bridge at default settings", f"bridge at concurrency {best}"],
+                [["bridge at default settings", f"bridge at concurrency {best}"]] * len(raws),
                 [(parts, [d, b]) for parts, d, b in zip(raws, defaults, bridges, strict=True)],
             )
             + f"; mean ratio at default settings {default_mean:.2f}, at concurrency {best}"

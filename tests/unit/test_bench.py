@@ -25,6 +25,7 @@ from bench import scale as bench_scale
 from bench import throughput as bench_throughput
 from bench.bridge_process import sample_total
 from bench.common import (
+    SERVER_ROUNDS,
     BenchContext,
     Row,
     ScenarioResult,
@@ -279,34 +280,40 @@ def test_scale_rounds_past_one_servers_share_run_on_a_fresh_server_after_a_raw_r
     result = asyncio.run(bench_scale.run(ctx))
     metrics = result.metrics
 
-    # Two rounds per server (SERVER_ROUNDS), each server's first raw round its own.
-    segment = [
-        "raw",
-        "1 bridges",
-        "raw",
-        "2 bridges",
-        "raw",
-        "1 bridges",
-        "raw",
-        "2 bridges",
-        "raw",
-    ]
+    # Two rounds per server (SERVER_ROUNDS), each server's first raw round its own; the
+    # kinds' order alternates from round to round, and each server opens with the order
+    # the one before it did not.
+    first = ["raw", "1 bridges", "raw", "2 bridges", "raw", "2 bridges", "raw", "1 bridges", "raw"]
+    second = ["raw", "2 bridges", "raw", "1 bridges", "raw", "1 bridges", "raw", "2 bridges", "raw"]
     assert [p.split(" ")[0] if p.startswith("raw") else p for p in played] == [
-        *segment,
+        *first,
         "fresh server",
-        *segment,
+        *second,
         "fresh server",
-        *segment[:5],
+        *first[:5],
     ]
     assert metrics["fresh_server_before_rounds"] == [3, 5]
     raws = metrics["raw_rounds_per_s"]
     assert raws == [float(100 + n) for n in range(13)]
     # The first bridge round on the second server sits between that server's raw rounds
     # (105, 106), not the first server's last one (104).
-    third = metrics["bridge_rounds"][4]
-    assert third["instances"] == 1
-    assert third["ratio"] == pytest.approx(third["per_s"] / ((105.0 + 106.0) / 2), abs=1e-3)
-    assert len(metrics["bridge_rounds"]) == 10
+    fifth = metrics["bridge_rounds"][4]
+    assert fifth["instances"] == 2
+    assert fifth["ratio"] == pytest.approx(fifth["per_s"] / ((105.0 + 106.0) / 2), abs=1e-3)
+    assert [r["instances"] for r in metrics["bridge_rounds"]] == [1, 2, 2, 1, 2, 1, 1, 2, 1, 2]
+    # Each kind's figures come from its own rounds, wherever they ran.
+    rounds_by_kind = {
+        kind: [r["per_s"] for r in metrics["bridge_rounds"] if r["instances"] == kind]
+        for kind in (1, 2)
+    }
+    assert metrics["one_rounds_per_s"] == rounds_by_kind[1]
+    assert metrics["two_rounds_per_s"] == rounds_by_kind[2]
+    assert metrics["two_round_ratios"] == [
+        r["ratio"] for r in metrics["bridge_rounds"] if r["instances"] == 2
+    ]
+    (order_note,) = [n for n in result.notes if n.startswith("rounds in order")]
+    assert "a raw round before and after each bridge round, named" in order_note
+    assert "100 /s / 1 bridge 102 /s (1.01) / 101 /s / 2 bridges 104 /s" in order_note
     # Each raw round's cores, in the order they ran; each part of the note in that order.
     assert metrics["raw_rounds_cores"] == [{"Temporal": r / 100} for r in raws]
     (cores_note,) = [n for n in result.notes if n.startswith("cores from the first start")]
@@ -314,6 +321,10 @@ def test_scale_rounds_past_one_servers_share_run_on_a_fresh_server_after_a_raw_r
         "raw Temporal 1.00",
         "1 bridge: bridges 0.10, Temporal 1.50",
         "raw Temporal 1.01",
+        "2 bridges: bridges 0.20, Temporal 1.50",
+    ]
+    assert cores_note.split("together): ", 1)[1].split("; ")[4:6] == [
+        "raw Temporal 1.02",
         "2 bridges: bridges 0.20, Temporal 1.50",
     ]
     assert cores_note.endswith("raw Temporal 1.12")
@@ -404,12 +415,39 @@ def test_a_scenario_that_retried_direct_calls_says_how_many(
 
 def test_the_rounds_note_names_each_side_with_its_ratio_between_the_raw_rounds() -> None:
     rounds = [([98.0, 80.0, 91.0], [77.0, 83.0]), ([69.0, 64.0, 75.0], [65.0, 64.0])]
-    note = rounds_note(["default", "fixed"], rounds)
+    note = rounds_note([["default", "fixed"]] * 2, rounds)
     assert note == (
         "rounds in order, raw / default / raw / fixed / raw; ratios against the mean of the "
         "raw rounds just before and after each bridge round: "
         "98 /s / 77 /s (0.87) / 80 /s / 83 /s (0.97) / 91 /s, "
         "69 /s / 65 /s (0.98) / 64 /s / 64 /s (0.92) / 75 /s"
+    )
+
+
+def test_the_rounds_note_names_each_bridge_round_where_servers_ran_different_orders() -> None:
+    rounds = [([98.0, 80.0, 91.0], [77.0, 83.0]), ([69.0, 64.0, 75.0], [65.0, 64.0])]
+    note = rounds_note([["1 bridge", "2 bridges"], ["2 bridges", "1 bridge"]], rounds)
+    assert note == (
+        "rounds in order, a raw round before and after each bridge round, named; ratios "
+        "against the mean of the raw rounds just before and after each bridge round: "
+        "98 /s / 1 bridge 77 /s (0.87) / 80 /s / 2 bridges 83 /s (0.97) / 91 /s, "
+        "69 /s / 2 bridges 65 /s (0.98) / 64 /s / 1 bridge 64 /s (0.92) / 75 /s"
+    )
+    with pytest.raises(ValueError, match="1 orders of names for 2 servers"):
+        rounds_note([["1 bridge", "2 bridges"]], rounds)
+
+
+def test_each_kind_of_scale_round_takes_each_place_as_often_over_two_servers() -> None:
+    assert SERVER_ROUNDS == 2
+    orders = [bench_scale.round_order(n) for n in range(4)]
+    assert orders == [(1, 2), (2, 1), (2, 1), (1, 2)]
+    # Places 1-4 of the bridge rounds on a server: each kind once in each over two servers.
+    first, second = orders[0] + orders[1], orders[2] + orders[3]
+    for place in range(4):
+        assert sorted([first[place], second[place]]) == [1, 2]
+    # On one server, the mean place of each kind is the same.
+    assert sum(p for p, k in enumerate(first) if k == 1) == sum(
+        p for p, k in enumerate(first) if k == 2
     )
 
 
