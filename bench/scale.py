@@ -1,12 +1,13 @@
-"""Scale-out: one bridge process, then two in one consumer group, against raw starts.
+"""Scale-out: one bridge process, and two in one consumer group, against raw starts.
 
 N order events with distinct keys (spread over the partitions by the producer's
 key hash) are produced to a fresh 6-partition topic; then one bridge process
-(``ktb bridge``, default settings) starts their workflows. Then the same number
-of events on a fresh topic, read by two bridge processes in one fresh consumer
-group. Both rates are measured as in the throughput scenario: from the first start
-time Temporal recorded to the moment the last call was answered (from both bridges'
-provenance items on the round's own topic, ``bench.common.last_answer``). The raw
+(``ktb bridge``, default settings) starts their workflows; in a round of the other
+kind, the same number of events on a fresh topic are read by two bridge processes
+in one fresh consumer group. Both rates are measured as in the throughput scenario:
+from the first start time Temporal recorded to the moment the last call was answered
+(from both bridges' provenance items on the round's own topic,
+``bench.common.last_answer``). The raw
 ceiling is direct ``start_workflow`` calls (``bench.throughput.raw_round``) at
 the throughput scenario's best concurrency in this run (swept here when that
 scenario did not run), on the same server, in a raw round just before and just
