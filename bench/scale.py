@@ -50,7 +50,6 @@ from dataclasses import dataclass
 
 from bench.bridge_process import BridgeProcess
 from bench.common import (
-    SERVER_ROUNDS,
     BenchContext,
     Row,
     ScenarioResult,
@@ -76,6 +75,7 @@ from bench.common import (
 )
 from bench.throughput import (
     REFERENCE,
+    Bracketed,
     best_concurrency,
     best_round,
     bracketed_rounds,
@@ -90,18 +90,18 @@ PARTITIONS = 6
 TARGET = 0.95
 
 
-def round_order(n: int) -> tuple[int, int]:
-    """The bridge rounds of round ``n`` (from 0), as instance counts in the order they run.
+def round_order(server: int, place: int) -> tuple[int, int]:
+    """The bridge rounds of a server's round ``place`` (from 0) on the run's ``server``
+    (from 0), as instance counts in the order they run.
 
-    The order alternates from round to round, and each server (``SERVER_ROUNDS`` rounds)
-    opens with the order its predecessor did not: 1, 2 then 2, 1 on the first server, 2, 1
-    then 1, 2 on the next. The in-memory server's rate has a shape along its rounds (a
-    direct round in the 4th place read 0.82 of the raw rounds beside it, in the 2nd place
-    0.98: ``bench/RESULTS.md``), so one fixed order would charge that shape to one kind;
-    this way each kind takes each place as often as the other over two servers, and on one
-    server the two kinds' mean places match.
+    The order alternates from round to round, and each server opens with the order its
+    predecessor did not: 1, 2 then 2, 1 on the first server, 2, 1 then 1, 2 on the next.
+    The in-memory server's rate has a shape along its rounds (a direct round in the 4th
+    place read 0.82 of the raw rounds beside it, in the 2nd place 0.98:
+    ``bench/RESULTS.md``), so one fixed order would charge that shape to one kind; this
+    way the two kinds' mean places on a server match, and over two servers each kind
+    takes each place as often as the other.
     """
-    place, server = n % SERVER_ROUNDS, n // SERVER_ROUNDS
     return (1, 2) if (place + server) % 2 == 0 else (2, 1)
 
 
@@ -245,6 +245,14 @@ async def bridges_round(ctx: BenchContext, count: int, instances: int) -> Round:
     return Round(instances, answered_rate(times, end), end - min(times), window, shares, cores)
 
 
+def _of_kind(
+    paired: list[tuple[Round, Bracketed]], instances: int
+) -> tuple[list[Round], list[Bracketed]]:
+    """The rounds of ``instances`` bridges, and their comparisons, in the order they ran."""
+    kind = [(d, c) for d, c in paired if d.instances == instances]
+    return [d for d, _ in kind], [c for _, c in kind]
+
+
 async def run(ctx: BenchContext) -> ScenarioResult:
     """Raw starts, then per round one bridge and two bridges (in ``round_order``), each
     followed by raw starts; each bridge round against the mean of the raw rounds beside it
@@ -282,7 +290,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
                 renewed.append(n + 1)
             segments.append(([await raw_once()], []))
         segment_raws, segment_rounds = segments[-1]
-        for instances in round_order(n):
+        for instances in round_order(len(segments) - 1, len(segment_rounds) // 2):
             segment_rounds.append(await bridges_round(ctx, count, instances))
             segment_raws.append(await raw_once())
     done = [d for _, segment_rounds in segments for d in segment_rounds]
@@ -294,10 +302,8 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     ]
     notes += renewed_note(renewed)
     paired = list(zip(done, compared, strict=True))
-    ones = [d for d, _ in paired if d.instances == 1]
-    twos = [d for d, _ in paired if d.instances == 2]
-    one_compared = [c for d, c in paired if d.instances == 1]
-    two_compared = [c for d, c in paired if d.instances == 2]
+    ones, one_compared = _of_kind(paired, 1)
+    twos, two_compared = _of_kind(paired, 2)
     one_ratios = [c.ratio for c in one_compared]
     two_ratios = [c.ratio for c in two_compared]
     one_mean, two_mean = statistics.fmean(one_ratios), statistics.fmean(two_ratios)
