@@ -156,10 +156,6 @@ class Services:
         """The end offset of every partition of ``topic``."""
         return await end_offsets(self.settings, topic)
 
-    async def workflow_ids(self, query: str) -> list[str]:
-        """Workflow ids matching a visibility query."""
-        return [wf.id async for wf in self.client.list_workflows(query)]
-
 
 async def unique_topics(settings: Settings, uid: str) -> dict[str, str]:
     """Topic names ending in ``uid``, created with 3 partitions (dead-letter topics with 1):
