@@ -256,11 +256,23 @@ async def cores_used(pids: Mapping[str, int], work: Awaitable[T]) -> tuple[T, di
     return result, cores
 
 
-def mean_cores(parts: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    """The cores each process used on average over equally long ``parts`` of a round
-    (``cores_used`` of each); a process absent from a part counts 0 there."""
+def mean_cores(
+    parts: Sequence[Mapping[str, float]], weights: Sequence[float] | None = None
+) -> dict[str, float]:
+    """The cores each process used on average over ``parts`` of a round (``cores_used`` of
+    each), each weighted by its length in ``weights`` (default: equally long); a process
+    absent from a part counts 0 there."""
+    if weights is None:
+        weights = [1.0] * len(parts)
+    if len(weights) != len(parts):
+        raise ValueError(f"{len(parts)} parts but {len(weights)} weights")
+    total = sum(weights)
     names = sorted({name for part in parts for name in part})
-    return {name: round(sum(p.get(name, 0.0) for p in parts) / len(parts), 3) for name in names}
+    weighted = list(zip(parts, weights, strict=True))
+    return {
+        name: round(sum(part.get(name, 0.0) * w for part, w in weighted) / total, 3)
+        for name in names
+    }
 
 
 def cores_line(cores: dict[str, float]) -> str:

@@ -18,7 +18,12 @@ before, between and after the bridge's two halves (a quarter, a half and a quart
 of their time), taken together. Just after the throughput scenario the server is
 still working off its burst (direct calls right after 20,000 starts: p50 4.5 ms, a
 minute later 2.1-2.3 ms) and later it slows as workflows pile up, so a baseline
-taken at other moments than the bridge's events measures another server. With the
+taken at other moments than the bridge's events measures another server. After each
+direct part, for as long, a plain Kafka-fed starter (``bench.plain``: a group consumer
+reading as the bridge reads, the bridge's decode and the same start call, and nothing
+else) takes events at the rate on a topic of its own, measured the same way: the least
+that a starter built from the bridge's packages (aiokafka, the Temporal SDK) pays
+here, so the bridge's own part is its distance from it. With the
 run's own stack, the cores each process used while the events flowed (Temporal, Kafka,
 the bridge, this process as caller or producer) show what each round asked of the
 machine the server shares.
@@ -30,13 +35,14 @@ apart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from aiokafka import ConsumerRebalanceListener
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener
 
 from bench.bridge_process import BridgeProcess, histogram_quantile, sample_total
 from bench.common import (
@@ -58,6 +64,7 @@ from bench.common import (
     start_times,
     write_routes,
 )
+from bench.plain import plain_starter
 from bench.throughput import raw_rate, start_requests
 from bridge import kafka
 
@@ -105,6 +112,33 @@ def summary(latencies_ms: list[float]) -> dict[str, Any]:
     }
 
 
+async def warm_and_settle(
+    ctx: BenchContext, producer: AIOKafkaProducer, topic: str, uid: str, rate: float
+) -> list[float]:
+    """Bring a starter reading ``topic`` (the example route of ``uid``) to its steady
+    state: ``WARM_UP`` events at ``rate``, waited for until Temporal lists them (it is in
+    its group and every code path has run once), then ``SETTLE_S`` seconds at the rate.
+    Returns the settling events' send times (prefix ``<uid>s``)."""
+    warm = order_records(ctx.catalog, f"{uid}w", WARM_UP)
+    await open_loop(producer, topic, warm, rate)
+    await start_times(ctx.client, f"TaskQueue = 'bench-{uid}'", WARM_UP, timeout=120)
+    settle = order_records(ctx.catalog, f"{uid}s", settling(rate))
+    return await open_loop(producer, topic, settle, rate)
+
+
+def latencies(
+    times: Mapping[str, float], uid: str, prefix: str, sends: Sequence[float]
+) -> list[float]:
+    """Milliseconds from each send to the start Temporal recorded, for the events
+    ``order_records(..., prefix, len(sends))`` sent to the example route of ``uid``;
+    raises ``RuntimeError`` when one has no workflow in ``times``."""
+    ids = [f"bench-{uid}-{prefix}-{n:06d}" for n in range(len(sends))]
+    found = [(times[i] - at) * 1000 for i, at in zip(ids, sends, strict=True) if i in times]
+    if len(found) < len(sends):
+        raise RuntimeError(f"only {len(found)} of {len(sends)} events started a workflow")
+    return found
+
+
 async def bridge_latencies(
     ctx: BenchContext,
     rate: float,
@@ -133,13 +167,7 @@ async def bridge_latencies(
     await bridge.start()
     await producer.start()
     try:
-        # Joined: the bridge is in its group and every code path has run once.
-        warm = order_records(ctx.catalog, f"{uid}w", WARM_UP)
-        await open_loop(producer, topic, warm, rate)
-        await start_times(ctx.client, query, WARM_UP, timeout=120)
-        # Settling: the rate for SETTLE_S seconds before anything counts.
-        settle = order_records(ctx.catalog, f"{uid}s", settling(rate))
-        settle_sent = await open_loop(producer, topic, settle, rate)
+        settle_sent = await warm_and_settle(ctx, producer, topic, uid, rate)
         await between(0.25)
         before = await bridge.metrics()
         pids = {**stack_pids(ctx), "bridge": bridge.pid, "bench (producer)": os.getpid()}
@@ -149,7 +177,7 @@ async def bridge_latencies(
             sent, cores = await cores_used(pids, open_loop(producer, topic, records, rate))
             halves.append((prefix, sent, cores))
             await between(share)
-        expected = WARM_UP + len(settle) + 2 * half
+        expected = WARM_UP + len(settle_sent) + 2 * half
         times = await start_times(ctx.client, query, expected, timeout=120 + half / 10)
         after = await bridge.metrics()
     finally:
@@ -157,13 +185,9 @@ async def bridge_latencies(
         await bridge.stop()
 
     def latencies_of(prefix: str, sends: list[float]) -> list[float]:
-        ids = [f"bench-{uid}-{prefix}-{n:06d}" for n in range(len(sends))]
-        found = [(times[i] - at) * 1000 for i, at in zip(ids, sends, strict=True) if i in times]
-        if len(found) < len(sends):
-            raise RuntimeError(f"only {len(found)} of {len(sends)} events started a workflow")
-        return found
+        return latencies(times, uid, prefix, sends)
 
-    latencies = [ms for prefix, sent, _ in halves for ms in latencies_of(prefix, sent)]
+    latencies_ms = [ms for prefix, sent, _ in halves for ms in latencies_of(prefix, sent)]
     settled = latencies_of(f"{uid}s", settle_sent)
     buckets = _delta(
         after.get("ktb_event_to_action_seconds_bucket", []),
@@ -175,7 +199,7 @@ async def bridge_latencies(
         for part in ("count", "sum")
     )
     return {
-        **summary(latencies),
+        **summary(latencies_ms),
         "offered_per_s": rounded(rate),
         "achieved_per_s": rounded(
             statistics.fmean((len(sent) - 1) / (sent[-1] - sent[0]) for _, sent, _ in halves)
@@ -187,6 +211,74 @@ async def bridge_latencies(
         "halves": [summary(latencies_of(prefix, sent)) for prefix, sent, _ in halves],
         "settling": summary(settled),
     }
+
+
+def plain_topic(uid: str) -> str:
+    """The plain starter's topic (and consumer group) in a run's round ``uid``."""
+    return f"bench-plain-{uid}"
+
+
+class PlainRounds:
+    """A plain Kafka-fed starter (``bench.plain``) on a topic of its own, fed at the
+    latency rate in rounds (``round``) while the bridge is idle; its latencies measured
+    as the bridge's are."""
+
+    def __init__(
+        self, ctx: BenchContext, rate: float, uid: str, producer: AIOKafkaProducer, pid: int
+    ) -> None:
+        self.ctx, self.rate, self.uid, self.producer = ctx, rate, uid, producer
+        self.pids = {**stack_pids(ctx), "plain starter": pid, "bench (producer)": os.getpid()}
+        self.rounds: list[tuple[str, list[float], dict[str, float]]] = []
+        """Each round's record prefix, send times and the cores each process used."""
+        self.settle_sent: list[float] = []
+
+    @property
+    def topic(self) -> str:
+        return plain_topic(self.uid)
+
+    async def round(self, seconds: float) -> None:
+        """Events at the rate for ``seconds``."""
+        prefix = f"{self.uid}p{len(self.rounds)}"
+        records = order_records(self.ctx.catalog, prefix, int(self.rate * seconds))
+        sent, cores = await cores_used(
+            self.pids, open_loop(self.producer, self.topic, records, self.rate)
+        )
+        self.rounds.append((prefix, sent, cores))
+
+    async def result(self) -> dict[str, Any]:
+        """p50, p99 and max over every round, each round's own, and the cores each
+        process used (weighted by the rounds' lengths)."""
+        expected = WARM_UP + len(self.settle_sent) + sum(len(s) for _, s, _ in self.rounds)
+        times = await start_times(
+            self.ctx.client, f"TaskQueue = 'bench-{self.uid}'", expected,
+            timeout=120 + expected / 100,
+        )  # fmt: skip
+        each = [latencies(times, self.uid, prefix, sent) for prefix, sent, _ in self.rounds]
+        return {
+            **summary([ms for round_ in each for ms in round_]),
+            "rounds": [summary(round_) for round_ in each],
+            "cores": mean_cores(
+                [cores for _, _, cores in self.rounds], [len(s) for _, s, _ in self.rounds]
+            ),
+        }
+
+
+@contextlib.asynccontextmanager
+async def plain_rounds(ctx: BenchContext, rate: float) -> AsyncIterator[PlainRounds]:
+    """A plain starter process in its group, warmed up and settled at ``rate``, for the block."""
+    uid = ctx.uid()
+    topic = plain_topic(uid)  # its consumer group's name too
+    routes = write_routes(ctx.work_dir / f"routes-{uid}.yaml", [start_route(topic, uid)])
+    await create_topic(ctx.settings, topic)
+    producer = kafka.producer(ctx.settings, linger_ms=0)
+    async with plain_starter(ctx.settings, routes, topic, ctx.work_dir / f"{topic}.log") as pid:
+        await producer.start()
+        try:
+            plain = PlainRounds(ctx, rate, uid, producer, pid)
+            plain.settle_sent = await warm_and_settle(ctx, producer, plain.topic, uid, rate)
+            yield plain
+        finally:
+            await producer.stop()
 
 
 def load_added(direct: dict[str, float], bridge: dict[str, float]) -> float:
@@ -309,13 +401,13 @@ def direct_summary(
 ) -> dict[str, Any]:
     """The latencies of ``direct_round`` rounds taken together, each round's own figures
     beside them when there are several, and the cores each process used on average."""
-    latencies = [ms for round_ in rounds for ms in round_[0]]
+    latencies_ms = [ms for round_ in rounds for ms in round_[0]]
     calls_ms = [ms for round_ in rounds for ms in round_[1]]
     result = {
-        **summary(latencies),
+        **summary(latencies_ms),
         "offered_per_s": rounded(rate),
         "call_mean_ms": rounded(statistics.fmean(calls_ms), 2),
-        "cores": mean_cores([r[2] for r in rounds]),
+        "cores": mean_cores([r[2] for r in rounds], [len(r[0]) for r in rounds]),
     }
     if len(rounds) > 1:
         result["rounds"] = [
@@ -339,12 +431,17 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     # a half, a quarter of their time), taken together: the server settles from the
     # throughput scenario and slows as workflows pile up, and this way the baseline
     # sees it at the same moments as the bridge on average.
+    # A plain Kafka-fed starter (bench.plain) runs after each of them, for as long: what
+    # the bridge's packages and Kafka cost at this rate before anything the bridge adds.
     directs: list[tuple[list[float], list[float], dict[str, float]]] = []
+    async with plain_rounds(ctx, rate) as plain:
 
-    async def direct(share: float) -> None:
-        directs.append(await direct_round(ctx, rate, seconds / 2 * share, settle=not directs))
+        async def between(share: float) -> None:
+            directs.append(await direct_round(ctx, rate, seconds / 2 * share, settle=not directs))
+            await plain.round(seconds / 2 * share)
 
-    bridge = await bridge_latencies(ctx, rate, seconds, direct)
+        bridge = await bridge_latencies(ctx, rate, seconds, between)
+        plain_result = await plain.result()
     raw = direct_summary(rate, directs)
     hop = await kafka_hop(ctx, rate, max(10, seconds / 2))
     # The control: direct calls again, beside spinning processes that take the cores the
@@ -384,8 +481,16 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         + "; ".join(f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms" for r in bridge["halves"])
     )
     notes.append(
+        "a plain Kafka-fed starter (bench.plain: a group consumer reading read_committed, "
+        "the decode and the start call, nothing else) at the same rate after each direct "
+        f"round: p50 {plain_result['p50_ms']} ms, p99 {plain_result['p99_ms']} ms (rounds: "
+        + "; ".join(f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms" for r in plain_result["rounds"])
+        + f"); the bridge's p50 is {bridge['p50_ms'] - plain_result['p50_ms']:+.2f} ms from it"
+    )
+    notes.append(
         "cores in use while the events flowed (2 s of CPU in 1 s = 2 cores): direct round "
-        f"{cores_line(raw['cores'])}; bridge round {cores_line(bridge['cores'])}"
+        f"{cores_line(raw['cores'])}; bridge round {cores_line(bridge['cores'])}; plain "
+        f"starter {cores_line(plain_result['cores'])}"
     )
     if loaded is not None:
         notes.append(
@@ -408,6 +513,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
             "bridge": bridge,
             "raw": raw,
             "kafka_hop": hop,
+            "plain_starter": plain_result,
             "raw_beside_bridge_load": loaded,
         },
         [

@@ -79,9 +79,9 @@ from bench.common import (
 from bench.direct import run_direct
 from bridge import kafka
 from bridge.backoff import Backoff
-from bridge.envelope import KafkaRecord
+from bridge.envelope import Event, KafkaRecord
 from bridge.ingress import Ingress
-from bridge.routes import Router, RoutesConfig
+from bridge.routes import Action, Router, RoutesConfig
 from bridge.temporal.requests import TRANSIENT_CODES, event_memo, search_attributes
 
 NAME = "throughput"
@@ -117,23 +117,28 @@ def start_requests(
     """
     router = Router(RoutesConfig.parse({"routes": [start_route(topic, uid)]}))
     ingress = Ingress(ctx.catalog, router, None, None)
-    requests = []
-    for offset, record in enumerate(records):
-        event, action = ingress.plan(consumer_record(topic, offset, record))
-        assert action is not None
-        requests.append(
-            {
-                "workflow": action.workflow_type,
-                "args": list(action.args),
-                "id": action.workflow_id,
-                "task_queue": action.task_queue,
-                "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
-                "search_attributes": search_attributes(event, action),
-                "memo": {"ktb": event_memo(event, action, "started")},
-            }
-        )
-    return requests
+    return [
+        start_request(*ingress.plan(consumer_record(topic, offset, record)))
+        for offset, record in enumerate(records)
+    ]
+
+
+def start_request(event: Event, action: Action | None) -> dict[str, Any]:
+    """The ``start_workflow`` keyword arguments (the workflow type under ``workflow``) the
+    bridge sends for ``event`` routed to ``action``, a start of the example domain's route
+    (``start_route``); raises ``ValueError`` for an event no route took."""
+    if action is None:
+        raise ValueError(f"no route took event {event.id}")
+    return {
+        "workflow": action.workflow_type,
+        "args": list(action.args),
+        "id": action.workflow_id,
+        "task_queue": action.task_queue,
+        "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
+        "search_attributes": search_attributes(event, action),
+        "memo": {"ktb": event_memo(event, action, "started")},
+    }
 
 
 async def consumer_order(

@@ -37,7 +37,7 @@ from bench.common import (
     span_rate,
 )
 from bench.direct import DirectRun
-from bench.latency import direct_summary, load_added
+from bench.latency import direct_summary, latencies, load_added
 from bench.profile import WAITING, cpu_line, stage_of, thread_cpu
 from bench.scale import BridgeShare, Round
 from bench.throughput import (
@@ -653,6 +653,25 @@ def test_mean_cores_counts_a_process_absent_from_a_part_as_idle_there() -> None:
     assert mean_cores(parts) == {"Temporal": pytest.approx(0.9), "bridge": pytest.approx(0.1)}
 
 
+def test_mean_cores_weighs_each_part_by_its_length() -> None:
+    # A quarter, a half and a quarter of a round's time, as the latency scenario's parts.
+    parts = [{"Temporal": 1.0}, {"Temporal": 0.6, "plain starter": 0.2}, {"Temporal": 1.0}]
+    assert mean_cores(parts, [1, 2, 1]) == {
+        "Temporal": pytest.approx(0.8),
+        "plain starter": pytest.approx(0.1),
+    }
+    with pytest.raises(ValueError, match="3 parts but 2 weights"):
+        mean_cores(parts, [1, 2])
+
+
+def test_latencies_run_from_each_send_to_its_recorded_start_and_miss_none() -> None:
+    sends = [100.0, 100.5]
+    times = {"bench-u1-u1p0-000000": 100.004, "bench-u1-u1p0-000001": 100.5025, "other": 1.0}
+    assert latencies(times, "u1", "u1p0", sends) == [pytest.approx(4.0), pytest.approx(2.5)]
+    with pytest.raises(RuntimeError, match="only 1 of 2 events started a workflow"):
+        latencies({"bench-u1-u1p0-000000": 100.004}, "u1", "u1p0", sends)
+
+
 def test_direct_rounds_before_and_after_a_bridge_round_are_taken_together() -> None:
     # The server slowed between the rounds: the pooled figures lie between the two.
     before = ([1.0] * 98 + [10.0, 10.0], [5.0] * 100, {"Temporal": 0.8, "bench (caller)": 0.1})
@@ -670,6 +689,13 @@ def test_direct_rounds_before_and_after_a_bridge_round_are_taken_together() -> N
     alone = direct_summary(90.0, [before])
     assert (alone["p50_ms"], alone["p99_ms"], alone["events"]) == (1.0, 10.0, 100)
     assert "rounds" not in alone
+
+
+def test_direct_rounds_of_different_lengths_weigh_their_cores_by_their_calls() -> None:
+    # A quarter and a half of the baseline's time: the longer round counts twice.
+    quarter = ([2.0] * 100, [5.0] * 100, {"Temporal": 0.7})
+    half = ([2.0] * 200, [5.0] * 200, {"Temporal": 1.0})
+    assert direct_summary(90.0, [quarter, half])["cores"] == {"Temporal": pytest.approx(0.9)}
 
 
 async def test_a_cpu_load_runs_its_spinners_only_inside_the_block() -> None:
