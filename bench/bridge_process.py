@@ -8,11 +8,13 @@ its resident memory and CPU time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -32,6 +34,36 @@ Scrape = dict[str, list[tuple[dict[str, str], float]]]
 def log_tail(log: Path, lines: int = 20) -> str:
     """The last ``lines`` lines of a child process's log, introduced by its path."""
     return f"last lines of {log}:\n{tail(log, lines)}"
+
+
+async def spawn(
+    args: Sequence[str], env: Mapping[str, str], log: Path
+) -> asyncio.subprocess.Process:
+    """``python -m <args>`` from the checkout with ``env``, its output appended to ``log``,
+    in a session of its own (``terminate`` signals its whole group)."""
+    with log.open("ab") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", *args,
+            env=dict(env), cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+
+
+async def terminate(proc: asyncio.subprocess.Process, timeout: float) -> bool:
+    """SIGTERM to a ``spawn``ed child's group, SIGKILL after ``timeout`` seconds; whether
+    it had to be killed (False too when it had exited already)."""
+    if proc.returncode is not None:
+        return False
+    with contextlib.suppress(ProcessLookupError):  # exited, not yet reaped
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+        return False
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        return True
 
 
 class BridgeProcessError(RuntimeError):
@@ -69,19 +101,7 @@ class BridgeProcess:
             KTB_METRICS_HOST="127.0.0.1",
             **self.extra_env,
         )
-        with self.log.open("ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "bridge",
-                "bridge",
-                env=env,
-                cwd=REPO_ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        self.proc = await spawn(["bridge", "bridge"], env, self.log)
         deadline = time.monotonic() + timeout
         while True:
             self.check()
@@ -138,15 +158,8 @@ class BridgeProcess:
     async def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM (finish, commit), SIGKILL after ``timeout`` seconds."""
         await self._http.aclose()
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout)
-        except TimeoutError:
-            os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+        if self.proc is not None:
+            await terminate(self.proc, timeout)
 
 
 def sample_total(scrape: Scrape, name: str, **labels: str) -> float:

@@ -463,6 +463,11 @@ def start_route(topic: str, uid: str) -> dict[str, Any]:
     }
 
 
+def route_query(uid: str) -> str:
+    """The visibility query for the workflows ``start_route(..., uid)`` starts (its task queue)."""
+    return f"TaskQueue = 'bench-{uid}'"
+
+
 async def await_count(client: Client, query: str, expected: int, timeout: float) -> int:
     """Wait (up to ``timeout`` seconds) until visibility counts ``expected`` workflows.
 

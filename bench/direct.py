@@ -23,8 +23,6 @@ import json
 import os
 import pickle
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,10 +30,10 @@ from typing import Any
 
 import psutil
 
-from bench.bridge_process import log_tail
+from bench.bridge_process import log_tail, spawn
 from bench.common import paced
 from bridge.cli.common import run_loop
-from bridge.settings import REPO_ROOT, Settings
+from bridge.settings import Settings
 from bridge.temporal.client import connect_temporal
 
 
@@ -95,12 +93,7 @@ async def run_direct(
     requests_file.write_bytes(pickle.dumps(requests))
     env = {**os.environ, "KTB_TEMPORAL_ADDRESS": settings.temporal_address}
     args = [str(requests_file), str(result_file), f"--rate={rate}", f"--concurrency={concurrency}"]
-    with log.open("ab") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.direct", *args,
-            env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+    proc = await spawn(["bench.direct", *args], env, log)
     try:
         await asyncio.wait_for(proc.wait(), timeout)
     except TimeoutError:

@@ -18,10 +18,11 @@ before, between and after the bridge's two halves (a quarter, a half and a quart
 of their time), taken together. Just after the throughput scenario the server is
 still working off its burst (direct calls right after 20,000 starts: p50 4.5 ms, a
 minute later 2.1-2.3 ms) and later it slows as workflows pile up, so a baseline
-taken at other moments than the bridge's events measures another server. After each
-direct part, for as long, a plain Kafka-fed starter (``bench.plain``: a group consumer
-reading as the bridge reads, the bridge's decode and the same start call, and nothing
-else) takes events at the rate on a topic of its own, measured the same way: the least
+taken at other moments than the bridge's events measures another server. Around each
+direct part, for as long as it and half before it, half after, a plain Kafka-fed
+starter (``bench.plain``: a group consumer reading ``read_committed``, the bridge's
+decode and the same start call, and nothing else) takes events at the rate on a topic
+of its own, measured the same way, at the bridge's moments on average too: the least
 that a starter built from the bridge's packages (aiokafka, the Temporal SDK) pays
 here, so the bridge's own part is its distance from it. With the
 run's own stack, the cores each process used while the events flowed (Temporal, Kafka,
@@ -40,7 +41,7 @@ import os
 import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener
 
@@ -59,12 +60,13 @@ from bench.common import (
     order_records,
     percentile,
     rounded,
+    route_query,
     stack_pids,
     start_route,
     start_times,
     write_routes,
 )
-from bench.plain import plain_starter
+from bench.plain import PlainStarter
 from bench.throughput import raw_rate, start_requests
 from bridge import kafka
 
@@ -118,10 +120,13 @@ async def warm_and_settle(
     """Bring a starter reading ``topic`` (the example route of ``uid``) to its steady
     state: ``WARM_UP`` events at ``rate``, waited for until Temporal lists them (it is in
     its group and every code path has run once), then ``SETTLE_S`` seconds at the rate.
-    Returns the settling events' send times (prefix ``<uid>s``)."""
+    Returns the settling events' send times (prefix ``<uid>s``); raises ``RuntimeError``
+    when the warm-up's workflows are not all listed within 120 s."""
     warm = order_records(ctx.catalog, f"{uid}w", WARM_UP)
     await open_loop(producer, topic, warm, rate)
-    await start_times(ctx.client, f"TaskQueue = 'bench-{uid}'", WARM_UP, timeout=120)
+    started = await start_times(ctx.client, route_query(uid), WARM_UP, timeout=120)
+    if len(started) < WARM_UP:
+        raise RuntimeError(f"{len(started)} of {WARM_UP} warm-up events started a workflow")
     settle = order_records(ctx.catalog, f"{uid}s", settling(rate))
     return await open_loop(producer, topic, settle, rate)
 
@@ -161,13 +166,17 @@ async def bridge_latencies(
     settings = ctx.settings.model_copy(update={"group_id": f"bench-{uid}"})
     bridge = BridgeProcess(settings, routes, ctx.work_dir / f"bridge-{uid}.log")
     half = int(rate * seconds / 2)
-    query = f"TaskQueue = 'bench-{uid}'"
+    query = route_query(uid)
     producer = kafka.producer(ctx.settings, linger_ms=0)
     halves: list[tuple[str, list[float], dict[str, float]]] = []
     await bridge.start()
     await producer.start()
     try:
-        settle_sent = await warm_and_settle(ctx, producer, topic, uid, rate)
+        try:
+            settle_sent = await warm_and_settle(ctx, producer, topic, uid, rate)
+        except RuntimeError:
+            bridge.check()  # an exited bridge says so, with its log
+            raise
         await between(0.25)
         before = await bridge.metrics()
         pids = {**stack_pids(ctx), "bridge": bridge.pid, "bench (producer)": os.getpid()}
@@ -184,11 +193,8 @@ async def bridge_latencies(
         await producer.stop()
         await bridge.stop()
 
-    def latencies_of(prefix: str, sends: list[float]) -> list[float]:
-        return latencies(times, uid, prefix, sends)
-
-    latencies_ms = [ms for prefix, sent, _ in halves for ms in latencies_of(prefix, sent)]
-    settled = latencies_of(f"{uid}s", settle_sent)
+    each = [latencies(times, uid, prefix, sent) for prefix, sent, _ in halves]
+    settled = latencies(times, uid, f"{uid}s", settle_sent)
     buckets = _delta(
         after.get("ktb_event_to_action_seconds_bucket", []),
         before.get("ktb_event_to_action_seconds_bucket", []),
@@ -199,7 +205,7 @@ async def bridge_latencies(
         for part in ("count", "sum")
     )
     return {
-        **summary(latencies_ms),
+        **summary([ms for half_ in each for ms in half_]),
         "offered_per_s": rounded(rate),
         "achieved_per_s": rounded(
             statistics.fmean((len(sent) - 1) / (sent[-1] - sent[0]) for _, sent, _ in halves)
@@ -208,7 +214,7 @@ async def bridge_latencies(
         "bridge_histogram_p99_ms": rounded(histogram_quantile(buckets, 0.99) * 1000, 2),
         "call_mean_ms": rounded(call_seconds / calls * 1000, 2) if calls else None,
         "cores": mean_cores([cores for _, _, cores in halves]),
-        "halves": [summary(latencies_of(prefix, sent)) for prefix, sent, _ in halves],
+        "halves": [summary(half_) for half_ in each],
         "settling": summary(settled),
     }
 
@@ -220,39 +226,41 @@ def plain_topic(uid: str) -> str:
 
 class PlainRounds:
     """A plain Kafka-fed starter (``bench.plain``) on a topic of its own, fed at the
-    latency rate in rounds (``round``) while the bridge is idle; its latencies measured
-    as the bridge's are."""
+    latency rate in rounds (``round``) while the bridge and the direct caller are idle;
+    its latencies measured as the bridge's are."""
 
     def __init__(
-        self, ctx: BenchContext, rate: float, uid: str, producer: AIOKafkaProducer, pid: int
-    ) -> None:
+        self, ctx: BenchContext, rate: float, uid: str, producer: AIOKafkaProducer,
+        starter: PlainStarter, settle_sent: list[float],
+    ) -> None:  # fmt: skip
         self.ctx, self.rate, self.uid, self.producer = ctx, rate, uid, producer
-        self.pids = {**stack_pids(ctx), "plain starter": pid, "bench (producer)": os.getpid()}
+        self.starter = starter
+        self.settle_sent = settle_sent
+        self.pids = {
+            **stack_pids(ctx), "plain starter": starter.pid, "bench (producer)": os.getpid(),
+        }  # fmt: skip
         self.rounds: list[tuple[str, list[float], dict[str, float]]] = []
         """Each round's record prefix, send times and the cores each process used."""
-        self.settle_sent: list[float] = []
-
-    @property
-    def topic(self) -> str:
-        return plain_topic(self.uid)
 
     async def round(self, seconds: float) -> None:
-        """Events at the rate for ``seconds``."""
+        """Events at the rate for ``seconds``; raises ``PlainStarterError`` if the starter
+        has exited."""
+        self.starter.check()
         prefix = f"{self.uid}p{len(self.rounds)}"
         records = order_records(self.ctx.catalog, prefix, int(self.rate * seconds))
         sent, cores = await cores_used(
-            self.pids, open_loop(self.producer, self.topic, records, self.rate)
+            self.pids, open_loop(self.producer, plain_topic(self.uid), records, self.rate)
         )
         self.rounds.append((prefix, sent, cores))
 
     async def result(self) -> dict[str, Any]:
         """p50, p99 and max over every round, each round's own, and the cores each
         process used (weighted by the rounds' lengths)."""
+        self.starter.check()
         expected = WARM_UP + len(self.settle_sent) + sum(len(s) for _, s, _ in self.rounds)
         times = await start_times(
-            self.ctx.client, f"TaskQueue = 'bench-{self.uid}'", expected,
-            timeout=120 + expected / 100,
-        )  # fmt: skip
+            self.ctx.client, route_query(self.uid), expected, timeout=120 + expected / 10
+        )
         each = [latencies(times, self.uid, prefix, sent) for prefix, sent, _ in self.rounds]
         return {
             **summary([ms for round_ in each for ms in round_]),
@@ -271,12 +279,15 @@ async def plain_rounds(ctx: BenchContext, rate: float) -> AsyncIterator[PlainRou
     routes = write_routes(ctx.work_dir / f"routes-{uid}.yaml", [start_route(topic, uid)])
     await create_topic(ctx.settings, topic)
     producer = kafka.producer(ctx.settings, linger_ms=0)
-    async with plain_starter(ctx.settings, routes, topic, ctx.work_dir / f"{topic}.log") as pid:
+    async with PlainStarter(ctx.settings, routes, topic, ctx.work_dir / f"{topic}.log") as starter:
         await producer.start()
         try:
-            plain = PlainRounds(ctx, rate, uid, producer, pid)
-            plain.settle_sent = await warm_and_settle(ctx, producer, plain.topic, uid, rate)
-            yield plain
+            try:
+                settle_sent = await warm_and_settle(ctx, producer, topic, uid, rate)
+            except RuntimeError:
+                starter.check()  # an exited starter says so, with its log
+                raise
+            yield PlainRounds(ctx, rate, uid, producer, starter, settle_sent)
         finally:
             await producer.stop()
 
@@ -352,9 +363,22 @@ async def kafka_hop(ctx: BenchContext, rate: float, seconds: float) -> dict[str,
     return summary([(received[records[n].key] - sent[n]) * 1000 for n in measured])
 
 
+class DirectRound(NamedTuple):
+    """What ``direct_round`` measured."""
+
+    latencies_ms: list[float]
+    """Each counted call's latency: call time → recorded start."""
+    calls_ms: list[float]
+    """Each counted call's time until Temporal answered."""
+    cores: dict[str, float]
+    """The cores each process used while the calls ran."""
+    calls: int
+    """Calls made, the settling ones too: the round's length at its rate."""
+
+
 async def direct_round(
     ctx: BenchContext, rate: float, seconds: float, load: float = 0.0, settle: bool = True
-) -> tuple[list[float], list[float], dict[str, float]]:
+) -> DirectRound:
     """Direct ``start_workflow`` calls issued at ``rate`` for ``seconds``: each one's
     latency (call time → recorded start) and Temporal's answer time, in milliseconds,
     and the cores the stack and this process (the caller) used meanwhile; with
@@ -389,29 +413,32 @@ async def direct_round(
     async with cpu_load(load) as spinners:
         pids = {**stack_pids(ctx), "bench (caller)": os.getpid(), **spinners}
         _, cores = await cores_used(pids, call_all())
-    times = await start_times(ctx.client, f"TaskQueue = 'bench-{uid}'", len(requests), 60)
+    times = await start_times(ctx.client, route_query(uid), len(requests), 60)
     measured = [(wf_id, at) for n, (wf_id, at) in enumerate(called.items()) if n >= warm]
-    latencies = [(times[wf_id] - at) * 1000 for wf_id, at in measured]
-    calls_ms = [(answered[wf_id] - at) * 1000 for wf_id, at in measured]
-    return latencies, calls_ms, cores
+    return DirectRound(
+        [(times[wf_id] - at) * 1000 for wf_id, at in measured],
+        [(answered[wf_id] - at) * 1000 for wf_id, at in measured],
+        cores,
+        len(requests),
+    )
 
 
-def direct_summary(
-    rate: float, rounds: list[tuple[list[float], list[float], dict[str, float]]]
-) -> dict[str, Any]:
+def direct_summary(rate: float, rounds: Sequence[DirectRound]) -> dict[str, Any]:
     """The latencies of ``direct_round`` rounds taken together, each round's own figures
-    beside them when there are several, and the cores each process used on average."""
-    latencies_ms = [ms for round_ in rounds for ms in round_[0]]
-    calls_ms = [ms for round_ in rounds for ms in round_[1]]
+    beside them when there are several, and the cores each process used on average
+    (each round weighted by its length)."""
+    latencies_ms = [ms for round_ in rounds for ms in round_.latencies_ms]
+    calls_ms = [ms for round_ in rounds for ms in round_.calls_ms]
     result = {
         **summary(latencies_ms),
         "offered_per_s": rounded(rate),
         "call_mean_ms": rounded(statistics.fmean(calls_ms), 2),
-        "cores": mean_cores([r[2] for r in rounds], [len(r[0]) for r in rounds]),
+        "cores": mean_cores([r.cores for r in rounds], [r.calls for r in rounds]),
     }
     if len(rounds) > 1:
         result["rounds"] = [
-            {**summary(r[0]), "call_mean_ms": rounded(statistics.fmean(r[1]), 2)} for r in rounds
+            {**summary(r.latencies_ms), "call_mean_ms": rounded(statistics.fmean(r.calls_ms), 2)}
+            for r in rounds
         ]
     return result
 
@@ -430,15 +457,18 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     # The direct calls run before, between and after the bridge's two halves (a quarter,
     # a half, a quarter of their time), taken together: the server settles from the
     # throughput scenario and slows as workflows pile up, and this way the baseline
-    # sees it at the same moments as the bridge on average.
-    # A plain Kafka-fed starter (bench.plain) runs after each of them, for as long: what
-    # the bridge's packages and Kafka cost at this rate before anything the bridge adds.
-    directs: list[tuple[list[float], list[float], dict[str, float]]] = []
+    # sees it at the same moments as the bridge on average. A plain Kafka-fed starter
+    # (bench.plain) runs for as long again around each direct part, half before and half
+    # after it, so that its moments too are the bridge's on average: what the bridge's
+    # packages and Kafka cost at this rate before anything the bridge adds.
+    directs: list[DirectRound] = []
     async with plain_rounds(ctx, rate) as plain:
 
         async def between(share: float) -> None:
-            directs.append(await direct_round(ctx, rate, seconds / 2 * share, settle=not directs))
-            await plain.round(seconds / 2 * share)
+            part = seconds / 2 * share
+            await plain.round(part / 2)
+            directs.append(await direct_round(ctx, rate, part, settle=not directs))
+            await plain.round(part / 2)
 
         bridge = await bridge_latencies(ctx, rate, seconds, between)
         plain_result = await plain.result()
@@ -482,8 +512,8 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     )
     notes.append(
         "a plain Kafka-fed starter (bench.plain: a group consumer reading read_committed, "
-        "the decode and the start call, nothing else) at the same rate after each direct "
-        f"round: p50 {plain_result['p50_ms']} ms, p99 {plain_result['p99_ms']} ms (rounds: "
+        "the decode and the start call, nothing else) at the same rate around each direct "
+        f"part: p50 {plain_result['p50_ms']} ms, p99 {plain_result['p99_ms']} ms (rounds: "
         + "; ".join(f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms" for r in plain_result["rounds"])
         + f"); the bridge's p50 is {bridge['p50_ms'] - plain_result['p50_ms']:+.2f} ms from it"
     )

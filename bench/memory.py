@@ -25,6 +25,7 @@ from bench.common import (
     produce_all,
     ratio,
     rounded,
+    route_query,
     start_route,
     start_times,
     write_routes,
@@ -50,7 +51,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
     samples: list[tuple[float, float]] = []
     try:
         await produce_all(ctx.settings, topic, records[:1])
-        await start_times(ctx.client, f"TaskQueue = 'bench-{uid}'", 1, timeout=120)
+        await start_times(ctx.client, route_query(uid), 1, timeout=120)
         idle = bridge.rss_mib()
         await produce_all(ctx.settings, topic, records[1:])
         deadline = time.monotonic() + window

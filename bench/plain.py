@@ -2,16 +2,18 @@
 
     python -m bench.plain ROUTES --group GROUP
 
-It reads the first route's topic in consumer group GROUP as the bridge reads
-(``read_committed``, the bridge's own ``bridge.kafka.consumer``), decodes and routes
-each record with the bridge's ``Ingress`` and calls ``client.start_workflow`` with the
-request the raw side sends (``bench.throughput.start_request``) as soon as the record
-is in hand, every call at once. Nothing else: no per-key order, no limit of calls in
-flight, no retries, no provenance, no offset commits, metrics or logs. The latency
-scenario runs it beside the bridge at the same rate: what the packages the bridge is
-built from (aiokafka, the Temporal SDK) and Kafka cost on this machine before anything
-the bridge adds. Settings come from ``KTB_*`` variables like a bridge's; a start that
-fails is written to stderr and not tried again. It runs until SIGTERM or SIGINT.
+It reads the first route's topic in consumer group GROUP with the bridge's own
+``bridge.kafka.consumer`` (``read_committed``, from the earliest offset; the bridge's
+session, heartbeat and fetch sizes are not set), decodes and routes each record with
+the bridge's ``Ingress`` and calls ``client.start_workflow`` with the request the raw
+side sends (``bench.throughput.start_request``) as soon as the record is in hand,
+every call at once. Nothing else: no per-key order, no limit of calls in flight, no
+retries, no provenance, no offset commits, metrics or log lines but a failed start's
+(on stderr; it is not tried again). The latency scenario runs it in turns with the
+bridge and the direct calls, at the same rate and while they are idle: what the
+packages the bridge is built from (aiokafka, the Temporal SDK) and Kafka cost on this
+machine before anything the bridge adds. Settings come from ``KTB_*`` variables like a
+bridge's. It runs until SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -21,21 +23,20 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from aiokafka import ConsumerRecord
 
+from bench.bridge_process import log_tail, spawn, terminate
 from bench.throughput import start_request
 from bridge import kafka
 from bridge.cli.common import run_loop
 from bridge.codec import SchemaCatalog
 from bridge.ingress import Ingress
 from bridge.routes import Router, RoutesConfig
-from bridge.settings import REPO_ROOT, Settings
+from bridge.settings import Settings
 from bridge.temporal.client import connect_temporal
 
 
@@ -72,35 +73,48 @@ async def serve(settings: Settings, routes_file: Path, group: str) -> None:
         await consumer.stop()
 
 
-@contextlib.asynccontextmanager
-async def plain_starter(
-    settings: Settings, routes_file: Path, group: str, log: Path
-) -> AsyncIterator[int]:
-    """A ``python -m bench.plain`` process for the block (its pid), stopped after it.
+class PlainStarterError(RuntimeError):
+    """The plain starter process exited before it was stopped; the message ends with its log."""
 
-    Nothing tells when it is in its group: the caller waits for its first starts.
+
+class PlainStarter:
+    """A ``python -m bench.plain`` process while the ``async with`` block runs.
+
+    Nothing tells when it has joined its group: the caller waits for its first starts.
     """
-    env = {
-        **os.environ,
-        "KTB_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "KTB_TEMPORAL_ADDRESS": settings.temporal_address,
-    }
-    with log.open("ab") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.plain", str(routes_file), f"--group={group}",
-            env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-    try:
-        yield proc.pid
-    finally:
-        if proc.returncode is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
+
+    def __init__(self, settings: Settings, routes_file: Path, group: str, log: Path) -> None:
+        self.settings, self.routes_file, self.group, self.log = settings, routes_file, group, log
+        self.proc: asyncio.subprocess.Process | None = None
+        self.killed = False
+        """Whether stopping it took SIGKILL (it did not end within its time after SIGTERM)."""
+
+    async def __aenter__(self) -> PlainStarter:
+        env = {
+            **os.environ,
+            "KTB_KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap,
+            "KTB_TEMPORAL_ADDRESS": self.settings.temporal_address,
+        }
+        args = ["bench.plain", str(self.routes_file), f"--group={self.group}"]
+        self.proc = await spawn(args, env, self.log)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.killed = await terminate(self.proc, 10)
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        if self.proc is None:
+            raise PlainStarterError("the plain starter is not started")
+        return self.proc.pid
+
+    def check(self) -> None:
+        """Raise ``PlainStarterError`` if the process has exited."""
+        if self.proc is None or self.proc.returncode is not None:
+            code = None if self.proc is None else self.proc.returncode
+            raise PlainStarterError(f"the plain starter exited ({code}); {log_tail(self.log)}")
 
 
 def main(argv: list[str] | None = None) -> None:

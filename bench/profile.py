@@ -36,6 +36,7 @@ from bench.common import (
     open_loop,
     order_records,
     produce_all,
+    route_query,
     span_rate,
     start_route,
     start_times,
@@ -163,7 +164,7 @@ async def profile(
                 work / "bridge.log",
             )
             await bridge.start()
-            query = f"TaskQueue = 'bench-{uid}'"
+            query = route_query(uid)
             producer = kafka.producer(settings, linger_ms=0) if paced else None
             if producer is not None:
                 await producer.start()

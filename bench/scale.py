@@ -69,6 +69,7 @@ from bench.common import (
     ratio,
     renewed_note,
     rounded,
+    route_query,
     stack_pids,
     start_route,
     write_routes,
@@ -205,7 +206,7 @@ async def bridges_round(ctx: BenchContext, count: int, instances: int) -> Round:
         )
         for n in range(instances)
     ]
-    query = f"TaskQueue = 'bench-{uid}'"
+    query = route_query(uid)
     try:
         # Launched together; a failure to come up stops the other's start too.
         async with asyncio.TaskGroup() as group:

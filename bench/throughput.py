@@ -70,6 +70,7 @@ from bench.common import (
     ratio,
     renewed_note,
     rounded,
+    route_query,
     span_rate,
     stack_pids,
     start_route,
@@ -226,7 +227,7 @@ async def raw_round(
 
     pids = {**stack_pids(ctx), "bench (caller)": os.getpid()}
     _, cores = await cores_used(pids, asyncio.gather(*(caller() for _ in range(concurrency))))
-    times = await start_times(ctx.client, f"TaskQueue = 'bench-{uid}'", count, timeout=60)
+    times = await start_times(ctx.client, route_query(uid), count, timeout=60)
     return answered_rate(times.values(), answered), span_rate(times.values()), cores
 
 
@@ -255,7 +256,7 @@ async def bridge_rate(
             "KTB_TEMPORAL_IN_FLIGHT": str(max_in_flight),
         }
     bridge = BridgeProcess(settings, routes, ctx.work_dir / f"bridge-{uid}.log", env)
-    query = f"TaskQueue = 'bench-{uid}'"
+    query = route_query(uid)
     await bridge.start()
     try:
         # CPU is counted from the first start on, so connecting and joining the group
@@ -291,7 +292,7 @@ async def direct_cpu(
         ctx.settings, requests, rate, concurrency, ctx.work_dir, f"direct-{uid}",
         timeout=120 + 2 * count / rate,
     )  # fmt: skip
-    times = await start_times(ctx.client, f"TaskQueue = 'bench-{uid}'", count, timeout=60)
+    times = await start_times(ctx.client, route_query(uid), count, timeout=60)
     if measured.starts != count or len(times) < count:
         raise RuntimeError(
             f"the direct caller made {measured.starts} starts; {len(times)} of {count} listed"

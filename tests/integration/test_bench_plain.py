@@ -6,19 +6,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import psutil
+import pytest
 from temporalio.client import Client
 
 from bench.common import (
     BenchContext,
+    await_count,
+    check_starts,
     create_topic,
+    executions,
     order_records,
     produce_all,
+    route_query,
     start_route,
-    start_times,
     write_routes,
 )
 from bench.latency import plain_topic
-from bench.plain import plain_starter
+from bench.plain import PlainStarter, PlainStarterError
 from bench.throughput import start_requests
 from bridge.codec import SchemaCatalog
 from bridge.settings import Settings
@@ -32,14 +36,20 @@ async def test_the_plain_starter_starts_every_event_once_with_the_bridges_reques
     routes = write_routes(tmp_path / "routes.yaml", [start_route(topic, uid)])
     records = order_records(catalog, uid, 40)
     log = tmp_path / "plain.log"
-    async with plain_starter(settings, routes, topic, log) as pid:
+    async with PlainStarter(settings, routes, topic, log) as starter:
         await produce_all(settings, topic, records)
-        times = await start_times(client, f"TaskQueue = 'bench-{uid}'", len(records), 60)
-        assert psutil.pid_exists(pid)
-    assert not psutil.pid_exists(pid), "the starter outlived its block"
+        await await_count(client, route_query(uid), len(records), 60)
+        starter.check()  # still running
+        pid = starter.pid
+    # SIGTERM ended it, within its time and without SIGKILL.
+    assert not starter.killed
+    assert not psutil.pid_exists(pid)
     ctx = BenchContext(settings, catalog, client, quick=True, work_dir=tmp_path, machine={})
     requests = start_requests(ctx, topic, uid, records)
-    assert set(times) == {r["id"] for r in requests}
+    listed = await executions(client, route_query(uid))
+    check_starts(
+        [r["id"] for r in requests], (wf_id for wf_id, _ in listed)
+    ).raise_unless_exactly_once("the plain starter")
     assert f"{topic}[" not in log.read_text()  # no start failed (each is written as topic[p]@o)
     # One start, read back: the workflow type, task queue and memo the bridge sends.
     first = requests[0]
@@ -50,3 +60,16 @@ async def test_the_plain_starter_starts_every_event_once_with_the_bridges_reques
     for field in ("event_id", "event_type", "key", "route", "action", "outcome"):
         assert memo[field] == first["memo"]["ktb"][field], field
     assert memo["topic"] == topic
+
+
+async def test_a_plain_starter_that_exited_says_so_with_its_log(
+    settings: Settings, tmp_path: Path, uid: str
+) -> None:
+    missing = tmp_path / "no-routes.yaml"
+    log = tmp_path / "plain.log"
+    async with PlainStarter(settings, missing, f"bench-plain-{uid}", log) as starter:
+        assert starter.proc is not None
+        await starter.proc.wait()
+        with pytest.raises(PlainStarterError, match="exited") as raised:
+            starter.check()
+    assert "no-routes.yaml" in str(raised.value)  # the log's tail names what went wrong

@@ -37,7 +37,7 @@ from bench.common import (
     span_rate,
 )
 from bench.direct import DirectRun
-from bench.latency import direct_summary, latencies, load_added
+from bench.latency import DirectRound, direct_summary, latencies, load_added
 from bench.profile import WAITING, cpu_line, stage_of, thread_cpu
 from bench.scale import BridgeShare, Round
 from bench.throughput import (
@@ -674,8 +674,12 @@ def test_latencies_run_from_each_send_to_its_recorded_start_and_miss_none() -> N
 
 def test_direct_rounds_before_and_after_a_bridge_round_are_taken_together() -> None:
     # The server slowed between the rounds: the pooled figures lie between the two.
-    before = ([1.0] * 98 + [10.0, 10.0], [5.0] * 100, {"Temporal": 0.8, "bench (caller)": 0.1})
-    after = ([3.0] * 98 + [30.0, 30.0], [7.0] * 100, {"Temporal": 1.0, "bench (caller)": 0.3})
+    before = DirectRound(
+        [1.0] * 98 + [10.0, 10.0], [5.0] * 100, {"Temporal": 0.8, "bench (caller)": 0.1}, 100
+    )
+    after = DirectRound(
+        [3.0] * 98 + [30.0, 30.0], [7.0] * 100, {"Temporal": 1.0, "bench (caller)": 0.3}, 100
+    )
     pooled = direct_summary(90.0, [before, after])
     assert pooled["events"] == 200
     assert pooled["p50_ms"] == 3.0  # the 100th of 200 by nearest rank: the later round's
@@ -692,10 +696,13 @@ def test_direct_rounds_before_and_after_a_bridge_round_are_taken_together() -> N
 
 
 def test_direct_rounds_of_different_lengths_weigh_their_cores_by_their_calls() -> None:
-    # A quarter and a half of the baseline's time: the longer round counts twice.
-    quarter = ([2.0] * 100, [5.0] * 100, {"Temporal": 0.7})
-    half = ([2.0] * 200, [5.0] * 200, {"Temporal": 1.0})
-    assert direct_summary(90.0, [quarter, half])["cores"] == {"Temporal": pytest.approx(0.9)}
+    # The first round's settling calls (not counted) ran at the rate too: its cores were
+    # read over them as well, so its length is every call it made.
+    quarter = DirectRound([2.0] * 100, [5.0] * 100, {"Temporal": 0.7}, 200)
+    half = DirectRound([2.0] * 200, [5.0] * 200, {"Temporal": 1.0}, 200)
+    assert direct_summary(90.0, [quarter, half])["cores"] == {"Temporal": pytest.approx(0.85)}
+    shorter = DirectRound([2.0] * 100, [5.0] * 100, {"Temporal": 0.7}, 100)
+    assert direct_summary(90.0, [shorter, half])["cores"] == {"Temporal": pytest.approx(0.9)}
 
 
 async def test_a_cpu_load_runs_its_spinners_only_inside_the_block() -> None:
