@@ -66,12 +66,49 @@ async def terminate(proc: asyncio.subprocess.Process, timeout: float) -> bool:
         return True
 
 
-class BridgeProcessError(RuntimeError):
+class ChildError(RuntimeError):
+    """A ``Child`` exited or did not come up; the message ends with its log."""
+
+
+class Child:
+    """A ``spawn``ed child process of a benchmark (``proc`` once started), with its log."""
+
+    name = "child process"
+    """What messages call it."""
+    error: type[RuntimeError] = ChildError
+    """What ``pid`` and ``check`` raise."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        if self.proc is None:
+            raise self.error(f"the {self.name} is not started")
+        return self.proc.pid
+
+    def check(self) -> None:
+        """Raise ``error`` if the process has exited, with its exit code and log."""
+        if self.proc is None:
+            raise self.error(f"the {self.name} is not started")
+        if self.proc.returncode is not None:
+            raise self.error(self._failure(f"exited ({self.proc.returncode})"))
+
+    def _failure(self, what: str) -> str:
+        return f"the {self.name} {what}; {log_tail(self.log)}"
+
+
+class BridgeProcessError(ChildError):
     """The bridge process exited or did not come up; the message ends with its log."""
 
 
-class BridgeProcess:
+class BridgeProcess(Child):
     """One ``run_bridge`` child process of a benchmark, with its log file."""
+
+    name = "bridge process"
+    error = BridgeProcessError
 
     def __init__(
         self,
@@ -80,12 +117,11 @@ class BridgeProcess:
         log: Path,
         env: dict[str, str] | None = None,
     ) -> None:
+        super().__init__(log)
         self.settings = settings
         self.routes_file = routes_file
-        self.log = log
         self.extra_env = env or {}
         self.port = free_port()
-        self.proc: asyncio.subprocess.Process | None = None
         self._http = httpx.AsyncClient(timeout=5.0)
 
     async def start(self, timeout: float = 60.0) -> None:
@@ -112,21 +148,6 @@ class BridgeProcess:
                 if time.monotonic() > deadline:
                     raise BridgeProcessError(self._failure("did not come up")) from None
             await asyncio.sleep(0.2)
-
-    def check(self) -> None:
-        """Raise ``BridgeProcessError`` if the process has exited."""
-        if self.proc is None or self.proc.returncode is not None:
-            raise BridgeProcessError(self._failure("exited"))
-
-    def _failure(self, what: str) -> str:
-        return f"the bridge process {what}; {log_tail(self.log)}"
-
-    @property
-    def pid(self) -> int:
-        """The child's process id."""
-        if self.proc is None:
-            raise BridgeProcessError("the bridge process is not started")
-        return self.proc.pid
 
     def rss_mib(self) -> float:
         """Resident memory of the bridge process, in MiB."""

@@ -30,7 +30,8 @@ the bridge, this process as caller or producer) show what each round asked of th
 machine the server shares.
 Every round runs ``SETTLE_S`` seconds at the rate before its latencies count: the
 steady state is measured, and the bridge's first seconds after joining are reported
-apart.
+apart. The plain starter settles once, before the bridge starts, and then sits idle
+until its first round, as the bridge does between its halves.
 """
 
 from __future__ import annotations
@@ -144,6 +145,47 @@ def latencies(
     return found
 
 
+class Feed:
+    """Events at ``rate`` to a starter's topic (the example route of ``uid``) in rounds
+    after its warm-up and settling (``warm_and_settle``, whose send times it keeps): each
+    round's events, send times and the cores ``pids`` used while they were sent."""
+
+    def __init__(
+        self, ctx: BenchContext, rate: float, uid: str, topic: str, producer: AIOKafkaProducer,
+        mark: str, settle_sent: list[float],
+    ) -> None:  # fmt: skip
+        self.ctx, self.rate, self.uid, self.topic = ctx, rate, uid, topic
+        self.producer, self.mark, self.settle_sent = producer, mark, settle_sent
+        self.rounds: list[tuple[str, list[float], dict[str, float]]] = []
+        """Each round's record prefix (``<uid><mark><n>``), send times and cores."""
+
+    async def round(self, count: int, pids: Mapping[str, int]) -> None:
+        """``count`` events at the rate, the cores of ``pids`` read meanwhile."""
+        prefix = f"{self.uid}{self.mark}{len(self.rounds)}"
+        records = order_records(self.ctx.catalog, prefix, count)
+        sent, cores = await cores_used(
+            pids, open_loop(self.producer, self.topic, records, self.rate)
+        )
+        self.rounds.append((prefix, sent, cores))
+
+    async def start_times(self) -> dict[str, float]:
+        """The start time of every workflow the feed's events started (warm-up and
+        settling too), once visibility lists them all (or a time in proportion ran out)."""
+        sent = sum(len(s) for _, s, _ in self.rounds)
+        expected = WARM_UP + len(self.settle_sent) + sent
+        return await start_times(
+            self.ctx.client, route_query(self.uid), expected, timeout=120 + sent / 10
+        )
+
+    def latencies(self, times: Mapping[str, float]) -> list[list[float]]:
+        """Each round's latencies (``latencies``)."""
+        return [latencies(times, self.uid, prefix, sent) for prefix, sent, _ in self.rounds]
+
+    def cores(self) -> dict[str, float]:
+        """The cores each process used over the rounds, each weighted by its events."""
+        return mean_cores([c for _, _, c in self.rounds], [len(s) for _, s, _ in self.rounds])
+
+
 async def bridge_latencies(
     ctx: BenchContext,
     rate: float,
@@ -165,36 +207,32 @@ async def bridge_latencies(
     routes = write_routes(ctx.work_dir / f"routes-{uid}.yaml", [start_route(topic, uid)])
     settings = ctx.settings.model_copy(update={"group_id": f"bench-{uid}"})
     bridge = BridgeProcess(settings, routes, ctx.work_dir / f"bridge-{uid}.log")
-    half = int(rate * seconds / 2)
-    query = route_query(uid)
     producer = kafka.producer(ctx.settings, linger_ms=0)
-    halves: list[tuple[str, list[float], dict[str, float]]] = []
     await bridge.start()
     await producer.start()
     try:
         try:
-            settle_sent = await warm_and_settle(ctx, producer, topic, uid, rate)
+            halves = Feed(
+                ctx, rate, uid, topic, producer, "h",
+                await warm_and_settle(ctx, producer, topic, uid, rate),
+            )  # fmt: skip
         except RuntimeError:
             bridge.check()  # an exited bridge says so, with its log
             raise
         await between(0.25)
         before = await bridge.metrics()
         pids = {**stack_pids(ctx), "bridge": bridge.pid, "bench (producer)": os.getpid()}
-        for n, share in enumerate((0.5, 0.25)):
-            prefix = f"{uid}h{n}"
-            records = order_records(ctx.catalog, prefix, half)
-            sent, cores = await cores_used(pids, open_loop(producer, topic, records, rate))
-            halves.append((prefix, sent, cores))
+        for share in (0.5, 0.25):
+            await halves.round(int(rate * seconds / 2), pids)
             await between(share)
-        expected = WARM_UP + len(settle_sent) + 2 * half
-        times = await start_times(ctx.client, query, expected, timeout=120 + half / 10)
+        times = await halves.start_times()
         after = await bridge.metrics()
     finally:
         await producer.stop()
         await bridge.stop()
 
-    each = [latencies(times, uid, prefix, sent) for prefix, sent, _ in halves]
-    settled = latencies(times, uid, f"{uid}s", settle_sent)
+    each = halves.latencies(times)
+    settled = latencies(times, uid, f"{uid}s", halves.settle_sent)
     buckets = _delta(
         after.get("ktb_event_to_action_seconds_bucket", []),
         before.get("ktb_event_to_action_seconds_bucket", []),
@@ -208,12 +246,12 @@ async def bridge_latencies(
         **summary([ms for half_ in each for ms in half_]),
         "offered_per_s": rounded(rate),
         "achieved_per_s": rounded(
-            statistics.fmean((len(sent) - 1) / (sent[-1] - sent[0]) for _, sent, _ in halves)
+            statistics.fmean((len(sent) - 1) / (sent[-1] - sent[0]) for _, sent, _ in halves.rounds)
         ),
         "bridge_histogram_p50_ms": rounded(histogram_quantile(buckets, 0.5) * 1000, 2),
         "bridge_histogram_p99_ms": rounded(histogram_quantile(buckets, 0.99) * 1000, 2),
         "call_mean_ms": rounded(call_seconds / calls * 1000, 2) if calls else None,
-        "cores": mean_cores([cores for _, _, cores in halves]),
+        "cores": halves.cores(),
         "halves": [summary(half_) for half_ in each],
         "settling": summary(settled),
     }
@@ -229,45 +267,27 @@ class PlainRounds:
     latency rate in rounds (``round``) while the bridge and the direct caller are idle;
     its latencies measured as the bridge's are."""
 
-    def __init__(
-        self, ctx: BenchContext, rate: float, uid: str, producer: AIOKafkaProducer,
-        starter: PlainStarter, settle_sent: list[float],
-    ) -> None:  # fmt: skip
-        self.ctx, self.rate, self.uid, self.producer = ctx, rate, uid, producer
-        self.starter = starter
-        self.settle_sent = settle_sent
+    def __init__(self, feed: Feed, starter: PlainStarter) -> None:
+        self.feed, self.starter = feed, starter
         self.pids = {
-            **stack_pids(ctx), "plain starter": starter.pid, "bench (producer)": os.getpid(),
+            **stack_pids(feed.ctx), "plain starter": starter.pid, "bench (producer)": os.getpid(),
         }  # fmt: skip
-        self.rounds: list[tuple[str, list[float], dict[str, float]]] = []
-        """Each round's record prefix, send times and the cores each process used."""
 
     async def round(self, seconds: float) -> None:
         """Events at the rate for ``seconds``; raises ``PlainStarterError`` if the starter
         has exited."""
         self.starter.check()
-        prefix = f"{self.uid}p{len(self.rounds)}"
-        records = order_records(self.ctx.catalog, prefix, int(self.rate * seconds))
-        sent, cores = await cores_used(
-            self.pids, open_loop(self.producer, plain_topic(self.uid), records, self.rate)
-        )
-        self.rounds.append((prefix, sent, cores))
+        await self.feed.round(int(self.feed.rate * seconds), self.pids)
 
     async def result(self) -> dict[str, Any]:
         """p50, p99 and max over every round, each round's own, and the cores each
-        process used (weighted by the rounds' lengths)."""
+        process used."""
         self.starter.check()
-        expected = WARM_UP + len(self.settle_sent) + sum(len(s) for _, s, _ in self.rounds)
-        times = await start_times(
-            self.ctx.client, route_query(self.uid), expected, timeout=120 + expected / 10
-        )
-        each = [latencies(times, self.uid, prefix, sent) for prefix, sent, _ in self.rounds]
+        each = self.feed.latencies(await self.feed.start_times())
         return {
             **summary([ms for round_ in each for ms in round_]),
             "rounds": [summary(round_) for round_ in each],
-            "cores": mean_cores(
-                [cores for _, _, cores in self.rounds], [len(s) for _, s, _ in self.rounds]
-            ),
+            "cores": self.feed.cores(),
         }
 
 
@@ -287,7 +307,7 @@ async def plain_rounds(ctx: BenchContext, rate: float) -> AsyncIterator[PlainRou
             except RuntimeError:
                 starter.check()  # an exited starter says so, with its log
                 raise
-            yield PlainRounds(ctx, rate, uid, producer, starter, settle_sent)
+            yield PlainRounds(Feed(ctx, rate, uid, topic, producer, "p", settle_sent), starter)
         finally:
             await producer.stop()
 
@@ -445,8 +465,8 @@ def direct_summary(rate: float, rounds: Sequence[DirectRound]) -> dict[str, Any]
 
 async def run(ctx: BenchContext) -> ScenarioResult:
     """The bridge for the scenario's duration at half the ceiling, in two halves, with
-    direct calls at that rate before, between and after them; then the Kafka hop alone
-    and the control round."""
+    direct calls at that rate before, between and after them and the plain starter's
+    rounds around each of those; then the Kafka hop alone and the control round."""
     seconds = ctx.size(15, 60)
     measured = ceiling(ctx)
     notes = []

@@ -29,7 +29,7 @@ from typing import Any
 
 from aiokafka import ConsumerRecord
 
-from bench.bridge_process import log_tail, spawn, terminate
+from bench.bridge_process import Child, ChildError, spawn, terminate
 from bench.throughput import start_request
 from bridge import kafka
 from bridge.cli.common import run_loop
@@ -73,19 +73,22 @@ async def serve(settings: Settings, routes_file: Path, group: str) -> None:
         await consumer.stop()
 
 
-class PlainStarterError(RuntimeError):
+class PlainStarterError(ChildError):
     """The plain starter process exited before it was stopped; the message ends with its log."""
 
 
-class PlainStarter:
+class PlainStarter(Child):
     """A ``python -m bench.plain`` process while the ``async with`` block runs.
 
     Nothing tells when it has joined its group: the caller waits for its first starts.
     """
 
+    name = "plain starter"
+    error = PlainStarterError
+
     def __init__(self, settings: Settings, routes_file: Path, group: str, log: Path) -> None:
-        self.settings, self.routes_file, self.group, self.log = settings, routes_file, group, log
-        self.proc: asyncio.subprocess.Process | None = None
+        super().__init__(log)
+        self.settings, self.routes_file, self.group = settings, routes_file, group
         self.killed = False
         """Whether stopping it took SIGKILL (it did not end within its time after SIGTERM)."""
 
@@ -102,19 +105,6 @@ class PlainStarter:
     async def __aexit__(self, *exc: object) -> None:
         if self.proc is not None:
             self.killed = await terminate(self.proc, 10)
-
-    @property
-    def pid(self) -> int:
-        """The child's process id."""
-        if self.proc is None:
-            raise PlainStarterError("the plain starter is not started")
-        return self.proc.pid
-
-    def check(self) -> None:
-        """Raise ``PlainStarterError`` if the process has exited."""
-        if self.proc is None or self.proc.returncode is not None:
-            code = None if self.proc is None else self.proc.returncode
-            raise PlainStarterError(f"the plain starter exited ({code}); {log_tail(self.log)}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,7 +23,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from bench import run as bench_run
 from bench import scale as bench_scale
 from bench import throughput as bench_throughput
-from bench.bridge_process import sample_total
+from bench.bridge_process import BridgeProcessError, Child, sample_total, spawn, terminate
 from bench.common import (
     BenchContext,
     Row,
@@ -48,6 +48,7 @@ from bench.throughput import (
     start_with_retries,
 )
 from bridge.dev.processes import Service
+from tests.support.waiting import eventually
 
 
 class FrozenClock:
@@ -703,6 +704,42 @@ def test_direct_rounds_of_different_lengths_weigh_their_cores_by_their_calls() -
     assert direct_summary(90.0, [quarter, half])["cores"] == {"Temporal": pytest.approx(0.85)}
     shorter = DirectRound([2.0] * 100, [5.0] * 100, {"Temporal": 0.7}, 100)
     assert direct_summary(90.0, [shorter, half])["cores"] == {"Temporal": pytest.approx(0.9)}
+
+
+async def test_a_child_that_exited_says_so_with_its_exit_code_and_log(tmp_path: Path) -> None:
+    class Probe(Child):
+        name = "probe"
+        error = BridgeProcessError
+
+    child = Probe(tmp_path / "probe.log")
+    with pytest.raises(BridgeProcessError, match="the probe is not started"):
+        child.check()
+    child.proc = await spawn(["bench.no_such_module"], os.environ, child.log)
+    await asyncio.wait_for(child.proc.wait(), 30)
+    with pytest.raises(BridgeProcessError, match=r"the probe exited \(1\)") as raised:
+        child.check()
+    assert "No module named bench.no_such_module" in str(raised.value)
+    assert not await terminate(child.proc, 1)  # gone already: nothing to kill
+
+
+async def test_terminate_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
+    script = tmp_path / "stubborn.py"
+    script.write_text(
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    log = tmp_path / "stubborn.log"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = await spawn(["stubborn"], env, log)
+
+    async def ready() -> bool:
+        return "ready" in log.read_text()
+
+    await eventually(ready, interval=0.05)  # its SIGTERM handler is in place
+    assert await terminate(proc, 0.5)
+    assert proc.returncode == -9  # SIGKILL
 
 
 async def test_a_cpu_load_runs_its_spinners_only_inside_the_block() -> None:
