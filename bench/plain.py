@@ -74,7 +74,7 @@ async def serve(settings: Settings, routes_file: Path, group: str) -> None:
 
 
 class PlainStarterError(ChildError):
-    """The plain starter process exited before it was stopped; the message ends with its log."""
+    """The plain starter is not started, or exited before it was stopped (then with its log)."""
 
 
 class PlainStarter(Child):
