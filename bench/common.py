@@ -363,14 +363,19 @@ def encode(
 CURRENCIES = ("EUR", "USD", "GBP", "CHF")
 
 
+def order_id(prefix: str, n: int) -> str:
+    """The order id (and record key) of ``order_records(..., prefix, ...)``'s ``n``-th record."""
+    return f"{prefix}-{n:06d}"
+
+
 def order_records(catalog: SchemaCatalog, prefix: str, count: int) -> list[KafkaRecord]:
     """``count`` order.placed records with distinct keys ``<prefix>-<n>``: none waits on another."""
     return [
         encode(
             catalog,
             PLACED,
-            order_placed(f"{prefix}-{n:06d}", CURRENCIES[n % len(CURRENCIES)], 1000 + n % 5000),
-            key=f"{prefix}-{n:06d}",
+            order_placed(order_id(prefix, n), CURRENCIES[n % len(CURRENCIES)], 1000 + n % 5000),
+            key=order_id(prefix, n),
         )
         for n in range(count)
     ]
@@ -456,16 +461,26 @@ def start_route(topic: str, uid: str) -> dict[str, Any]:
         "when": "data.total_cents > 0",
         "action": "start",
         "workflow": "BenchOrder",
-        "task_queue": f"bench-{uid}",
-        "workflow_id": f"bench-{uid}-{{data.order_id}}",
+        "task_queue": route_task_queue(uid),
+        "workflow_id": f"{route_task_queue(uid)}-{{data.order_id}}",
         "args": "data",
         "on_duplicate": "ignore",
     }
 
 
+def route_task_queue(uid: str) -> str:
+    """The task queue of ``start_route(..., uid)``, which also begins its workflow ids."""
+    return f"bench-{uid}"
+
+
+def route_workflow_ids(uid: str, prefix: str, count: int) -> list[str]:
+    """The workflow ids ``start_route(..., uid)`` gives ``order_records(..., prefix, count)``."""
+    return [f"{route_task_queue(uid)}-{order_id(prefix, n)}" for n in range(count)]
+
+
 def route_query(uid: str) -> str:
     """The visibility query for the workflows ``start_route(..., uid)`` starts (its task queue)."""
-    return f"TaskQueue = 'bench-{uid}'"
+    return f"TaskQueue = '{route_task_queue(uid)}'"
 
 
 async def await_count(client: Client, query: str, expected: int, timeout: float) -> int:

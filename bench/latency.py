@@ -62,6 +62,7 @@ from bench.common import (
     percentile,
     rounded,
     route_query,
+    route_workflow_ids,
     stack_pids,
     start_route,
     start_times,
@@ -138,7 +139,7 @@ def latencies(
     """Milliseconds from each send to the start Temporal recorded, for the events
     ``order_records(..., prefix, len(sends))`` sent to the example route of ``uid``;
     raises ``RuntimeError`` when one has no workflow in ``times``."""
-    ids = [f"bench-{uid}-{prefix}-{n:06d}" for n in range(len(sends))]
+    ids = route_workflow_ids(uid, prefix, len(sends))
     found = [(times[i] - at) * 1000 for i, at in zip(ids, sends, strict=True) if i in times]
     if len(found) < len(sends):
         raise RuntimeError(f"only {len(found)} of {len(sends)} events started a workflow")

@@ -70,6 +70,7 @@ from bench.common import (
     renewed_note,
     rounded,
     route_query,
+    route_workflow_ids,
     stack_pids,
     start_route,
     write_routes,
@@ -236,7 +237,7 @@ async def bridges_round(ctx: BenchContext, count: int, instances: int) -> Round:
         await asyncio.gather(*(bridge.stop() for bridge in bridges))
     await await_count(ctx.client, query, count, timeout=10)  # visibility catches up
     listed = await executions(ctx.client, query)
-    expected = [f"bench-{uid}-{uid}-{n:06d}" for n in range(count)]
+    expected = route_workflow_ids(uid, uid, count)
     check = check_starts(expected, (workflow_id for workflow_id, _ in listed))
     check.raise_unless_exactly_once(
         f"scale, {instances} bridge process(es), {behind} records left uncommitted"

@@ -32,6 +32,7 @@ from bench.common import (
     create_topic,
     encode,
     fmt,
+    order_id,
     order_placed,
     produce_all,
     ratio,
@@ -68,8 +69,8 @@ def records(ctx: BenchContext, uid: str, count: int) -> list[KafkaRecord]:
     """``count`` orders with distinct keys, spread over ``GROUPS`` customers."""
     out = []
     for n in range(count):
-        data = {**order_placed(f"{uid}-{n:06d}"), "customer_id": f"c{n % GROUPS:03d}"}
-        out.append(encode(ctx.catalog, PLACED, data, key=f"{uid}-{n:06d}"))
+        data = {**order_placed(order_id(uid, n)), "customer_id": f"c{n % GROUPS:03d}"}
+        out.append(encode(ctx.catalog, PLACED, data, key=order_id(uid, n)))
     return out
 
 
