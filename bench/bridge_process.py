@@ -1,16 +1,14 @@
-"""The bridge as its own OS process: ``ktb bridge`` with settings from ``KTB_*`` variables.
+"""Benchmark child processes (``spawn``, ``Child``), and the bridge as one of them.
 
-Its Prometheus endpoint (``KTB_METRICS_PORT``) is on, as in a deployment, so the
-benchmark can read what is buffered and how long actions took; ``psutil`` reads
-its resident memory and CPU time.
+``BridgeProcess`` runs ``ktb bridge`` with settings from ``KTB_*`` variables. Its
+Prometheus endpoint (``KTB_METRICS_PORT``) is on, as in a deployment, so the benchmark
+can read what is buffered and how long actions took; ``psutil`` reads its resident memory
+and CPU time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,8 +19,8 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.common import cpu_seconds
-from bridge.dev.processes import tail
+from bench.common import cpu_seconds, stack_env
+from bridge.dev.processes import stop_group, tail
 from bridge.dev.stack import free_port
 from bridge.settings import REPO_ROOT, Settings
 
@@ -40,30 +38,13 @@ async def spawn(
     args: Sequence[str], env: Mapping[str, str], log: Path
 ) -> asyncio.subprocess.Process:
     """``python -m <args>`` from the checkout with ``env``, its output appended to ``log``,
-    in a session of its own (``terminate`` signals its whole group)."""
+    in a session of its own (``bridge.dev.processes.stop_group`` stops its whole group)."""
     with log.open("ab") as out:
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", *args,
             env=dict(env), cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
-
-
-async def terminate(proc: asyncio.subprocess.Process, timeout: float) -> bool:
-    """SIGTERM to a ``spawn``ed child's group, SIGKILL after ``timeout`` seconds; whether
-    it had to be killed (False too when it had exited already)."""
-    if proc.returncode is not None:
-        return False
-    with contextlib.suppress(ProcessLookupError):  # exited, not yet reaped
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        await asyncio.wait_for(proc.wait(), timeout)
-        return False
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
-        return True
 
 
 class ChildError(RuntimeError):
@@ -126,10 +107,8 @@ class BridgeProcess(Child):
 
     async def start(self, timeout: float = 60.0) -> None:
         """Start the process and wait until its metrics endpoint answers."""
-        env = dict(os.environ)
-        env.update(
-            KTB_KAFKA_BOOTSTRAP=self.settings.kafka_bootstrap,
-            KTB_TEMPORAL_ADDRESS=self.settings.temporal_address,
+        env = stack_env(
+            self.settings,
             KTB_GROUP_ID=self.settings.group_id,
             KTB_ROUTES_FILE=str(self.routes_file),
             KTB_SHUTDOWN_TIMEOUT_S="5",
@@ -180,7 +159,7 @@ class BridgeProcess(Child):
         """SIGTERM (finish, commit), SIGKILL after ``timeout`` seconds."""
         await self._http.aclose()
         if self.proc is not None:
-            await terminate(self.proc, timeout)
+            await stop_group(self.proc, timeout)
 
 
 def sample_total(scrape: Scrape, name: str, **labels: str) -> float:

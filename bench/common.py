@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import sys
 import time
 import uuid
@@ -272,6 +273,17 @@ def mean_cores(
     return {
         name: round(sum(part.get(name, 0.0) * w for part, w in weighted) / total, 3)
         for name in names
+    }
+
+
+def stack_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a benchmark's child process: this process's, pointed at the
+    run's Kafka and Temporal (``settings``), with ``extra`` on top."""
+    return {
+        **os.environ,
+        "KTB_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "KTB_TEMPORAL_ADDRESS": settings.temporal_address,
+        **extra,
     }
 
 

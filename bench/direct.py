@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import pickle
-import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,8 +29,9 @@ from typing import Any
 import psutil
 
 from bench.bridge_process import log_tail, spawn
-from bench.common import paced
+from bench.common import paced, stack_env
 from bridge.cli.common import run_loop
+from bridge.dev.processes import stop_group
 from bridge.settings import Settings
 from bridge.temporal.client import connect_temporal
 
@@ -91,14 +90,12 @@ async def run_direct(
     result_file = work_dir / f"{name}.result.json"
     log = work_dir / f"{name}.log"
     requests_file.write_bytes(pickle.dumps(requests))
-    env = {**os.environ, "KTB_TEMPORAL_ADDRESS": settings.temporal_address}
     args = [str(requests_file), str(result_file), f"--rate={rate}", f"--concurrency={concurrency}"]
-    proc = await spawn(["bench.direct", *args], env, log)
+    proc = await spawn(["bench.direct", *args], stack_env(settings), log)
     try:
         await asyncio.wait_for(proc.wait(), timeout)
     except TimeoutError:
-        os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        await stop_group(proc, 5)
         raise DirectCallerError(
             f"the direct caller took over {timeout:.0f} s; {log_tail(log)}"
         ) from None

@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener
 
-from bench.bridge_process import BridgeProcess, histogram_quantile, sample_total
+from bench.bridge_process import BridgeProcess, Child, histogram_quantile, sample_total
 from bench.common import (
     BenchContext,
     Row,
@@ -117,19 +117,22 @@ def summary(latencies_ms: list[float]) -> dict[str, Any]:
 
 
 async def warm_and_settle(
-    ctx: BenchContext, producer: AIOKafkaProducer, topic: str, uid: str, rate: float
-) -> list[float]:
-    """Bring a starter reading ``topic`` (the example route of ``uid``) to its steady
+    ctx: BenchContext, producer: AIOKafkaProducer, topic: str, uid: str, rate: float,
+    starter: Child,
+) -> list[float]:  # fmt: skip
+    """Bring ``starter``, reading ``topic`` (the example route of ``uid``), to its steady
     state: ``WARM_UP`` events at ``rate``, waited for until Temporal lists them (it is in
     its group and every code path has run once), then ``SETTLE_S`` seconds at the rate.
-    Returns the settling events' send times (prefix ``<uid>s``); raises ``RuntimeError``
-    when the warm-up's workflows are not all listed within 120 s."""
+    Returns the settling events' send times (``settling_prefix``). When the warm-up's
+    workflows are not all listed within 120 s, raises the starter's own error if it has
+    exited (with its log), ``RuntimeError`` otherwise."""
     warm = order_records(ctx.catalog, f"{uid}w", WARM_UP)
     await open_loop(producer, topic, warm, rate)
     started = await start_times(ctx.client, route_query(uid), WARM_UP, timeout=120)
     if len(started) < WARM_UP:
+        starter.check()
         raise RuntimeError(f"{len(started)} of {WARM_UP} warm-up events started a workflow")
-    settle = order_records(ctx.catalog, f"{uid}s", settling(rate))
+    settle = order_records(ctx.catalog, settling_prefix(uid), settling(rate))
     return await open_loop(producer, topic, settle, rate)
 
 
@@ -146,6 +149,22 @@ def latencies(
     return found
 
 
+def settling_prefix(uid: str) -> str:
+    """The record prefix of the settling events ``warm_and_settle`` sends for ``uid``."""
+    return f"{uid}s"
+
+
+class FeedRound(NamedTuple):
+    """One round of a ``Feed``."""
+
+    prefix: str
+    """Its records' prefix (``order_records``)."""
+    sent: list[float]
+    """Each event's send time."""
+    cores: dict[str, float]
+    """The cores each process used while they were sent."""
+
+
 class Feed:
     """Events at ``rate`` to a starter's topic (the example route of ``uid``) in rounds
     after its warm-up and settling (``warm_and_settle``, whose send times it keeps): each
@@ -157,8 +176,8 @@ class Feed:
     ) -> None:  # fmt: skip
         self.ctx, self.rate, self.uid, self.topic = ctx, rate, uid, topic
         self.producer, self.mark, self.settle_sent = producer, mark, settle_sent
-        self.rounds: list[tuple[str, list[float], dict[str, float]]] = []
-        """Each round's record prefix (``<uid><mark><n>``), send times and cores."""
+        self.rounds: list[FeedRound] = []
+        """Each round: its record prefix (``<uid><mark><n>``), send times and cores."""
 
     async def round(self, count: int, pids: Mapping[str, int]) -> None:
         """``count`` events at the rate, the cores of ``pids`` read meanwhile."""
@@ -167,12 +186,12 @@ class Feed:
         sent, cores = await cores_used(
             pids, open_loop(self.producer, self.topic, records, self.rate)
         )
-        self.rounds.append((prefix, sent, cores))
+        self.rounds.append(FeedRound(prefix, sent, cores))
 
     async def start_times(self) -> dict[str, float]:
         """The start time of every workflow the feed's events started (warm-up and
         settling too), once visibility lists them all (or a time in proportion ran out)."""
-        sent = sum(len(s) for _, s, _ in self.rounds)
+        sent = sum(len(r.sent) for r in self.rounds)
         expected = WARM_UP + len(self.settle_sent) + sent
         return await start_times(
             self.ctx.client, route_query(self.uid), expected, timeout=120 + sent / 10
@@ -180,11 +199,15 @@ class Feed:
 
     def latencies(self, times: Mapping[str, float]) -> list[list[float]]:
         """Each round's latencies (``latencies``)."""
-        return [latencies(times, self.uid, prefix, sent) for prefix, sent, _ in self.rounds]
+        return [latencies(times, self.uid, r.prefix, r.sent) for r in self.rounds]
+
+    def settled(self, times: Mapping[str, float]) -> list[float]:
+        """The settling events' latencies (``latencies``)."""
+        return latencies(times, self.uid, settling_prefix(self.uid), self.settle_sent)
 
     def cores(self) -> dict[str, float]:
         """The cores each process used over the rounds, each weighted by its events."""
-        return mean_cores([c for _, _, c in self.rounds], [len(s) for _, s, _ in self.rounds])
+        return mean_cores([r.cores for r in self.rounds], [len(r.sent) for r in self.rounds])
 
 
 async def bridge_latencies(
@@ -212,14 +235,10 @@ async def bridge_latencies(
     await bridge.start()
     await producer.start()
     try:
-        try:
-            halves = Feed(
-                ctx, rate, uid, topic, producer, "h",
-                await warm_and_settle(ctx, producer, topic, uid, rate),
-            )  # fmt: skip
-        except RuntimeError:
-            bridge.check()  # an exited bridge says so, with its log
-            raise
+        halves = Feed(
+            ctx, rate, uid, topic, producer, "h",
+            await warm_and_settle(ctx, producer, topic, uid, rate, bridge),
+        )  # fmt: skip
         await between(0.25)
         before = await bridge.metrics()
         pids = {**stack_pids(ctx), "bridge": bridge.pid, "bench (producer)": os.getpid()}
@@ -233,7 +252,7 @@ async def bridge_latencies(
         await bridge.stop()
 
     each = halves.latencies(times)
-    settled = latencies(times, uid, f"{uid}s", halves.settle_sent)
+    settled = halves.settled(times)
     buckets = _delta(
         after.get("ktb_event_to_action_seconds_bucket", []),
         before.get("ktb_event_to_action_seconds_bucket", []),
@@ -247,7 +266,7 @@ async def bridge_latencies(
         **summary([ms for half_ in each for ms in half_]),
         "offered_per_s": rounded(rate),
         "achieved_per_s": rounded(
-            statistics.fmean((len(sent) - 1) / (sent[-1] - sent[0]) for _, sent, _ in halves.rounds)
+            statistics.fmean((len(r.sent) - 1) / (r.sent[-1] - r.sent[0]) for r in halves.rounds)
         ),
         "bridge_histogram_p50_ms": rounded(histogram_quantile(buckets, 0.5) * 1000, 2),
         "bridge_histogram_p99_ms": rounded(histogram_quantile(buckets, 0.99) * 1000, 2),
@@ -303,11 +322,7 @@ async def plain_rounds(ctx: BenchContext, rate: float) -> AsyncIterator[PlainRou
     async with PlainStarter(ctx.settings, routes, topic, ctx.work_dir / f"{topic}.log") as starter:
         await producer.start()
         try:
-            try:
-                settle_sent = await warm_and_settle(ctx, producer, topic, uid, rate)
-            except RuntimeError:
-                starter.check()  # an exited starter says so, with its log
-                raise
+            settle_sent = await warm_and_settle(ctx, producer, topic, uid, rate, starter)
             yield PlainRounds(Feed(ctx, rate, uid, topic, producer, "p", settle_sent), starter)
         finally:
             await producer.stop()

@@ -21,23 +21,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from aiokafka import ConsumerRecord
 
-from bench.bridge_process import Child, ChildError, spawn, terminate
+from bench.bridge_process import Child, ChildError, spawn
+from bench.common import stack_env
 from bench.throughput import start_request
 from bridge import kafka
 from bridge.cli.common import run_loop
 from bridge.codec import SchemaCatalog
+from bridge.dev.processes import stop_group
 from bridge.ingress import Ingress
 from bridge.routes import Router, RoutesConfig
 from bridge.settings import Settings
 from bridge.temporal.client import connect_temporal
+from bridge.wiring import stop_on_signals
 
 
 async def serve(settings: Settings, routes_file: Path, group: str) -> None:
@@ -93,18 +94,13 @@ class PlainStarter(Child):
         """Whether stopping it took SIGKILL (it did not end within its time after SIGTERM)."""
 
     async def __aenter__(self) -> PlainStarter:
-        env = {
-            **os.environ,
-            "KTB_KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap,
-            "KTB_TEMPORAL_ADDRESS": self.settings.temporal_address,
-        }
         args = ["bench.plain", str(self.routes_file), f"--group={self.group}"]
-        self.proc = await spawn(args, env, self.log)
+        self.proc = await spawn(args, stack_env(self.settings), self.log)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self.proc is not None:
-            self.killed = await terminate(self.proc, 10)
+            self.killed = await stop_group(self.proc, 10)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -116,9 +112,11 @@ def main(argv: list[str] | None = None) -> None:
 
     async def until_signalled() -> None:
         task: asyncio.Task[Any] = asyncio.create_task(serve(Settings(), args.routes, args.group))
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
+
+        def stop() -> None:
+            task.cancel()
+
+        stop_on_signals(stop)
         with contextlib.suppress(asyncio.CancelledError):
             await task
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import compileall
 import contextlib
-import os
 import random
 import sys
 import time
@@ -46,6 +45,7 @@ from bench.common import (
     provenance_topic,
     ratio,
     rounded,
+    stack_env,
 )
 from bridge import kafka
 from bridge.dev.stack import PostgresServer, free_port
@@ -226,10 +226,8 @@ async def api_lookups(settings: Settings, ids: list[str]) -> tuple[float, list[f
     """``ktb api`` in its own process: seconds to its first answered lookup, then the
     seconds of each ``GET /events/{id}``."""
     port = free_port()
-    env = dict(
-        os.environ,
-        KTB_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
-        KTB_TEMPORAL_ADDRESS=settings.temporal_address,
+    env = stack_env(
+        settings,
         KTB_DATABASE_URL=settings.database_url.get_secret_value(),
         KTB_PROVENANCE_TOPIC=settings.provenance_topic,
         KTB_ROUTES_FILE=str(settings.data_dir / "no-routes.yaml"),

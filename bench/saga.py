@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from bench.common import percentile
+from bench.common import percentile, stack_env
 from bridge import kafka
 from bridge.codec import SchemaCatalog
 from bridge.dev.stack import LocalStack, free_port
@@ -171,10 +171,8 @@ async def measure(settings: Settings, workdir: Path, orders: int, rate: float) -
     await ensure_topics(settings, {**{t: 3 for t in topics.values()}, topics["orders"] + ".dlq": 1})
     routes = workdir / "routes.yaml"
     write_routes(routes, run, topics, queues)
-    env = dict(os.environ)
-    env.update(
-        KTB_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
-        KTB_TEMPORAL_ADDRESS=settings.temporal_address,
+    env = stack_env(
+        settings,
         KTB_DATA_DIR=str(workdir / "data"),
         KTB_ROUTES_FILE=str(routes),
         KTB_GROUP_ID=f"bench-bridge-{run}",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 import uuid
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import httpx
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
-from bench.common import BenchContext, Row, ScenarioResult, fmt, percentile, rounded
+from bench.common import BenchContext, Row, ScenarioResult, fmt, percentile, rounded, stack_env
 from bench.saga import SERVICES, Processes, saga_memo
 from bridge.dev.redis import redis_executable, redis_server
 from bridge.dev.stack import free_port
@@ -107,10 +106,8 @@ async def measure(ctx: BenchContext, customers: int, orders: int, hits: int) -> 
     queues = {name: f"bench-{name}-{run}" for name in SERVICES}
     await ensure_topics(settings, {t: 3 for t in topics.values()})
     ports = {name: free_port() for name in (*SERVERS, "api", "storefront", "storefront_redis")}
-    env = dict(os.environ)
-    env.update(
-        KTB_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
-        KTB_TEMPORAL_ADDRESS=settings.temporal_address,
+    env = stack_env(
+        settings,
         KTB_DATA_DIR=str(workdir / "data"),
         KTB_LOG_LEVEL="WARNING",
         KTB_API_AUTH="off",

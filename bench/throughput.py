@@ -48,7 +48,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError
 
 from bench.bridge_process import BridgeProcess
@@ -83,7 +82,13 @@ from bridge.backoff import Backoff
 from bridge.envelope import Event, KafkaRecord
 from bridge.ingress import Ingress
 from bridge.routes import Action, Router, RoutesConfig
-from bridge.temporal.requests import TRANSIENT_CODES, event_memo, search_attributes
+from bridge.temporal.requests import (
+    CONFLICT_POLICIES,
+    REUSE_POLICIES,
+    TRANSIENT_CODES,
+    event_memo,
+    search_attributes,
+)
 
 NAME = "throughput"
 ROUND_PARTS = ("raw", "default", "raw", "fixed", "raw")
@@ -135,8 +140,8 @@ def start_request(event: Event, action: Action | None) -> dict[str, Any]:
         "args": list(action.args),
         "id": action.workflow_id,
         "task_queue": action.task_queue,
-        "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
+        "id_reuse_policy": REUSE_POLICIES[action.id_reuse_policy],
+        "id_conflict_policy": CONFLICT_POLICIES[action.id_conflict_policy],
         "search_attributes": search_attributes(event, action),
         "memo": {"ktb": event_memo(event, action, "started")},
     }

@@ -4,7 +4,6 @@ processes as one foreground tree."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shlex
 import signal
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.dev.postgres import POSTGRES_PORT, database_url
+from bridge.dev.processes import stop_group
 from bridge.dev.registry import REGISTRY_PORT, registry_url
 from bridge.dev.stack import LocalStack
 from bridge.errors import ConfigError
@@ -99,14 +99,7 @@ class Child:
         """SIGTERM the process group, SIGKILL after a deadline."""
         if self.proc is None or self.proc.returncode is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.proc.wait(), STOP_TIMEOUT)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            await self.proc.wait()
+        await stop_group(self.proc, STOP_TIMEOUT)
         if self.pump is not None:
             await asyncio.gather(self.pump, return_exceptions=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
@@ -17,6 +18,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.errors import StackError
+
+
+async def stop_group(proc: asyncio.subprocess.Process, timeout: float) -> bool:
+    """SIGTERM to an asyncio child started in a session of its own (its whole process
+    group), SIGKILL after ``timeout`` seconds; whether it had to be killed (False too
+    when it had exited already)."""
+    if proc.returncode is not None:
+        return False
+    with contextlib.suppress(ProcessLookupError):  # exited, not yet reaped
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+        return False
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        return True
 
 
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.3) -> bool:

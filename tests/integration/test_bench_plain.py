@@ -66,7 +66,7 @@ async def test_a_plain_starter_that_exited_says_so_with_its_log(
 ) -> None:
     missing = tmp_path / "no-routes.yaml"
     log = tmp_path / "plain.log"
-    async with PlainStarter(settings, missing, f"bench-plain-{uid}", log) as starter:
+    async with PlainStarter(settings, missing, plain_topic(uid), log) as starter:
         assert starter.proc is not None
         await asyncio.wait_for(starter.proc.wait(), 30)
         with pytest.raises(PlainStarterError, match=r"exited \(1\)") as raised:

@@ -23,7 +23,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from bench import run as bench_run
 from bench import scale as bench_scale
 from bench import throughput as bench_throughput
-from bench.bridge_process import BridgeProcessError, Child, sample_total, spawn, terminate
+from bench.bridge_process import Child, ChildError, sample_total, spawn
 from bench.common import (
     BenchContext,
     Row,
@@ -47,7 +47,7 @@ from bench.throughput import (
     rounds_note,
     start_with_retries,
 )
-from bridge.dev.processes import Service
+from bridge.dev.processes import Service, stop_group
 from tests.support.waiting import eventually
 
 
@@ -709,20 +709,19 @@ def test_direct_rounds_of_different_lengths_weigh_their_cores_by_their_calls() -
 async def test_a_child_that_exited_says_so_with_its_exit_code_and_log(tmp_path: Path) -> None:
     class Probe(Child):
         name = "probe"
-        error = BridgeProcessError
 
     child = Probe(tmp_path / "probe.log")
-    with pytest.raises(BridgeProcessError, match="the probe is not started"):
+    with pytest.raises(ChildError, match="the probe is not started"):
         child.check()
     child.proc = await spawn(["bench.no_such_module"], os.environ, child.log)
     await asyncio.wait_for(child.proc.wait(), 30)
-    with pytest.raises(BridgeProcessError, match=r"the probe exited \(1\)") as raised:
+    with pytest.raises(ChildError, match=r"the probe exited \(1\)") as raised:
         child.check()
     assert "No module named bench.no_such_module" in str(raised.value)
-    assert not await terminate(child.proc, 1)  # gone already: nothing to kill
+    assert not await stop_group(child.proc, 1)  # gone already: nothing to kill
 
 
-async def test_terminate_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
+async def test_stop_group_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
     script = tmp_path / "stubborn.py"
     script.write_text(
         "import signal, sys, time\n"
@@ -738,7 +737,7 @@ async def test_terminate_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> N
         return "ready" in log.read_text()
 
     await eventually(ready, interval=0.05)  # its SIGTERM handler is in place
-    assert await terminate(proc, 0.5)
+    assert await stop_group(proc, 0.5)
     assert proc.returncode == -9  # SIGKILL
 
 
