@@ -31,13 +31,15 @@ from bridge import kafka
 from bridge.codec import SchemaCatalog
 from bridge.dev.stack import LocalStack
 from bridge.dispatch import Outcome
-from bridge.envelope import KafkaRecord, encode_event
+from bridge.envelope import Event, KafkaRecord, encode_event
 from bridge.kafka import ensure_topics
 from bridge.kafka.topics import consumer_lag, partition_lags
 from bridge.pacing import TokenBucket
 from bridge.provenance import EventProvenance, parse_record
+from bridge.routes import Action
 from bridge.settings import Settings
 from bridge.temporal.client import connect_temporal
+from bridge.temporal.requests import start_call
 
 PLACED = "com.example.order.placed"
 CONFIRMED = "com.example.payment.confirmed"
@@ -478,6 +480,15 @@ def start_route(topic: str, uid: str) -> dict[str, Any]:
         "args": "data",
         "on_duplicate": "ignore",
     }
+
+
+def start_request(event: Event, action: Action | None) -> dict[str, Any]:
+    """The bridge's ``start_workflow`` arguments (``bridge.temporal.requests.start_call``,
+    the workflow type under ``workflow``) for ``event`` routed to ``action``, a start
+    (``start_route``); raises ``ValueError`` for an event no route took."""
+    if action is None:
+        raise ValueError(f"no route took event {event.id}")
+    return start_call(action, event, Outcome.STARTED.value)
 
 
 def route_task_queue(uid: str) -> str:

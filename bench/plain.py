@@ -6,7 +6,7 @@ It reads the first route's topic in consumer group GROUP with the bridge's own
 ``bridge.kafka.consumer`` (``read_committed``, from the earliest offset; the bridge's
 session, heartbeat and fetch sizes are not set), decodes and routes each record with
 the bridge's ``Ingress`` and calls ``client.start_workflow`` with the request the raw
-side sends (``bench.throughput.start_request``) as soon as the record is in hand,
+side sends (``bench.common.start_request``) as soon as the record is in hand,
 every call at once. Nothing else: no per-key order, no limit of calls in flight, no
 retries, no provenance, no offset commits, metrics or log lines but a failed start's
 (on stderr; it is not tried again). The latency scenario runs it in turns with the
@@ -28,8 +28,7 @@ from typing import Any
 from aiokafka import ConsumerRecord
 
 from bench.bridge_process import Child, ChildError, spawn
-from bench.common import stack_env
-from bench.throughput import start_request
+from bench.common import stack_env, start_request
 from bridge import kafka
 from bridge.cli.common import run_loop
 from bridge.codec import SchemaCatalog

@@ -72,6 +72,7 @@ from bench.common import (
     route_query,
     span_rate,
     stack_pids,
+    start_request,
     start_route,
     start_times,
     write_routes,
@@ -79,16 +80,10 @@ from bench.common import (
 from bench.direct import run_direct
 from bridge import kafka
 from bridge.backoff import Backoff
-from bridge.envelope import Event, KafkaRecord
+from bridge.envelope import KafkaRecord
 from bridge.ingress import Ingress
-from bridge.routes import Action, Router, RoutesConfig
-from bridge.temporal.requests import (
-    CONFLICT_POLICIES,
-    REUSE_POLICIES,
-    TRANSIENT_CODES,
-    event_memo,
-    search_attributes,
-)
+from bridge.routes import Router, RoutesConfig
+from bridge.temporal.requests import TRANSIENT_CODES
 
 NAME = "throughput"
 ROUND_PARTS = ("raw", "default", "raw", "fixed", "raw")
@@ -127,24 +122,6 @@ def start_requests(
         start_request(*ingress.plan(consumer_record(topic, offset, record)))
         for offset, record in enumerate(records)
     ]
-
-
-def start_request(event: Event, action: Action | None) -> dict[str, Any]:
-    """The ``start_workflow`` keyword arguments (the workflow type under ``workflow``) the
-    bridge sends for ``event`` routed to ``action``, a start of the example domain's route
-    (``start_route``); raises ``ValueError`` for an event no route took."""
-    if action is None:
-        raise ValueError(f"no route took event {event.id}")
-    return {
-        "workflow": action.workflow_type,
-        "args": list(action.args),
-        "id": action.workflow_id,
-        "task_queue": action.task_queue,
-        "id_reuse_policy": REUSE_POLICIES[action.id_reuse_policy],
-        "id_conflict_policy": CONFLICT_POLICIES[action.id_conflict_policy],
-        "search_attributes": search_attributes(event, action),
-        "memo": {"ktb": event_memo(event, action, "started")},
-    }
 
 
 async def consumer_order(

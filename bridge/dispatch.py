@@ -60,17 +60,14 @@ from bridge.routes import Action, ActionKind
 from bridge.temporal import attributes
 from bridge.temporal.history import received
 from bridge.temporal.requests import (
-    CONFLICT_POLICIES,
     GRPC_MAX_MESSAGE_BYTES,
-    REUSE_POLICIES,
     classify,
-    event_memo,
     failure_message,
     namespace_missing,
     overloaded,
     payload_bytes,
-    schedule_options,
-    search_attributes,
+    start_call,
+    start_options,
     throttled,
     update_rejected,
 )
@@ -236,29 +233,10 @@ class Dispatcher:
 
     # --- starts ----------------------------------------------------------------------
 
-    def _start_kwargs(self, action: Action, event: Event, outcome: Outcome) -> dict[str, Any]:
-        """The start request's options; ``outcome``: the event's when the call starts it."""
-        return {
-            "id": action.workflow_id,
-            "task_queue": action.task_queue or "",
-            "id_reuse_policy": REUSE_POLICIES[action.id_reuse_policy],
-            "search_attributes": search_attributes(event, action),
-            "memo": {"ktb": event_memo(event, action, outcome.value), **action.memo},
-            **schedule_options(action),
-        }
-
     async def _start(self, action: Action, event: Event) -> Result:
-        kwargs = self._start_kwargs(action, event, Outcome.STARTED)
-        if action.kind is ActionKind.SIGNAL_WITH_START:
-            kwargs["start_signal"] = action.signal
-            kwargs["start_signal_args"] = list(action.message)
         try:
             handle: WorkflowHandle[Any, Any] = await self.client.start_workflow(
-                action.workflow_type or "",
-                args=list(action.args),
-                id_conflict_policy=CONFLICT_POLICIES[action.id_conflict_policy],
-                rpc_timeout=self.rpc_timeout,
-                **kwargs,
+                **start_call(action, event, Outcome.STARTED.value), rpc_timeout=self.rpc_timeout
             )
         except WorkflowAlreadyStartedError as exc:
             # Closed (or running under id_conflict_policy fail): check whose it is first.
@@ -289,7 +267,7 @@ class Dispatcher:
             action.workflow_type or "",
             *action.args,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            **self._start_kwargs(action, event, Outcome.UPDATED),
+            **start_options(action, event, Outcome.UPDATED.value),
         )
         try:
             # The SDK asks again while the update is only admitted (no worker has taken
@@ -340,7 +318,7 @@ class Dispatcher:
         id is scoped by the event's tenant whatever the route says (``collector_id``).
         """
         await self._target(action, event)
-        kwargs = self._start_kwargs(action, event, Outcome.SIGNALLED)
+        kwargs = start_options(action, event, Outcome.SIGNALLED.value)
         attributes = {pair.key.name: str(pair.value) for pair in kwargs["search_attributes"]}
         item = window_event(action, event, policy, kwargs["memo"], attributes)
         collector = collector_id(event.tenant_id, action.workflow_id)

@@ -25,7 +25,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from bridge.envelope import Event
 from bridge.errors import ActionRejectedError, TransientError
-from bridge.routes import Action
+from bridge.routes import Action, ActionKind
 from bridge.temporal import attributes
 
 TRANSIENT_CODES = frozenset(
@@ -91,6 +91,37 @@ def search_attributes(event: Event, action: Action) -> TypedSearchAttributes:
         for k, v in action.search_attributes.items()
     ]
     return TypedSearchAttributes(pairs)
+
+
+def start_options(action: Action, event: Event, outcome: str) -> dict[str, Any]:
+    """What a start of ``action``'s workflow carries whichever call sends it (a start,
+    a signal- or update-with-start, a window's collector): its id, task queue, id reuse
+    policy, search attributes, memo and schedule. ``outcome``: the event's when the call
+    starts the workflow (``event_memo``)."""
+    return {
+        "id": action.workflow_id,
+        "task_queue": action.task_queue or "",
+        "id_reuse_policy": REUSE_POLICIES[action.id_reuse_policy],
+        "search_attributes": search_attributes(event, action),
+        "memo": {"ktb": event_memo(event, action, outcome), **action.memo},
+        **schedule_options(action),
+    }
+
+
+def start_call(action: Action, event: Event, outcome: str) -> dict[str, Any]:
+    """``Client.start_workflow``'s arguments, by name, for a start or signal-with-start
+    ``action``: the workflow type (``workflow``), its arguments, the id conflict policy,
+    the start signal of a signal-with-start and ``start_options``."""
+    call = {
+        "workflow": action.workflow_type or "",
+        "args": list(action.args),
+        "id_conflict_policy": CONFLICT_POLICIES[action.id_conflict_policy],
+        **start_options(action, event, outcome),
+    }
+    if action.kind is ActionKind.SIGNAL_WITH_START:
+        call["start_signal"] = action.signal
+        call["start_signal_args"] = list(action.message)
+    return call
 
 
 def schedule_options(action: Action, now: datetime | None = None) -> dict[str, Any]:

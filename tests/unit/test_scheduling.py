@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from temporalio.common import Priority
+from temporalio.common import Priority, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from bridge.codec import SchemaCatalog
 from bridge.envelope import Event
@@ -20,7 +20,7 @@ from bridge.scheduling import (
     parse_priority,
     parse_start_delay,
 )
-from bridge.temporal.requests import schedule_options
+from bridge.temporal.requests import schedule_options, start_call
 from tests.support import order_data
 
 PLACED = "com.example.order.placed"
@@ -243,3 +243,30 @@ def test_a_start_sends_priority_fairness_and_what_is_left_of_the_delay() -> None
     }
     plain = Action(kind=ActionKind.START, route="r", workflow_id="w", event_id="e")
     assert schedule_options(plain, NOW) == {}
+
+
+def test_a_start_call_carries_the_routes_policies_memo_and_start_signal() -> None:
+    route = {
+        **START, "id_reuse_policy": "allow_duplicate", "id_conflict_policy": "fail",
+        "memo": {"channel": "web"}, "search_attributes": {"CustomerId": "{data.customer_id}"},
+        "priority": 2,
+    }  # fmt: skip
+    call = start_call(routed(route), event(), "started")
+    assert call["workflow"] == "OrderFulfillment" and call["task_queue"] == "orders"
+    assert call["id"] == "acme:order-o-1" and call["args"] == [event().data]
+    assert call["id_reuse_policy"] is WorkflowIDReusePolicy.ALLOW_DUPLICATE
+    assert call["id_conflict_policy"] is WorkflowIDConflictPolicy.FAIL
+    assert call["memo"]["channel"] == "web"
+    memo = call["memo"]["ktb"]
+    assert (memo["event_id"], memo["tenant_id"], memo["outcome"]) == ("evt-1", "acme", "started")
+    pairs = {pair.key.name: pair.value for pair in call["search_attributes"]}
+    assert pairs["CustomerId"] == event().data["customer_id"] and pairs["KtbTenantId"] == "acme"
+    assert call["priority"] == Priority(priority_key=2)
+    assert "start_signal" not in call
+
+    signalled = {**START, "action": "signal_with_start", "signal": "paid", "args": "data"}
+    call = start_call(routed(signalled), event(), "signalled")
+    (message,) = call["start_signal_args"]
+    assert call["start_signal"] == "paid" and message["payload"] == event().data
+    assert (message["event_id"], message["tenant_id"]) == ("evt-1", "acme")
+    assert call["memo"]["ktb"]["outcome"] == "signalled"
