@@ -71,6 +71,7 @@ from bench.common import (
 from bench.plain import PlainStarter
 from bench.throughput import raw_rate, start_requests
 from bridge import kafka
+from bridge.wiring import started_producer
 
 NAME = "latency"
 P50_EXTRA_MS = 3.0
@@ -166,25 +167,38 @@ class FeedRound(NamedTuple):
 
 
 class Feed:
-    """Events at ``rate`` to a starter's topic (the example route of ``uid``) in rounds
-    after its warm-up and settling (``warm_and_settle``, whose send times it keeps): each
-    round's events, send times and the cores ``pids`` used while they were sent."""
+    """Events at ``rate`` to a starter's topic (the example route of ``uid``) in rounds,
+    after its warm-up and settling (``open``): each round's events, send times and the
+    cores the stack, the starter (``role``) and this process (the producer) used while
+    they were sent."""
 
     def __init__(
         self, ctx: BenchContext, rate: float, uid: str, topic: str, producer: AIOKafkaProducer,
-        mark: str, settle_sent: list[float],
+        starter: Child, role: str, settle_sent: list[float],
     ) -> None:  # fmt: skip
         self.ctx, self.rate, self.uid, self.topic = ctx, rate, uid, topic
-        self.producer, self.mark, self.settle_sent = producer, mark, settle_sent
+        self.producer, self.starter, self.settle_sent = producer, starter, settle_sent
+        self.pids = {**stack_pids(ctx), role: starter.pid, "bench (producer)": os.getpid()}
         self.rounds: list[FeedRound] = []
-        """Each round: its record prefix (``<uid><mark><n>``), send times and cores."""
+        """Each round: its record prefix (``<uid>r<n>``), send times and cores."""
 
-    async def round(self, count: int, pids: Mapping[str, int]) -> None:
-        """``count`` events at the rate, the cores of ``pids`` read meanwhile."""
-        prefix = f"{self.uid}{self.mark}{len(self.rounds)}"
-        records = order_records(self.ctx.catalog, prefix, count)
+    @classmethod
+    async def open(
+        cls, ctx: BenchContext, rate: float, uid: str, topic: str, producer: AIOKafkaProducer,
+        starter: Child, role: str,
+    ) -> Feed:  # fmt: skip
+        """A feed to ``starter`` once ``warm_and_settle`` has brought it to its steady state."""
+        settle_sent = await warm_and_settle(ctx, producer, topic, uid, rate, starter)
+        return cls(ctx, rate, uid, topic, producer, starter, role, settle_sent)
+
+    async def round(self, seconds: float) -> None:
+        """Events at the rate for ``seconds``; raises the starter's error (``Child.check``)
+        if it has exited."""
+        self.starter.check()
+        prefix = f"{self.uid}r{len(self.rounds)}"
+        records = order_records(self.ctx.catalog, prefix, int(self.rate * seconds))
         sent, cores = await cores_used(
-            pids, open_loop(self.producer, self.topic, records, self.rate)
+            self.pids, open_loop(self.producer, self.topic, records, self.rate)
         )
         self.rounds.append(FeedRound(prefix, sent, cores))
 
@@ -209,6 +223,17 @@ class Feed:
         """The cores each process used over the rounds, each weighted by its events."""
         return mean_cores([r.cores for r in self.rounds], [len(r.sent) for r in self.rounds])
 
+    async def result(self) -> dict[str, Any]:
+        """p50, p99 and max over every round, each round's own, and the cores each
+        process used; raises the starter's error if it has exited."""
+        self.starter.check()
+        each = self.latencies(await self.start_times())
+        return {
+            **summary([ms for round_ in each for ms in round_]),
+            "rounds": [summary(round_) for round_ in each],
+            "cores": self.cores(),
+        }
+
 
 async def bridge_latencies(
     ctx: BenchContext,
@@ -231,24 +256,18 @@ async def bridge_latencies(
     routes = write_routes(ctx.work_dir / f"routes-{uid}.yaml", [start_route(topic, uid)])
     settings = ctx.settings.model_copy(update={"group_id": f"bench-{uid}"})
     bridge = BridgeProcess(settings, routes, ctx.work_dir / f"bridge-{uid}.log")
-    producer = kafka.producer(ctx.settings, linger_ms=0)
     await bridge.start()
-    await producer.start()
     try:
-        halves = Feed(
-            ctx, rate, uid, topic, producer, "h",
-            await warm_and_settle(ctx, producer, topic, uid, rate, bridge),
-        )  # fmt: skip
-        await between(0.25)
-        before = await bridge.metrics()
-        pids = {**stack_pids(ctx), "bridge": bridge.pid, "bench (producer)": os.getpid()}
-        for share in (0.5, 0.25):
-            await halves.round(int(rate * seconds / 2), pids)
-            await between(share)
-        times = await halves.start_times()
-        after = await bridge.metrics()
+        async with started_producer(ctx.settings, linger_ms=0) as producer:
+            halves = await Feed.open(ctx, rate, uid, topic, producer, bridge, "bridge")
+            await between(0.25)
+            before = await bridge.metrics()
+            for share in (0.5, 0.25):
+                await halves.round(seconds / 2)
+                await between(share)
+            times = await halves.start_times()
+            after = await bridge.metrics()
     finally:
-        await producer.stop()
         await bridge.stop()
 
     each = halves.latencies(times)
@@ -282,50 +301,20 @@ def plain_topic(uid: str) -> str:
     return f"bench-plain-{uid}"
 
 
-class PlainRounds:
-    """A plain Kafka-fed starter (``bench.plain``) on a topic of its own, fed at the
-    latency rate in rounds (``round``) while the bridge and the direct caller are idle;
-    its latencies measured as the bridge's are."""
-
-    def __init__(self, feed: Feed, starter: PlainStarter) -> None:
-        self.feed, self.starter = feed, starter
-        self.pids = {
-            **stack_pids(feed.ctx), "plain starter": starter.pid, "bench (producer)": os.getpid(),
-        }  # fmt: skip
-
-    async def round(self, seconds: float) -> None:
-        """Events at the rate for ``seconds``; raises ``PlainStarterError`` if the starter
-        has exited."""
-        self.starter.check()
-        await self.feed.round(int(self.feed.rate * seconds), self.pids)
-
-    async def result(self) -> dict[str, Any]:
-        """p50, p99 and max over every round, each round's own, and the cores each
-        process used."""
-        self.starter.check()
-        each = self.feed.latencies(await self.feed.start_times())
-        return {
-            **summary([ms for round_ in each for ms in round_]),
-            "rounds": [summary(round_) for round_ in each],
-            "cores": self.feed.cores(),
-        }
-
-
 @contextlib.asynccontextmanager
-async def plain_rounds(ctx: BenchContext, rate: float) -> AsyncIterator[PlainRounds]:
-    """A plain starter process in its group, warmed up and settled at ``rate``, for the block."""
+async def plain_rounds(ctx: BenchContext, rate: float) -> AsyncIterator[Feed]:
+    """A plain starter process (``bench.plain``) on a topic and in a group of its own,
+    warmed up and settled at ``rate``, and the feed of its rounds, for the block: its
+    latencies measured as the bridge's are."""
     uid = ctx.uid()
     topic = plain_topic(uid)  # its consumer group's name too
     routes = write_routes(ctx.work_dir / f"routes-{uid}.yaml", [start_route(topic, uid)])
     await create_topic(ctx.settings, topic)
-    producer = kafka.producer(ctx.settings, linger_ms=0)
-    async with PlainStarter(ctx.settings, routes, topic, ctx.work_dir / f"{topic}.log") as starter:
-        await producer.start()
-        try:
-            settle_sent = await warm_and_settle(ctx, producer, topic, uid, rate, starter)
-            yield PlainRounds(Feed(ctx, rate, uid, topic, producer, "p", settle_sent), starter)
-        finally:
-            await producer.stop()
+    async with (
+        PlainStarter(ctx.settings, routes, topic, ctx.work_dir / f"{topic}.log") as starter,
+        started_producer(ctx.settings, linger_ms=0) as producer,
+    ):
+        yield await Feed.open(ctx, rate, uid, topic, producer, starter, "plain starter")
 
 
 def load_added(direct: dict[str, float], bridge: dict[str, float]) -> float:
