@@ -94,10 +94,10 @@ def search_attributes(event: Event, action: Action) -> TypedSearchAttributes:
 
 
 def start_options(action: Action, event: Event, outcome: str) -> dict[str, Any]:
-    """What a start of ``action``'s workflow carries whichever call sends it (a start,
-    a signal- or update-with-start, a window's collector): its id, task queue, id reuse
-    policy, search attributes, memo and schedule. ``outcome``: the event's when the call
-    starts the workflow (``event_memo``)."""
+    """What a start of ``action``'s workflow carries whichever call sends it (a start, a
+    signal- or update-with-start): its id, task queue, id reuse policy, search
+    attributes, memo and schedule; a window's collector takes its search attributes and
+    memo. ``outcome``: the event's when the call starts the workflow (``event_memo``)."""
     return {
         "id": action.workflow_id,
         "task_queue": action.task_queue or "",
