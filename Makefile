@@ -52,7 +52,7 @@ TEMPORAL_RESTARTS ?= 1
 KAFKA_RESTARTS ?= 1
 REBALANCES ?= 4
 OUTAGE_S ?= 30
-QUIESCE_S ?= 1800
+QUIESCE_S ?= 3600
 DATA_DIR ?=
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos --events $(EVENTS) --seed $(SEED) --rate $(RATE) \

@@ -22,7 +22,7 @@ def main() -> None:
     p.add_argument("--kafka-restarts", type=int, default=1)
     p.add_argument("--rebalances", type=int, default=4)
     p.add_argument("--outage-s", type=float, default=30.0)
-    p.add_argument("--quiesce-timeout-s", type=float, default=1800.0)
+    p.add_argument("--quiesce-timeout-s", type=float, default=3600.0)
     p.add_argument("--data-dir", type=Path, default=None, help="keep logs and state here")
     a = p.parse_args()
     config = ChaosConfig(
