@@ -111,11 +111,7 @@ def main(argv: list[str] | None = None) -> None:
 
     async def until_signalled() -> None:
         task: asyncio.Task[Any] = asyncio.create_task(serve(Settings(), args.routes, args.group))
-
-        def stop() -> None:
-            task.cancel()
-
-        stop_on_signals(stop)
+        stop_on_signals(task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
             await task
 

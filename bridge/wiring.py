@@ -71,7 +71,7 @@ async def started_producer(settings: Settings, **options: Any) -> AsyncIterator[
             log.warning("a producer did not flush within %.0fs; stopped", settings.commit_timeout_s)
 
 
-def stop_on_signals(callback: Callable[[], None]) -> None:
+def stop_on_signals(callback: Callable[[], object]) -> None:
     """Call ``callback`` on SIGINT/SIGTERM (graceful stop)."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
