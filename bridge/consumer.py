@@ -10,7 +10,11 @@ this module adds what only live consumption has:
   nothing is sent for a generation that has ended. An idle partition commits the
   consumer's position, past a transaction's commit marker.
 - Flow control: a partition whose keys are retrying is paused; at most
-  ``max_buffered`` records are held, past that every partition pauses.
+  ``max_buffered`` records are held. Once they are, nothing more is taken until a tenth
+  of them are done (``REFILL``): what the client has fetched waits in it, at most one
+  fetch a partition (``fetch_partition_bytes``). Pausing instead would cost a fetch:
+  the client drops a paused partition's fetched records, and they are fetched again
+  once it resumes.
 - The rebalance budget: the group waits ``rebalance_timeout_s`` for a member to
   rejoin. On revoke, revoked partitions start nothing more and keys waiting in
   backoff are abandoned at once; the action in flight per key may finish within
@@ -45,6 +49,18 @@ from bridge.settings import Settings
 
 log = logging.getLogger("ktb.consumer")
 
+REFILL = 0.1
+"""Share of ``max_buffered`` that must be done before a full buffer takes records again,
+so that a consumer behind by more than its buffer takes them in batches, not one by one."""
+NO_POLL_DEADLINE_MS = 2**31 - 1
+"""The client's ``max_poll_interval_ms``: no deadline on taking records. By default a
+member that has not taken records for 5 minutes leaves its group, and a full buffer
+waiting on a slow or absent Temporal would hand its partitions to members that wait
+on the same Temporal."""
+POLL_S = 0.1
+"""Longest wait for records (or, while full, for room) before the loop looks again at
+its commits and at whether it is stopping."""
+
 
 class BridgeConsumer:
     """Runs one member of the bridge's consumer group."""
@@ -77,6 +93,7 @@ class BridgeConsumer:
         )
         self._stopping = asyncio.Event()
         self._full = False
+        """Set once ``max_buffered`` records are held, until ``REFILL`` of them are done."""
         self._commit_task: asyncio.Task[None] | None = None
         # Set when a commit is refused because this member's generation has ended;
         # nothing is committed again before the group assigns partitions anew.
@@ -125,6 +142,9 @@ class BridgeConsumer:
             session_timeout_ms=round(s.session_timeout_s * 1000),
             heartbeat_interval_ms=round(s.heartbeat_interval_s * 1000),
             rebalance_timeout_ms=round(s.rebalance_timeout_s * 1000),
+            # A full buffer takes no records, for as long as Temporal takes to answer:
+            # the member stays in its group on its heartbeats, however long that is.
+            max_poll_interval_ms=NO_POLL_DEADLINE_MS,
         )
         self.consumer = consumer
         await kafka.start(consumer, s)
@@ -151,13 +171,15 @@ class BridgeConsumer:
     async def _loop(self, consumer: AIOKafkaConsumer) -> None:
         next_commit = time.monotonic() + self.settings.commit_interval_s
         while not self._stopping.is_set():
-            self._apply_room(consumer)
-            room = max(1, self.settings.max_buffered - self.buffered)
-            batch = await consumer.getmany(timeout_ms=100, max_records=min(room, 2000))
-            for tp, records in batch.items():
-                # A revoked partition takes nothing: its next owner fetches these.
-                taken = sum(self.engine.submit(tp, record) for record in records)
-                self.metrics.events_consumed.labels(tp.topic).inc(taken)
+            if await self._room():
+                room = self.settings.max_buffered - self.buffered
+                batch = await consumer.getmany(
+                    timeout_ms=round(POLL_S * 1000), max_records=min(room, 2000)
+                )
+                for tp, records in batch.items():
+                    # A revoked partition takes nothing: its next owner fetches these.
+                    taken = sum(self.engine.submit(tp, record) for record in records)
+                    self.metrics.events_consumed.labels(tp.topic).inc(taken)
             self.metrics.in_flight.set(self.buffered)
             if time.monotonic() >= next_commit:
                 await self._note_positions(consumer)
@@ -176,23 +198,18 @@ class BridgeConsumer:
             except (IllegalStateError, KafkaError):
                 continue  # revoked meanwhile, or no position yet: the next tick tries
 
-    def _apply_room(self, consumer: AIOKafkaConsumer) -> None:
-        """Pause every partition while the buffer is full; resume the healthy ones after."""
-        full = self.buffered >= self.settings.max_buffered
-        if full == self._full:
-            return
-        self._full = full
-        assigned = list(self.partitions)
-        if full:
-            consumer.pause(*assigned)
-        else:
-            consumer.resume(
-                *[
-                    tp
-                    for tp in assigned
-                    if self.partitions[tp].failing == 0 and tp not in self._loading
-                ]
-            )
+    async def _room(self) -> bool:
+        """Whether the buffer takes records now; while it is full, first wait up to
+        ``POLL_S`` for ``REFILL`` of it to be done (module doc)."""
+        limit = self.settings.max_buffered
+        if self.buffered >= limit:
+            self._full = True
+        if self._full:
+            refilled = limit - max(1, int(limit * REFILL)) + 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.engine.wait_for_room(refilled), POLL_S)
+            self._full = self.buffered >= refilled
+        return not self._full
 
     def _on_failing(self, tp: TopicPartition, state: PartitionState) -> None:
         """A partition's keys started or stopped retrying: pause or resume fetching it."""
@@ -202,7 +219,7 @@ class BridgeConsumer:
         with contextlib.suppress(IllegalStateError):
             if state.failing > 0:
                 consumer.pause(tp)
-            elif not self._full and tp not in self._loading:
+            elif tp not in self._loading:
                 consumer.resume(tp)
 
     # --- commits and rebalances --------------------------------------------------
@@ -336,7 +353,7 @@ class BridgeConsumer:
             self.engine.load_policies(tp)
         self._loading -= assigned
         consumer = self.consumer
-        if consumer is not None and not self._full:
+        if consumer is not None:
             with contextlib.suppress(IllegalStateError):
                 consumer.resume(
                     *[
@@ -356,7 +373,7 @@ class BridgeConsumer:
         if self.limit is not None and consumer is not None:
             total = sum(len(consumer.partitions_for_topic(t) or ()) for t in self.topics)
             self.limit.set_share(len(self.partitions), total)
-        if consumer is not None and (self._full or self.parking is not None):
+        if consumer is not None and self.parking is not None:
             # With failure policies, nothing is fetched before the blocks are read
             # (``load_policies``): a record of a blocked key must not be acted on.
             consumer.pause(*assigned)

@@ -1,5 +1,6 @@
 """The per-key engine under faults: failing dead letters, lost commits, hung Temporal calls,
-and a Kafka pause under a slow Temporal (issue 14, items 3, 4, 6 and 13)."""
+and a Kafka pause under a slow Temporal (issue 14, items 3, 4, 6 and 13); and a consumer
+behind by more than its buffer."""
 
 from __future__ import annotations
 
@@ -630,3 +631,52 @@ async def test_an_idle_partition_commits_past_a_transactions_commit_marker(
             return consumer.processed == 3 and await services.committed(topic) == ends
 
         await eventually(at_end, timeout=60)
+
+
+# --- flow control: a consumer behind by more than its buffer ---------------------------------
+
+
+class GatedIngress(Ingress):
+    """Holds every record until ``gate`` opens, as a Temporal that does not keep up."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = asyncio.Event()
+        self.handed = 0
+
+    async def handle(self, record: RecordLike, closed: asyncio.Event | None = None) -> Any:
+        self.handed += 1
+        await self.gate.wait()
+        return await super().handle(record, closed)
+
+
+async def test_a_full_buffer_takes_nothing_more_and_pauses_no_partition(
+    services: Services,
+    topics: dict[str, str],
+    settings: Settings,
+    catalog: SchemaCatalog,
+    client: Client,
+    uid: str,
+) -> None:
+    """Behind by more than ``max_buffered``, the consumer holds that many records and no
+    partition is paused: the client drops a paused partition's fetched records and
+    fetches them again, so pausing while full would fetch a backlog over and over."""
+    topic = topics["orders"]
+    keys = [f"k{n}" for n in range(300)]
+    await produce_orders(services, topic, keys, uid)
+    config = routes_config([start_route(topic, uid)])
+    held = settings.model_copy(update={"max_buffered": 40})
+    async with bridge(held, catalog, client, config, GatedIngress) as (consumer, _):
+        ingress = consumer.ingress
+        assert isinstance(ingress, GatedIngress)
+        await eventually(lambda: _true(consumer.buffered == 40), timeout=30)
+        for _ in range(10):  # a second of the loop's turns, full all along
+            await asyncio.sleep(0.1)
+            assert consumer.buffered == 40
+            assert consumer.consumer is not None
+            assert consumer.consumer.paused() == set()
+        assert ingress.handed == 40
+        ingress.gate.set()
+        await eventually(lambda: committed_at_end(services, topic), timeout=120)
+        assert consumer.processed == 300
+    assert await runs_per_id(client, f"wf-{uid}-") == {f"wf-{uid}-{k}": 1 for k in keys}

@@ -161,3 +161,30 @@ def test_a_member_tells_its_limit_which_share_of_the_groups_partitions_it_reads(
     assert limit.share == 0.5  # a group of several: no probes
     bridge.on_assigned({TopicPartition(TP.topic, p) for p in (3, 4, 5)})
     assert limit.share == 1.0  # all six: alone
+
+
+async def test_a_full_buffer_takes_records_again_once_a_tenth_of_it_is_done() -> None:
+    gates = {offset: asyncio.Event() for offset in range(40)}
+
+    async def act(record: RecordLike) -> None:
+        await gates[record.offset].wait()
+
+    settings = Settings(max_buffered=40)
+    bridge = BridgeConsumer(settings, FakeIngress(act), [TP.topic])  # type: ignore[arg-type]
+    bridge.engine.assign(TP)
+    assert await bridge._room()  # empty
+    for offset in range(39):
+        bridge.engine.submit(TP, record(offset, f"k{offset}".encode()))
+    assert await bridge._room()  # 39 of 40
+    bridge.engine.submit(TP, record(39, b"k39"))
+    assert not await bridge._room()  # full
+    for offset in range(3):
+        gates[offset].set()
+    await until(lambda: bridge.processed == 3)
+    assert not await bridge._room()  # 37 held: still full, not taking one at a time
+    gates[3].set()
+    await until(lambda: bridge.processed == 4)
+    assert await bridge._room()  # 36 held: a tenth done
+    for gate in gates.values():
+        gate.set()
+    await until(lambda: bridge.processed == 40)
