@@ -10,11 +10,12 @@ this module adds what only live consumption has:
   nothing is sent for a generation that has ended. An idle partition commits the
   consumer's position, past a transaction's commit marker.
 - Flow control: a partition whose keys are retrying is paused; at most
-  ``max_buffered`` records are held. Once they are, nothing more is taken until a tenth
-  of them are done (``REFILL``): what the client has fetched waits in it, at most one
-  fetch a partition (``fetch_partition_bytes``). Pausing instead would cost a fetch:
-  the client drops a paused partition's fetched records, and they are fetched again
-  once it resumes.
+  ``max_buffered`` records are held. While they are, nothing more is taken: what the
+  client has fetched waits in it, at most one fetch a partition
+  (``fetch_partition_bytes``), and the loop still polls the client without taking
+  anything (``NOTHING``), so its group's errors surface and it counts as consuming.
+  Pausing every partition instead would cost a fetch: the client drops a paused
+  partition's fetched records, and fetches them again once it resumes.
 - The rebalance budget: the group waits ``rebalance_timeout_s`` for a member to
   rejoin. On revoke, revoked partitions start nothing more and keys waiting in
   backoff are abandoned at once; the action in flight per key may finish within
@@ -49,14 +50,10 @@ from bridge.settings import Settings
 
 log = logging.getLogger("ktb.consumer")
 
-REFILL = 0.1
-"""Share of ``max_buffered`` that must be done before a full buffer takes records again,
-so that a consumer behind by more than its buffer takes them in batches, not one by one."""
-NO_POLL_DEADLINE_MS = 2**31 - 1
-"""The client's ``max_poll_interval_ms``: no deadline on taking records. By default a
-member that has not taken records for 5 minutes leaves its group, and a full buffer
-waiting on a slow or absent Temporal would hand its partitions to members that wait
-on the same Temporal."""
+NOTHING = TopicPartition("", -1)
+"""A partition no member is assigned: the client's ``getmany`` over it alone returns no
+records and drops none that it holds for the others, yet raises the group's errors and
+counts as a poll (a member that does not poll for ``max_poll_interval_ms`` leaves)."""
 POLL_S = 0.1
 """Longest wait for records (or, while full, for room) before the loop looks again at
 its commits and at whether it is stopping."""
@@ -92,8 +89,6 @@ class BridgeConsumer:
             policies=policies,
         )
         self._stopping = asyncio.Event()
-        self._full = False
-        """Set once ``max_buffered`` records are held, until ``REFILL`` of them are done."""
         self._commit_task: asyncio.Task[None] | None = None
         # Set when a commit is refused because this member's generation has ended;
         # nothing is committed again before the group assigns partitions anew.
@@ -142,9 +137,6 @@ class BridgeConsumer:
             session_timeout_ms=round(s.session_timeout_s * 1000),
             heartbeat_interval_ms=round(s.heartbeat_interval_s * 1000),
             rebalance_timeout_ms=round(s.rebalance_timeout_s * 1000),
-            # A full buffer takes no records, for as long as Temporal takes to answer:
-            # the member stays in its group on its heartbeats, however long that is.
-            max_poll_interval_ms=NO_POLL_DEADLINE_MS,
         )
         self.consumer = consumer
         await kafka.start(consumer, s)
@@ -171,7 +163,7 @@ class BridgeConsumer:
     async def _loop(self, consumer: AIOKafkaConsumer) -> None:
         next_commit = time.monotonic() + self.settings.commit_interval_s
         while not self._stopping.is_set():
-            if await self._room():
+            if await self._room(consumer):
                 room = self.settings.max_buffered - self.buffered
                 batch = await consumer.getmany(
                     timeout_ms=round(POLL_S * 1000), max_records=min(room, 2000)
@@ -198,18 +190,16 @@ class BridgeConsumer:
             except (IllegalStateError, KafkaError):
                 continue  # revoked meanwhile, or no position yet: the next tick tries
 
-    async def _room(self) -> bool:
-        """Whether the buffer takes records now; while it is full, first wait up to
-        ``POLL_S`` for ``REFILL`` of it to be done (module doc)."""
+    async def _room(self, consumer: AIOKafkaConsumer) -> bool:
+        """Whether the buffer takes records now. While it is full, poll the client for
+        ``NOTHING`` and wait up to ``POLL_S`` for a record to be done (module doc)."""
         limit = self.settings.max_buffered
-        if self.buffered >= limit:
-            self._full = True
-        if self._full:
-            refilled = limit - max(1, int(limit * REFILL)) + 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.engine.wait_for_room(refilled), POLL_S)
-            self._full = self.buffered >= refilled
-        return not self._full
+        if self.buffered < limit:
+            return True
+        await consumer.getmany(NOTHING, timeout_ms=0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.engine.wait_for_room(limit), POLL_S)
+        return self.buffered < limit
 
     def _on_failing(self, tp: TopicPartition, state: PartitionState) -> None:
         """A partition's keys started or stopped retrying: pause or resume fetching it."""

@@ -10,7 +10,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from bridge.concurrency import ActionLimit
-from bridge.consumer import BridgeConsumer
+from bridge.consumer import NOTHING, BridgeConsumer
 from bridge.envelope import RecordLike
 from bridge.settings import Settings
 from tests.support import until
@@ -40,6 +40,7 @@ class FakeKafka:
         self.hold: asyncio.Event | None = None
         self.in_flight = 0
         self.most_in_flight = 0
+        self.polls: list[tuple[tuple[TopicPartition, ...], int]] = []
 
     async def commit(self, offsets: dict[TopicPartition, object]) -> None:
         offset = offsets[TP].offset  # type: ignore[attr-defined]
@@ -58,6 +59,12 @@ class FakeKafka:
 
     def pause(self, *tps: TopicPartition) -> None:
         pass
+
+    async def getmany(
+        self, *tps: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[object]]:
+        self.polls.append((tps, timeout_ms))
+        return {}
 
     def resume(self, *tps: TopicPartition) -> None:
         pass
@@ -163,7 +170,10 @@ def test_a_member_tells_its_limit_which_share_of_the_groups_partitions_it_reads(
     assert limit.share == 1.0  # all six: alone
 
 
-async def test_a_full_buffer_takes_records_again_once_a_tenth_of_it_is_done() -> None:
+async def test_a_full_buffer_polls_for_nothing_and_takes_again_once_a_record_is_done() -> None:
+    """Full, the loop takes no records and pauses nothing, yet polls the client (its
+    group's errors surface, it counts as consuming); one record done, even with every
+    other record of the buffer stuck, is room again."""
     gates = {offset: asyncio.Event() for offset in range(40)}
 
     async def act(record: RecordLike) -> None:
@@ -172,19 +182,18 @@ async def test_a_full_buffer_takes_records_again_once_a_tenth_of_it_is_done() ->
     settings = Settings(max_buffered=40)
     bridge = BridgeConsumer(settings, FakeIngress(act), [TP.topic])  # type: ignore[arg-type]
     bridge.engine.assign(TP)
-    assert await bridge._room()  # empty
+    kafka = FakeKafka()
+    assert await bridge._room(kafka)  # type: ignore[arg-type]
     for offset in range(39):
         bridge.engine.submit(TP, record(offset, f"k{offset}".encode()))
-    assert await bridge._room()  # 39 of 40
+    assert await bridge._room(kafka)  # type: ignore[arg-type]
+    assert kafka.polls == []
     bridge.engine.submit(TP, record(39, b"k39"))
-    assert not await bridge._room()  # full
-    for offset in range(3):
-        gates[offset].set()
-    await until(lambda: bridge.processed == 3)
-    assert not await bridge._room()  # 37 held: still full, not taking one at a time
-    gates[3].set()
-    await until(lambda: bridge.processed == 4)
-    assert await bridge._room()  # 36 held: a tenth done
+    assert not await bridge._room(kafka)  # type: ignore[arg-type]
+    assert kafka.polls == [((NOTHING,), 0)]
+    gates[7].set()
+    await until(lambda: bridge.processed == 1)
+    assert await bridge._room(kafka)  # type: ignore[arg-type]
     for gate in gates.values():
         gate.set()
     await until(lambda: bridge.processed == 40)
