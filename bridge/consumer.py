@@ -191,15 +191,19 @@ class BridgeConsumer:
                 continue  # revoked meanwhile, or no position yet: the next tick tries
 
     async def _room(self, consumer: AIOKafkaConsumer) -> bool:
-        """Whether the buffer takes records now. While it is full, poll the client for
-        ``NOTHING`` and wait up to ``POLL_S`` for a record to be done (module doc)."""
+        """Whether the buffer takes records now. While it is full, wait up to ``POLL_S``
+        for a record to be done, and poll the client for ``NOTHING`` if none was (module
+        doc): taking records is a poll too."""
         limit = self.settings.max_buffered
         if self.buffered < limit:
             return True
-        await consumer.getmany(NOTHING, timeout_ms=0)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.engine.wait_for_room(limit), POLL_S)
-        return self.buffered < limit
+            async with asyncio.timeout(POLL_S):
+                await self.engine.wait_for_room(limit)
+        if self.buffered < limit:
+            return True
+        await consumer.getmany(NOTHING, timeout_ms=0)
+        return False
 
     def _on_failing(self, tp: TopicPartition, state: PartitionState) -> None:
         """A partition's keys started or stopped retrying: pause or resume fetching it."""

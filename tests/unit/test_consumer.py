@@ -190,7 +190,7 @@ async def test_a_full_buffer_polls_for_nothing_and_takes_again_once_a_record_is_
     assert kafka.polls == []
     bridge.engine.submit(TP, record(39, b"k39"))
     assert not await bridge._room(kafka)  # type: ignore[arg-type]
-    assert kafka.polls == [((NOTHING,), 0)]
+    assert kafka.polls == [((NOTHING,), 0)]  # a poll that takes nothing, once no room came
     gates[7].set()
     await until(lambda: bridge.processed == 1)
     assert await bridge._room(kafka)  # type: ignore[arg-type]
