@@ -223,10 +223,12 @@ class Engine:
         return self.partitions.setdefault(tp, PartitionState())
 
     def release(self, tp: TopicPartition) -> PartitionState | None:
-        """Stop holding ``tp``; its records not done no longer count as buffered."""
+        """Stop holding ``tp``; its records not done no longer count as buffered (a
+        ``wait_for_room`` sees the room at once)."""
         state = self.partitions.pop(tp, None)
         if state is not None:
             self.buffered -= state.outstanding()
+            self._progress.set()
         if self.policies is not None:
             self.policies.forget(tp)
         return state

@@ -238,3 +238,25 @@ async def test_a_drain_is_bounded_even_when_a_task_ignores_cancellation() -> Non
     for task in state.tasks:
         task.cancel()  # the second cancellation ends it
     await until(lambda: not state.tasks)
+
+
+async def test_a_released_partition_makes_room_for_a_waiter_at_once() -> None:
+    # Three records that never finish fill a buffer of three; releasing their partition
+    # (a revoke) is room, and the waiter sees it without another record being done.
+    stuck = asyncio.Event()
+
+    async def act(record: RecordLike) -> None:
+        await stuck.wait()
+
+    engine = new_engine(FakeIngress(act))
+    state = engine.partitions[TP]
+    for offset in range(3):
+        engine.submit(TP, record(offset, f"k{offset}".encode()))
+    waiter = asyncio.create_task(engine.wait_for_room(3))
+    await asyncio.sleep(0.05)
+    assert not waiter.done() and engine.buffered == 3
+    engine.release(TP)
+    await asyncio.wait_for(waiter, 1)
+    assert engine.buffered == 0 and engine.processed == 0
+    stuck.set()
+    await asyncio.wait_for(asyncio.gather(*state.tasks), 1)
