@@ -11,6 +11,7 @@ and the last ``WorkflowExecutionSignaled`` event in the workflows' histories.
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from typing import Any
 
@@ -134,7 +135,7 @@ async def _signalled(bridge: BridgeProcess) -> float:
 async def run(ctx: BenchContext) -> ScenarioResult:
     """Rounds of direct signals and the bridge, the side that goes first alternating from
     round to round (the server slows as histories grow, so the second side of a round
-    would always meet a busier server); best of the rounds on each side."""
+    would always meet a busier server); the mean of the rounds on each side."""
     keys = ctx.size(50, 100)
     per_key = ctx.size(20, 40)
     rounds = ctx.rounds(1, 4)
@@ -156,7 +157,7 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         else:
             bridges.append(await bridge_rate(ctx, bridge_uid, bridge_ids, per_key))
             raws.append(await raw_rate(ctx, raw_uid, raw_ids, per_key))
-    raw, bridge = max(raws), max(bridges)
+    raw, bridge = statistics.fmean(raws), statistics.fmean(bridges)
     r = ratio(bridge, raw)
     metrics: dict[str, Any] = {
         "ratio": rounded(r, 3),
@@ -169,15 +170,17 @@ async def run(ctx: BenchContext) -> ScenarioResult:
         "rounds": rounds,
         "raw_rounds_per_s": [rounded(v) for v in raws],
         "bridge_rounds_per_s": [rounded(v) for v in bridges],
+        "best_of_ratio": rounded(ratio(max(bridges), max(raws)), 3),
     }
     return ScenarioResult(
         NAME,
         metrics,
         [
             Row(
-                f"signals/s ({keys * per_key:,} signals, {keys} workflows at once)",
+                f"signals/s ({keys * per_key:,} signals, {keys} workflows at once;"
+                f" mean of {rounds} rounds)",
                 fmt(bridge, "/s"),
-                fmt(raw, "/s (direct handle.signal)"),
+                fmt(raw, "/s (direct handle.signal, mean of its rounds)"),
                 f"{r:.2f}",
                 f">= {TARGET}",
                 r >= TARGET,

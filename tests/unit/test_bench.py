@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -41,9 +42,9 @@ from bench.latency import DirectRound, direct_summary, latencies, load_added
 from bench.profile import WAITING, cpu_line, stage_of, thread_cpu
 from bench.scale import BridgeShare, Round
 from bench.throughput import (
-    best_round,
     bracketed,
     bracketed_rounds,
+    mean_round,
     rounds_note,
     start_with_retries,
 )
@@ -217,15 +218,18 @@ def test_a_bridge_round_is_compared_with_the_raw_rounds_just_before_and_after_it
         bracketed([200.0, 180.0], [190.0, 150.0])
 
 
-def test_the_headline_round_is_the_best_ratio_shown_beside_its_own_reference() -> None:
-    # raw 300, bridge 270, raw 280, bridge 200, raw 100: the faster bridge round is the
-    # worse one against its neighbours (270 / 290); the slower one reads 200 / 190.
+def test_the_headline_is_the_mean_rate_of_the_rounds_beside_the_mean_of_their_references() -> None:
+    # raw 300, bridge 270, raw 280, bridge 200, raw 100: the rounds read 270 / 290 and
+    # 200 / 190; the headline takes both alike, rates and references, so they divide to it.
     rounds = bracketed_rounds([300.0, 280.0, 100.0], [270.0, 200.0])
     assert [(r.rate, r.reference) for r in rounds] == [(270.0, 290.0), (200.0, 190.0)]
-    best = rounds[best_round(rounds)]
-    assert (best.rate, best.reference) == (200.0, 190.0)
-    assert best.ratio == pytest.approx(200.0 / 190.0)
-    assert best.ratio == max(bracketed([300.0, 280.0, 100.0], [270.0, 200.0]))
+    mean = mean_round(rounds)
+    assert (mean.rate, mean.reference) == (235.0, 240.0)
+    assert mean.ratio == pytest.approx(235.0 / 240.0)
+    assert min(r.ratio for r in rounds) < mean.ratio < max(r.ratio for r in rounds)
+    assert mean_round(rounds[:1]) == rounds[0]
+    with pytest.raises(ValueError, match="no bridge rounds"):
+        mean_round([])
 
 
 def offline_context(
@@ -274,19 +278,39 @@ def kinds_played(played: list[str]) -> list[str]:
 
 
 def assert_scale_headline(metrics: dict[str, Any]) -> None:
-    """Each kind's headline is its round with the best ratio, beside that round's own
-    reference; each kind's lists hold its own rounds in the order they ran."""
-    for kind, per_s, ratio_key, reference, rounds_key, ratios_key in (
-        (1, "one_per_s", "one_ratio", "one_raw_per_s", "one_rounds_per_s", "one_round_ratios"),
-        (2, "two_per_s", "ratio", "raw_per_s", "two_rounds_per_s", "two_round_ratios"),
+    """Each kind's headline is the mean rate of its rounds beside the mean of their own
+    references, the two dividing to its ratio; each kind's lists hold its own rounds in
+    the order they ran, and its summary their means."""
+    for kind, name, per_s, ratio_key, reference, rounds_key, ratios_key in (
+        (
+            1,
+            "one",
+            "one_per_s",
+            "one_ratio",
+            "one_raw_per_s",
+            "one_rounds_per_s",
+            "one_round_ratios",
+        ),
+        (2, "two", "two_per_s", "ratio", "raw_per_s", "two_rounds_per_s", "two_round_ratios"),
     ):
         own = [r for r in metrics["bridge_rounds"] if r["instances"] == kind]
-        best = max(own, key=lambda r: r["ratio"])
-        assert metrics[per_s] == best["per_s"]
-        assert metrics[ratio_key] == best["ratio"]
-        assert metrics[reference] == pytest.approx(best["per_s"] / best["ratio"], rel=1e-2)
-        assert metrics[rounds_key] == [r["per_s"] for r in own]
+        assert len(own) >= 2  # the mean is over several rounds, not one
+        rates = [r["per_s"] for r in own]
+        references = [r["per_s"] / r["ratio"] for r in own]
+        assert metrics[per_s] == pytest.approx(statistics.fmean(rates), abs=0.1)
+        assert metrics[reference] == pytest.approx(statistics.fmean(references), rel=1e-3)
+        assert metrics[ratio_key] == pytest.approx(metrics[per_s] / metrics[reference], abs=1e-3)
+        assert metrics[rounds_key] == rates
         assert metrics[ratios_key] == [r["ratio"] for r in own]
+        summary = metrics[name]
+        assert summary["rounds"] == len(own)
+        assert summary["per_s"] == metrics[per_s]
+        assert summary["cpu_us_per_event"] == pytest.approx(
+            statistics.fmean(r["cpu_us_per_event"] for r in own), abs=0.1
+        )
+        assert summary["bridge_cores"] == pytest.approx(
+            statistics.fmean(r["bridge_cores"] for r in own), abs=1e-3
+        )
 
 
 def test_scale_rounds_past_one_servers_share_run_on_a_fresh_server_after_a_raw_round(
@@ -378,6 +402,22 @@ def test_scale_rounds_on_one_server_alternate_and_lead_with_their_order(
     assert_scale_headline(result.metrics)
     (order_note,) = [n for n in result.notes if n.startswith("rounds in order")]
     assert order_note.startswith(f"rounds in order, {lead}")
+
+
+def test_a_full_scale_run_takes_four_rounds_of_each_kind(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fake_scale_rounds(monkeypatch)
+    ctx = offline_context(tmp_path, quick=False)
+    ctx.results["throughput"] = ScenarioResult("throughput", {"concurrency": 16}, [])
+
+    metrics = asyncio.run(bench_scale.run(ctx)).metrics
+
+    assert bench_scale.FULL_ROUNDS == 4
+    assert metrics["rounds"] == 4
+    assert [r["instances"] for r in metrics["bridge_rounds"]] == [1, 2, 2, 1] * 2
+    assert metrics["one"]["rounds"] == metrics["two"]["rounds"] == 4
+    assert_scale_headline(metrics)
 
 
 class FlakyClient:
