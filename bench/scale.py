@@ -17,10 +17,11 @@ server to server, ``round_order``), each raw round between two bridge rounds ser
 both. Each bridge round is compared with the mean of its two neighbours
 (``bench.throughput.bracketed``): the in-memory server's rate moves by a third within
 a minute with nothing else running, so a reference two rounds away measures another
-server. A full run takes ``FULL_ROUNDS`` rounds of each kind; every ``SERVER_ROUNDS``
-rounds after the first two run on a fresh in-memory server, after a raw round of their
-own. The rounds of each kind count together: their mean rate beside the mean of their
-references (``bench.throughput.mean_round``).
+server. A full run takes ``FULL_ROUNDS`` rounds of each kind, ``SERVER_ROUNDS`` to a
+server: each further ``SERVER_ROUNDS`` run on a fresh in-memory server (when the run
+started its own), after a raw round of their own. The rounds of each kind count
+together: their mean rate beside the mean of their references
+(``bench.throughput.mean_round``).
 
 The two processes are launched at the same moment, after the events are in the
 topic, and their rebalance is part of the measured span. The group's first
