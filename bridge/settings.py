@@ -247,6 +247,14 @@ class Settings(BaseSettings):
         description="Compression of the gRPC messages to and from Temporal: none (default) "
         "or gzip, for large payloads over a slow link",
     )
+    temporal_runtime_threads: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Worker threads of the Temporal SDK's core runtime, which carries a "
+        "process's calls to Temporal; unset: one in a bridge (its Python thread is the "
+        "busier one), one per core in every other process (tokio's own default)",
+    )
 
     # Schema Registry (Confluent-compatible REST API), for records in its wire format.
     # Credentials are secrets: never logged, never in the URL.

@@ -14,6 +14,7 @@ import bisect
 import contextlib
 import functools
 import logging
+import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -58,19 +59,44 @@ SDK_LATENCY_BUCKETS = (
 UNIT_SUFFIXES = {"s": "seconds", "ms": "milliseconds", "By": "bytes"}
 
 
-def new_runtime(buffer: MetricBuffer | None = None) -> Runtime:
-    """A Temporal SDK runtime with quiet core logs, recording its metrics into ``buffer``."""
-    return Runtime(
-        telemetry=TelemetryConfig(
-            logging=QUIET_CORE_LOGS, metrics=buffer, attach_service_name=False
-        )
-    )
+TOKIO_WORKER_THREADS = "TOKIO_WORKER_THREADS"
+"""How many worker threads the SDK's core runtime (tokio) starts, read as it is built:
+the SDK's API takes no count."""
+_building = threading.Lock()
+
+
+def new_runtime(buffer: MetricBuffer | None = None, threads: int | None = None) -> Runtime:
+    """A Temporal SDK runtime with quiet core logs, recording its metrics into ``buffer``,
+    with ``threads`` worker threads for its calls (``None``: tokio's default, one per
+    core). The process's environment is as before once it is built."""
+    if threads is not None and threads < 1:
+        raise ValueError(f"a runtime needs at least one thread, not {threads}")
+    with _building:
+        before = os.environ.get(TOKIO_WORKER_THREADS)
+        if threads is not None:
+            os.environ[TOKIO_WORKER_THREADS] = str(threads)
+        try:
+            return Runtime(
+                telemetry=TelemetryConfig(
+                    logging=QUIET_CORE_LOGS, metrics=buffer, attach_service_name=False
+                )
+            )
+        finally:
+            if before is None:
+                os.environ.pop(TOKIO_WORKER_THREADS, None)
+            else:
+                os.environ[TOKIO_WORKER_THREADS] = before
+
+
+def shared_runtime(threads: int | None = None) -> Runtime:
+    """The runtime of processes that do not export the SDK's metrics: one per process and
+    thread count (``new_runtime``)."""
+    return _shared_runtime(threads)
 
 
 @functools.cache
-def shared_runtime() -> Runtime:
-    """The runtime of processes that do not export the SDK's metrics (one per process)."""
-    return new_runtime()
+def _shared_runtime(threads: int | None) -> Runtime:
+    return new_runtime(threads=threads)
 
 
 # --- the Temporal SDK's metrics in a Prometheus registry -------------------------------
@@ -306,20 +332,24 @@ def open_telemetry(
     *,
     sdk_metrics: bool | None = None,
     span_exporter: SpanExporter | None = None,
+    runtime_threads: int | None = None,
 ) -> Iterator[Telemetry]:
     """Telemetry of the process named ``process`` (``bridge``, ``worker-orders``, ``api``).
 
     The SDK's metrics join the registry when it is served (``KTB_METRICS_PORT``) or
     ``sdk_metrics`` asks for them (the API serves its registry on its own port).
-    Tracing is on when ``KTB_OTLP_ENDPOINT`` or ``span_exporter`` is set.
+    Tracing is on when ``KTB_OTLP_ENDPOINT`` or ``span_exporter`` is set. The SDK's
+    runtime has ``KTB_TEMPORAL_RUNTIME_THREADS`` worker threads, else the process's own
+    ``runtime_threads``, else tokio's default.
     """
     metrics = metrics or Metrics()
     serve = settings.metrics_port > 0
-    telemetry = Telemetry(process, metrics, shared_runtime())
+    threads = settings.temporal_runtime_threads or runtime_threads
+    telemetry = Telemetry(process, metrics, shared_runtime(threads))
     try:
         if sdk_metrics if sdk_metrics is not None else serve:
             sdk = SdkMetrics()
-            telemetry.runtime = new_runtime(sdk.buffer)
+            telemetry.runtime = new_runtime(sdk.buffer, threads)
             metrics.registry.register(sdk)
             telemetry._collectors.append(sdk)
             telemetry.sdk = sdk

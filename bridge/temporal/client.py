@@ -180,7 +180,7 @@ async def _connect(
         settings.temporal_address,
         **temporal_connect_options(settings),
         retry_config=RPC_RETRY,
-        runtime=runtime or shared_runtime(),
+        runtime=runtime or shared_runtime(settings.temporal_runtime_threads),
         interceptors=list(interceptors),
     )
 

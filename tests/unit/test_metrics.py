@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import socket
+import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,12 +25,19 @@ from temporalio.runtime import (
     BUFFERED_METRIC_KIND_HISTOGRAM,
 )
 
+from bridge import wiring
 from bridge.dev.stack import free_port
 from bridge.dispatch import Outcome, Result
 from bridge.errors import ConfigError
 from bridge.observability import tracing
 from bridge.observability.metrics import DURATION_BUCKETS, Metrics
-from bridge.observability.telemetry import SdkMetrics, open_telemetry, shared_runtime
+from bridge.observability.telemetry import (
+    TOKIO_WORKER_THREADS,
+    SdkMetrics,
+    new_runtime,
+    open_telemetry,
+    shared_runtime,
+)
 from bridge.observability.worker_metrics import WorkerMetrics
 from bridge.settings import Settings
 
@@ -119,6 +132,73 @@ def test_metrics_off_means_no_server_and_the_shared_runtime():
         assert telemetry.runtime is shared_runtime()
         assert telemetry.tracing is None and telemetry.tracer is None
         assert telemetry.client_interceptors == []
+
+
+def tokio_workers() -> int:
+    """The SDK runtimes' worker threads in this process now."""
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(FileNotFoundError):
+            names.append(Path(f"/proc/self/task/{task}/comm").read_text().strip())
+    return names.count("tokio-rt-worker")
+
+
+def workers_settle(expected: int, timeout: float = 5.0) -> int:
+    """The count of ``tokio_workers`` once it reaches ``expected`` (a runtime starts its
+    threads as it is built, and they take their names as they run), or after
+    ``timeout`` if it does not."""
+    deadline = time.monotonic() + timeout
+    while (count := tokio_workers()) != expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return count
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads threads from /proc")
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_runtime_starts_as_many_worker_threads_as_asked_and_leaves_the_environment(
+    monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    monkeypatch.delenv(TOKIO_WORKER_THREADS, raising=False)
+    before = tokio_workers()
+    runtime = new_runtime(threads=threads)
+    assert workers_settle(before + threads) - before == threads
+    assert TOKIO_WORKER_THREADS not in os.environ
+    # A value the process had is there again afterwards.
+    monkeypatch.setenv(TOKIO_WORKER_THREADS, "2")
+    again = new_runtime(threads=threads)
+    assert workers_settle(before + 2 * threads) - before == 2 * threads
+    assert os.environ[TOKIO_WORKER_THREADS] == "2"
+    assert runtime is not again
+    with pytest.raises(ValueError, match="at least one thread"):
+        new_runtime(threads=0)
+
+
+def test_a_bridge_runtime_has_one_thread_unless_the_setting_says_otherwise():
+    with open_telemetry(Settings(metrics_port=0), "bridge", runtime_threads=1) as telemetry:
+        assert telemetry.runtime is shared_runtime(1)
+        assert telemetry.runtime is not shared_runtime()
+    chosen = Settings(metrics_port=0, temporal_runtime_threads=2)
+    with open_telemetry(chosen, "bridge", runtime_threads=1) as telemetry:
+        assert telemetry.runtime is shared_runtime(2)
+    with open_telemetry(Settings(metrics_port=0), "worker-x") as telemetry:
+        assert telemetry.runtime is shared_runtime()
+
+
+class Opened(Exception):
+    """Raised where ``run_bridge`` opens its telemetry, with what it asked for."""
+
+
+def test_run_bridge_asks_for_one_runtime_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    @contextlib.contextmanager
+    def opened(settings: Settings, process: str, *args: Any, **options: Any) -> Iterator[None]:
+        raise Opened(process, options.get("runtime_threads"))
+        yield
+
+    monkeypatch.setattr(wiring, "open_telemetry", opened)
+    with pytest.raises(Opened) as raised:
+        asyncio.run(wiring.run_bridge(Settings(metrics_port=0)))
+    assert raised.value.args == ("bridge", 1)
+    assert wiring.BRIDGE_RUNTIME_THREADS == 1
 
 
 def test_metrics_server_serves_the_registry_and_the_sdk_metrics():
