@@ -345,11 +345,12 @@ def open_telemetry(
     metrics = metrics or Metrics()
     serve = settings.metrics_port > 0
     threads = settings.temporal_runtime_threads or runtime_threads
-    telemetry = Telemetry(process, metrics, shared_runtime(threads))
+    # One runtime per process: its own when it records the SDK's metrics, else the shared one.
+    sdk = SdkMetrics() if (sdk_metrics if sdk_metrics is not None else serve) else None
+    runtime = shared_runtime(threads) if sdk is None else new_runtime(sdk.buffer, threads)
+    telemetry = Telemetry(process, metrics, runtime)
     try:
-        if sdk_metrics if sdk_metrics is not None else serve:
-            sdk = SdkMetrics()
-            telemetry.runtime = new_runtime(sdk.buffer, threads)
+        if sdk is not None:
             metrics.registry.register(sdk)
             telemetry._collectors.append(sdk)
             telemetry.sdk = sdk

@@ -23,12 +23,14 @@ from temporalio.runtime import (
     BUFFERED_METRIC_KIND_COUNTER,
     BUFFERED_METRIC_KIND_GAUGE,
     BUFFERED_METRIC_KIND_HISTOGRAM,
+    Runtime,
 )
 
 from bridge import wiring
 from bridge.dev.stack import free_port
 from bridge.dispatch import Outcome, Result
 from bridge.errors import ConfigError
+from bridge.observability import telemetry as telemetry_module
 from bridge.observability import tracing
 from bridge.observability.metrics import DURATION_BUCKETS, Metrics
 from bridge.observability.telemetry import (
@@ -182,6 +184,18 @@ def test_a_bridge_runtime_has_one_thread_unless_the_setting_says_otherwise():
         assert telemetry.runtime is shared_runtime(2)
     with open_telemetry(Settings(metrics_port=0), "worker-x") as telemetry:
         assert telemetry.runtime is shared_runtime()
+
+
+def test_a_process_that_records_the_sdk_metrics_builds_only_its_own_runtime(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def shared(threads: int | None = None) -> Runtime:
+        raise AssertionError(f"the shared runtime ({threads} threads) was built as well")
+
+    monkeypatch.setattr(telemetry_module, "shared_runtime", shared)
+    with open_telemetry(Settings(metrics_port=0), "bridge", sdk_metrics=True) as telemetry:
+        assert telemetry.sdk is not None
+        assert telemetry.runtime is not shared_runtime()
 
 
 class Opened(Exception):
