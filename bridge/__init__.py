@@ -10,8 +10,9 @@ module. ``services/`` (the example domain) imports only from here.
 - the workflow SDK (``bridge.sdk``): ``BridgeWorkflow``, ``publish``, ``Saga``, the
   fault taxonomy of activities, the publishing activity;
 - running a process: ``run_worker`` / ``open_worker``, telemetry, logging, standard
-  streams that write all they are given (``whole_stdio``) and the Kafka clients
-  (``kafka.consumer(settings, ...)``), all built from ``Settings``.
+  streams that write all they are given (``whole_stdio``), the Kafka clients
+  (``kafka.consumer(settings, ...)``), all built from ``Settings``, and an HTTP
+  server's uvicorn configuration (``server_config``).
 
 Workflow code imports this package inside ``workflow.unsafe.imports_passed_through()``,
 so importing it must stay cheap and free of side effects: each name loads its module
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
         retry_policy,
         trigger,
     )
+    from bridge.serving import server_config
     from bridge.settings import Settings
     from bridge.stdio import whole_stdio
     from bridge.wiring import open_worker, run_worker, stop_on_signals
@@ -134,6 +136,7 @@ __all__ = [  # noqa: RUF022
     "Telemetry",
     "open_telemetry",
     "setup_logging",
+    "server_config",
     "whole_stdio",
     "kafka",
 ]
@@ -162,6 +165,7 @@ __getattr__, __dir__ = lazy.exports(
         "bridge.observability.metrics": ["Metrics"],
         "bridge.observability.telemetry": ["Telemetry", "open_telemetry"],
         "bridge.stdio": ["whole_stdio"],
+        "bridge.serving": ["server_config"],
     },
     {"setup_logging": "bridge.observability.logs:setup", "kafka": "bridge.kafka"},
 )

@@ -40,6 +40,7 @@ from bridge import (
     open_telemetry,
     open_worker,
     run_worker,
+    server_config,
     setup_logging,
     stop_on_signals,
     whole_stdio,
@@ -283,8 +284,6 @@ class _Server(uvicorn.Server):
 
 async def serve(application: FastAPI, host: str, port: int) -> None:
     """Serve until SIGINT/SIGTERM, then finish open requests and return."""
-    config = uvicorn.Config(
-        application, host=host, port=port, log_config=None, access_log=False, lifespan="off"
-    )
+    config = server_config(application, host, port, access_log=False, lifespan="off")
     log.info("%s listening on http://%s:%d", application.title, host, port)
     await _Server(config).serve()

@@ -7,6 +7,7 @@ import uvicorn
 from bridge.api.app import create_app
 from bridge.observability.metrics import Metrics
 from bridge.observability.telemetry import open_telemetry
+from bridge.serving import server_config
 from bridge.settings import Settings
 
 
@@ -17,11 +18,10 @@ def serve(settings: Settings, metrics: Metrics | None = None) -> None:
     ``KTB_METRICS_PORT`` set the same registry is also served there.
     """
     with open_telemetry(settings, "api", metrics, sdk_metrics=True) as telemetry:
-        config = uvicorn.Config(
+        config = server_config(
             create_app(settings, telemetry=telemetry),
-            host=settings.api_host,
-            port=settings.api_port,
-            log_config=None,
+            settings.api_host,
+            settings.api_port,
             access_log=False,
             proxy_headers=True,
             lifespan="on",

@@ -30,6 +30,7 @@ from bridge.provenance import ProvenanceWriter
 from bridge.routes import Router, RoutesConfig
 from bridge.sdk.egress import Publisher
 from bridge.sdk.window import with_collector
+from bridge.serving import server_config
 from bridge.settings import REPO_ROOT, Settings
 from bridge.temporal.sandbox import BRIDGE_RUNNER
 from tests.support.waiting import eventually
@@ -155,7 +156,7 @@ async def serving(app: Any, port: int | None = None, lifespan: str = "on") -> As
     from bridge.dev.stack import free_port
 
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan=lifespan)
+    config = server_config(app, "127.0.0.1", port, lifespan=lifespan)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
 

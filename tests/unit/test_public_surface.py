@@ -74,6 +74,7 @@ PUBLIC = [
     "Telemetry",
     "open_telemetry",
     "setup_logging",
+    "server_config",
     "whole_stdio",
     "kafka",
 ]
