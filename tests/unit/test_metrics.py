@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
-import time
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,7 +43,7 @@ from bridge.observability.telemetry import (
     shared_runtime,
 )
 from bridge.observability.worker_metrics import WorkerMetrics
-from bridge.settings import Settings
+from bridge.settings import REPO_ROOT, Settings
 
 
 @dataclass(frozen=True)
@@ -136,41 +138,53 @@ def test_metrics_off_means_no_server_and_the_shared_runtime():
         assert telemetry.client_interceptors == []
 
 
-def tokio_workers() -> int:
-    """The SDK runtimes' worker threads in this process now."""
-    names = []
-    for task in os.listdir("/proc/self/task"):
-        with contextlib.suppress(FileNotFoundError):
-            names.append(Path(f"/proc/self/task/{task}/comm").read_text().strip())
-    return names.count("tokio-rt-worker")
+RUNTIMES_IN_A_FRESH_PROCESS = """
+import json, os, sys, time
+from pathlib import Path
+from bridge.observability.telemetry import TOKIO_WORKER_THREADS, new_runtime
 
-
-def workers_settle(expected: int, timeout: float = 5.0) -> int:
-    """The count of ``tokio_workers`` once it reaches ``expected`` (a runtime starts its
-    threads as it is built, and they take their names as they run), or after
-    ``timeout`` if it does not."""
-    deadline = time.monotonic() + timeout
-    while (count := tokio_workers()) != expected and time.monotonic() < deadline:
+def workers(expected):
+    # A runtime starts its threads as it is built; they take their names as they run.
+    deadline = time.monotonic() + 5
+    while True:
+        names = []
+        for task in os.listdir("/proc/self/task"):
+            try:
+                names.append(Path(f"/proc/self/task/{task}/comm").read_text().strip())
+            except FileNotFoundError:
+                pass
+        if names.count("tokio-rt-worker") == expected or time.monotonic() > deadline:
+            return names.count("tokio-rt-worker")
         time.sleep(0.01)
-    return count
+
+threads = int(sys.argv[1])
+runtimes = [new_runtime(threads=threads)]
+first = (workers(threads), os.environ.get(TOKIO_WORKER_THREADS))
+os.environ[TOKIO_WORKER_THREADS] = "2"
+runtimes.append(new_runtime(threads=threads))
+second = (workers(2 * threads), os.environ.get(TOKIO_WORKER_THREADS))
+print(json.dumps([first, second]))
+"""
+"""Builds runtimes of ``argv[1]`` threads in a process of its own, where no other runtime
+(the session's, its blocking threads named like its workers) moves the count."""
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads threads from /proc")
 @pytest.mark.parametrize("threads", [1, 3])
 def test_a_runtime_starts_as_many_worker_threads_as_asked_and_leaves_the_environment(
-    monkeypatch: pytest.MonkeyPatch, threads: int
+    threads: int,
 ) -> None:
-    monkeypatch.delenv(TOKIO_WORKER_THREADS, raising=False)
-    before = tokio_workers()
-    runtime = new_runtime(threads=threads)
-    assert workers_settle(before + threads) - before == threads
-    assert TOKIO_WORKER_THREADS not in os.environ
+    env = {k: v for k, v in os.environ.items() if k != TOKIO_WORKER_THREADS}
+    done = subprocess.run(
+        [sys.executable, "-c", RUNTIMES_IN_A_FRESH_PROCESS, str(threads)],
+        capture_output=True, text=True, timeout=120, env=env, cwd=REPO_ROOT, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    first, second = json.loads(done.stdout)
+    # Unset before: the threads asked for, and unset again after.
+    assert first == [threads, None]
     # A value the process had is there again afterwards.
-    monkeypatch.setenv(TOKIO_WORKER_THREADS, "2")
-    again = new_runtime(threads=threads)
-    assert workers_settle(before + 2 * threads) - before == 2 * threads
-    assert os.environ[TOKIO_WORKER_THREADS] == "2"
-    assert runtime is not again
+    assert second == [2 * threads, "2"]
     with pytest.raises(ValueError, match="at least one thread"):
         new_runtime(threads=0)
 
